@@ -1,0 +1,40 @@
+//! The agent's command line. Everything the agent needs is given here; it reads no config file.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::Parser;
+
+/// berth-agent: file I/O, exec and MCP stdio sessions over gRPC, run as PID 1 in a bot container.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "berth-agent", version)]
+pub struct Config {
+    /// Unix socket to listen on (its directory is usually bind-mounted from the host).
+    #[arg(long)]
+    pub socket: Option<PathBuf>,
+    /// File holding the bearer token every RPC must present.
+    #[arg(long)]
+    pub token_file: PathBuf,
+    /// Also listen on this TCP address (an IP and port; names are not resolved).
+    #[arg(long)]
+    pub listen_tcp: Option<SocketAddr>,
+    /// Directory that client paths are confined to.
+    #[arg(long, default_value = "/")]
+    pub root: PathBuf,
+    /// Where relative client paths (and execs without a cwd) start, as a path inside the root.
+    #[arg(long, default_value = "/data")]
+    pub data_dir: String,
+    /// Largest MCP message (one line of a server's stdout) relayed, in bytes.
+    #[arg(long, default_value_t = crate::state::MAX_MCP_MESSAGE_BYTES)]
+    pub max_mcp_message_bytes: usize,
+    /// Log format.
+    #[arg(long, value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+}
+
+/// How logs are written to stderr.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}

@@ -1,0 +1,193 @@
+//! Root-confined path resolution. Every client path goes through [`Root`]: it is normalised lexically,
+//! then resolved with `openat2(RESOLVE_IN_ROOT)`, so symlinks (absolute or `..`-laden) are followed as if
+//! the root were `/` and can never lead out of it. Operations on a final component (unlink, rename, mkdir,
+//! lstat) act on a directory fd and a single name, so they never follow a final symlink by accident.
+
+use std::ffi::OsStr;
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+
+use rustix::fs::{Mode, OFlags, ResolveFlags};
+
+use crate::error::{Error, Result};
+
+/// A normalised client path: components below the root, none of them empty, `.` or `..`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RelPath {
+    components: Vec<String>,
+}
+
+impl RelPath {
+    /// The path as the client sees it inside the root, e.g. `/data/notes.md`.
+    pub fn display(&self) -> String {
+        if self.components.is_empty() {
+            "/".to_string()
+        } else {
+            format!("/{}", self.components.join("/"))
+        }
+    }
+
+    /// The path relative to the root, as passed to `openat2` (`.` for the root itself).
+    fn as_relative(&self) -> String {
+        if self.components.is_empty() { ".".to_string() } else { self.components.join("/") }
+    }
+
+    /// True for the root itself.
+    pub fn is_root(&self) -> bool {
+        self.components.is_empty()
+    }
+
+    /// The parent path and the final component; `None` for the root.
+    pub fn split_last(&self) -> Option<(RelPath, &str)> {
+        let (last, rest) = self.components.split_last()?;
+        Some((RelPath { components: rest.to_vec() }, last.as_str()))
+    }
+
+    /// A child of this path (`name` must be a single normal component).
+    pub fn join(&self, name: &str) -> RelPath {
+        let mut components = self.components.clone();
+        components.push(name.to_string());
+        RelPath { components }
+    }
+
+    /// Every ancestor from the first component down to this path itself.
+    pub fn prefixes(&self) -> impl Iterator<Item = RelPath> + '_ {
+        (1..=self.components.len()).map(|n| RelPath { components: self.components[..n].to_vec() })
+    }
+
+    /// Path of `self` relative to `base`, if `base` is an ancestor (or equal).
+    pub fn strip_prefix(&self, base: &RelPath) -> Option<String> {
+        let rest = self.components.strip_prefix(base.components.as_slice())?;
+        Some(rest.join("/"))
+    }
+}
+
+/// The directory the agent serves, held open as an fd for its whole life.
+#[derive(Debug)]
+pub struct Root {
+    fd: OwnedFd,
+    path: PathBuf,
+    /// Where relative client paths start, as a client path (e.g. `/data`).
+    data_dir: RelPath,
+}
+
+impl Root {
+    /// Opens `path` as the root; relative client paths will start at `data_dir` (a path inside the root).
+    pub fn new(path: &Path, data_dir: &str) -> std::io::Result<Root> {
+        let fd = rustix::fs::open(path, OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())?;
+        let data_dir = normalize(&RelPath { components: vec![] }, data_dir)
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string()))?;
+        Ok(Root { fd, path: path.to_path_buf(), data_dir })
+    }
+
+    /// Normalises a client path: relative paths start at the data directory; `..` never climbs above `/`.
+    pub fn resolve(&self, client_path: &str) -> Result<RelPath> {
+        normalize(&self.data_dir, client_path)
+    }
+
+    /// The data directory as a client path.
+    pub fn data_dir(&self) -> &RelPath {
+        &self.data_dir
+    }
+
+    /// The host path of `rel` (lexical join; only for handing a cwd to a child process, which runs in the
+    /// same mount namespace as the agent).
+    pub fn host_path(&self, rel: &RelPath) -> PathBuf {
+        let mut p = self.path.clone();
+        for c in &rel.components {
+            p.push(c);
+        }
+        p
+    }
+
+    /// Opens `rel`, following symlinks only inside the root.
+    pub fn open(&self, rel: &RelPath, flags: OFlags, mode: Mode) -> std::io::Result<OwnedFd> {
+        let how = ResolveFlags::IN_ROOT | ResolveFlags::NO_MAGICLINKS;
+        loop {
+            match rustix::fs::openat2(self.fd.as_fd(), rel.as_relative(), flags | OFlags::CLOEXEC, mode, how) {
+                // openat2 asks for a retry when a concurrent rename raced the lookup.
+                Err(rustix::io::Errno::AGAIN) => continue,
+                r => return r.map_err(Into::into),
+            }
+        }
+    }
+
+    /// Opens the parent directory of `rel` (following symlinks inside the root) and returns it with the
+    /// final component, which the caller operates on with `*at` calls that do not follow it.
+    pub fn parent<'a>(&self, rel: &'a RelPath) -> Result<(OwnedFd, &'a str)> {
+        let Some((parent, name)) = rel.split_last() else {
+            return Err(Error::InvalidArgument("this operation cannot be applied to `/` itself".into()));
+        };
+        let fd = self
+            .open(&parent, OFlags::RDONLY | OFlags::DIRECTORY, Mode::empty())
+            .map_err(|e| Error::io("open parent directory of", &rel.display(), e))?;
+        Ok((fd, name))
+    }
+}
+
+fn normalize(base: &RelPath, client_path: &str) -> Result<RelPath> {
+    if client_path.as_bytes().contains(&0) {
+        return Err(Error::InvalidArgument(format!("path {client_path:?} contains a NUL byte")));
+    }
+    let mut components = if client_path.starts_with('/') { Vec::new() } else { base.components.clone() };
+    for part in client_path.split('/') {
+        match part {
+            "" | "." => {}
+            ".." => {
+                components.pop();
+            }
+            p => components.push(p.to_string()),
+        }
+    }
+    Ok(RelPath { components })
+}
+
+/// The final component as an `OsStr` for `*at` calls.
+pub fn name_os(name: &str) -> &OsStr {
+    OsStr::from_bytes(name.as_bytes())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn base() -> RelPath {
+        RelPath { components: vec!["data".into()] }
+    }
+
+    #[test]
+    fn relative_paths_start_at_data_dir() {
+        assert_eq!(normalize(&base(), "a/b").unwrap().display(), "/data/a/b");
+        assert_eq!(normalize(&base(), "").unwrap().display(), "/data");
+        assert_eq!(normalize(&base(), "/etc//x/./y").unwrap().display(), "/etc/x/y");
+    }
+
+    #[test]
+    fn dotdot_never_climbs_above_root() {
+        assert_eq!(normalize(&base(), "../../../../etc/passwd").unwrap().display(), "/etc/passwd");
+        assert_eq!(normalize(&base(), "/..").unwrap().display(), "/");
+    }
+
+    #[test]
+    fn nul_is_rejected() {
+        assert!(matches!(normalize(&base(), "a\0b"), Err(Error::InvalidArgument(_))));
+    }
+
+    #[test]
+    fn symlinks_resolve_inside_root() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("data")).unwrap();
+        std::fs::write(dir.path().join("secret"), b"inside").unwrap();
+        std::os::unix::fs::symlink("/secret", dir.path().join("data/abs")).unwrap();
+        std::os::unix::fs::symlink("../../../../secret", dir.path().join("data/rel")).unwrap();
+        let root = Root::new(dir.path(), "/data").unwrap();
+        for link in ["abs", "rel"] {
+            let rel = root.resolve(link).unwrap();
+            let fd = root.open(&rel, OFlags::RDONLY, Mode::empty()).unwrap();
+            let mut buf = [0u8; 16];
+            let n = rustix::io::read(&fd, &mut buf).unwrap();
+            assert_eq!(&buf[..n], b"inside", "{link} resolved outside the root");
+        }
+    }
+}

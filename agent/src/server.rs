@@ -1,0 +1,146 @@
+//! Serving: listeners (Unix socket, optional TCP), the gRPC server with auth, health and size limits, and
+//! graceful shutdown that ends every session before the agent exits.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use berth_proto::agent::v1::container_service_server::ContainerServiceServer;
+use tokio::net::{TcpListener, UnixListener};
+use tokio_stream::wrappers::{TcpListenerStream, UnixListenerStream};
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::Server;
+
+use crate::api::Service;
+use crate::auth::Token;
+use crate::config::Config;
+use crate::fs::root::Root;
+use crate::process::reaper::{self, ReaperStats};
+use crate::process::registry::Registry;
+use crate::state::{Agent, MAX_MESSAGE_BYTES};
+
+/// How long sessions get to exit after SIGTERM when the agent shuts down.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
+
+/// Why the agent could not start or serve.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("configuration: {0}")]
+    Config(String),
+    #[error("cannot listen on {what}")]
+    Listen {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("server failed")]
+    Transport(#[source] tonic::transport::Error),
+}
+
+/// Runs the agent until `shutdown` completes, then ends all sessions and returns.
+pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), ServeError> {
+    if config.socket.is_none() && config.listen_tcp.is_none() {
+        return Err(ServeError::Config("give --socket, --listen-tcp or both".into()));
+    }
+    let token = Token::from_file(&config.token_file).map_err(ServeError::Config)?;
+    let root = Root::new(&config.root, &config.data_dir)
+        .map_err(|e| ServeError::Config(format!("cannot open root `{}`: {e}", config.root.display())))?;
+    let registry = Arc::new(Registry::default());
+    let reaped = Arc::new(ReaperStats::default());
+    reaper::start(registry.clone(), reaped.clone())
+        .map_err(|e| ServeError::Config(format!("cannot watch SIGCHLD: {e}")))?;
+    let agent = Arc::new(Agent {
+        root: Arc::new(root),
+        registry: registry.clone(),
+        reaper: reaped,
+        started: Instant::now(),
+        max_mcp_message_bytes: config.max_mcp_message_bytes,
+    });
+    let service = Service::new(agent);
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let mut servers = Vec::new();
+    if let Some(path) = &config.socket {
+        let listener = bind_unix(path)?;
+        tracing::info!(socket = %path.display(), "listening");
+        let router = router(&service, &token).await;
+        let stop = wait_stop(stop_rx.clone());
+        servers.push(tokio::spawn(router.serve_with_incoming_shutdown(UnixListenerStream::new(listener), stop)));
+    }
+    if let Some(addr) = config.listen_tcp {
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|source| ServeError::Listen { what: addr.to_string(), source })?;
+        tracing::info!(addr = %addr, "listening");
+        let router = router(&service, &token).await;
+        let stop = wait_stop(stop_rx.clone());
+        servers.push(tokio::spawn(router.serve_with_incoming_shutdown(TcpListenerStream::new(listener), stop)));
+    }
+    shutdown.await;
+    tracing::info!("shutting down: ending sessions");
+    end_sessions(&registry).await;
+    let _ = stop_tx.send(true);
+    for s in servers {
+        match s.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(ServeError::Transport(e)),
+            Err(e) => tracing::error!(error = %e, "server task failed"),
+        }
+    }
+    if let Some(path) = &config.socket {
+        let _ = std::fs::remove_file(path);
+    }
+    Ok(())
+}
+
+async fn router(service: &Service, token: &Token) -> tonic::transport::server::Router {
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health.set_serving::<ContainerServiceServer<Service>>().await;
+    let auth = {
+        let token = token.clone();
+        move |req| token.check(req)
+    };
+    let svc = ContainerServiceServer::new(service.clone())
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    Server::builder()
+        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+        .tcp_nodelay(true)
+        .add_service(InterceptedService::new(health_service, auth.clone()))
+        .add_service(InterceptedService::new(svc, auth))
+}
+
+fn bind_unix(path: &std::path::Path) -> Result<UnixListener, ServeError> {
+    use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+    let listen_err = |source| ServeError::Listen { what: path.display().to_string(), source };
+    // A socket left by a previous run would make bind fail; anything else at the path is not ours.
+    if let Ok(meta) = std::fs::symlink_metadata(path) {
+        if meta.file_type().is_socket() {
+            std::fs::remove_file(path).map_err(listen_err)?;
+        }
+    }
+    let listener = UnixListener::bind(path).map_err(listen_err)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(listen_err)?;
+    Ok(listener)
+}
+
+async fn wait_stop(mut rx: tokio::sync::watch::Receiver<bool>) {
+    let _ = rx.wait_for(|v| *v).await;
+}
+
+/// SIGTERM every session's group, give them [`SHUTDOWN_GRACE`], then SIGKILL what is left.
+async fn end_sessions(registry: &Registry) {
+    if registry.list().is_empty() {
+        return;
+    }
+    registry.signal_all(libc::SIGTERM);
+    let deadline = Instant::now() + SHUTDOWN_GRACE;
+    while !registry.list().is_empty() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    registry.signal_all(libc::SIGKILL);
+    let deadline = Instant::now() + Duration::from_secs(1);
+    while !registry.list().is_empty() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

@@ -1,0 +1,23 @@
+//! What every request handler shares: the root, the session registry and the agent's limits.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use crate::fs::root::Root;
+use crate::process::reaper::ReaperStats;
+use crate::process::registry::Registry;
+
+/// Largest gRPC message accepted or sent (a 16 MiB MCP message plus framing fits comfortably).
+pub const MAX_MESSAGE_BYTES: usize = 64 << 20;
+/// Largest MCP message (one stdout line) relayed.
+pub const MAX_MCP_MESSAGE_BYTES: usize = 32 << 20;
+
+/// Shared agent state.
+#[derive(Debug)]
+pub struct Agent {
+    pub root: Arc<Root>,
+    pub registry: Arc<Registry>,
+    pub reaper: Arc<ReaperStats>,
+    pub started: Instant,
+    pub max_mcp_message_bytes: usize,
+}

@@ -1,0 +1,13 @@
+//! Berth's wire protocol. This crate owns the `.proto` files under `berth/` and exposes the Rust code
+//! generated from them; nothing else in the workspace defines wire types.
+//!
+//! - [`agent::v1`]: `ContainerService`, spoken between the control plane and `berth-agent`.
+
+/// The in-container agent's protocol.
+pub mod agent {
+    /// Version 1 of the agent protocol (`berth.agent.v1`).
+    #[allow(missing_docs, clippy::all, clippy::pedantic)]
+    pub mod v1 {
+        tonic::include_proto!("berth.agent.v1");
+    }
+}

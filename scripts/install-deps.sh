@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Installs everything Berth's build, tests and benchmarks need, by package name, from Debian, PyPI and npm.
+# Safe to run twice: each step checks before it installs. Test-only tools go under .deps/ (git-ignored).
+set -euo pipefail
+root="$(cd "$(dirname "$0")/.." && pwd)"
+deps="$root/.deps"
+mkdir -p "$deps"
+
+apt_pkgs=(protobuf-compiler python3-venv)
+missing=()
+for p in "${apt_pkgs[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
+if [ "${#missing[@]}" -gt 0 ]; then
+  echo "install-deps: apt-get install ${missing[*]}"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
+command -v cargo-nextest >/dev/null 2>&1 || cargo install --locked cargo-nextest
+
+# MCP acceptance tooling, pinned (the probe relies on the mcp 2.x Client API).
+if ! "$deps/venv/bin/python" -c 'import mcp' >/dev/null 2>&1; then
+  echo "install-deps: python venv with mcp==2.3.0"
+  python3 -m venv "$deps/venv"
+  "$deps/venv/bin/pip" install -q 'mcp[cli]==2.3.0'
+fi
+everything="$deps/node/node_modules/@modelcontextprotocol/server-everything/dist/index.js"
+if [ ! -f "$everything" ]; then
+  echo "install-deps: npm server-everything"
+  mkdir -p "$deps/node"
+  (cd "$deps/node" && { [ -f package.json ] || npm init -y >/dev/null; } \
+    && npm install --no-audit --no-fund --silent @modelcontextprotocol/server-everything@2026.8.31)
+fi
+echo "install-deps: ok"
