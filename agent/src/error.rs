@@ -44,9 +44,7 @@ impl Error {
         match err.raw_os_error() {
             Some(libc::ENOENT) => Error::NotFound(msg),
             Some(libc::EEXIST) => Error::AlreadyExists(msg),
-            Some(libc::EACCES | libc::EPERM | libc::EROFS) => {
-                Error::PermissionDenied(msg)
-            }
+            Some(libc::EACCES | libc::EPERM | libc::EROFS) => Error::PermissionDenied(msg),
             Some(
                 libc::EISDIR
                 | libc::ENOTDIR
@@ -60,13 +58,19 @@ impl Error {
                 Error::ResourceExhausted(msg)
             }
             Some(libc::EINVAL | libc::ENAMETOOLONG) => Error::InvalidArgument(msg),
-            _ => Error::Internal { message: msg, source: Some(err) },
+            _ => Error::Internal {
+                message: msg,
+                source: Some(err),
+            },
         }
     }
 
     /// An internal failure with context and no I/O source.
     pub fn internal(message: impl Into<String>) -> Self {
-        Error::Internal { message: message.into(), source: None }
+        Error::Internal {
+            message: message.into(),
+            source: None,
+        }
     }
 }
 

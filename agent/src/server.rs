@@ -40,11 +40,14 @@ pub enum ServeError {
 /// Runs the agent until `shutdown` completes, then ends all sessions and returns.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), ServeError> {
     if config.socket.is_none() && config.listen_tcp.is_none() {
-        return Err(ServeError::Config("give --socket, --listen-tcp or both".into()));
+        return Err(ServeError::Config(
+            "give --socket, --listen-tcp or both".into(),
+        ));
     }
     let token = Token::from_file(&config.token_file).map_err(ServeError::Config)?;
-    let root = Root::new(&config.root, &config.data_dir)
-        .map_err(|e| ServeError::Config(format!("cannot open root `{}`: {e}", config.root.display())))?;
+    let root = Root::new(&config.root, &config.data_dir).map_err(|e| {
+        ServeError::Config(format!("cannot open root `{}`: {e}", config.root.display()))
+    })?;
     let registry = Arc::new(Registry::default());
     let reaped = Arc::new(ReaperStats::default());
     reaper::start(registry.clone(), reaped.clone())
@@ -64,16 +67,25 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         tracing::info!(socket = %path.display(), "listening");
         let router = router(&service, &token).await;
         let stop = wait_stop(stop_rx.clone());
-        servers.push(tokio::spawn(router.serve_with_incoming_shutdown(UnixListenerStream::new(listener), stop)));
+        servers.push(tokio::spawn(router.serve_with_incoming_shutdown(
+            UnixListenerStream::new(listener),
+            stop,
+        )));
     }
     if let Some(addr) = config.listen_tcp {
         let listener = TcpListener::bind(addr)
             .await
-            .map_err(|source| ServeError::Listen { what: addr.to_string(), source })?;
+            .map_err(|source| ServeError::Listen {
+                what: addr.to_string(),
+                source,
+            })?;
         tracing::info!(addr = %addr, "listening");
         let router = router(&service, &token).await;
         let stop = wait_stop(stop_rx.clone());
-        servers.push(tokio::spawn(router.serve_with_incoming_shutdown(TcpListenerStream::new(listener), stop)));
+        servers.push(tokio::spawn(router.serve_with_incoming_shutdown(
+            TcpListenerStream::new(listener),
+            stop,
+        )));
     }
     shutdown.await;
     tracing::info!("shutting down: ending sessions");
@@ -94,7 +106,9 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
 
 async fn router(service: &Service, token: &Token) -> tonic::transport::server::Router {
     let (health, health_service) = tonic_health::server::health_reporter();
-    health.set_serving::<ContainerServiceServer<Service>>().await;
+    health
+        .set_serving::<ContainerServiceServer<Service>>()
+        .await;
     let auth = {
         let token = token.clone();
         move |req| token.check(req)
@@ -112,12 +126,15 @@ async fn router(service: &Service, token: &Token) -> tonic::transport::server::R
 
 fn bind_unix(path: &std::path::Path) -> Result<UnixListener, ServeError> {
     use std::os::unix::fs::{FileTypeExt, PermissionsExt};
-    let listen_err = |source| ServeError::Listen { what: path.display().to_string(), source };
+    let listen_err = |source| ServeError::Listen {
+        what: path.display().to_string(),
+        source,
+    };
     // A socket left by a previous run would make bind fail; anything else at the path is not ours.
-    if let Ok(meta) = std::fs::symlink_metadata(path) {
-        if meta.file_type().is_socket() {
-            std::fs::remove_file(path).map_err(listen_err)?;
-        }
+    if let Ok(meta) = std::fs::symlink_metadata(path)
+        && meta.file_type().is_socket()
+    {
+        std::fs::remove_file(path).map_err(listen_err)?;
     }
     let listener = UnixListener::bind(path).map_err(listen_err)?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(listen_err)?;

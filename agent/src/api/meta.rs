@@ -56,7 +56,9 @@ pub fn stats(agent: &Agent) -> pb::StatsResponse {
 
 /// Resident set size of the agent, from /proc/self/status.
 fn rss_bytes() -> u64 {
-    let Ok(status) = std::fs::read_to_string("/proc/self/status") else { return 0 };
+    let Ok(status) = std::fs::read_to_string("/proc/self/status") else {
+        return 0;
+    };
     status
         .lines()
         .find_map(|l| l.strip_prefix("VmRSS:"))
@@ -84,7 +86,10 @@ pub fn list_sessions(agent: &Agent) -> pb::ListSessionsResponse {
     pb::ListSessionsResponse { sessions }
 }
 
-pub fn kill_session(agent: &Arc<Agent>, r: &pb::KillSessionRequest) -> Result<pb::KillSessionResponse> {
+pub fn kill_session(
+    agent: &Arc<Agent>,
+    r: &pb::KillSessionRequest,
+) -> Result<pb::KillSessionResponse> {
     agent.registry.kill(&r.session_id, r.signal)?;
     Ok(pb::KillSessionResponse {})
 }

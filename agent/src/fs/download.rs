@@ -36,8 +36,16 @@ pub fn pump(
     chunk_bytes: u32,
     mut send: impl FnMut(Result<Chunk>) -> bool,
 ) {
-    let chunk = if chunk_bytes == 0 { DEFAULT_CHUNK_BYTES } else { chunk_bytes.min(MAX_CHUNK_BYTES) } as usize;
-    let end = if length == 0 { u64::MAX } else { offset.saturating_add(length) };
+    let chunk = if chunk_bytes == 0 {
+        DEFAULT_CHUNK_BYTES
+    } else {
+        chunk_bytes.min(MAX_CHUNK_BYTES)
+    } as usize;
+    let end = if length == 0 {
+        u64::MAX
+    } else {
+        offset.saturating_add(length)
+    };
     let mut hasher = Sha256::new();
     let mut pos = offset;
     let mut first = true;
@@ -68,7 +76,13 @@ pub fn pump(
         }
         buf.truncate(n);
         hasher.update(&buf);
-        let c = Chunk { offset: pos, data: buf, file_size_bytes: if first { size } else { 0 }, eof: false, sha256: String::new() };
+        let c = Chunk {
+            offset: pos,
+            data: buf,
+            file_size_bytes: if first { size } else { 0 },
+            eof: false,
+            sha256: String::new(),
+        };
         first = false;
         pos += n as u64;
         if !send(Ok(c)) {

@@ -4,7 +4,7 @@ use std::os::fd::AsFd;
 
 use rustix::fs::{AtFlags, FileType as RxType, Mode, OFlags, Stat};
 
-use super::root::{Root, RelPath, name_os};
+use super::root::{RelPath, Root, name_os};
 use crate::error::{Error, Result};
 
 /// The kind of a directory entry.
@@ -47,7 +47,10 @@ impl FileInfo {
             mode: st.st_mode & 0o7777,
             uid: st.st_uid,
             gid: st.st_gid,
-            mtime_ns: st.st_mtime.saturating_mul(1_000_000_000).saturating_add(st.st_mtime_nsec as i64),
+            mtime_ns: st
+                .st_mtime
+                .saturating_mul(1_000_000_000)
+                .saturating_add(st.st_mtime_nsec as i64),
             symlink_target,
             nlink: st.st_nlink,
             inode: st.st_ino,
@@ -59,7 +62,9 @@ impl FileInfo {
 pub fn stat(root: &Root, rel: &RelPath, follow: bool) -> Result<FileInfo> {
     let shown = rel.display();
     if follow || rel.is_root() {
-        let fd = root.open(rel, OFlags::PATH, Mode::empty()).map_err(|e| Error::io("stat", &shown, e))?;
+        let fd = root
+            .open(rel, OFlags::PATH, Mode::empty())
+            .map_err(|e| Error::io("stat", &shown, e))?;
         let st = rustix::fs::fstat(&fd).map_err(|e| Error::io("stat", &shown, e.into()))?;
         return Ok(FileInfo::from_stat(shown, &st, String::new()));
     }

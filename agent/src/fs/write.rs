@@ -45,12 +45,15 @@ impl AtomicFile {
     pub fn create(root: &Root, rel: &RelPath, opts: WriteOptions) -> Result<AtomicFile> {
         let shown = rel.display();
         if opts.mode > 0o7777 {
-            return Err(Error::InvalidArgument(format!("mode {:o} has bits outside 07777", opts.mode)));
+            return Err(Error::InvalidArgument(format!(
+                "mode {:o} has bits outside 07777",
+                opts.mode
+            )));
         }
-        if opts.create_parents {
-            if let Some((parent, _)) = rel.split_last() {
-                mkdir_all(root, &parent, 0o755)?;
-            }
+        if opts.create_parents
+            && let Some((parent, _)) = rel.split_last()
+        {
+            mkdir_all(root, &parent, 0o755)?;
         }
         let (dir, name) = root.parent(rel)?;
         let (mut mode, mut owner) = (opts.mode, None);
@@ -60,7 +63,9 @@ impl AtomicFile {
                     return Err(Error::AlreadyExists(format!("`{shown}` already exists")));
                 }
                 if FileType::from_raw_mode(st.st_mode) == FileType::Directory {
-                    return Err(Error::FailedPrecondition(format!("`{shown}` is a directory")));
+                    return Err(Error::FailedPrecondition(format!(
+                        "`{shown}` is a directory"
+                    )));
                 }
                 if mode == 0 && FileType::from_raw_mode(st.st_mode) == FileType::RegularFile {
                     mode = st.st_mode & 0o7777;
@@ -73,7 +78,10 @@ impl AtomicFile {
         if mode == 0 {
             mode = DEFAULT_FILE_MODE;
         }
-        let tmp_name = format!(".{name}.berth-{}.tmp", &uuid::Uuid::new_v4().simple().to_string()[..12]);
+        let tmp_name = format!(
+            ".{name}.berth-{}.tmp",
+            &uuid::Uuid::new_v4().simple().to_string()[..12]
+        );
         let fd = rustix::fs::openat(
             &dir,
             name_os(&tmp_name),
@@ -97,8 +105,12 @@ impl AtomicFile {
 
     /// Appends `data`.
     pub fn write(&mut self, data: &[u8]) -> Result<()> {
-        let file = self.file.as_mut().ok_or_else(|| Error::internal("write after commit"))?;
-        file.write_all(data).map_err(|e| Error::io("write", &self.shown, e))?;
+        let file = self
+            .file
+            .as_mut()
+            .ok_or_else(|| Error::internal("write after commit"))?;
+        file.write_all(data)
+            .map_err(|e| Error::io("write", &self.shown, e))?;
         self.hasher.update(data);
         self.written += data.len() as u64;
         Ok(())
@@ -113,17 +125,21 @@ impl AtomicFile {
     /// does not match. Returns the byte count and the sha256 (hex).
     pub fn commit(mut self, expected_sha256: Option<&str>) -> Result<(u64, String)> {
         let digest = hex::encode(std::mem::take(&mut self.hasher).finalize());
-        if let Some(want) = expected_sha256.filter(|s| !s.is_empty()) {
-            if !want.eq_ignore_ascii_case(&digest) {
-                return Err(Error::Aborted(format!(
-                    "upload to `{}` discarded: sha256 {digest} does not match the expected {want}",
-                    self.shown
-                )));
-            }
+        if let Some(want) = expected_sha256.filter(|s| !s.is_empty())
+            && !want.eq_ignore_ascii_case(&digest)
+        {
+            return Err(Error::Aborted(format!(
+                "upload to `{}` discarded: sha256 {digest} does not match the expected {want}",
+                self.shown
+            )));
         }
-        let file = self.file.take().ok_or_else(|| Error::internal("commit twice"))?;
+        let file = self
+            .file
+            .take()
+            .ok_or_else(|| Error::internal("commit twice"))?;
         let shown = self.shown.clone();
-        rustix::fs::fchmod(&file, Mode::from_raw_mode(self.mode)).map_err(|e| Error::io("chmod", &shown, e.into()))?;
+        rustix::fs::fchmod(&file, Mode::from_raw_mode(self.mode))
+            .map_err(|e| Error::io("chmod", &shown, e.into()))?;
         if let Some((uid, gid)) = self.owner {
             // Keep the replaced file's owner; failure (not root) is not an error for the write itself.
             if let Err(e) = rustix::fs::fchown(
@@ -136,7 +152,11 @@ impl AtomicFile {
         }
         file.sync_all().map_err(|e| Error::io("fsync", &shown, e))?;
         drop(file);
-        let flags = if self.no_overwrite { RenameFlags::NOREPLACE } else { RenameFlags::empty() };
+        let flags = if self.no_overwrite {
+            RenameFlags::NOREPLACE
+        } else {
+            RenameFlags::empty()
+        };
         rustix::fs::renameat_with(
             &self.dir,
             name_os(&self.tmp_name),
@@ -146,7 +166,8 @@ impl AtomicFile {
         )
         .map_err(|e| Error::io("rename into place", &shown, e.into()))?;
         self.tmp_name.clear();
-        rustix::fs::fsync(self.dir.as_fd()).map_err(|e| Error::io("fsync directory of", &shown, e.into()))?;
+        rustix::fs::fsync(self.dir.as_fd())
+            .map_err(|e| Error::io("fsync directory of", &shown, e.into()))?;
         Ok((self.written, digest))
     }
 }
@@ -164,7 +185,12 @@ impl Drop for AtomicFile {
 }
 
 /// Writes a whole file atomically.
-pub fn write_file(root: &Root, rel: &RelPath, content: &[u8], opts: WriteOptions) -> Result<(u64, String)> {
+pub fn write_file(
+    root: &Root,
+    rel: &RelPath,
+    content: &[u8],
+    opts: WriteOptions,
+) -> Result<(u64, String)> {
     let mut f = AtomicFile::create(root, rel, opts)?;
     f.write(content)?;
     f.commit(None)

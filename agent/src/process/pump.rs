@@ -25,7 +25,11 @@ pub struct StopGuard {
 
 impl StopGuard {
     pub fn new(stop: watch::Receiver<bool>) -> Self {
-        StopGuard { stop, stopped: false, after_stop: 0 }
+        StopGuard {
+            stop,
+            stopped: false,
+            after_stop: 0,
+        }
     }
 
     /// Awaits `fut` (a read); `None` means stop reading now.
@@ -52,8 +56,12 @@ impl StopGuard {
 }
 
 /// Copies `reader` into `tx`, wrapping each chunk with `wrap`.
-pub async fn pump<R, T, E>(mut reader: R, tx: mpsc::Sender<Result<T, E>>, stop: watch::Receiver<bool>, wrap: fn(Vec<u8>) -> T)
-where
+pub async fn pump<R, T, E>(
+    mut reader: R,
+    tx: mpsc::Sender<Result<T, E>>,
+    stop: watch::Receiver<bool>,
+    wrap: fn(Vec<u8>) -> T,
+) where
     R: AsyncRead + Unpin,
 {
     let mut guard = StopGuard::new(stop);

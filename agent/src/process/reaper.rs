@@ -22,10 +22,10 @@ pub struct ReaperStats {
 
 /// Starts the reaper task.
 pub fn start(registry: Arc<Registry>, stats: Arc<ReaperStats>) -> std::io::Result<()> {
-    if std::process::id() != 1 {
-        if let Err(e) = rustix::process::set_child_subreaper(Some(rustix::process::getpid())) {
-            tracing::warn!(error = %e, "could not become a child subreaper; orphans will go to the real init");
-        }
+    if std::process::id() != 1
+        && let Err(e) = rustix::process::set_child_subreaper(Some(rustix::process::getpid()))
+    {
+        tracing::warn!(error = %e, "could not become a child subreaper; orphans will go to the real init");
     }
     let mut sigchld = signal(SignalKind::child())?;
     tokio::spawn(async move {
@@ -47,7 +47,11 @@ pub fn start(registry: Arc<Registry>, stats: Arc<ReaperStats>) -> std::io::Resul
 /// Reaps every zombie child of ours that no session is waiting for. Returns how many.
 pub fn sweep(registry: &Registry) -> u64 {
     let me = std::process::id() as i32;
-    let zombies: Vec<i32> = children_of(me).into_iter().filter(|(_, z)| *z).map(|(pid, _)| pid).collect();
+    let zombies: Vec<i32> = children_of(me)
+        .into_iter()
+        .filter(|(_, z)| *z)
+        .map(|(pid, _)| pid)
+        .collect();
     if zombies.is_empty() {
         return 0;
     }
@@ -66,13 +70,25 @@ pub fn sweep(registry: &Registry) -> u64 {
 
 /// `(pid, is_zombie)` of every process whose parent is `ppid`, read from /proc.
 pub fn children_of(ppid: i32) -> Vec<(i32, bool)> {
-    let Ok(dir) = std::fs::read_dir("/proc") else { return Vec::new() };
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
     let mut out = Vec::new();
     for entry in dir.flatten() {
-        let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else { continue };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { continue };
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
         // The command name is in parentheses and may itself contain spaces or ')'.
-        let Some(rest) = stat.rfind(')').map(|i| &stat[i + 1..]) else { continue };
+        let Some(rest) = stat.rfind(')').map(|i| &stat[i + 1..]) else {
+            continue;
+        };
         let mut fields = rest.split_whitespace();
         let state = fields.next().unwrap_or("");
         let parent = fields.next().and_then(|p| p.parse::<i32>().ok());

@@ -1,0 +1,136 @@
+//! Connecting to a `berth-agent`: a tonic channel over the agent's Unix socket (or TCP), with the
+//! container's bearer token on every call and message limits raised to match the agent's.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use berth_proto::agent::v1::container_service_client::ContainerServiceClient;
+use hyper_util::rt::TokioIo;
+use tonic::metadata::AsciiMetadataValue;
+use tonic::service::Interceptor;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::{Channel, Endpoint, Uri};
+
+/// Largest message sent to or accepted from an agent (matches the agent's own limit).
+pub const MAX_MESSAGE_BYTES: usize = 64 << 20;
+/// How long connecting may take before it fails.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A connected agent client.
+pub type AgentClient = ContainerServiceClient<InterceptedService<Channel, BearerAuth>>;
+
+/// Why a connection could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    #[error("cannot read the agent token from `{path}`")]
+    Token {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the agent token in `{path}` is empty or not printable ASCII")]
+    BadToken { path: PathBuf },
+    #[error("cannot connect to the agent at `{target}`")]
+    Connect {
+        target: String,
+        #[source]
+        source: tonic::transport::Error,
+    },
+}
+
+/// Adds `authorization: Bearer <token>` to every request.
+#[derive(Clone)]
+pub struct BearerAuth {
+    header: AsciiMetadataValue,
+}
+
+impl std::fmt::Debug for BearerAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("BearerAuth(<redacted>)")
+    }
+}
+
+impl BearerAuth {
+    /// Builds the header from a token (surrounding whitespace ignored).
+    pub fn new(token: &str) -> Option<BearerAuth> {
+        let token = token.trim();
+        if token.is_empty() {
+            return None;
+        }
+        let mut header: AsciiMetadataValue = format!("Bearer {token}").parse().ok()?;
+        header.set_sensitive(true);
+        Some(BearerAuth { header })
+    }
+
+    /// Reads the token from a file.
+    pub fn from_file(path: &Path) -> Result<BearerAuth, ConnectError> {
+        let raw = std::fs::read_to_string(path).map_err(|source| ConnectError::Token {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        BearerAuth::new(&raw).ok_or_else(|| ConnectError::BadToken {
+            path: path.to_path_buf(),
+        })
+    }
+}
+
+impl Interceptor for BearerAuth {
+    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        req.metadata_mut()
+            .insert("authorization", self.header.clone());
+        Ok(req)
+    }
+}
+
+fn endpoint(uri: &'static str) -> Endpoint {
+    Endpoint::from_static(uri)
+        .connect_timeout(CONNECT_TIMEOUT)
+        .http2_keep_alive_interval(Duration::from_secs(30))
+        .keep_alive_timeout(Duration::from_secs(10))
+        .keep_alive_while_idle(true)
+        .tcp_nodelay(true)
+}
+
+fn client(channel: Channel, auth: BearerAuth) -> AgentClient {
+    ContainerServiceClient::with_interceptor(channel, auth)
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES)
+}
+
+/// Connects over the agent's Unix socket.
+pub async fn connect_unix(socket: &Path, auth: BearerAuth) -> Result<AgentClient, ConnectError> {
+    let path = socket.to_path_buf();
+    // The URI is ignored by the connector; it only has to parse.
+    let channel = endpoint("http://agent.invalid")
+        .connect_with_connector(tower::service_fn(move |_: Uri| {
+            let path = path.clone();
+            async move {
+                Ok::<_, std::io::Error>(TokioIo::new(tokio::net::UnixStream::connect(path).await?))
+            }
+        }))
+        .await
+        .map_err(|source| ConnectError::Connect {
+            target: socket.display().to_string(),
+            source,
+        })?;
+    Ok(client(channel, auth))
+}
+
+/// Connects over TCP to `addr` (an IP and port).
+pub async fn connect_tcp(
+    addr: std::net::SocketAddr,
+    auth: BearerAuth,
+) -> Result<AgentClient, ConnectError> {
+    let target = format!("http://{addr}");
+    let channel = Endpoint::from_shared(target.clone())
+        .map_err(|source| ConnectError::Connect {
+            target: target.clone(),
+            source,
+        })?
+        .connect_timeout(CONNECT_TIMEOUT)
+        .tcp_nodelay(true)
+        .connect()
+        .await
+        .map_err(|source| ConnectError::Connect { target, source })?;
+    Ok(client(channel, auth))
+}

@@ -1,0 +1,156 @@
+//! `berth agent exec`: run a command in the bot, relay stdio, and exit with its exit code.
+
+use anyhow::Context;
+use berth_control_plane::agent_client::AgentClient;
+use berth_proto::agent::v1 as pb;
+use pb::exec_request::Frame as In;
+use pb::exec_response::Frame as Out;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+
+#[derive(Debug, clap::Args)]
+pub struct ExecArgs {
+    /// Forward our stdin to the command (otherwise it sees EOF at once).
+    #[arg(short = 'i', long)]
+    interactive: bool,
+    /// Run on a terminal (our terminal goes raw while it runs).
+    #[arg(short = 't', long)]
+    tty: bool,
+    /// Working directory in the bot (default: its data directory).
+    #[arg(long)]
+    cwd: Option<String>,
+    /// Environment variable for the command (repeatable).
+    #[arg(short = 'e', long = "env", value_parser = parse_env)]
+    env: Vec<(String, String)>,
+    /// Start from an empty environment.
+    #[arg(long)]
+    clean_env: bool,
+    /// Kill the command's process group after this many milliseconds (0 = never).
+    #[arg(long, default_value_t = 0)]
+    timeout_ms: u64,
+    /// The command and its arguments.
+    #[arg(last = true, required = true)]
+    command: Vec<String>,
+}
+
+fn parse_env(s: &str) -> Result<(String, String), String> {
+    s.split_once('=')
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .ok_or_else(|| format!("`{s}` is not KEY=VALUE"))
+}
+
+fn frame(f: In) -> pb::ExecRequest {
+    pb::ExecRequest { frame: Some(f) }
+}
+
+pub async fn run(mut client: AgentClient, a: ExecArgs) -> anyhow::Result<i32> {
+    let pty = a.tty.then(|| {
+        let (rows, cols) = crate::tty::size();
+        pb::PtySize { rows, cols }
+    });
+    let start = pb::ExecStart {
+        argv: a.command.clone(),
+        cwd: a.cwd.clone().unwrap_or_default(),
+        env: a.env.iter().cloned().collect(),
+        clean_env: a.clean_env,
+        pty,
+        timeout_ms: a.timeout_ms,
+        close_stdin: !a.interactive,
+        ..Default::default()
+    };
+    let (tx, rx) = mpsc::channel(16);
+    tx.send(frame(In::Start(start)))
+        .await
+        .context("exec stream closed")?;
+    let mut responses = match client.exec(ReceiverStream::new(rx)).await {
+        Ok(r) => r.into_inner(),
+        Err(status) => return Ok(report_start_failure(&status)),
+    };
+    let _raw = if a.tty {
+        crate::tty::RawMode::enter()
+    } else {
+        None
+    };
+    if a.interactive {
+        tokio::spawn(forward_stdin(tx.clone()));
+    }
+    if a.tty {
+        tokio::spawn(forward_resizes(tx.clone()));
+    }
+    let mut stdout = tokio::io::stdout();
+    let mut stderr = tokio::io::stderr();
+    loop {
+        let msg = match responses.message().await {
+            Ok(Some(m)) => m,
+            Ok(None) => anyhow::bail!("the agent ended the exec stream without an exit status"),
+            Err(status) => return Ok(report_start_failure(&status)),
+        };
+        match msg.frame {
+            Some(Out::Stdout(b)) => {
+                stdout.write_all(&b).await?;
+                stdout.flush().await?;
+            }
+            Some(Out::Stderr(b)) => {
+                stderr.write_all(&b).await?;
+                stderr.flush().await?;
+            }
+            Some(Out::Exited(e)) => {
+                drop(_raw);
+                if e.reason != pb::ExitReason::Exited as i32 {
+                    eprintln!("berth: {}", e.message);
+                }
+                return Ok(match (e.exit_code, e.signal) {
+                    (Some(c), _) => c,
+                    (None, Some(s)) => 128 + s,
+                    _ => 1,
+                });
+            }
+            Some(Out::Started(_)) | None => {}
+        }
+    }
+}
+
+/// Prints why the command could not run and returns the shell's conventional code.
+fn report_start_failure(status: &tonic::Status) -> i32 {
+    eprintln!("berth: {}", status.message());
+    match status.code() {
+        tonic::Code::NotFound => 127,
+        tonic::Code::PermissionDenied => 126,
+        _ => 1,
+    }
+}
+
+async fn forward_stdin(tx: mpsc::Sender<pb::ExecRequest>) {
+    let mut stdin = tokio::io::stdin();
+    let mut buf = vec![0u8; 64 << 10];
+    loop {
+        match stdin.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                if tx.send(frame(In::Stdin(buf[..n].to_vec()))).await.is_err() {
+                    return;
+                }
+            }
+        }
+    }
+    let _ = tx.send(frame(In::CloseStdin(pb::CloseStdin {}))).await;
+}
+
+async fn forward_resizes(tx: mpsc::Sender<pb::ExecRequest>) {
+    let Ok(mut winch) =
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::window_change())
+    else {
+        return;
+    };
+    while winch.recv().await.is_some() {
+        let (rows, cols) = crate::tty::size();
+        if tx
+            .send(frame(In::Resize(pb::PtySize { rows, cols })))
+            .await
+            .is_err()
+        {
+            return;
+        }
+    }
+}
