@@ -22,8 +22,7 @@ pub const MIN_TOKEN_BYTES: usize = 16;
 impl Token {
     /// Reads the token from `path`; surrounding whitespace is ignored.
     pub fn from_file(path: &std::path::Path) -> Result<Token, String> {
-        let raw = std::fs::read(path)
-            .map_err(|e| format!("cannot read token file `{}`: {e}", path.display()))?;
+        let raw = std::fs::read(path).map_err(|e| format!("cannot read token file `{}`: {e}", path.display()))?;
         let trimmed = raw.trim_ascii();
         if trimmed.len() < MIN_TOKEN_BYTES {
             return Err(format!(
@@ -38,9 +37,7 @@ impl Token {
     /// Checks a request's `authorization: Bearer <token>` header.
     pub fn check(&self, req: Request<()>) -> Result<Request<()>, Status> {
         let Some(value) = req.metadata().get("authorization") else {
-            return Err(Status::unauthenticated(
-                "missing `authorization: Bearer <token>` metadata",
-            ));
+            return Err(Status::unauthenticated("missing `authorization: Bearer <token>` metadata"));
         };
         let presented = value.as_bytes().strip_prefix(b"Bearer ").unwrap_or(b"");
         if bool::from(presented.ct_eq(self.0.as_slice())) {

@@ -54,23 +54,15 @@ impl Error {
                 | libc::EBUSY
                 | libc::ETXTBSY,
             ) => Error::FailedPrecondition(msg),
-            Some(libc::ENOSPC | libc::EDQUOT | libc::EMFILE | libc::ENFILE) => {
-                Error::ResourceExhausted(msg)
-            }
+            Some(libc::ENOSPC | libc::EDQUOT | libc::EMFILE | libc::ENFILE) => Error::ResourceExhausted(msg),
             Some(libc::EINVAL | libc::ENAMETOOLONG) => Error::InvalidArgument(msg),
-            _ => Error::Internal {
-                message: msg,
-                source: Some(err),
-            },
+            _ => Error::Internal { message: msg, source: Some(err) },
         }
     }
 
     /// An internal failure with context and no I/O source.
     pub fn internal(message: impl Into<String>) -> Self {
-        Error::Internal {
-            message: message.into(),
-            source: None,
-        }
+        Error::Internal { message: message.into(), source: None }
     }
 }
 

@@ -8,28 +8,20 @@ use berth_agent::config::{Config, LogFormat};
 
 fn main() -> std::process::ExitCode {
     let config = Config::parse();
-    let filter =
-        EnvFilter::try_from_env("BERTH_AGENT_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+    let filter = EnvFilter::try_from_env("BERTH_AGENT_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     match config.log_format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
     }
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .max_blocking_threads(64)
-        .build()
-    {
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().max_blocking_threads(64).build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("berth-agent: cannot start the async runtime: {e}");
             return std::process::ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(async move { berth_agent::server::run(config, shutdown_signal()).await })
-    {
+    match runtime.block_on(async move { berth_agent::server::run(config, shutdown_signal()).await }) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             let mut msg = e.to_string();
@@ -57,9 +49,7 @@ async fn shutdown_signal() {
             }
         }
         _ => {
-            tracing::error!(
-                "cannot install signal handlers; the agent can only be stopped with SIGKILL"
-            );
+            tracing::error!("cannot install signal handlers; the agent can only be stopped with SIGKILL");
             std::future::pending::<()>().await;
         }
     }

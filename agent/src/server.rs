@@ -21,6 +21,8 @@ use crate::state::{Agent, MAX_MESSAGE_BYTES};
 
 /// How long sessions get to exit after SIGTERM when the agent shuts down.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
+/// How long open streams get to finish after the sessions ended.
+const SERVER_DRAIN: Duration = Duration::from_secs(1);
 
 /// Why the agent could not start or serve.
 #[derive(Debug, thiserror::Error)]
@@ -40,14 +42,11 @@ pub enum ServeError {
 /// Runs the agent until `shutdown` completes, then ends all sessions and returns.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), ServeError> {
     if config.socket.is_none() && config.listen_tcp.is_none() {
-        return Err(ServeError::Config(
-            "give --socket, --listen-tcp or both".into(),
-        ));
+        return Err(ServeError::Config("give --socket, --listen-tcp or both".into()));
     }
     let token = Token::from_file(&config.token_file).map_err(ServeError::Config)?;
-    let root = Root::new(&config.root, &config.data_dir).map_err(|e| {
-        ServeError::Config(format!("cannot open root `{}`: {e}", config.root.display()))
-    })?;
+    let root = Root::new(&config.root, &config.data_dir)
+        .map_err(|e| ServeError::Config(format!("cannot open root `{}`: {e}", config.root.display())))?;
     let registry = Arc::new(Registry::default());
     let reaped = Arc::new(ReaperStats::default());
     reaper::start(registry.clone(), reaped.clone())
@@ -67,35 +66,32 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         tracing::info!(socket = %path.display(), "listening");
         let router = router(&service, &token).await;
         let stop = wait_stop(stop_rx.clone());
-        servers.push(tokio::spawn(router.serve_with_incoming_shutdown(
-            UnixListenerStream::new(listener),
-            stop,
-        )));
+        servers.push(tokio::spawn(router.serve_with_incoming_shutdown(UnixListenerStream::new(listener), stop)));
     }
     if let Some(addr) = config.listen_tcp {
-        let listener = TcpListener::bind(addr)
-            .await
-            .map_err(|source| ServeError::Listen {
-                what: addr.to_string(),
-                source,
-            })?;
+        let listener =
+            TcpListener::bind(addr).await.map_err(|source| ServeError::Listen { what: addr.to_string(), source })?;
         tracing::info!(addr = %addr, "listening");
         let router = router(&service, &token).await;
         let stop = wait_stop(stop_rx.clone());
-        servers.push(tokio::spawn(router.serve_with_incoming_shutdown(
-            TcpListenerStream::new(listener),
-            stop,
-        )));
+        servers.push(tokio::spawn(router.serve_with_incoming_shutdown(TcpListenerStream::new(listener), stop)));
     }
     shutdown.await;
     tracing::info!("shutting down: ending sessions");
     end_sessions(&registry).await;
     let _ = stop_tx.send(true);
-    for s in servers {
-        match s.await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => return Err(ServeError::Transport(e)),
-            Err(e) => tracing::error!(error = %e, "server task failed"),
+    // Graceful shutdown waits for open streams, which clients may hold forever (a watch, an idle exec
+    // request side); after SERVER_DRAIN the process exits anyway and the kernel closes the connections.
+    let deadline = tokio::time::Instant::now() + SERVER_DRAIN;
+    for mut s in servers {
+        match tokio::time::timeout_at(deadline, &mut s).await {
+            Ok(Ok(Ok(()))) => {}
+            Ok(Ok(Err(e))) => return Err(ServeError::Transport(e)),
+            Ok(Err(e)) => tracing::error!(error = %e, "server task failed"),
+            Err(_) => {
+                tracing::info!("clients still connected after the drain period; closing");
+                s.abort();
+            }
         }
     }
     if let Some(path) = &config.socket {
@@ -106,9 +102,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
 
 async fn router(service: &Service, token: &Token) -> tonic::transport::server::Router {
     let (health, health_service) = tonic_health::server::health_reporter();
-    health
-        .set_serving::<ContainerServiceServer<Service>>()
-        .await;
+    health.set_serving::<ContainerServiceServer<Service>>().await;
     let auth = {
         let token = token.clone();
         move |req| token.check(req)
@@ -126,10 +120,7 @@ async fn router(service: &Service, token: &Token) -> tonic::transport::server::R
 
 fn bind_unix(path: &std::path::Path) -> Result<UnixListener, ServeError> {
     use std::os::unix::fs::{FileTypeExt, PermissionsExt};
-    let listen_err = |source| ServeError::Listen {
-        what: path.display().to_string(),
-        source,
-    };
+    let listen_err = |source| ServeError::Listen { what: path.display().to_string(), source };
     // A socket left by a previous run would make bind fail; anything else at the path is not ours.
     if let Ok(meta) = std::fs::symlink_metadata(path)
         && meta.file_type().is_socket()

@@ -58,10 +58,5 @@ pub fn watch_event(e: WatchEvent) -> pb::WatchEvent {
         WatchKind::Overflow => pb::WatchEventKind::Overflow,
         WatchKind::RootRemoved => pb::WatchEventKind::RootRemoved,
     };
-    pb::WatchEvent {
-        kind: kind as i32,
-        path: e.path,
-        is_dir: e.is_dir,
-        rename_cookie: e.cookie,
-    }
+    pb::WatchEvent { kind: kind as i32, path: e.path, is_dir: e.is_dir, rename_cookie: e.cookie }
 }

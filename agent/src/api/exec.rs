@@ -32,48 +32,30 @@ pub type ExecStream = mpsc::Receiver<Result<pb::ExecResponse, Status>>;
 
 /// Waits for the start frame, spawns, and returns the response stream; spawn failures are returned here,
 /// before any frame, as a typed error.
-pub async fn open(
-    agent: Arc<Agent>,
-    mut inbound: Streaming<pb::ExecRequest>,
-) -> Result<ExecStream> {
+pub async fn open(agent: Arc<Agent>, mut inbound: Streaming<pb::ExecRequest>) -> Result<ExecStream> {
     let start = match tokio::time::timeout(FIRST_FRAME_DEADLINE, inbound.message()).await {
         Err(_) => {
-            return Err(Error::DeadlineExceeded(
-                "no `start` frame within 30 s".into(),
-            ));
+            return Err(Error::DeadlineExceeded("no `start` frame within 30 s".into()));
         }
         Ok(Err(status)) => {
-            return Err(Error::Aborted(format!(
-                "exec stream failed before start: {}",
-                status.message()
-            )));
+            return Err(Error::Aborted(format!("exec stream failed before start: {}", status.message())));
         }
         Ok(Ok(None)) => {
-            return Err(Error::InvalidArgument(
-                "exec stream closed before the `start` frame".into(),
-            ));
+            return Err(Error::InvalidArgument("exec stream closed before the `start` frame".into()));
         }
-        Ok(Ok(Some(pb::ExecRequest {
-            frame: Some(In::Start(s)),
-        }))) => s,
+        Ok(Ok(Some(pb::ExecRequest { frame: Some(In::Start(s)) }))) => s,
         Ok(Ok(Some(_))) => {
-            return Err(Error::InvalidArgument(
-                "the first exec frame must be `start`".into(),
-            ));
+            return Err(Error::InvalidArgument("the first exec frame must be `start`".into()));
         }
     };
     let argv = match (start.argv.is_empty(), start.shell.is_empty()) {
         (false, true) => start.argv.clone(),
         (true, false) => vec!["/bin/sh".into(), "-c".into(), start.shell.clone()],
         (false, false) => {
-            return Err(Error::InvalidArgument(
-                "set either argv or shell, not both".into(),
-            ));
+            return Err(Error::InvalidArgument("set either argv or shell, not both".into()));
         }
         (true, true) => {
-            return Err(Error::InvalidArgument(
-                "no command given: set argv or shell".into(),
-            ));
+            return Err(Error::InvalidArgument("no command given: set argv or shell".into()));
         }
     };
     let pty = match &start.pty {
@@ -85,69 +67,33 @@ pub async fn open(
         argv: argv.clone(),
         cwd,
         cwd_shown,
-        env: start
-            .env
-            .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect(),
+        env: start.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
         clean_env: start.clean_env,
         pty,
     };
     let spawned = spawn(&agent.registry, &req)?;
-    let session = agent
-        .registry
-        .register(SessionKind::Exec, spawned.pid, argv, start.tag.clone());
+    let session = agent.registry.register(SessionKind::Exec, spawned.pid, argv, start.tag.clone());
     tracing::debug!(session.id = %session.id, pid = spawned.pid, "exec started");
     let (tx, rx) = mpsc::channel(32);
-    let started = Out::Started(pb::Started {
-        pid: spawned.pid,
-        session_id: session.id.clone(),
-    });
+    let started = Out::Started(pb::Started { pid: spawned.pid, session_id: session.id.clone() });
     // The channel is fresh, so this cannot block; a closed receiver is handled by the driver.
-    let _ = tx.try_send(Ok(pb::ExecResponse {
-        frame: Some(started),
-    }));
+    let _ = tx.try_send(Ok(pb::ExecResponse { frame: Some(started) }));
     let (stop_tx, stop_rx) = watch::channel(false);
     let (sink, pumps) = match spawned.io {
-        ChildIo::Pipes {
-            stdin,
-            stdout,
-            stderr,
-        } => (
+        ChildIo::Pipes { stdin, stdout, stderr } => (
             StdinSink::Pipe(stdin),
             vec![
-                tokio::spawn(pump(stdout, tx.clone(), stop_rx.clone(), |b| {
-                    out(Out::Stdout(b))
-                })),
-                tokio::spawn(pump(stderr, tx.clone(), stop_rx.clone(), |b| {
-                    out(Out::Stderr(b))
-                })),
+                tokio::spawn(pump(stdout, tx.clone(), stop_rx.clone(), |b| out(Out::Stdout(b)))),
+                tokio::spawn(pump(stderr, tx.clone(), stop_rx.clone(), |b| out(Out::Stderr(b)))),
             ],
         ),
         ChildIo::Pty(master) => (
             StdinSink::Pty(master.clone()),
-            vec![tokio::spawn(pump(
-                PtyReader(master),
-                tx.clone(),
-                stop_rx,
-                |b| out(Out::Stdout(b)),
-            ))],
+            vec![tokio::spawn(pump(PtyReader(master), tx.clone(), stop_rx, |b| out(Out::Stdout(b))))],
         ),
     };
-    let input = tokio::spawn(input_loop(
-        inbound,
-        sink,
-        spawned.pid,
-        start.stdin,
-        start.close_stdin,
-    ));
-    let driver = Driver {
-        agent,
-        session,
-        tx,
-        stop: stop_tx,
-        timeout_ms: start.timeout_ms,
-    };
+    let input = tokio::spawn(input_loop(inbound, sink, spawned.pid, start.stdin, start.close_stdin));
+    let driver = Driver { agent, session, tx, stop: stop_tx, timeout_ms: start.timeout_ms };
     tokio::spawn(driver.run(spawned.child, pumps, input));
     Ok(rx)
 }
@@ -161,10 +107,7 @@ fn pty_size(p: &pb::PtySize) -> Result<(u16, u16)> {
     let cols = u16::try_from(p.cols).ok().filter(|c| *c > 0);
     match (rows, cols) {
         (Some(r), Some(c)) => Ok((r, c)),
-        _ => Err(Error::InvalidArgument(format!(
-            "pty size {}x{} must be 1-65535 rows and columns",
-            p.rows, p.cols
-        ))),
+        _ => Err(Error::InvalidArgument(format!("pty size {}x{} must be 1-65535 rows and columns", p.rows, p.cols))),
     }
 }
 
@@ -250,10 +193,7 @@ async fn input_loop(
             },
             In::Signal(s) => {
                 if !(1..=64).contains(&s.signal) {
-                    return InputEnd::Protocol(format!(
-                        "{} is not a signal number (1-64)",
-                        s.signal
-                    ));
+                    return InputEnd::Protocol(format!("{} is not a signal number (1-64)", s.signal));
                 }
                 if let Err(e) = crate::process::registry::signal_group(pgid, s.signal) {
                     tracing::warn!(error = %e, "failed to signal process group");
@@ -275,14 +215,9 @@ struct Driver {
 }
 
 impl Driver {
-    async fn run(
-        self,
-        mut child: tokio::process::Child,
-        pumps: Vec<JoinHandle<()>>,
-        mut input: JoinHandle<InputEnd>,
-    ) {
-        let deadline = (self.timeout_ms > 0)
-            .then(|| tokio::time::Instant::now() + Duration::from_millis(self.timeout_ms));
+    async fn run(self, mut child: tokio::process::Child, pumps: Vec<JoinHandle<()>>, mut input: JoinHandle<InputEnd>) {
+        let deadline =
+            (self.timeout_ms > 0).then(|| tokio::time::Instant::now() + Duration::from_millis(self.timeout_ms));
         let mut reason: Option<Reason> = None;
         let mut protocol_error = None;
         let mut input_done = false;
@@ -318,11 +253,7 @@ impl Driver {
         finish_pumps(pumps, &self.stop).await;
         input.abort();
         self.agent.registry.unregister(&self.session.id);
-        let reason = if self.session.was_killed() {
-            Reason::Killed
-        } else {
-            reason.unwrap_or(Reason::Exited)
-        };
+        let reason = if self.session.was_killed() { Reason::Killed } else { reason.unwrap_or(Reason::Exited) };
         let last = match (status, protocol_error) {
             (_, Some(msg)) => Err(Status::invalid_argument(msg)),
             (Ok(st), None) => {
@@ -330,9 +261,7 @@ impl Driver {
                 tracing::debug!(session.id = %self.session.id, exit = %exit.message, "exec finished");
                 Ok(out(Out::Exited(exited_frame(exit, Vec::new()))))
             }
-            (Err(e), None) => Err(Status::internal(format!(
-                "waiting for the process failed: {e}"
-            ))),
+            (Err(e), None) => Err(Status::internal(format!("waiting for the process failed: {e}"))),
         };
         let _ = self.tx.send(last).await;
     }

@@ -14,26 +14,17 @@ use crate::state::Agent;
 
 /// Runs blocking file-system work on tokio's blocking pool.
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| Error::internal(format!("file task failed: {e}")))?
+    tokio::task::spawn_blocking(f).await.map_err(|e| Error::internal(format!("file task failed: {e}")))?
 }
 
 pub async fn read_file(agent: Arc<Agent>, r: pb::ReadFileRequest) -> Result<pb::ReadFileResponse> {
     let rel = agent.root.resolve(&r.path)?;
     let mode = match r.mode {
-        Some(pb::read_file_request::Mode::Bytes(b)) => read::ReadMode::Bytes {
-            offset: b.offset,
-            length: b.length,
-        },
-        Some(pb::read_file_request::Mode::Lines(l)) => read::ReadMode::Lines {
-            start_line: l.start_line,
-            max_lines: l.max_lines,
-        },
-        None => read::ReadMode::Lines {
-            start_line: 0,
-            max_lines: 0,
-        },
+        Some(pb::read_file_request::Mode::Bytes(b)) => read::ReadMode::Bytes { offset: b.offset, length: b.length },
+        Some(pb::read_file_request::Mode::Lines(l)) => {
+            read::ReadMode::Lines { start_line: l.start_line, max_lines: l.max_lines }
+        }
+        None => read::ReadMode::Lines { start_line: 0, max_lines: 0 },
     };
     let o = blocking(move || read::read(&agent.root, &rel, mode, r.max_bytes)).await?;
     Ok(pb::ReadFileResponse {
@@ -46,21 +37,11 @@ pub async fn read_file(agent: Arc<Agent>, r: pb::ReadFileRequest) -> Result<pb::
     })
 }
 
-pub async fn write_file(
-    agent: Arc<Agent>,
-    r: pb::WriteFileRequest,
-) -> Result<pb::WriteFileResponse> {
+pub async fn write_file(agent: Arc<Agent>, r: pb::WriteFileRequest) -> Result<pb::WriteFileResponse> {
     let rel = agent.root.resolve(&r.path)?;
-    let opts = write::WriteOptions {
-        mode: r.mode,
-        create_parents: r.create_parents,
-        no_overwrite: r.no_overwrite,
-    };
+    let opts = write::WriteOptions { mode: r.mode, create_parents: r.create_parents, no_overwrite: r.no_overwrite };
     let (n, sha) = blocking(move || write::write_file(&agent.root, &rel, &r.content, opts)).await?;
-    Ok(pb::WriteFileResponse {
-        bytes_written: n,
-        sha256: sha,
-    })
+    Ok(pb::WriteFileResponse { bytes_written: n, sha256: sha })
 }
 
 pub async fn list_dir(agent: Arc<Agent>, r: pb::ListDirRequest) -> Result<pb::ListDirResponse> {
@@ -84,9 +65,7 @@ pub async fn stat(agent: Arc<Agent>, r: pb::StatRequest) -> Result<pb::StatRespo
     let rel = agent.root.resolve(&r.path)?;
     let mut i = blocking(move || info::stat(&agent.root, &rel, r.follow_symlinks)).await?;
     i.path = r.path;
-    Ok(pb::StatResponse {
-        info: Some(file_info(i)),
-    })
+    Ok(pb::StatResponse { info: Some(file_info(i)) })
 }
 
 pub async fn mkdir(agent: Arc<Agent>, r: pb::MkdirRequest) -> Result<pb::MkdirResponse> {
@@ -98,8 +77,7 @@ pub async fn mkdir(agent: Arc<Agent>, r: pb::MkdirRequest) -> Result<pb::MkdirRe
 pub async fn rename(agent: Arc<Agent>, r: pb::RenameRequest) -> Result<pb::RenameResponse> {
     let from = agent.root.resolve(&r.from_path)?;
     let to = agent.root.resolve(&r.to_path)?;
-    blocking(move || ops::rename(&agent.root, &from, &to, r.no_overwrite, r.create_parents))
-        .await?;
+    blocking(move || ops::rename(&agent.root, &from, &to, r.no_overwrite, r.create_parents)).await?;
     Ok(pb::RenameResponse {})
 }
 
@@ -118,9 +96,7 @@ pub async fn chmod(agent: Arc<Agent>, r: pb::ChmodRequest) -> Result<pb::ChmodRe
 pub async fn chown(agent: Arc<Agent>, r: pb::ChownRequest) -> Result<pb::ChownResponse> {
     let rel = agent.root.resolve(&r.path)?;
     if r.uid.is_none() && r.gid.is_none() {
-        return Err(Error::InvalidArgument(
-            "chown needs a uid, a gid or both".into(),
-        ));
+        return Err(Error::InvalidArgument("chown needs a uid, a gid or both".into()));
     }
     blocking(move || ops::chown(&agent.root, &rel, r.uid, r.gid, r.follow_symlinks)).await?;
     Ok(pb::ChownResponse {})
@@ -135,59 +111,36 @@ pub async fn download(agent: Arc<Agent>, r: pb::DownloadRequest) -> Result<Downl
     let (tx, rx) = mpsc::channel(8);
     let shown = r.path.clone();
     tokio::task::spawn_blocking(move || {
-        download::pump(
-            &file,
-            &shown,
-            size,
-            r.offset,
-            r.length,
-            r.chunk_size_bytes,
-            |c| {
-                let msg = c.map_err(Status::from).map(|c| pb::DownloadChunk {
-                    offset: c.offset,
-                    data: c.data,
-                    file_size_bytes: c.file_size_bytes,
-                    eof: c.eof,
-                    sha256: c.sha256,
-                });
-                tx.blocking_send(msg).is_ok()
-            },
-        );
+        download::pump(&file, &shown, size, r.offset, r.length, r.chunk_size_bytes, |c| {
+            let msg = c.map_err(Status::from).map(|c| pb::DownloadChunk {
+                offset: c.offset,
+                data: c.data,
+                file_size_bytes: c.file_size_bytes,
+                eof: c.eof,
+                sha256: c.sha256,
+            });
+            tx.blocking_send(msg).is_ok()
+        });
     });
     Ok(rx)
 }
 
-pub async fn upload(
-    agent: Arc<Agent>,
-    mut inbound: Streaming<pb::UploadRequest>,
-) -> Result<pb::UploadResponse> {
+pub async fn upload(agent: Arc<Agent>, mut inbound: Streaming<pb::UploadRequest>) -> Result<pb::UploadResponse> {
     let open = match inbound.message().await {
-        Ok(Some(pb::UploadRequest {
-            frame: Some(UploadFrame::Open(o)),
-        })) => o,
+        Ok(Some(pb::UploadRequest { frame: Some(UploadFrame::Open(o)) })) => o,
         Ok(Some(_)) => {
-            return Err(Error::InvalidArgument(
-                "the first upload frame must be `open`".into(),
-            ));
+            return Err(Error::InvalidArgument("the first upload frame must be `open`".into()));
         }
         Ok(None) => {
-            return Err(Error::InvalidArgument(
-                "upload stream closed before the `open` frame".into(),
-            ));
+            return Err(Error::InvalidArgument("upload stream closed before the `open` frame".into()));
         }
         Err(s) => {
-            return Err(Error::Aborted(format!(
-                "upload stream failed: {}",
-                s.message()
-            )));
+            return Err(Error::Aborted(format!("upload stream failed: {}", s.message())));
         }
     };
     let rel = agent.root.resolve(&open.path)?;
-    let opts = write::WriteOptions {
-        mode: open.mode,
-        create_parents: open.create_parents,
-        no_overwrite: open.no_overwrite,
-    };
+    let opts =
+        write::WriteOptions { mode: open.mode, create_parents: open.create_parents, no_overwrite: open.no_overwrite };
     let root = agent.root.clone();
     let mut file = blocking(move || write::AtomicFile::create(&root, &rel, opts)).await?;
     // Dropping `file` on any early return below removes the temporary file: nothing lands uncommitted.
@@ -202,11 +155,7 @@ pub async fn upload(
                 )));
             }
             Err(s) => {
-                return Err(Error::Aborted(format!(
-                    "upload to `{}` failed: {}",
-                    open.path,
-                    s.message()
-                )));
+                return Err(Error::Aborted(format!("upload to `{}` failed: {}", open.path, s.message())));
             }
         };
         match frame {
@@ -219,10 +168,7 @@ pub async fn upload(
             }
             UploadFrame::Commit(c) => {
                 let (n, sha) = blocking(move || file.commit(Some(&c.expected_sha256))).await?;
-                return Ok(pb::UploadResponse {
-                    bytes_written: n,
-                    sha256: sha,
-                });
+                return Ok(pb::UploadResponse { bytes_written: n, sha256: sha });
             }
             UploadFrame::Abort(_) => {
                 return Err(Error::Aborted(format!(
@@ -231,9 +177,7 @@ pub async fn upload(
                 )));
             }
             UploadFrame::Open(_) => {
-                return Err(Error::InvalidArgument(
-                    "`open` may only be the first upload frame".into(),
-                ));
+                return Err(Error::InvalidArgument("`open` may only be the first upload frame".into()));
             }
         }
     }
@@ -248,11 +192,7 @@ pub async fn watch(agent: Arc<Agent>, r: pb::WatchRequest) -> Result<WatchStream
     let (out_tx, out_rx) = mpsc::channel(1024);
     tokio::spawn(async move {
         while let Some(ev) = rx.recv().await {
-            if out_tx
-                .send(ev.map(watch_event).map_err(Status::from))
-                .await
-                .is_err()
-            {
+            if out_tx.send(ev.map(watch_event).map_err(Status::from)).await.is_err() {
                 return;
             }
         }

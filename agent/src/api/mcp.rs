@@ -41,34 +41,20 @@ fn out(frame: Out) -> pb::McpSessionResponse {
 }
 
 /// Waits for the `open` frame, starts the server and returns the response stream.
-pub async fn open(
-    agent: Arc<Agent>,
-    mut inbound: Streaming<pb::McpSessionRequest>,
-) -> Result<McpStream> {
+pub async fn open(agent: Arc<Agent>, mut inbound: Streaming<pb::McpSessionRequest>) -> Result<McpStream> {
     let open = match tokio::time::timeout(FIRST_FRAME_DEADLINE, inbound.message()).await {
         Err(_) => {
-            return Err(Error::DeadlineExceeded(
-                "no `open` frame within 30 s".into(),
-            ));
+            return Err(Error::DeadlineExceeded("no `open` frame within 30 s".into()));
         }
         Ok(Err(status)) => {
-            return Err(Error::Aborted(format!(
-                "MCP stream failed before open: {}",
-                status.message()
-            )));
+            return Err(Error::Aborted(format!("MCP stream failed before open: {}", status.message())));
         }
         Ok(Ok(None)) => {
-            return Err(Error::InvalidArgument(
-                "MCP stream closed before the `open` frame".into(),
-            ));
+            return Err(Error::InvalidArgument("MCP stream closed before the `open` frame".into()));
         }
-        Ok(Ok(Some(pb::McpSessionRequest {
-            frame: Some(In::Open(o)),
-        }))) => o,
+        Ok(Ok(Some(pb::McpSessionRequest { frame: Some(In::Open(o)) }))) => o,
         Ok(Ok(Some(_))) => {
-            return Err(Error::InvalidArgument(
-                "the first MCP frame must be `open`".into(),
-            ));
+            return Err(Error::InvalidArgument("the first MCP frame must be `open`".into()));
         }
     };
     let mut argv = vec![open.command.clone()];
@@ -78,58 +64,25 @@ pub async fn open(
         argv: argv.clone(),
         cwd,
         cwd_shown,
-        env: open
-            .env
-            .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect(),
+        env: open.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
         clean_env: open.clean_env,
         pty: None,
     };
     let spawned = spawn(&agent.registry, &req)?;
-    let ChildIo::Pipes {
-        stdin,
-        stdout,
-        stderr,
-    } = spawned.io
-    else {
+    let ChildIo::Pipes { stdin, stdout, stderr } = spawned.io else {
         return Err(Error::internal("MCP server was started without pipes"));
     };
-    let session = agent
-        .registry
-        .register(SessionKind::Mcp, spawned.pid, argv, open.tag.clone());
+    let session = agent.registry.register(SessionKind::Mcp, spawned.pid, argv, open.tag.clone());
     tracing::debug!(session.id = %session.id, pid = spawned.pid, "MCP session started");
     let (tx, rx) = mpsc::channel(64);
-    let _ = tx.try_send(Ok(out(Out::Started(pb::Started {
-        pid: spawned.pid,
-        session_id: session.id.clone(),
-    }))));
+    let _ = tx.try_send(Ok(out(Out::Started(pb::Started { pid: spawned.pid, session_id: session.id.clone() }))));
     let (stop_tx, stop_rx) = watch::channel(false);
-    let stdout_task = tokio::spawn(relay_stdout(
-        stdout,
-        tx.clone(),
-        stop_rx.clone(),
-        agent.max_mcp_message_bytes,
-    ));
-    let stderr_task = tokio::spawn(drain_stderr(
-        stderr,
-        tx.clone(),
-        stop_rx,
-        open.forward_stderr,
-    ));
+    let stdout_task = tokio::spawn(relay_stdout(stdout, tx.clone(), stop_rx.clone(), agent.max_mcp_message_bytes));
+    let stderr_task = tokio::spawn(drain_stderr(stderr, tx.clone(), stop_rx, open.forward_stderr));
     let input = tokio::spawn(input_loop(inbound, stdin));
-    let grace = if open.shutdown_grace_ms == 0 {
-        DEFAULT_GRACE
-    } else {
-        Duration::from_millis(open.shutdown_grace_ms.into())
-    };
-    let driver = Driver {
-        agent,
-        session,
-        tx,
-        stop: stop_tx,
-        grace,
-    };
+    let grace =
+        if open.shutdown_grace_ms == 0 { DEFAULT_GRACE } else { Duration::from_millis(open.shutdown_grace_ms.into()) };
+    let driver = Driver { agent, session, tx, stop: stop_tx, grace };
     tokio::spawn(driver.run(spawned.child, stdout_task, stderr_task, input));
     Ok(rx)
 }
@@ -141,10 +94,7 @@ enum InputEnd {
     Protocol(String),
 }
 
-async fn input_loop(
-    mut inbound: Streaming<pb::McpSessionRequest>,
-    mut stdin: Option<ChildStdin>,
-) -> InputEnd {
+async fn input_loop(mut inbound: Streaming<pb::McpSessionRequest>, mut stdin: Option<ChildStdin>) -> InputEnd {
     loop {
         let frame = match inbound.message().await {
             Ok(Some(pb::McpSessionRequest { frame: Some(f) })) => f,
@@ -160,9 +110,7 @@ async fn input_loop(
                     msg.pop();
                 }
                 if msg.contains(&b'\n') {
-                    return InputEnd::Protocol(
-                        "an MCP message must not contain a raw newline".into(),
-                    );
+                    return InputEnd::Protocol("an MCP message must not contain a raw newline".into());
                 }
                 msg.push(b'\n');
                 if let Some(pipe) = stdin.as_mut()
@@ -179,12 +127,7 @@ async fn input_loop(
 }
 
 /// Relays stdout line by line. Returns an error if a line exceeded the limit.
-async fn relay_stdout(
-    stdout: ChildStdout,
-    tx: Tx,
-    stop: watch::Receiver<bool>,
-    max: usize,
-) -> Result<(), LineError> {
+async fn relay_stdout(stdout: ChildStdout, tx: Tx, stop: watch::Receiver<bool>, max: usize) -> Result<(), LineError> {
     let mut lines = LineReader::new(stdout, max);
     let mut guard = StopGuard::new(stop);
     loop {
@@ -203,12 +146,7 @@ async fn relay_stdout(
 }
 
 /// Drains stderr into a bounded tail, forwarding chunks when asked and there is room.
-async fn drain_stderr(
-    mut stderr: ChildStderr,
-    tx: Tx,
-    stop: watch::Receiver<bool>,
-    forward: bool,
-) -> Vec<u8> {
+async fn drain_stderr(mut stderr: ChildStderr, tx: Tx, stop: watch::Receiver<bool>, forward: bool) -> Vec<u8> {
     let mut tail = Vec::new();
     let mut guard = StopGuard::new(stop);
     let mut buf = vec![0u8; CHUNK_BYTES];
@@ -303,11 +241,7 @@ impl Driver {
         // The server is gone; make sure nothing it started outlives the session.
         self.signal(libc::SIGKILL);
         let deadline = tokio::time::Instant::now() + DRAIN_GRACE;
-        if !stdout_done
-            && tokio::time::timeout_at(deadline, &mut stdout_task)
-                .await
-                .is_err()
-        {
+        if !stdout_done && tokio::time::timeout_at(deadline, &mut stdout_task).await.is_err() {
             let _ = self.stop.send(true);
             let _ = stdout_task.await;
         }
@@ -315,11 +249,7 @@ impl Driver {
         let tail = stderr_task.await.unwrap_or_default();
         input.abort();
         self.agent.registry.unregister(&self.session.id);
-        let reason = if self.session.was_killed() {
-            Reason::Killed
-        } else {
-            reason.unwrap_or(Reason::Exited)
-        };
+        let reason = if self.session.was_killed() { Reason::Killed } else { reason.unwrap_or(Reason::Exited) };
         let last = match status {
             Ok(st) => {
                 let mut exit = Exit::new(st, reason, 0);
@@ -329,18 +259,12 @@ impl Driver {
                 tracing::debug!(session.id = %self.session.id, exit = %exit.message, "MCP session finished");
                 Ok(out(Out::Exited(exited_frame(exit, tail))))
             }
-            Err(e) => Err(Status::internal(format!(
-                "waiting for the MCP server failed: {e}"
-            ))),
+            Err(e) => Err(Status::internal(format!("waiting for the MCP server failed: {e}"))),
         };
         let _ = self.tx.send(last).await;
     }
 
-    fn begin_shutdown(
-        &self,
-        term_at: &mut Option<tokio::time::Instant>,
-        kill_at: &mut Option<tokio::time::Instant>,
-    ) {
+    fn begin_shutdown(&self, term_at: &mut Option<tokio::time::Instant>, kill_at: &mut Option<tokio::time::Instant>) {
         if term_at.is_none() && kill_at.is_none() {
             let now = tokio::time::Instant::now();
             *term_at = Some(now + self.grace);

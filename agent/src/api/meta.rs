@@ -86,10 +86,7 @@ pub fn list_sessions(agent: &Agent) -> pb::ListSessionsResponse {
     pb::ListSessionsResponse { sessions }
 }
 
-pub fn kill_session(
-    agent: &Arc<Agent>,
-    r: &pb::KillSessionRequest,
-) -> Result<pb::KillSessionResponse> {
+pub fn kill_session(agent: &Arc<Agent>, r: &pb::KillSessionRequest) -> Result<pb::KillSessionResponse> {
     agent.registry.kill(&r.session_id, r.signal)?;
     Ok(pb::KillSessionResponse {})
 }

@@ -38,9 +38,7 @@ impl From<Error> for Status {
                 let id = uuid::Uuid::new_v4();
                 let cause = source.as_ref().map(ToString::to_string).unwrap_or_default();
                 tracing::error!(error.id = %id, error = %message, cause = %cause, "internal error");
-                Status::internal(format!(
-                    "{message} (internal error {id}; see the agent log)"
-                ))
+                Status::internal(format!("{message} (internal error {id}; see the agent log)"))
             }
         }
     }
@@ -51,11 +49,7 @@ impl From<Error> for Status {
 fn resolve_cwd(agent: &Agent, cwd: &str) -> Result<(PathBuf, String)> {
     let rel = if cwd.is_empty() {
         let data = agent.root.data_dir();
-        if agent.root.host_path(data).is_dir() {
-            data.clone()
-        } else {
-            agent.root.resolve("/")?
-        }
+        if agent.root.host_path(data).is_dir() { data.clone() } else { agent.root.resolve("/")? }
     } else {
         agent.root.resolve(cwd)?
     };
@@ -64,9 +58,7 @@ fn resolve_cwd(agent: &Agent, cwd: &str) -> Result<(PathBuf, String)> {
 
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
 
-fn stream<T: Send + 'static>(
-    rx: tokio::sync::mpsc::Receiver<Result<T, Status>>,
-) -> Response<BoxStream<T>> {
+fn stream<T: Send + 'static>(rx: tokio::sync::mpsc::Receiver<Result<T, Status>>) -> Response<BoxStream<T>> {
     Response::new(Box::pin(ReceiverStream::new(rx)))
 }
 
@@ -87,109 +79,74 @@ type Res<T> = std::result::Result<Response<T>, Status>;
 #[tonic::async_trait]
 impl ContainerService for Service {
     async fn read_file(&self, r: Request<pb::ReadFileRequest>) -> Res<pb::ReadFileResponse> {
-        Ok(Response::new(
-            files::read_file(self.agent.clone(), r.into_inner()).await?,
-        ))
+        Ok(Response::new(files::read_file(self.agent.clone(), r.into_inner()).await?))
     }
 
     async fn write_file(&self, r: Request<pb::WriteFileRequest>) -> Res<pb::WriteFileResponse> {
-        Ok(Response::new(
-            files::write_file(self.agent.clone(), r.into_inner()).await?,
-        ))
+        Ok(Response::new(files::write_file(self.agent.clone(), r.into_inner()).await?))
     }
 
     async fn list_dir(&self, r: Request<pb::ListDirRequest>) -> Res<pb::ListDirResponse> {
-        Ok(Response::new(
-            files::list_dir(self.agent.clone(), r.into_inner()).await?,
-        ))
+        Ok(Response::new(files::list_dir(self.agent.clone(), r.into_inner()).await?))
     }
 
     async fn stat(&self, r: Request<pb::StatRequest>) -> Res<pb::StatResponse> {
-        Ok(Response::new(
-            files::stat(self.agent.clone(), r.into_inner()).await?,
-        ))
+        Ok(Response::new(files::stat(self.agent.clone(), r.into_inner()).await?))
     }
 
     async fn mkdir(&self, r: Request<pb::MkdirRequest>) -> Res<pb::MkdirResponse> {
-        Ok(Response::new(
-            files::mkdir(self.agent.clone(), r.into_inner()).await?,
-        ))
+        Ok(Response::new(files::mkdir(self.agent.clone(), r.into_inner()).await?))
     }
 
     async fn rename(&self, r: Request<pb::RenameRequest>) -> Res<pb::RenameResponse> {
-        Ok(Response::new(
-            files::rename(self.agent.clone(), r.into_inner()).await?,
-        ))
+        Ok(Response::new(files::rename(self.agent.clone(), r.into_inner()).await?))
     }
 
     async fn delete(&self, r: Request<pb::DeleteRequest>) -> Res<pb::DeleteResponse> {
-        Ok(Response::new(
-            files::delete(self.agent.clone(), r.into_inner()).await?,
-        ))
+        Ok(Response::new(files::delete(self.agent.clone(), r.into_inner()).await?))
     }
 
     async fn chmod(&self, r: Request<pb::ChmodRequest>) -> Res<pb::ChmodResponse> {
-        Ok(Response::new(
-            files::chmod(self.agent.clone(), r.into_inner()).await?,
-        ))
+        Ok(Response::new(files::chmod(self.agent.clone(), r.into_inner()).await?))
     }
 
     async fn chown(&self, r: Request<pb::ChownRequest>) -> Res<pb::ChownResponse> {
-        Ok(Response::new(
-            files::chown(self.agent.clone(), r.into_inner()).await?,
-        ))
+        Ok(Response::new(files::chown(self.agent.clone(), r.into_inner()).await?))
     }
 
     type DownloadStream = BoxStream<pb::DownloadChunk>;
 
     async fn download(&self, r: Request<pb::DownloadRequest>) -> Res<Self::DownloadStream> {
-        Ok(stream(
-            files::download(self.agent.clone(), r.into_inner()).await?,
-        ))
+        Ok(stream(files::download(self.agent.clone(), r.into_inner()).await?))
     }
 
     async fn upload(&self, r: Request<Streaming<pb::UploadRequest>>) -> Res<pb::UploadResponse> {
-        Ok(Response::new(
-            files::upload(self.agent.clone(), r.into_inner()).await?,
-        ))
+        Ok(Response::new(files::upload(self.agent.clone(), r.into_inner()).await?))
     }
 
     type WatchStream = BoxStream<pb::WatchEvent>;
 
     async fn watch(&self, r: Request<pb::WatchRequest>) -> Res<Self::WatchStream> {
-        Ok(stream(
-            files::watch(self.agent.clone(), r.into_inner()).await?,
-        ))
+        Ok(stream(files::watch(self.agent.clone(), r.into_inner()).await?))
     }
 
     type ExecStream = BoxStream<pb::ExecResponse>;
 
     async fn exec(&self, r: Request<Streaming<pb::ExecRequest>>) -> Res<Self::ExecStream> {
-        Ok(stream(
-            exec::open(self.agent.clone(), r.into_inner()).await?,
-        ))
+        Ok(stream(exec::open(self.agent.clone(), r.into_inner()).await?))
     }
 
     type McpSessionStream = BoxStream<pb::McpSessionResponse>;
 
-    async fn mcp_session(
-        &self,
-        r: Request<Streaming<pb::McpSessionRequest>>,
-    ) -> Res<Self::McpSessionStream> {
+    async fn mcp_session(&self, r: Request<Streaming<pb::McpSessionRequest>>) -> Res<Self::McpSessionStream> {
         Ok(stream(mcp::open(self.agent.clone(), r.into_inner()).await?))
     }
 
-    async fn list_sessions(
-        &self,
-        _r: Request<pb::ListSessionsRequest>,
-    ) -> Res<pb::ListSessionsResponse> {
+    async fn list_sessions(&self, _r: Request<pb::ListSessionsRequest>) -> Res<pb::ListSessionsResponse> {
         Ok(Response::new(meta::list_sessions(&self.agent)))
     }
 
-    async fn kill_session(
-        &self,
-        r: Request<pb::KillSessionRequest>,
-    ) -> Res<pb::KillSessionResponse> {
+    async fn kill_session(&self, r: Request<pb::KillSessionRequest>) -> Res<pb::KillSessionResponse> {
         Ok(Response::new(meta::kill_session(&self.agent, r.get_ref())?))
     }
 

@@ -36,16 +36,8 @@ pub fn pump(
     chunk_bytes: u32,
     mut send: impl FnMut(Result<Chunk>) -> bool,
 ) {
-    let chunk = if chunk_bytes == 0 {
-        DEFAULT_CHUNK_BYTES
-    } else {
-        chunk_bytes.min(MAX_CHUNK_BYTES)
-    } as usize;
-    let end = if length == 0 {
-        u64::MAX
-    } else {
-        offset.saturating_add(length)
-    };
+    let chunk = if chunk_bytes == 0 { DEFAULT_CHUNK_BYTES } else { chunk_bytes.min(MAX_CHUNK_BYTES) } as usize;
+    let end = if length == 0 { u64::MAX } else { offset.saturating_add(length) };
     let mut hasher = Sha256::new();
     let mut pos = offset;
     let mut first = true;

@@ -47,10 +47,7 @@ impl FileInfo {
             mode: st.st_mode & 0o7777,
             uid: st.st_uid,
             gid: st.st_gid,
-            mtime_ns: st
-                .st_mtime
-                .saturating_mul(1_000_000_000)
-                .saturating_add(st.st_mtime_nsec as i64),
+            mtime_ns: st.st_mtime.saturating_mul(1_000_000_000).saturating_add(st.st_mtime_nsec as i64),
             symlink_target,
             nlink: st.st_nlink,
             inode: st.st_ino,
@@ -62,9 +59,7 @@ impl FileInfo {
 pub fn stat(root: &Root, rel: &RelPath, follow: bool) -> Result<FileInfo> {
     let shown = rel.display();
     if follow || rel.is_root() {
-        let fd = root
-            .open(rel, OFlags::PATH, Mode::empty())
-            .map_err(|e| Error::io("stat", &shown, e))?;
+        let fd = root.open(rel, OFlags::PATH, Mode::empty()).map_err(|e| Error::io("stat", &shown, e))?;
         let st = rustix::fs::fstat(&fd).map_err(|e| Error::io("stat", &shown, e.into()))?;
         return Ok(FileInfo::from_stat(shown, &st, String::new()));
     }

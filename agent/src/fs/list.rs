@@ -35,36 +35,22 @@ pub struct ListPage {
 /// Lists the directory `rel`.
 pub fn list(root: &Root, rel: &RelPath, opts: &ListOptions) -> Result<ListPage> {
     let shown = rel.display();
-    let top = root
-        .open(rel, OFlags::RDONLY | OFlags::DIRECTORY, Mode::empty())
-        .map_err(|e| {
-            if e.raw_os_error() == Some(libc::ENOTDIR) {
-                Error::FailedPrecondition(format!("`{shown}` is not a directory"))
-            } else {
-                Error::io("list", &shown, e)
-            }
-        })?;
-    let cap = if opts.max_entries == 0 {
-        DEFAULT_MAX_ENTRIES
-    } else {
-        opts.max_entries
-    } as usize;
+    let top = root.open(rel, OFlags::RDONLY | OFlags::DIRECTORY, Mode::empty()).map_err(|e| {
+        if e.raw_os_error() == Some(libc::ENOTDIR) {
+            Error::FailedPrecondition(format!("`{shown}` is not a directory"))
+        } else {
+            Error::io("list", &shown, e)
+        }
+    })?;
+    let cap = if opts.max_entries == 0 { DEFAULT_MAX_ENTRIES } else { opts.max_entries } as usize;
     let max_depth = if !opts.recursive { 1 } else { opts.max_depth };
     let mut all = Vec::new();
     let mut stack: Vec<(OwnedFd, String, u32)> = vec![(top, String::new(), 1)];
     while let Some((dir, prefix, depth)) = stack.pop() {
-        let shown_dir = if prefix.is_empty() {
-            shown.clone()
-        } else {
-            format!("{shown}/{prefix}")
-        };
+        let shown_dir = if prefix.is_empty() { shown.clone() } else { format!("{shown}/{prefix}") };
         let names = read_names(&dir, &shown_dir)?;
         for name in names {
-            let path = if prefix.is_empty() {
-                name.clone()
-            } else {
-                format!("{prefix}/{name}")
-            };
+            let path = if prefix.is_empty() { name.clone() } else { format!("{prefix}/{name}") };
             let info = match lstat_at(dir.as_fd(), &name, path.clone()) {
                 Ok(info) => info,
                 // Removed while we walked: not an error for a listing.
@@ -94,11 +80,7 @@ pub fn list(root: &Root, rel: &RelPath, opts: &ListOptions) -> Result<ListPage> 
     }
     all.sort_unstable_by(|a, b| a.path.cmp(&b.path));
     let total_entries = all.len() as u64;
-    let page_size = if opts.page_size == 0 {
-        DEFAULT_PAGE_SIZE
-    } else {
-        opts.page_size
-    } as usize;
+    let page_size = if opts.page_size == 0 { DEFAULT_PAGE_SIZE } else { opts.page_size } as usize;
     let start = if opts.page_token.is_empty() {
         0
     } else {
@@ -110,11 +92,7 @@ pub fn list(root: &Root, rel: &RelPath, opts: &ListOptions) -> Result<ListPage> 
         (true, Some(last)) => last.path.clone(),
         _ => String::new(),
     };
-    Ok(ListPage {
-        entries,
-        next_page_token,
-        total_entries,
-    })
+    Ok(ListPage { entries, next_page_token, total_entries })
 }
 
 fn read_names(dir: &OwnedFd, shown: &str) -> Result<Vec<String>> {

@@ -13,9 +13,7 @@ pub const DEFAULT_DIR_MODE: u32 = 0o755;
 
 fn check_mode(mode: u32) -> Result<()> {
     if mode > 0o7777 {
-        return Err(Error::InvalidArgument(format!(
-            "mode {mode:o} has bits outside 07777"
-        )));
+        return Err(Error::InvalidArgument(format!("mode {mode:o} has bits outside 07777")));
     }
     Ok(())
 }
@@ -27,9 +25,7 @@ pub fn mkdir_all(root: &Root, rel: &RelPath, mode: u32) -> Result<bool> {
     for prefix in rel.prefixes() {
         created = match root.open(&prefix, OFlags::PATH | OFlags::DIRECTORY, Mode::empty()) {
             Ok(_) => false,
-            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
-                mkdir_one(root, &prefix, mode, true)?
-            }
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => mkdir_one(root, &prefix, mode, true)?,
             Err(e) => return Err(Error::io("mkdir", &prefix.display(), e)),
         };
     }
@@ -46,10 +42,7 @@ fn mkdir_one(root: &Root, rel: &RelPath, mode: u32, exist_ok: bool) -> Result<bo
             if FileType::from_raw_mode(st.st_mode) == FileType::Directory {
                 Ok(false)
             } else {
-                Err(Error::AlreadyExists(format!(
-                    "`{}` exists and is not a directory",
-                    rel.display()
-                )))
+                Err(Error::AlreadyExists(format!("`{}` exists and is not a directory", rel.display())))
             }
         }
         Err(e) => Err(Error::io("mkdir", &rel.display(), e.into())),
@@ -61,45 +54,20 @@ pub fn mkdir(root: &Root, rel: &RelPath, parents: bool, mode: u32) -> Result<boo
     let mode = if mode == 0 { DEFAULT_DIR_MODE } else { mode };
     check_mode(mode)?;
     if rel.is_root() {
-        return if parents {
-            Ok(false)
-        } else {
-            Err(Error::AlreadyExists("`/` already exists".into()))
-        };
+        return if parents { Ok(false) } else { Err(Error::AlreadyExists("`/` already exists".into())) };
     }
-    if parents {
-        mkdir_all(root, rel, mode)
-    } else {
-        mkdir_one(root, rel, mode, false)
-    }
+    if parents { mkdir_all(root, rel, mode) } else { mkdir_one(root, rel, mode, false) }
 }
 
 /// Renames `from` to `to` (both inside the root).
-pub fn rename(
-    root: &Root,
-    from: &RelPath,
-    to: &RelPath,
-    no_overwrite: bool,
-    create_parents: bool,
-) -> Result<()> {
+pub fn rename(root: &Root, from: &RelPath, to: &RelPath, no_overwrite: bool, create_parents: bool) -> Result<()> {
     if create_parents && let Some((parent, _)) = to.split_last() {
         mkdir_all(root, &parent, DEFAULT_DIR_MODE)?;
     }
     let (from_dir, from_name) = root.parent(from)?;
     let (to_dir, to_name) = root.parent(to)?;
-    let flags = if no_overwrite {
-        RenameFlags::NOREPLACE
-    } else {
-        RenameFlags::empty()
-    };
-    rustix::fs::renameat_with(
-        &from_dir,
-        name_os(from_name),
-        &to_dir,
-        name_os(to_name),
-        flags,
-    )
-    .map_err(|e| {
+    let flags = if no_overwrite { RenameFlags::NOREPLACE } else { RenameFlags::empty() };
+    rustix::fs::renameat_with(&from_dir, name_os(from_name), &to_dir, name_os(to_name), flags).map_err(|e| {
         let shown = format!("{}` to `{}", from.display(), to.display());
         Error::io("rename", &shown, e.into())
     })
@@ -124,19 +92,15 @@ pub fn delete(root: &Root, rel: &RelPath, recursive: bool) -> Result<bool> {
     }
     match rustix::fs::unlinkat(&dir, name_os(name), AtFlags::REMOVEDIR) {
         Ok(()) => Ok(true),
-        Err(rustix::io::Errno::NOTEMPTY) => Err(Error::FailedPrecondition(format!(
-            "`{shown}` is a directory that is not empty (use recursive)"
-        ))),
+        Err(rustix::io::Errno::NOTEMPTY) => {
+            Err(Error::FailedPrecondition(format!("`{shown}` is a directory that is not empty (use recursive)")))
+        }
         Err(e) => Err(Error::io("remove", &shown, e.into())),
     }
 }
 
 fn unlink(dir: BorrowedFd<'_>, name: &str, is_dir: bool, shown: &str) -> Result<()> {
-    let flags = if is_dir {
-        AtFlags::REMOVEDIR
-    } else {
-        AtFlags::empty()
-    };
+    let flags = if is_dir { AtFlags::REMOVEDIR } else { AtFlags::empty() };
     match rustix::fs::unlinkat(dir, name_os(name), flags) {
         Ok(()) | Err(rustix::io::Errno::NOENT) => Ok(()),
         Err(e) => Err(Error::io("remove", shown, e.into())),
@@ -184,30 +148,19 @@ fn remove_tree(parent: BorrowedFd<'_>, name: &str, shown: &str) -> Result<()> {
 pub fn chmod(root: &Root, rel: &RelPath, mode: u32) -> Result<()> {
     check_mode(mode)?;
     let shown = rel.display();
-    let fd = root
-        .open(rel, OFlags::PATH, Mode::empty())
-        .map_err(|e| Error::io("chmod", &shown, e))?;
+    let fd = root.open(rel, OFlags::PATH, Mode::empty()).map_err(|e| Error::io("chmod", &shown, e))?;
     // fchmod does not accept O_PATH fds; the magic link names exactly the file already resolved.
     let proc_path = format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&fd));
-    rustix::fs::chmod(proc_path.as_str(), Mode::from_raw_mode(mode))
-        .map_err(|e| Error::io("chmod", &shown, e.into()))
+    rustix::fs::chmod(proc_path.as_str(), Mode::from_raw_mode(mode)).map_err(|e| Error::io("chmod", &shown, e.into()))
 }
 
 /// Changes owner and/or group; with `follow`, of a final symlink's target (inside the root).
-pub fn chown(
-    root: &Root,
-    rel: &RelPath,
-    uid: Option<u32>,
-    gid: Option<u32>,
-    follow: bool,
-) -> Result<()> {
+pub fn chown(root: &Root, rel: &RelPath, uid: Option<u32>, gid: Option<u32>, follow: bool) -> Result<()> {
     let shown = rel.display();
     let uid = uid.map(rustix::fs::Uid::from_raw);
     let gid = gid.map(rustix::fs::Gid::from_raw);
     if follow || rel.is_root() {
-        let fd = root
-            .open(rel, OFlags::PATH, Mode::empty())
-            .map_err(|e| Error::io("chown", &shown, e))?;
+        let fd = root.open(rel, OFlags::PATH, Mode::empty()).map_err(|e| Error::io("chown", &shown, e))?;
         return rustix::fs::chownat(&fd, c"", uid, gid, AtFlags::EMPTY_PATH)
             .map_err(|e| Error::io("chown", &shown, e.into()));
     }

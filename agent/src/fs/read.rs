@@ -39,21 +39,16 @@ pub struct ReadOutcome {
 /// that is not a regular file or character device (a FIFO would block forever).
 pub fn open_for_read(root: &Root, rel: &RelPath) -> Result<(File, u64)> {
     let shown = rel.display();
-    let fd = root
-        .open(rel, OFlags::RDONLY | OFlags::NONBLOCK, Mode::empty())
-        .map_err(|e| Error::io("open", &shown, e))?;
+    let fd =
+        root.open(rel, OFlags::RDONLY | OFlags::NONBLOCK, Mode::empty()).map_err(|e| Error::io("open", &shown, e))?;
     let st = rustix::fs::fstat(&fd).map_err(|e| Error::io("stat", &shown, e.into()))?;
     match FileType::from_raw_mode(st.st_mode) {
         FileType::RegularFile | FileType::CharacterDevice => {}
         FileType::Directory => {
-            return Err(Error::FailedPrecondition(format!(
-                "`{shown}` is a directory"
-            )));
+            return Err(Error::FailedPrecondition(format!("`{shown}` is a directory")));
         }
         _ => {
-            return Err(Error::FailedPrecondition(format!(
-                "`{shown}` is not a regular file"
-            )));
+            return Err(Error::FailedPrecondition(format!("`{shown}` is not a regular file")));
         }
     }
     Ok((File::from(fd), u64::try_from(st.st_size).unwrap_or(0)))
@@ -61,19 +56,12 @@ pub fn open_for_read(root: &Root, rel: &RelPath) -> Result<(File, u64)> {
 
 /// Reads according to `mode`, returning at most `max_bytes` (0 = default) of content.
 pub fn read(root: &Root, rel: &RelPath, mode: ReadMode, max_bytes: u64) -> Result<ReadOutcome> {
-    let max = if max_bytes == 0 {
-        DEFAULT_MAX_BYTES
-    } else {
-        max_bytes.min(MAX_BYTES_CEILING)
-    };
+    let max = if max_bytes == 0 { DEFAULT_MAX_BYTES } else { max_bytes.min(MAX_BYTES_CEILING) };
     let (file, size) = open_for_read(root, rel)?;
     let shown = rel.display();
     let mut out = match mode {
         ReadMode::Bytes { offset, length } => read_range(&file, offset, length, max),
-        ReadMode::Lines {
-            start_line,
-            max_lines,
-        } => read_lines(file, start_line, max_lines, max),
+        ReadMode::Lines { start_line, max_lines } => read_lines(file, start_line, max_lines, max),
     }
     .map_err(|e| Error::io("read", &shown, e))?;
     out.file_size_bytes = size;
@@ -98,21 +86,14 @@ fn read_range(file: &File, offset: u64, length: u64, max: u64) -> std::io::Resul
         let mut probe = [0u8; 1];
         file.read_at(&mut probe, offset + filled as u64)? == 1
     };
-    Ok(ReadOutcome {
-        content,
-        truncated,
-        ..Default::default()
-    })
+    Ok(ReadOutcome { content, truncated, ..Default::default() })
 }
 
 fn read_lines(file: File, start: u64, max_lines: u64, max: u64) -> std::io::Result<ReadOutcome> {
     let mut reader = BufReader::with_capacity(64 << 10, file);
     let head = reader.fill_buf()?;
     if head[..head.len().min(BINARY_PROBE_BYTES)].contains(&0) {
-        return Ok(ReadOutcome {
-            binary: true,
-            ..Default::default()
-        });
+        return Ok(ReadOutcome { binary: true, ..Default::default() });
     }
     let mut out = ReadOutcome::default();
     let mut line = Vec::new();

@@ -21,20 +21,12 @@ pub struct RelPath {
 impl RelPath {
     /// The path as the client sees it inside the root, e.g. `/data/notes.md`.
     pub fn display(&self) -> String {
-        if self.components.is_empty() {
-            "/".to_string()
-        } else {
-            format!("/{}", self.components.join("/"))
-        }
+        if self.components.is_empty() { "/".to_string() } else { format!("/{}", self.components.join("/")) }
     }
 
     /// The path relative to the root, as passed to `openat2` (`.` for the root itself).
     fn as_relative(&self) -> String {
-        if self.components.is_empty() {
-            ".".to_string()
-        } else {
-            self.components.join("/")
-        }
+        if self.components.is_empty() { ".".to_string() } else { self.components.join("/") }
     }
 
     /// True for the root itself.
@@ -45,12 +37,7 @@ impl RelPath {
     /// The parent path and the final component; `None` for the root.
     pub fn split_last(&self) -> Option<(RelPath, &str)> {
         let (last, rest) = self.components.split_last()?;
-        Some((
-            RelPath {
-                components: rest.to_vec(),
-            },
-            last.as_str(),
-        ))
+        Some((RelPath { components: rest.to_vec() }, last.as_str()))
     }
 
     /// A child of this path (`name` must be a single normal component).
@@ -62,9 +49,7 @@ impl RelPath {
 
     /// Every ancestor from the first component down to this path itself.
     pub fn prefixes(&self) -> impl Iterator<Item = RelPath> + '_ {
-        (1..=self.components.len()).map(|n| RelPath {
-            components: self.components[..n].to_vec(),
-        })
+        (1..=self.components.len()).map(|n| RelPath { components: self.components[..n].to_vec() })
     }
 
     /// Path of `self` relative to `base`, if `base` is an ancestor (or equal).
@@ -86,18 +71,10 @@ pub struct Root {
 impl Root {
     /// Opens `path` as the root; relative client paths will start at `data_dir` (a path inside the root).
     pub fn new(path: &Path, data_dir: &str) -> std::io::Result<Root> {
-        let fd = rustix::fs::open(
-            path,
-            OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
-            Mode::empty(),
-        )?;
+        let fd = rustix::fs::open(path, OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())?;
         let data_dir = normalize(&RelPath { components: vec![] }, data_dir)
             .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string()))?;
-        Ok(Root {
-            fd,
-            path: path.to_path_buf(),
-            data_dir,
-        })
+        Ok(Root { fd, path: path.to_path_buf(), data_dir })
     }
 
     /// Normalises a client path: relative paths start at the data directory; `..` never climbs above `/`.
@@ -124,13 +101,7 @@ impl Root {
     pub fn open(&self, rel: &RelPath, flags: OFlags, mode: Mode) -> std::io::Result<OwnedFd> {
         let how = ResolveFlags::IN_ROOT | ResolveFlags::NO_MAGICLINKS;
         loop {
-            match rustix::fs::openat2(
-                self.fd.as_fd(),
-                rel.as_relative(),
-                flags | OFlags::CLOEXEC,
-                mode,
-                how,
-            ) {
+            match rustix::fs::openat2(self.fd.as_fd(), rel.as_relative(), flags | OFlags::CLOEXEC, mode, how) {
                 // openat2 asks for a retry when a concurrent rename raced the lookup.
                 Err(rustix::io::Errno::AGAIN) => continue,
                 r => return r.map_err(Into::into),
@@ -142,9 +113,7 @@ impl Root {
     /// final component, which the caller operates on with `*at` calls that do not follow it.
     pub fn parent<'a>(&self, rel: &'a RelPath) -> Result<(OwnedFd, &'a str)> {
         let Some((parent, name)) = rel.split_last() else {
-            return Err(Error::InvalidArgument(
-                "this operation cannot be applied to `/` itself".into(),
-            ));
+            return Err(Error::InvalidArgument("this operation cannot be applied to `/` itself".into()));
         };
         let fd = self
             .open(&parent, OFlags::RDONLY | OFlags::DIRECTORY, Mode::empty())
@@ -155,15 +124,9 @@ impl Root {
 
 fn normalize(base: &RelPath, client_path: &str) -> Result<RelPath> {
     if client_path.as_bytes().contains(&0) {
-        return Err(Error::InvalidArgument(format!(
-            "path {client_path:?} contains a NUL byte"
-        )));
+        return Err(Error::InvalidArgument(format!("path {client_path:?} contains a NUL byte")));
     }
-    let mut components = if client_path.starts_with('/') {
-        Vec::new()
-    } else {
-        base.components.clone()
-    };
+    let mut components = if client_path.starts_with('/') { Vec::new() } else { base.components.clone() };
     for part in client_path.split('/') {
         match part {
             "" | "." => {}
@@ -186,38 +149,25 @@ mod tests {
     use super::*;
 
     fn base() -> RelPath {
-        RelPath {
-            components: vec!["data".into()],
-        }
+        RelPath { components: vec!["data".into()] }
     }
 
     #[test]
     fn relative_paths_start_at_data_dir() {
         assert_eq!(normalize(&base(), "a/b").unwrap().display(), "/data/a/b");
         assert_eq!(normalize(&base(), "").unwrap().display(), "/data");
-        assert_eq!(
-            normalize(&base(), "/etc//x/./y").unwrap().display(),
-            "/etc/x/y"
-        );
+        assert_eq!(normalize(&base(), "/etc//x/./y").unwrap().display(), "/etc/x/y");
     }
 
     #[test]
     fn dotdot_never_climbs_above_root() {
-        assert_eq!(
-            normalize(&base(), "../../../../etc/passwd")
-                .unwrap()
-                .display(),
-            "/etc/passwd"
-        );
+        assert_eq!(normalize(&base(), "../../../../etc/passwd").unwrap().display(), "/etc/passwd");
         assert_eq!(normalize(&base(), "/..").unwrap().display(), "/");
     }
 
     #[test]
     fn nul_is_rejected() {
-        assert!(matches!(
-            normalize(&base(), "a\0b"),
-            Err(Error::InvalidArgument(_))
-        ));
+        assert!(matches!(normalize(&base(), "a\0b"), Err(Error::InvalidArgument(_))));
     }
 
     #[test]

@@ -42,12 +42,7 @@ pub struct WatchEvent {
 
 impl WatchEvent {
     fn bare(kind: WatchKind) -> Self {
-        WatchEvent {
-            kind,
-            path: String::new(),
-            is_dir: false,
-            cookie: 0,
-        }
+        WatchEvent { kind, path: String::new(), is_dir: false, cookie: 0 }
     }
 }
 
@@ -83,54 +78,32 @@ impl Watcher {
             )));
         }
         let proc_path = format!("/proc/self/fd/{}", fd.as_raw_fd());
-        let wd = self
-            .watches
-            .add(&proc_path, mask())
-            .map_err(|e| Error::io("watch", &self.shown(&rel_dir), e))?;
+        let wd = self.watches.add(&proc_path, mask()).map_err(|e| Error::io("watch", &self.shown(&rel_dir), e))?;
         self.dirs.insert(wd, rel_dir);
         Ok(())
     }
 
     fn shown(&self, rel_dir: &str) -> String {
-        if rel_dir.is_empty() {
-            self.base.display()
-        } else {
-            format!("{}/{rel_dir}", self.base.display())
-        }
+        if rel_dir.is_empty() { self.base.display() } else { format!("{}/{rel_dir}", self.base.display()) }
     }
 
     /// Watches `rel_dir` (opened without following a final symlink) and, recursively, everything below
     /// it. With `report`, entries found are reported as CREATED (they appeared before the watch did).
-    fn add_tree(
-        &mut self,
-        rel_dir: String,
-        fd: OwnedFd,
-        report: &mut Vec<WatchEvent>,
-    ) -> Result<()> {
+    fn add_tree(&mut self, rel_dir: String, fd: OwnedFd, report: &mut Vec<WatchEvent>) -> Result<()> {
         self.add(rel_dir.clone(), &fd)?;
         if !self.recursive {
             return Ok(());
         }
-        let entries = Dir::read_from(&fd)
-            .map_err(|e| Error::io("read directory", &self.shown(&rel_dir), e.into()))?;
+        let entries = Dir::read_from(&fd).map_err(|e| Error::io("read directory", &self.shown(&rel_dir), e.into()))?;
         for entry in entries {
             let Ok(entry) = entry else { continue };
             let name = entry.file_name().to_string_lossy().into_owned();
             if name == "." || name == ".." {
                 continue;
             }
-            let path = if rel_dir.is_empty() {
-                name.clone()
-            } else {
-                format!("{rel_dir}/{name}")
-            };
+            let path = if rel_dir.is_empty() { name.clone() } else { format!("{rel_dir}/{name}") };
             let is_dir = entry.file_type() == FileType::Directory;
-            report.push(WatchEvent {
-                kind: WatchKind::Created,
-                path: path.clone(),
-                is_dir,
-                cookie: 0,
-            });
+            report.push(WatchEvent { kind: WatchKind::Created, path: path.clone(), is_dir, cookie: 0 });
             if is_dir
                 && let Ok(child) = rustix::fs::openat(
                     &fd,
@@ -169,48 +142,26 @@ pub fn start(
     tx: mpsc::Sender<Result<WatchEvent>>,
 ) -> Result<()> {
     let shown = rel.display();
-    let top = root
-        .open(&rel, OFlags::RDONLY | OFlags::DIRECTORY, Mode::empty())
-        .map_err(|e| {
-            if e.raw_os_error() == Some(libc::ENOTDIR) {
-                Error::FailedPrecondition(format!("`{shown}` is not a directory"))
-            } else {
-                Error::io("watch", &shown, e)
-            }
-        })?;
-    let inotify =
-        Inotify::init().map_err(|e| Error::io("create inotify instance for", &shown, e))?;
-    let mut w = Watcher {
-        root,
-        base: rel,
-        recursive,
-        watches: inotify.watches(),
-        dirs: HashMap::new(),
-        top: None,
-    };
+    let top = root.open(&rel, OFlags::RDONLY | OFlags::DIRECTORY, Mode::empty()).map_err(|e| {
+        if e.raw_os_error() == Some(libc::ENOTDIR) {
+            Error::FailedPrecondition(format!("`{shown}` is not a directory"))
+        } else {
+            Error::io("watch", &shown, e)
+        }
+    })?;
+    let inotify = Inotify::init().map_err(|e| Error::io("create inotify instance for", &shown, e))?;
+    let mut w = Watcher { root, base: rel, recursive, watches: inotify.watches(), dirs: HashMap::new(), top: None };
     let mut ignored = Vec::new();
     w.add_tree(String::new(), top, &mut ignored)?;
-    w.top = w
-        .dirs
-        .iter()
-        .find(|(_, p)| p.is_empty())
-        .map(|(wd, _)| wd.clone());
-    let stream = inotify
-        .into_event_stream(vec![0u8; 64 << 10])
-        .map_err(|e| Error::io("stream events of", &shown, e))?;
+    w.top = w.dirs.iter().find(|(_, p)| p.is_empty()).map(|(wd, _)| wd.clone());
+    let stream =
+        inotify.into_event_stream(vec![0u8; 64 << 10]).map_err(|e| Error::io("stream events of", &shown, e))?;
     tokio::spawn(run(w, stream, tx));
     Ok(())
 }
 
-async fn run(
-    mut w: Watcher,
-    mut stream: inotify::EventStream<Vec<u8>>,
-    tx: mpsc::Sender<Result<WatchEvent>>,
-) {
-    let mut out = Sender {
-        tx,
-        overflow_pending: false,
-    };
+async fn run(mut w: Watcher, mut stream: inotify::EventStream<Vec<u8>>, tx: mpsc::Sender<Result<WatchEvent>>) {
+    let mut out = Sender { tx, overflow_pending: false };
     if !out.send(WatchEvent::bare(WatchKind::Ready)) {
         return;
     }
@@ -222,9 +173,7 @@ async fn run(
         let ev = match ev {
             Some(Ok(ev)) => ev,
             Some(Err(e)) => {
-                let _ = out
-                    .tx
-                    .try_send(Err(Error::io("read events of", &w.base.display(), e)));
+                let _ = out.tx.try_send(Err(Error::io("read events of", &w.base.display(), e)));
                 return;
             }
             None => return,
@@ -249,10 +198,7 @@ async fn run(
         let Some(dir) = w.dirs.get(&ev.wd).cloned() else {
             continue;
         };
-        let name = ev
-            .name
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
+        let name = ev.name.map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
         let path = match (dir.is_empty(), name.is_empty()) {
             (true, _) => name,
             (false, true) => dir,
@@ -276,12 +222,7 @@ async fn run(
         } else {
             continue;
         };
-        if !out.send(WatchEvent {
-            kind,
-            path: path.clone(),
-            is_dir,
-            cookie: ev.cookie,
-        }) {
+        if !out.send(WatchEvent { kind, path: path.clone(), is_dir, cookie: ev.cookie }) {
             return;
         }
         if is_dir && w.recursive && matches!(kind, WatchKind::Created | WatchKind::RenamedTo) {

@@ -45,10 +45,7 @@ impl AtomicFile {
     pub fn create(root: &Root, rel: &RelPath, opts: WriteOptions) -> Result<AtomicFile> {
         let shown = rel.display();
         if opts.mode > 0o7777 {
-            return Err(Error::InvalidArgument(format!(
-                "mode {:o} has bits outside 07777",
-                opts.mode
-            )));
+            return Err(Error::InvalidArgument(format!("mode {:o} has bits outside 07777", opts.mode)));
         }
         if opts.create_parents
             && let Some((parent, _)) = rel.split_last()
@@ -63,9 +60,7 @@ impl AtomicFile {
                     return Err(Error::AlreadyExists(format!("`{shown}` already exists")));
                 }
                 if FileType::from_raw_mode(st.st_mode) == FileType::Directory {
-                    return Err(Error::FailedPrecondition(format!(
-                        "`{shown}` is a directory"
-                    )));
+                    return Err(Error::FailedPrecondition(format!("`{shown}` is a directory")));
                 }
                 if mode == 0 && FileType::from_raw_mode(st.st_mode) == FileType::RegularFile {
                     mode = st.st_mode & 0o7777;
@@ -78,10 +73,7 @@ impl AtomicFile {
         if mode == 0 {
             mode = DEFAULT_FILE_MODE;
         }
-        let tmp_name = format!(
-            ".{name}.berth-{}.tmp",
-            &uuid::Uuid::new_v4().simple().to_string()[..12]
-        );
+        let tmp_name = format!(".{name}.berth-{}.tmp", &uuid::Uuid::new_v4().simple().to_string()[..12]);
         let fd = rustix::fs::openat(
             &dir,
             name_os(&tmp_name),
@@ -105,12 +97,8 @@ impl AtomicFile {
 
     /// Appends `data`.
     pub fn write(&mut self, data: &[u8]) -> Result<()> {
-        let file = self
-            .file
-            .as_mut()
-            .ok_or_else(|| Error::internal("write after commit"))?;
-        file.write_all(data)
-            .map_err(|e| Error::io("write", &self.shown, e))?;
+        let file = self.file.as_mut().ok_or_else(|| Error::internal("write after commit"))?;
+        file.write_all(data).map_err(|e| Error::io("write", &self.shown, e))?;
         self.hasher.update(data);
         self.written += data.len() as u64;
         Ok(())
@@ -133,41 +121,24 @@ impl AtomicFile {
                 self.shown
             )));
         }
-        let file = self
-            .file
-            .take()
-            .ok_or_else(|| Error::internal("commit twice"))?;
+        let file = self.file.take().ok_or_else(|| Error::internal("commit twice"))?;
         let shown = self.shown.clone();
-        rustix::fs::fchmod(&file, Mode::from_raw_mode(self.mode))
-            .map_err(|e| Error::io("chmod", &shown, e.into()))?;
+        rustix::fs::fchmod(&file, Mode::from_raw_mode(self.mode)).map_err(|e| Error::io("chmod", &shown, e.into()))?;
         if let Some((uid, gid)) = self.owner {
             // Keep the replaced file's owner; failure (not root) is not an error for the write itself.
-            if let Err(e) = rustix::fs::fchown(
-                &file,
-                Some(rustix::fs::Uid::from_raw(uid)),
-                Some(rustix::fs::Gid::from_raw(gid)),
-            ) {
+            if let Err(e) =
+                rustix::fs::fchown(&file, Some(rustix::fs::Uid::from_raw(uid)), Some(rustix::fs::Gid::from_raw(gid)))
+            {
                 tracing::debug!(path = %shown, error = %e, "could not keep the owner of the replaced file");
             }
         }
         file.sync_all().map_err(|e| Error::io("fsync", &shown, e))?;
         drop(file);
-        let flags = if self.no_overwrite {
-            RenameFlags::NOREPLACE
-        } else {
-            RenameFlags::empty()
-        };
-        rustix::fs::renameat_with(
-            &self.dir,
-            name_os(&self.tmp_name),
-            &self.dir,
-            name_os(&self.final_name),
-            flags,
-        )
-        .map_err(|e| Error::io("rename into place", &shown, e.into()))?;
+        let flags = if self.no_overwrite { RenameFlags::NOREPLACE } else { RenameFlags::empty() };
+        rustix::fs::renameat_with(&self.dir, name_os(&self.tmp_name), &self.dir, name_os(&self.final_name), flags)
+            .map_err(|e| Error::io("rename into place", &shown, e.into()))?;
         self.tmp_name.clear();
-        rustix::fs::fsync(self.dir.as_fd())
-            .map_err(|e| Error::io("fsync directory of", &shown, e.into()))?;
+        rustix::fs::fsync(self.dir.as_fd()).map_err(|e| Error::io("fsync directory of", &shown, e.into()))?;
         Ok((self.written, digest))
     }
 }
@@ -185,12 +156,7 @@ impl Drop for AtomicFile {
 }
 
 /// Writes a whole file atomically.
-pub fn write_file(
-    root: &Root,
-    rel: &RelPath,
-    content: &[u8],
-    opts: WriteOptions,
-) -> Result<(u64, String)> {
+pub fn write_file(root: &Root, rel: &RelPath, content: &[u8], opts: WriteOptions) -> Result<(u64, String)> {
     let mut f = AtomicFile::create(root, rel, opts)?;
     f.write(content)?;
     f.commit(None)

@@ -25,13 +25,7 @@ pub struct LineReader<R> {
 
 impl<R: AsyncRead + Unpin> LineReader<R> {
     pub fn new(inner: R, max: usize) -> Self {
-        LineReader {
-            inner,
-            buf: Vec::with_capacity(64 << 10),
-            scanned: 0,
-            max,
-            eof: false,
-        }
+        LineReader { inner, buf: Vec::with_capacity(64 << 10), scanned: 0, max, eof: false }
     }
 
     /// The next line without its terminator; `None` at end of stream. A final unterminated line is
@@ -64,11 +58,7 @@ impl<R: AsyncRead + Unpin> LineReader<R> {
             }
             let len = self.buf.len();
             self.buf.resize(len + (64 << 10), 0);
-            let n = self
-                .inner
-                .read(&mut self.buf[len..])
-                .await
-                .map_err(LineError::Io)?;
+            let n = self.inner.read(&mut self.buf[len..]).await.map_err(LineError::Io)?;
             self.buf.truncate(len + n);
             if n == 0 {
                 self.eof = true;
@@ -102,10 +92,7 @@ mod tests {
         let input = "{\"a\":\"x\u{2028}y\u{2029}z\"}\r\n{\"b\":1}\n{\"c\":2}".as_bytes();
         let got = lines(input, 1024).await;
         assert_eq!(got.len(), 3);
-        assert_eq!(
-            got[0].as_ref().unwrap(),
-            "{\"a\":\"x\u{2028}y\u{2029}z\"}".as_bytes()
-        );
+        assert_eq!(got[0].as_ref().unwrap(), "{\"a\":\"x\u{2028}y\u{2029}z\"}".as_bytes());
         assert_eq!(got[1].as_ref().unwrap(), b"{\"b\":1}");
         assert_eq!(got[2].as_ref().unwrap(), b"{\"c\":2}");
     }
@@ -115,10 +102,7 @@ mod tests {
         let mut input = vec![b'x'; 300_000];
         input.push(b'\n');
         let got = lines(&input, 200_000).await;
-        assert_eq!(
-            got,
-            vec![Err("message exceeds the limit of 200000 bytes".to_string())]
-        );
+        assert_eq!(got, vec![Err("message exceeds the limit of 200000 bytes".to_string())]);
         let got = lines(&input, 300_000).await;
         assert_eq!(got[0].as_ref().unwrap().len(), 300_000);
     }

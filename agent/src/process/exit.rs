@@ -40,13 +40,7 @@ impl Exit {
             Reason::Killed => format!("{how} on request"),
             Reason::ProtocolError => format!("{how} after a protocol error"),
         };
-        Exit {
-            code,
-            signal,
-            core_dumped: status.core_dumped(),
-            reason,
-            message,
-        }
+        Exit { code, signal, core_dumped: status.core_dumped(), reason, message }
     }
 }
 

@@ -25,11 +25,7 @@ pub struct StopGuard {
 
 impl StopGuard {
     pub fn new(stop: watch::Receiver<bool>) -> Self {
-        StopGuard {
-            stop,
-            stopped: false,
-            after_stop: 0,
-        }
+        StopGuard { stop, stopped: false, after_stop: 0 }
     }
 
     /// Awaits `fut` (a read); `None` means stop reading now.

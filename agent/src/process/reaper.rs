@@ -47,11 +47,7 @@ pub fn start(registry: Arc<Registry>, stats: Arc<ReaperStats>) -> std::io::Resul
 /// Reaps every zombie child of ours that no session is waiting for. Returns how many.
 pub fn sweep(registry: &Registry) -> u64 {
     let me = std::process::id() as i32;
-    let zombies: Vec<i32> = children_of(me)
-        .into_iter()
-        .filter(|(_, z)| *z)
-        .map(|(pid, _)| pid)
-        .collect();
+    let zombies: Vec<i32> = children_of(me).into_iter().filter(|(_, z)| *z).map(|(pid, _)| pid).collect();
     if zombies.is_empty() {
         return 0;
     }
@@ -75,11 +71,7 @@ pub fn children_of(ppid: i32) -> Vec<(i32, bool)> {
     };
     let mut out = Vec::new();
     for entry in dir.flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|s| s.parse::<i32>().ok())
-        else {
+        let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
             continue;
         };
         let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {

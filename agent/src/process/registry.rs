@@ -42,8 +42,7 @@ impl Session {
 
 /// Sends `signal` to process group `pgid`. A group that is already gone is not an error.
 pub fn signal_group(pgid: u32, signal: i32) -> std::io::Result<()> {
-    let pgid =
-        libc::pid_t::try_from(pgid).map_err(|_| std::io::Error::from_raw_os_error(libc::EINVAL))?;
+    let pgid = libc::pid_t::try_from(pgid).map_err(|_| std::io::Error::from_raw_os_error(libc::EINVAL))?;
     if pgid <= 1 {
         return Err(std::io::Error::from_raw_os_error(libc::EINVAL));
     }
@@ -53,11 +52,7 @@ pub fn signal_group(pgid: u32, signal: i32) -> std::io::Result<()> {
         return Ok(());
     }
     let err = std::io::Error::last_os_error();
-    if err.raw_os_error() == Some(libc::ESRCH) {
-        Ok(())
-    } else {
-        Err(err)
-    }
+    if err.raw_os_error() == Some(libc::ESRCH) { Ok(()) } else { Err(err) }
 }
 
 #[derive(Debug, Default)]
@@ -75,17 +70,12 @@ pub struct Registry {
 impl Registry {
     fn lock(&self) -> MutexGuard<'_, Inner> {
         // A poisoned lock only means another thread panicked mid-update of plain collections.
-        self.inner
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Runs `spawn` with the child set locked and records the pid it returns, so the reaper can never see
     /// the new child before it is tracked.
-    pub fn spawn_tracked<T>(
-        &self,
-        spawn: impl FnOnce() -> std::io::Result<(T, u32)>,
-    ) -> std::io::Result<(T, u32)> {
+    pub fn spawn_tracked<T>(&self, spawn: impl FnOnce() -> std::io::Result<(T, u32)>) -> std::io::Result<(T, u32)> {
         let mut inner = self.lock();
         let (t, pid) = spawn()?;
         inner.children.insert(pid as i32);
@@ -103,13 +93,7 @@ impl Registry {
     }
 
     /// Adds a session and returns its shared handle.
-    pub fn register(
-        &self,
-        kind: SessionKind,
-        pid: u32,
-        argv: Vec<String>,
-        tag: String,
-    ) -> Arc<Session> {
+    pub fn register(&self, kind: SessionKind, pid: u32, argv: Vec<String>, tag: String) -> Arc<Session> {
         let started_at_ms = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_millis() as i64)
@@ -140,33 +124,25 @@ impl Registry {
 
     /// Number of live sessions of `kind`.
     pub fn count(&self, kind: SessionKind) -> usize {
-        self.lock()
-            .sessions
-            .values()
-            .filter(|s| s.kind == kind)
-            .count()
+        self.lock().sessions.values().filter(|s| s.kind == kind).count()
     }
 
     /// Signals a session's process group (SIGKILL when `signal` is 0).
     pub fn kill(&self, id: &str, signal: i32) -> Result<()> {
         let signal = if signal == 0 { libc::SIGKILL } else { signal };
         if !(1..=64).contains(&signal) {
-            return Err(Error::InvalidArgument(format!(
-                "{signal} is not a signal number (1-64)"
-            )));
+            return Err(Error::InvalidArgument(format!("{signal} is not a signal number (1-64)")));
         }
-        let session = self.lock().sessions.get(id).cloned().ok_or_else(|| {
-            Error::NotFound(format!("no session `{id}` (it may have exited already)"))
-        })?;
-        if matches!(
-            signal,
-            libc::SIGKILL | libc::SIGTERM | libc::SIGINT | libc::SIGHUP
-        ) {
+        let session = self
+            .lock()
+            .sessions
+            .get(id)
+            .cloned()
+            .ok_or_else(|| Error::NotFound(format!("no session `{id}` (it may have exited already)")))?;
+        if matches!(signal, libc::SIGKILL | libc::SIGTERM | libc::SIGINT | libc::SIGHUP) {
             session.killed.store(true, Ordering::SeqCst);
         }
-        session
-            .signal_group(signal)
-            .map_err(|e| Error::io("signal session", id, e))
+        session.signal_group(signal).map_err(|e| Error::io("signal session", id, e))
     }
 
     /// Signals every session (agent shutdown).

@@ -27,11 +27,7 @@ pub struct SpawnRequest {
 
 /// The child's end of the conversation.
 pub enum ChildIo {
-    Pipes {
-        stdin: Option<ChildStdin>,
-        stdout: ChildStdout,
-        stderr: ChildStderr,
-    },
+    Pipes { stdin: Option<ChildStdin>, stdout: ChildStdout, stderr: ChildStderr },
     Pty(Arc<PtyMaster>),
 }
 
@@ -44,43 +40,27 @@ pub struct Spawned {
 
 /// Validates and starts `req`.
 pub fn spawn(registry: &Registry, req: &SpawnRequest) -> Result<Spawned> {
-    let program = req.argv.first().filter(|p| !p.is_empty()).ok_or_else(|| {
-        Error::InvalidArgument("no command given: set argv (program and arguments) or shell".into())
-    })?;
-    for s in req
-        .argv
-        .iter()
-        .chain(req.env.iter().flat_map(|(k, v)| [k, v]))
-    {
+    let program =
+        req.argv.first().filter(|p| !p.is_empty()).ok_or_else(|| {
+            Error::InvalidArgument("no command given: set argv (program and arguments) or shell".into())
+        })?;
+    for s in req.argv.iter().chain(req.env.iter().flat_map(|(k, v)| [k, v])) {
         if s.contains('\0') {
-            return Err(Error::InvalidArgument(format!(
-                "argument or environment entry {s:?} contains a NUL byte"
-            )));
+            return Err(Error::InvalidArgument(format!("argument or environment entry {s:?} contains a NUL byte")));
         }
     }
-    if let Some((k, _)) = req
-        .env
-        .iter()
-        .find(|(k, _)| k.is_empty() || k.contains('='))
-    {
-        return Err(Error::InvalidArgument(format!(
-            "environment variable name {k:?} is empty or contains `=`"
-        )));
+    if let Some((k, _)) = req.env.iter().find(|(k, _)| k.is_empty() || k.contains('=')) {
+        return Err(Error::InvalidArgument(format!("environment variable name {k:?} is empty or contains `=`")));
     }
     match std::fs::metadata(&req.cwd) {
         Ok(m) if m.is_dir() => {}
         Ok(_) => {
-            return Err(Error::FailedPrecondition(format!(
-                "working directory `{}` is not a directory",
-                req.cwd_shown
-            )));
+            return Err(Error::FailedPrecondition(format!("working directory `{}` is not a directory", req.cwd_shown)));
         }
         Err(e) => return Err(Error::io("use working directory", &req.cwd_shown, e)),
     }
     let mut cmd = Command::new(program);
-    cmd.args(&req.argv[1..])
-        .current_dir(&req.cwd)
-        .kill_on_drop(false);
+    cmd.args(&req.argv[1..]).current_dir(&req.cwd).kill_on_drop(false);
     if req.clean_env {
         cmd.env_clear();
     }
@@ -90,10 +70,7 @@ pub fn spawn(registry: &Registry, req: &SpawnRequest) -> Result<Spawned> {
     cmd.envs(req.env.iter().map(|(k, v)| (k, v)));
     let (spawned, pid) = match req.pty {
         None => {
-            cmd.stdin(Stdio::piped())
-                .stdout(Stdio::piped())
-                .stderr(Stdio::piped())
-                .process_group(0);
+            cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).process_group(0);
             registry.spawn_tracked(|| {
                 let mut child = cmd.spawn()?;
                 let pid = child.id().unwrap_or(0);
@@ -106,13 +83,10 @@ pub fn spawn(registry: &Registry, req: &SpawnRequest) -> Result<Spawned> {
             })
         }
         Some((rows, cols)) => {
-            let pair =
-                pty::open(rows, cols).map_err(|e| Error::io("open a terminal for", program, e))?;
+            let pair = pty::open(rows, cols).map_err(|e| Error::io("open a terminal for", program, e))?;
             let dup = || -> Result<Stdio> {
-                let fd: OwnedFd = pair
-                    .slave
-                    .try_clone()
-                    .map_err(|e| Error::io("duplicate terminal for", program, e))?;
+                let fd: OwnedFd =
+                    pair.slave.try_clone().map_err(|e| Error::io("duplicate terminal for", program, e))?;
                 Ok(Stdio::from(fd))
             };
             cmd.stdin(dup()?).stdout(dup()?).stderr(dup()?);
@@ -128,8 +102,7 @@ pub fn spawn(registry: &Registry, req: &SpawnRequest) -> Result<Spawned> {
                     Ok(())
                 });
             }
-            let master = PtyMaster::new(pair.master)
-                .map_err(|e| Error::io("open a terminal for", program, e))?;
+            let master = PtyMaster::new(pair.master).map_err(|e| Error::io("open a terminal for", program, e))?;
             let r = registry.spawn_tracked(|| {
                 let child = cmd.spawn()?;
                 let pid = child.id().unwrap_or(0);
@@ -156,12 +129,8 @@ fn spawn_error(program: &str, e: std::io::Error) -> Error {
             Error::NotFound(format!("executable `{program}` does not exist"))
         }
         Some(libc::ENOENT) => Error::NotFound(format!("executable `{program}` not found in PATH")),
-        Some(libc::EACCES) => {
-            Error::PermissionDenied(format!("`{program}` is not executable (permission denied)"))
-        }
-        Some(libc::ENOEXEC) => {
-            Error::FailedPrecondition(format!("`{program}` is not in an executable format"))
-        }
+        Some(libc::EACCES) => Error::PermissionDenied(format!("`{program}` is not executable (permission denied)")),
+        Some(libc::ENOEXEC) => Error::FailedPrecondition(format!("`{program}` is not in an executable format")),
         _ => Error::io("start", program, e),
     }
 }

@@ -64,20 +64,15 @@ impl BearerAuth {
 
     /// Reads the token from a file.
     pub fn from_file(path: &Path) -> Result<BearerAuth, ConnectError> {
-        let raw = std::fs::read_to_string(path).map_err(|source| ConnectError::Token {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        BearerAuth::new(&raw).ok_or_else(|| ConnectError::BadToken {
-            path: path.to_path_buf(),
-        })
+        let raw =
+            std::fs::read_to_string(path).map_err(|source| ConnectError::Token { path: path.to_path_buf(), source })?;
+        BearerAuth::new(&raw).ok_or_else(|| ConnectError::BadToken { path: path.to_path_buf() })
     }
 }
 
 impl Interceptor for BearerAuth {
     fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
-        req.metadata_mut()
-            .insert("authorization", self.header.clone());
+        req.metadata_mut().insert("authorization", self.header.clone());
         Ok(req)
     }
 }
@@ -104,29 +99,18 @@ pub async fn connect_unix(socket: &Path, auth: BearerAuth) -> Result<AgentClient
     let channel = endpoint("http://agent.invalid")
         .connect_with_connector(tower::service_fn(move |_: Uri| {
             let path = path.clone();
-            async move {
-                Ok::<_, std::io::Error>(TokioIo::new(tokio::net::UnixStream::connect(path).await?))
-            }
+            async move { Ok::<_, std::io::Error>(TokioIo::new(tokio::net::UnixStream::connect(path).await?)) }
         }))
         .await
-        .map_err(|source| ConnectError::Connect {
-            target: socket.display().to_string(),
-            source,
-        })?;
+        .map_err(|source| ConnectError::Connect { target: socket.display().to_string(), source })?;
     Ok(client(channel, auth))
 }
 
 /// Connects over TCP to `addr` (an IP and port).
-pub async fn connect_tcp(
-    addr: std::net::SocketAddr,
-    auth: BearerAuth,
-) -> Result<AgentClient, ConnectError> {
+pub async fn connect_tcp(addr: std::net::SocketAddr, auth: BearerAuth) -> Result<AgentClient, ConnectError> {
     let target = format!("http://{addr}");
     let channel = Endpoint::from_shared(target.clone())
-        .map_err(|source| ConnectError::Connect {
-            target: target.clone(),
-            source,
-        })?
+        .map_err(|source| ConnectError::Connect { target: target.clone(), source })?
         .connect_timeout(CONNECT_TIMEOUT)
         .tcp_nodelay(true)
         .connect()

@@ -66,21 +66,14 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<i32> {
         AgentCommand::Ps => ps(client).await.map(|()| 0),
         AgentCommand::Kill { session_id, signal } => {
             let mut client = client;
-            client
-                .kill_session(pb::KillSessionRequest { session_id, signal })
-                .await
-                .context("kill failed")?;
+            client.kill_session(pb::KillSessionRequest { session_id, signal }).await.context("kill failed")?;
             Ok(0)
         }
     }
 }
 
 async fn version(mut client: AgentClient) -> anyhow::Result<()> {
-    let v = client
-        .version(pb::VersionRequest {})
-        .await
-        .context("version failed")?
-        .into_inner();
+    let v = client.version(pb::VersionRequest {}).await.context("version failed")?.into_inner();
     println!("agent_version: {}", v.agent_version);
     println!("protocol_version: {}", v.protocol_version);
     println!("max_message_bytes: {}", v.max_message_bytes);
@@ -90,11 +83,7 @@ async fn version(mut client: AgentClient) -> anyhow::Result<()> {
 }
 
 async fn stats(mut client: AgentClient) -> anyhow::Result<()> {
-    let s = client
-        .stats(pb::StatsRequest {})
-        .await
-        .context("stats failed")?
-        .into_inner();
+    let s = client.stats(pb::StatsRequest {}).await.context("stats failed")?.into_inner();
     println!("pid: {}", s.pid);
     println!("rss_bytes: {}", s.rss_bytes);
     println!("uptime_ms: {}", s.uptime_ms);
@@ -106,29 +95,11 @@ async fn stats(mut client: AgentClient) -> anyhow::Result<()> {
 }
 
 async fn ps(mut client: AgentClient) -> anyhow::Result<()> {
-    let r = client
-        .list_sessions(pb::ListSessionsRequest {})
-        .await
-        .context("listing sessions failed")?
-        .into_inner();
-    println!(
-        "{:<36}  {:<4}  {:>7}  {:<10}  COMMAND",
-        "SESSION", "KIND", "PID", "TAG"
-    );
+    let r = client.list_sessions(pb::ListSessionsRequest {}).await.context("listing sessions failed")?.into_inner();
+    println!("{:<36}  {:<4}  {:>7}  {:<10}  COMMAND", "SESSION", "KIND", "PID", "TAG");
     for s in r.sessions {
-        let kind = if s.kind == pb::SessionKind::Mcp as i32 {
-            "mcp"
-        } else {
-            "exec"
-        };
-        println!(
-            "{:<36}  {:<4}  {:>7}  {:<10}  {}",
-            s.session_id,
-            kind,
-            s.pid,
-            s.tag,
-            s.argv.join(" ")
-        );
+        let kind = if s.kind == pb::SessionKind::Mcp as i32 { "mcp" } else { "exec" };
+        println!("{:<36}  {:<4}  {:>7}  {:<10}  {}", s.session_id, kind, s.pid, s.tag, s.argv.join(" "));
     }
     Ok(())
 }

@@ -35,9 +35,7 @@ pub struct ExecArgs {
 }
 
 fn parse_env(s: &str) -> Result<(String, String), String> {
-    s.split_once('=')
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .ok_or_else(|| format!("`{s}` is not KEY=VALUE"))
+    s.split_once('=').map(|(k, v)| (k.to_string(), v.to_string())).ok_or_else(|| format!("`{s}` is not KEY=VALUE"))
 }
 
 fn frame(f: In) -> pb::ExecRequest {
@@ -60,18 +58,12 @@ pub async fn run(mut client: AgentClient, a: ExecArgs) -> anyhow::Result<i32> {
         ..Default::default()
     };
     let (tx, rx) = mpsc::channel(16);
-    tx.send(frame(In::Start(start)))
-        .await
-        .context("exec stream closed")?;
+    tx.send(frame(In::Start(start))).await.context("exec stream closed")?;
     let mut responses = match client.exec(ReceiverStream::new(rx)).await {
         Ok(r) => r.into_inner(),
         Err(status) => return Ok(report_start_failure(&status)),
     };
-    let _raw = if a.tty {
-        crate::tty::RawMode::enter()
-    } else {
-        None
-    };
+    let _raw = if a.tty { crate::tty::RawMode::enter() } else { None };
     if a.interactive {
         tokio::spawn(forward_stdin(tx.clone()));
     }
@@ -138,18 +130,12 @@ async fn forward_stdin(tx: mpsc::Sender<pb::ExecRequest>) {
 }
 
 async fn forward_resizes(tx: mpsc::Sender<pb::ExecRequest>) {
-    let Ok(mut winch) =
-        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::window_change())
-    else {
+    let Ok(mut winch) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::window_change()) else {
         return;
     };
     while winch.recv().await.is_some() {
         let (rows, cols) = crate::tty::size();
-        if tx
-            .send(frame(In::Resize(pb::PtySize { rows, cols })))
-            .await
-            .is_err()
-        {
+        if tx.send(frame(In::Resize(pb::PtySize { rows, cols }))).await.is_err() {
             return;
         }
     }

@@ -36,85 +36,44 @@ fn parse_octal(s: &str) -> Result<u32, String> {
 
 pub async fn cp(client: AgentClient, a: CpArgs) -> anyhow::Result<()> {
     match (a.src.strip_prefix(':'), a.dst.strip_prefix(':')) {
-        (None, Some(remote)) => {
-            upload(client, &a.src, remote, a.mode.unwrap_or(0), a.parents).await
-        }
+        (None, Some(remote)) => upload(client, &a.src, remote, a.mode.unwrap_or(0), a.parents).await,
         (Some(remote), None) => download(client, remote, &a.dst).await,
         _ => bail!("exactly one side of cp must be in the bot (written `:PATH`)"),
     }
 }
 
-async fn upload(
-    mut client: AgentClient,
-    local: &str,
-    remote: &str,
-    mode: u32,
-    parents: bool,
-) -> anyhow::Result<()> {
+async fn upload(mut client: AgentClient, local: &str, remote: &str, mode: u32, parents: bool) -> anyhow::Result<()> {
     let mut reader: Box<dyn tokio::io::AsyncRead + Unpin + Send> = if local == "-" {
         Box::new(tokio::io::stdin())
     } else {
-        Box::new(
-            tokio::fs::File::open(local)
-                .await
-                .with_context(|| format!("cannot open `{local}`"))?,
-        )
+        Box::new(tokio::fs::File::open(local).await.with_context(|| format!("cannot open `{local}`"))?)
     };
     let (tx, rx) = mpsc::channel(4);
-    let open = pb::UploadOpen {
-        path: remote.to_string(),
-        mode,
-        create_parents: parents,
-        no_overwrite: false,
-    };
-    tx.send(pb::UploadRequest {
-        frame: Some(Up::Open(open)),
-    })
-    .await?;
+    let open = pb::UploadOpen { path: remote.to_string(), mode, create_parents: parents, no_overwrite: false };
+    tx.send(pb::UploadRequest { frame: Some(Up::Open(open)) }).await?;
     let call = tokio::spawn(async move { client.upload(ReceiverStream::new(rx)).await });
     let mut hasher = Sha256::new();
     loop {
         let mut buf = vec![0u8; CHUNK_BYTES];
-        let n = read_full(&mut reader, &mut buf)
-            .await
-            .with_context(|| format!("cannot read `{local}`"))?;
+        let n = read_full(&mut reader, &mut buf).await.with_context(|| format!("cannot read `{local}`"))?;
         if n == 0 {
             break;
         }
         buf.truncate(n);
         hasher.update(&buf);
-        if tx
-            .send(pb::UploadRequest {
-                frame: Some(Up::Data(buf)),
-            })
-            .await
-            .is_err()
-        {
+        if tx.send(pb::UploadRequest { frame: Some(Up::Data(buf)) }).await.is_err() {
             break; // the call failed; its status says why
         }
     }
     let expected_sha256 = hex::encode(hasher.finalize());
-    let _ = tx
-        .send(pb::UploadRequest {
-            frame: Some(Up::Commit(pb::UploadCommit { expected_sha256 })),
-        })
-        .await;
+    let _ = tx.send(pb::UploadRequest { frame: Some(Up::Commit(pb::UploadCommit { expected_sha256 })) }).await;
     drop(tx);
-    let resp = call
-        .await?
-        .map_err(|s| anyhow::anyhow!("upload to `{remote}` failed: {}", s.message()))?;
-    eprintln!(
-        "{} bytes, sha256 {}",
-        resp.get_ref().bytes_written,
-        resp.get_ref().sha256
-    );
+    let resp = call.await?.map_err(|s| anyhow::anyhow!("upload to `{remote}` failed: {}", s.message()))?;
+    eprintln!("{} bytes, sha256 {}", resp.get_ref().bytes_written, resp.get_ref().sha256);
     Ok(())
 }
 
-async fn read_full(
-    r: &mut (impl tokio::io::AsyncRead + Unpin),
-    buf: &mut [u8],
-) -> std::io::Result<usize> {
+async fn read_full(r: &mut (impl tokio::io::AsyncRead + Unpin), buf: &mut [u8]) -> std::io::Result<usize> {
     let mut filled = 0;
     while filled < buf.len() {
         let n = r.read(&mut buf[filled..]).await?;
@@ -127,10 +86,7 @@ async fn read_full(
 }
 
 async fn download(mut client: AgentClient, remote: &str, local: &str) -> anyhow::Result<()> {
-    let req = pb::DownloadRequest {
-        path: remote.to_string(),
-        ..Default::default()
-    };
+    let req = pb::DownloadRequest { path: remote.to_string(), ..Default::default() };
     let mut stream = client
         .download(req)
         .await
@@ -149,10 +105,7 @@ async fn download(mut client: AgentClient, remote: &str, local: &str) -> anyhow:
         if chunk.eof {
             let got = hex::encode(hasher.finalize());
             if got != chunk.sha256 {
-                bail!(
-                    "download of `{remote}` is corrupt: sha256 {got}, agent sent {}",
-                    chunk.sha256
-                );
+                bail!("download of `{remote}` is corrupt: sha256 {got}, agent sent {}", chunk.sha256);
             }
             return sink.finish();
         }
@@ -162,10 +115,7 @@ async fn download(mut client: AgentClient, remote: &str, local: &str) -> anyhow:
 /// A local destination that appears only when complete (temp file + rename), or stdout.
 enum LocalSink {
     Stdout(std::io::Stdout),
-    File {
-        tmp: tempfile::NamedTempFile,
-        dst: PathBuf,
-    },
+    File { tmp: tempfile::NamedTempFile, dst: PathBuf },
 }
 
 impl LocalSink {
@@ -174,12 +124,9 @@ impl LocalSink {
             return Ok(LocalSink::Stdout(std::io::stdout()));
         }
         let dst = PathBuf::from(local);
-        let dir = dst
-            .parent()
-            .filter(|p| !p.as_os_str().is_empty())
-            .unwrap_or(Path::new("."));
-        let tmp = tempfile::NamedTempFile::new_in(dir)
-            .with_context(|| format!("cannot write into `{}`", dir.display()))?;
+        let dir = dst.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        let tmp =
+            tempfile::NamedTempFile::new_in(dir).with_context(|| format!("cannot write into `{}`", dir.display()))?;
         Ok(LocalSink::File { tmp, dst })
     }
 
@@ -196,9 +143,7 @@ impl LocalSink {
             LocalSink::Stdout(mut s) => s.flush()?,
             LocalSink::File { tmp, dst } => {
                 tmp.as_file().sync_all()?;
-                tmp.persist(&dst).with_context(|| {
-                    format!("cannot move the download into `{}`", dst.display())
-                })?;
+                tmp.persist(&dst).with_context(|| format!("cannot move the download into `{}`", dst.display()))?;
             }
         }
         Ok(())
@@ -218,17 +163,8 @@ pub struct LsArgs {
 pub async fn ls(mut client: AgentClient, a: LsArgs) -> anyhow::Result<()> {
     let mut page_token = String::new();
     loop {
-        let req = pb::ListDirRequest {
-            path: a.path.clone(),
-            recursive: a.recursive,
-            page_token,
-            ..Default::default()
-        };
-        let page = client
-            .list_dir(req)
-            .await
-            .map_err(|s| anyhow::anyhow!("ls failed: {}", s.message()))?
-            .into_inner();
+        let req = pb::ListDirRequest { path: a.path.clone(), recursive: a.recursive, page_token, ..Default::default() };
+        let page = client.list_dir(req).await.map_err(|s| anyhow::anyhow!("ls failed: {}", s.message()))?.into_inner();
         for e in &page.entries {
             println!("{}", describe(e));
         }
@@ -248,10 +184,7 @@ pub struct StatArgs {
 }
 
 pub async fn stat(mut client: AgentClient, a: StatArgs) -> anyhow::Result<()> {
-    let req = pb::StatRequest {
-        path: a.path.clone(),
-        follow_symlinks: a.follow,
-    };
+    let req = pb::StatRequest { path: a.path.clone(), follow_symlinks: a.follow };
     let info = client
         .stat(req)
         .await
@@ -290,13 +223,6 @@ fn describe(e: &pb::FileInfo) -> String {
         Ok(pb::FileType::File) => '-',
         _ => '?',
     };
-    let link = if e.symlink_target.is_empty() {
-        String::new()
-    } else {
-        format!(" -> {}", e.symlink_target)
-    };
-    format!(
-        "{t}{:04o} {:>5} {:>5} {:>12}  {}{link}",
-        e.mode, e.uid, e.gid, e.size_bytes, e.path
-    )
+    let link = if e.symlink_target.is_empty() { String::new() } else { format!(" -> {}", e.symlink_target) };
+    format!("{t}{:04o} {:>5} {:>5} {:>12}  {}{link}", e.mode, e.uid, e.gid, e.size_bytes, e.path)
 }

@@ -28,9 +28,7 @@ pub struct McpArgs {
 }
 
 fn parse_env(s: &str) -> Result<(String, String), String> {
-    s.split_once('=')
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .ok_or_else(|| format!("`{s}` is not KEY=VALUE"))
+    s.split_once('=').map(|(k, v)| (k.to_string(), v.to_string())).ok_or_else(|| format!("`{s}` is not KEY=VALUE"))
 }
 
 pub async fn run(mut client: AgentClient, a: McpArgs) -> anyhow::Result<i32> {
@@ -44,10 +42,7 @@ pub async fn run(mut client: AgentClient, a: McpArgs) -> anyhow::Result<i32> {
         ..Default::default()
     };
     let (tx, rx) = mpsc::channel(64);
-    tx.send(pb::McpSessionRequest {
-        frame: Some(In::Open(open)),
-    })
-    .await?;
+    tx.send(pb::McpSessionRequest { frame: Some(In::Open(open)) }).await?;
     let mut responses = client
         .mcp_session(ReceiverStream::new(rx))
         .await
@@ -104,13 +99,7 @@ async fn forward_stdin(tx: mpsc::Sender<pb::McpSessionRequest>) {
                 if line.is_empty() {
                     continue;
                 }
-                if tx
-                    .send(pb::McpSessionRequest {
-                        frame: Some(In::Message(line)),
-                    })
-                    .await
-                    .is_err()
-                {
+                if tx.send(pb::McpSessionRequest { frame: Some(In::Message(line)) }).await.is_err() {
                     return;
                 }
             }
