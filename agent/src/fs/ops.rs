@@ -37,12 +37,10 @@ fn mkdir_one(root: &Root, rel: &RelPath, mode: u32, exist_ok: bool) -> Result<bo
     match rustix::fs::mkdirat(&dir, name_os(name), Mode::from_raw_mode(mode)) {
         Ok(()) => Ok(true),
         Err(rustix::io::Errno::EXIST) if exist_ok => {
-            let st = rustix::fs::statat(&dir, name_os(name), AtFlags::empty())
-                .map_err(|e| Error::io("stat", &rel.display(), e.into()))?;
-            if FileType::from_raw_mode(st.st_mode) == FileType::Directory {
-                Ok(false)
-            } else {
-                Err(Error::AlreadyExists(format!("`{}` exists and is not a directory", rel.display())))
+            // Something is there: fine if it is (or, inside the root, links to) a directory.
+            match root.open(rel, OFlags::PATH | OFlags::DIRECTORY, Mode::empty()) {
+                Ok(_) => Ok(false),
+                Err(_) => Err(Error::AlreadyExists(format!("`{}` exists and is not a directory", rel.display()))),
             }
         }
         Err(e) => Err(Error::io("mkdir", &rel.display(), e.into())),
