@@ -21,6 +21,9 @@ use crate::state::{Agent, MAX_MESSAGE_BYTES};
 
 /// How long sessions get to exit after SIGTERM when the agent shuts down.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
+/// HTTP/2 windows; see the agent client's notes on h2's small-frame budget.
+const STREAM_WINDOW_BYTES: u32 = 256 << 10;
+const CONNECTION_WINDOW_BYTES: u32 = 64 << 20;
 /// How long open streams get to finish after the sessions ended.
 const SERVER_DRAIN: Duration = Duration::from_secs(1);
 
@@ -114,6 +117,10 @@ async fn router(service: &Service, token: &Token) -> tonic::transport::server::R
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
         .tcp_nodelay(true)
+        // Bounded per-stream buffering of client frames (stdin, MCP messages) that a stuck child does not
+        // read, so h2's small-frame budget (half the connection window) is never exhausted.
+        .initial_stream_window_size(Some(STREAM_WINDOW_BYTES))
+        .initial_connection_window_size(Some(CONNECTION_WINDOW_BYTES))
         .add_service(InterceptedService::new(health_service, auth.clone()))
         .add_service(InterceptedService::new(svc, auth))
 }

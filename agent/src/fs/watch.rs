@@ -169,6 +169,17 @@ async fn run(mut w: Watcher, mut stream: inotify::EventStream<Vec<u8>>, tx: mpsc
         let ev = tokio::select! {
             ev = stream.next() => ev,
             () = out.tx.closed() => return,
+            // Deliver a pending OVERFLOW as soon as there is room, even if no further event comes.
+            permit = out.tx.reserve(), if out.overflow_pending => {
+                match permit {
+                    Ok(p) => {
+                        p.send(Ok(WatchEvent::bare(WatchKind::Overflow)));
+                        out.overflow_pending = false;
+                        continue;
+                    }
+                    Err(_) => return,
+                }
+            }
         };
         let ev = match ev {
             Some(Ok(ev)) => ev,

@@ -47,7 +47,7 @@ impl TestAgent {
         let socket = run.join("agent.sock");
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_berth-agent"));
         cmd.arg("--socket").arg(&socket).arg("--token-file").arg(&token_file).arg("--root").arg(&root);
-        cmd.env("BERTH_AGENT_LOG", "debug").stdout(Stdio::null()).stderr(Stdio::inherit());
+        cmd.env("BERTH_AGENT_LOG", "info,berth_agent=debug").stdout(Stdio::null()).stderr(Stdio::inherit());
         if let Some(uid) = uid {
             use std::os::unix::process::CommandExt;
             cmd.uid(uid).gid(uid);

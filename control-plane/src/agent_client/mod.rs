@@ -15,6 +15,13 @@ use tonic::transport::{Channel, Endpoint, Uri};
 pub const MAX_MESSAGE_BYTES: usize = 64 << 20;
 /// How long connecting may take before it fails.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// HTTP/2 flow-control windows. h2 closes a whole connection (GOAWAY `ENHANCE_YOUR_CALM`) once the small
+/// DATA frames it buffers unread exceed half the connection window. A small per-stream window bounds what
+/// one stalled stream (a watch or exec output nobody reads) can buffer, and a large connection window keeps
+/// many such streams from ever reaching the limit. Over a Unix socket a 256 KiB window still moves GiB/s.
+pub const STREAM_WINDOW_BYTES: u32 = 256 << 10;
+/// See [`STREAM_WINDOW_BYTES`].
+pub const CONNECTION_WINDOW_BYTES: u32 = 64 << 20;
 
 /// A connected agent client.
 pub type AgentClient = ContainerServiceClient<InterceptedService<Channel, BearerAuth>>;
@@ -84,6 +91,8 @@ fn endpoint(uri: &'static str) -> Endpoint {
         .keep_alive_timeout(Duration::from_secs(10))
         .keep_alive_while_idle(true)
         .tcp_nodelay(true)
+        .initial_stream_window_size(STREAM_WINDOW_BYTES)
+        .initial_connection_window_size(CONNECTION_WINDOW_BYTES)
 }
 
 fn client(channel: Channel, auth: BearerAuth) -> AgentClient {
@@ -113,6 +122,8 @@ pub async fn connect_tcp(addr: std::net::SocketAddr, auth: BearerAuth) -> Result
         .map_err(|source| ConnectError::Connect { target: target.clone(), source })?
         .connect_timeout(CONNECT_TIMEOUT)
         .tcp_nodelay(true)
+        .initial_stream_window_size(STREAM_WINDOW_BYTES)
+        .initial_connection_window_size(CONNECTION_WINDOW_BYTES)
         .connect()
         .await
         .map_err(|source| ConnectError::Connect { target, source })?;
