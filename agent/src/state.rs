@@ -7,10 +7,11 @@ use crate::fs::root::Root;
 use crate::process::reaper::ReaperStats;
 use crate::process::registry::Registry;
 
-/// Largest gRPC message accepted or sent (a 16 MiB MCP message plus framing fits comfortably).
+/// Largest gRPC message accepted or sent (the largest MCP message plus framing fits).
 pub const MAX_MESSAGE_BYTES: usize = 64 << 20;
-/// Largest MCP message (one stdout line) relayed.
-pub const MAX_MCP_MESSAGE_BYTES: usize = 32 << 20;
+/// Largest MCP message (one stdout line) relayed by default. A 16 MiB tool argument echoed back by a
+/// server that returns it twice (text and structured content) needs about 33 MiB.
+pub const MAX_MCP_MESSAGE_BYTES: usize = 48 << 20;
 
 /// Shared agent state.
 #[derive(Debug)]

@@ -30,6 +30,11 @@ impl TestAgent {
 
     /// Starts an agent, optionally as another uid (its root and socket directory are made usable).
     pub async fn start_as(uid: Option<u32>) -> TestAgent {
+        Self::start_with(uid, &[]).await
+    }
+
+    /// Starts an agent with extra command-line arguments.
+    pub async fn start_with(uid: Option<u32>, extra: &[&str]) -> TestAgent {
         let dir = tempfile::tempdir().expect("tempdir");
         std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod tempdir");
         let root = dir.path().join("root");
@@ -46,8 +51,10 @@ impl TestAgent {
         }
         let socket = run.join("agent.sock");
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_berth-agent"));
-        cmd.arg("--socket").arg(&socket).arg("--token-file").arg(&token_file).arg("--root").arg(&root);
-        cmd.env("BERTH_AGENT_LOG", "info,berth_agent=debug").stdout(Stdio::null()).stderr(Stdio::inherit());
+        cmd.arg("--socket").arg(&socket).arg("--token-file").arg(&token_file).arg("--root").arg(&root).args(extra);
+        // The agent's log goes to <tmp>/agent.log.
+        let log = std::fs::File::create(dir.path().join("agent.log")).expect("create agent.log");
+        cmd.env("BERTH_AGENT_LOG", "info,berth_agent=debug").stdout(Stdio::null()).stderr(log);
         if let Some(uid) = uid {
             use std::os::unix::process::CommandExt;
             cmd.uid(uid).gid(uid);
@@ -216,6 +223,11 @@ pub async fn collect(stream: &mut tonic::Streaming<pb::ExecResponse>) -> Result<
 pub async fn run(client: &mut AgentClient, start: pb::ExecStart) -> Result<ExecResult, tonic::Status> {
     let (_tx, mut stream) = exec_open(client, start).await?;
     collect(&mut stream).await
+}
+
+/// Path of a test fixture.
+pub fn fixture(name: &str) -> String {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name).display().to_string()
 }
 
 /// Path of a file under the workspace's `.deps` (installed by scripts/install-deps.sh); panics loudly
