@@ -73,7 +73,7 @@ async fn relays_a_16_mib_message_byte_for_byte_through_a_real_server() {
     // Over 16 MiB of text, with raw U+2028 (which a naive splitter would break the line on).
     let unit = format!("{}\u{2028}", "x".repeat(1023));
     let text = unit.repeat(16 << 10);
-    let call = format!(r#"{{"jsonrpc":"2.0","id":2,"method":"tools/call","params":{{"name":"echo","arguments":{{"text":"{text}"}}}}}}"#);
+    let call = format!(r#"{{"jsonrpc":"2.0","id":2,"method":"tools/call","params":{{"name":"echo","arguments":{{"message":"{text}"}}}}}}"#);
     assert!(call.len() > 16 << 20);
     send(&tx, call.into_bytes()).await;
     let reply = next(&mut resp).await.unwrap();

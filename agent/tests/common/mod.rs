@@ -50,7 +50,7 @@ impl TestAgent {
             }
         }
         let socket = run.join("agent.sock");
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_berth-agent"));
+        let mut cmd = Command::new(agent_bin());
         cmd.arg("--socket").arg(&socket).arg("--token-file").arg(&token_file).arg("--root").arg(&root).args(extra);
         // The agent's log goes to <tmp>/agent.log.
         let log = std::fs::File::create(dir.path().join("agent.log")).expect("create agent.log");
@@ -225,9 +225,27 @@ pub async fn run(client: &mut AgentClient, start: pb::ExecStart) -> Result<ExecR
     collect(&mut stream).await
 }
 
-/// Path of a test fixture.
+/// Path of a test fixture (they live in `agent/tests/fixtures`).
 pub fn fixture(name: &str) -> String {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name).display().to_string()
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../agent/tests/fixtures").join(name).display().to_string()
+}
+
+/// The agent binary: cargo's own path inside the agent package; elsewhere the one beside the test
+/// binary's target directory (built by `cargo build --workspace`, as scripts/test.sh does first).
+pub fn agent_bin() -> PathBuf {
+    if let Some(p) = option_env!("CARGO_BIN_EXE_berth-agent") {
+        return PathBuf::from(p);
+    }
+    target_bin("berth-agent")
+}
+
+/// A workspace binary in the same target directory as the running test.
+pub fn target_bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("current exe");
+    let dir = exe.parent().and_then(Path::parent).expect("target dir");
+    let p = dir.join(name);
+    assert!(p.exists(), "{} is missing: build the workspace first (`cargo build --workspace`)", p.display());
+    p
 }
 
 /// Path of a file under the workspace's `.deps` (installed by scripts/install-deps.sh); panics loudly
