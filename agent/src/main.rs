@@ -2,17 +2,27 @@
 
 use clap::Parser;
 use tokio::signal::unix::{SignalKind, signal};
-use tracing_subscriber::EnvFilter;
+use tracing_subscriber::filter::Targets;
 
 use berth_agent::config::{Config, LogFormat};
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
 
 fn main() -> std::process::ExitCode {
     let config = Config::parse();
-    let filter = EnvFilter::try_from_env("BERTH_AGENT_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    // `Targets` (e.g. "info,berth_agent=debug") rather than EnvFilter: no regex engine in the agent binary.
+    let spec = std::env::var("BERTH_AGENT_LOG").unwrap_or_else(|_| "info".into());
+    let filter: Targets = match spec.parse() {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("berth-agent: BERTH_AGENT_LOG={spec:?} is not a valid filter ({e}); using info");
+            Targets::new().with_default(tracing::Level::INFO)
+        }
+    };
+    let builder = tracing_subscriber::fmt().with_writer(std::io::stderr);
     match config.log_format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.finish().with(filter).init(),
+        LogFormat::Json => builder.json().finish().with(filter).init(),
     }
     let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().max_blocking_threads(64).build() {
         Ok(rt) => rt,

@@ -1,6 +1,8 @@
 //! Exec through the real agent: exit codes, stdio, EOF, typed spawn failures, timeouts and disconnects
 //! that kill whole process groups, signals, ptys, sessions, reaping and shutdown.
 
+#![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
+
 mod common;
 
 use std::time::Duration;

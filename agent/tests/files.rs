@@ -1,6 +1,8 @@
 //! File RPCs through the real agent: reads, atomic writes, listing caps and paging, stat, mutations,
 //! typed failures, and confinement of every path (symlinks included) to the agent's root.
 
+#![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
+
 mod common;
 
 use std::os::unix::fs::{MetadataExt, PermissionsExt, symlink};
@@ -98,7 +100,8 @@ async fn writes_are_atomic_keep_mode_and_leave_no_temp_files() {
     assert_eq!(std::fs::read(&host).unwrap(), b"version two");
     assert_eq!(std::fs::metadata(&host).unwrap().permissions().mode() & 0o7777, 0o600, "mode kept");
     assert_ne!(std::fs::metadata(&host).unwrap().ino(), inode_before, "replaced by rename, not rewritten");
-    let names: Vec<_> = std::fs::read_dir(agent.host("/data/notes")).unwrap().flatten().map(|e| e.file_name()).collect();
+    let names: Vec<_> =
+        std::fs::read_dir(agent.host("/data/notes")).unwrap().flatten().map(|e| e.file_name()).collect();
     assert_eq!(names.len(), 1, "temporary files left: {names:?}");
     let err = c.write_file(pb::WriteFileRequest { no_overwrite: true, ..write("notes/a.md", b"x") }).await.unwrap_err();
     assert_eq!(err.code(), tonic::Code::AlreadyExists);
@@ -121,11 +124,7 @@ async fn list_is_recursive_sorted_paged_and_capped() {
         std::fs::write(agent.host(&format!("/data/{f}")), f).unwrap();
     }
     symlink("/", agent.host("/data/c/root-link")).unwrap();
-    let flat = c
-        .list_dir(pb::ListDirRequest { path: "".into(), ..Default::default() })
-        .await
-        .unwrap()
-        .into_inner();
+    let flat = c.list_dir(pb::ListDirRequest { path: "".into(), ..Default::default() }).await.unwrap().into_inner();
     let names: Vec<_> = flat.entries.iter().map(|e| e.path.as_str()).collect();
     assert_eq!(names, ["a", "c", "top"]);
     let mut all = Vec::new();
@@ -164,10 +163,12 @@ async fn stat_describes_links_and_targets() {
     std::fs::write(agent.host("/data/f"), b"12345").unwrap();
     std::os::unix::fs::chown(agent.host("/data/f"), Some(1234), Some(4321)).unwrap();
     symlink("f", agent.host("/data/l")).unwrap();
-    let i = c.stat(pb::StatRequest { path: "l".into(), follow_symlinks: false }).await.unwrap().into_inner().info.unwrap();
+    let i =
+        c.stat(pb::StatRequest { path: "l".into(), follow_symlinks: false }).await.unwrap().into_inner().info.unwrap();
     assert_eq!(i.r#type, pb::FileType::Symlink as i32);
     assert_eq!(i.symlink_target, "f");
-    let i = c.stat(pb::StatRequest { path: "l".into(), follow_symlinks: true }).await.unwrap().into_inner().info.unwrap();
+    let i =
+        c.stat(pb::StatRequest { path: "l".into(), follow_symlinks: true }).await.unwrap().into_inner().info.unwrap();
     assert_eq!(i.r#type, pb::FileType::File as i32);
     assert_eq!((i.size_bytes, i.uid, i.gid), (5, 1234, 4321));
     assert!(i.mtime_ns > 1_600_000_000_000_000_000);
@@ -188,11 +189,21 @@ async fn mkdir_rename_delete_chmod_chown() {
     let err = c.mkdir(pb::MkdirRequest { path: "q/r".into(), parents: false, mode: 0 }).await.unwrap_err();
     assert_eq!(err.code(), tonic::Code::NotFound);
     std::fs::write(agent.host("/data/x/y/z/f"), b"f").unwrap();
-    let req = pb::RenameRequest { from_path: "x/y/z/f".into(), to_path: "moved/g".into(), no_overwrite: false, create_parents: true };
+    let req = pb::RenameRequest {
+        from_path: "x/y/z/f".into(),
+        to_path: "moved/g".into(),
+        no_overwrite: false,
+        create_parents: true,
+    };
     c.rename(req).await.unwrap();
     assert_eq!(std::fs::read(agent.host("/data/moved/g")).unwrap(), b"f");
     std::fs::write(agent.host("/data/other"), b"o").unwrap();
-    let req = pb::RenameRequest { from_path: "other".into(), to_path: "moved/g".into(), no_overwrite: true, create_parents: false };
+    let req = pb::RenameRequest {
+        from_path: "other".into(),
+        to_path: "moved/g".into(),
+        no_overwrite: true,
+        create_parents: false,
+    };
     assert_eq!(c.rename(req).await.unwrap_err().code(), tonic::Code::AlreadyExists);
     let req = pb::RenameRequest { from_path: "nothing".into(), to_path: "x2".into(), ..Default::default() };
     assert_eq!(c.rename(req).await.unwrap_err().code(), tonic::Code::NotFound);
@@ -200,7 +211,9 @@ async fn mkdir_rename_delete_chmod_chown() {
     assert_eq!(std::fs::metadata(agent.host("/data/moved/g")).unwrap().permissions().mode() & 0o7777, 0o751);
     let err = c.chmod(pb::ChmodRequest { path: "moved/g".into(), mode: 0o170000 }).await.unwrap_err();
     assert_eq!(err.code(), tonic::Code::InvalidArgument);
-    c.chown(pb::ChownRequest { path: "moved/g".into(), uid: Some(42), gid: None, follow_symlinks: false }).await.unwrap();
+    c.chown(pb::ChownRequest { path: "moved/g".into(), uid: Some(42), gid: None, follow_symlinks: false })
+        .await
+        .unwrap();
     let m = std::fs::metadata(agent.host("/data/moved/g")).unwrap();
     assert_eq!((m.uid(), m.gid()), (42, 0));
     let err = c.delete(pb::DeleteRequest { path: "x".into(), recursive: false }).await.unwrap_err();

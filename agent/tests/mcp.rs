@@ -1,6 +1,8 @@
 //! MCP stdio sessions through the real agent with real servers: byte-exact relay of 16 MiB messages,
 //! stderr floods that never stall the server, MCP shutdown escalation, disconnects, limits, kill.
 
+#![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
+
 mod common;
 
 use std::time::Duration;
@@ -22,7 +24,10 @@ fn open(command: &str, args: &[&str]) -> pb::McpOpen {
     pb::McpOpen { command: command.into(), args: args.iter().map(|s| s.to_string()).collect(), ..Default::default() }
 }
 
-async fn start(c: &mut berth_control_plane::agent_client::AgentClient, o: pb::McpOpen) -> (mpsc::Sender<pb::McpSessionRequest>, Responses, u32) {
+async fn start(
+    c: &mut berth_control_plane::agent_client::AgentClient,
+    o: pb::McpOpen,
+) -> (mpsc::Sender<pb::McpSessionRequest>, Responses, u32) {
     let (tx, rx) = mpsc::channel(16);
     tx.send(pb::McpSessionRequest { frame: Some(In::Open(o)) }).await.unwrap();
     let mut resp = c.mcp_session(ReceiverStream::new(rx)).await.unwrap().into_inner();
@@ -73,7 +78,9 @@ async fn relays_a_16_mib_message_byte_for_byte_through_a_real_server() {
     // Over 16 MiB of text, with raw U+2028 (which a naive splitter would break the line on).
     let unit = format!("{}\u{2028}", "x".repeat(1023));
     let text = unit.repeat(16 << 10);
-    let call = format!(r#"{{"jsonrpc":"2.0","id":2,"method":"tools/call","params":{{"name":"echo","arguments":{{"message":"{text}"}}}}}}"#);
+    let call = format!(
+        r#"{{"jsonrpc":"2.0","id":2,"method":"tools/call","params":{{"name":"echo","arguments":{{"message":"{text}"}}}}}}"#
+    );
     assert!(call.len() > 16 << 20);
     send(&tx, call.into_bytes()).await;
     let reply = next(&mut resp).await.unwrap();
@@ -208,8 +215,10 @@ async fn many_sessions_open_and_close_without_leaking_processes() {
     }
     let s = c.stats(pb::StatsRequest {}).await.unwrap().into_inner();
     assert_eq!(s.mcp_sessions, 0);
-    assert!(eventually(Duration::from_secs(5), || {
-        berth_agent::process::reaper::children_of(agent.pid() as i32).is_empty()
-    })
-    .await);
+    assert!(
+        eventually(Duration::from_secs(5), || {
+            berth_agent::process::reaper::children_of(agent.pid() as i32).is_empty()
+        })
+        .await
+    );
 }

@@ -1,6 +1,8 @@
 //! Streaming transfers through the real agent: 1 GiB up and down with matching sha256, ranges, and
 //! uploads that abort, mismatch or disconnect without leaving anything behind.
 
+#![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
+
 mod common;
 
 use berth_proto::agent::v1 as pb;
@@ -113,7 +115,11 @@ async fn download_ranges_and_errors() {
     assert_eq!(err.code(), tonic::Code::FailedPrecondition);
 }
 
-async fn upload_then(c: &mut berth_control_plane::agent_client::AgentClient, frames: Vec<Up>, close: bool) -> tonic::Status {
+async fn upload_then(
+    c: &mut berth_control_plane::agent_client::AgentClient,
+    frames: Vec<Up>,
+    close: bool,
+) -> tonic::Status {
     let (tx, rx) = mpsc::channel(8);
     let mut client = c.clone();
     let call = tokio::spawn(async move { client.upload(ReceiverStream::new(rx)).await });
@@ -150,6 +156,8 @@ async fn failed_uploads_leave_nothing_behind() {
     upload_then(&mut c, vec![open("keep"), data()], false).await;
     let s = upload_then(&mut c, vec![data()], true).await;
     assert_eq!(s.code(), tonic::Code::InvalidArgument);
-    let clean = || dir_names(&agent.host("/data")) == ["keep"] && std::fs::read(agent.host("/data/keep")).unwrap() == b"original";
+    let clean = || {
+        dir_names(&agent.host("/data")) == ["keep"] && std::fs::read(agent.host("/data/keep")).unwrap() == b"original"
+    };
     assert!(eventually(std::time::Duration::from_secs(5), clean).await, "left: {:?}", dir_names(&agent.host("/data")));
 }

@@ -1,5 +1,7 @@
 //! Watch streams, authentication, health, version and stats through the real agent.
 
+#![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
+
 mod common;
 
 use std::time::Duration;
@@ -71,8 +73,7 @@ async fn a_slow_watcher_gets_an_explicit_overflow() {
     .await
     .unwrap();
     let mut overflow = false;
-    let mut n = 0;
-    for _ in 0..200_000 {
+    for n in 0..200_000 {
         let ev = match tokio::time::timeout(Duration::from_secs(2), s.message()).await {
             Ok(Ok(Some(ev))) => ev,
             other => {
@@ -80,7 +81,6 @@ async fn a_slow_watcher_gets_an_explicit_overflow() {
                 break;
             }
         };
-        n += 1;
         if ev.kind == K::Overflow as i32 {
             overflow = true;
             break;
@@ -95,7 +95,8 @@ async fn every_rpc_requires_the_token() {
     let mut wrong = agent.client_with_token("definitely-not-the-token").await;
     let err = wrong.version(pb::VersionRequest {}).await.unwrap_err();
     assert_eq!(err.code(), tonic::Code::Unauthenticated);
-    let err = wrong.read_file(pb::ReadFileRequest { path: "/etc/passwd".into(), ..Default::default() }).await.unwrap_err();
+    let err =
+        wrong.read_file(pb::ReadFileRequest { path: "/etc/passwd".into(), ..Default::default() }).await.unwrap_err();
     assert_eq!(err.code(), tonic::Code::Unauthenticated);
     let err = run(&mut wrong, argv(&["true"])).await.unwrap_err();
     assert_eq!(err.code(), tonic::Code::Unauthenticated);
@@ -104,7 +105,9 @@ async fn every_rpc_requires_the_token() {
     let channel = tonic::transport::Endpoint::from_static("http://agent.invalid")
         .connect_with_connector(tower::service_fn(move |_| {
             let path = path.clone();
-            async move { Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(tokio::net::UnixStream::connect(path).await?)) }
+            async move {
+                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(tokio::net::UnixStream::connect(path).await?))
+            }
         }))
         .await
         .unwrap();
@@ -132,7 +135,9 @@ async fn health_version_and_stats() {
     let channel = tonic::transport::Endpoint::from_static("http://agent.invalid")
         .connect_with_connector(tower::service_fn(move |_| {
             let path = path.clone();
-            async move { Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(tokio::net::UnixStream::connect(path).await?)) }
+            async move {
+                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(tokio::net::UnixStream::connect(path).await?))
+            }
         }))
         .await
         .unwrap();

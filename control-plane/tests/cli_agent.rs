@@ -1,5 +1,7 @@
 //! The `berth agent …` CLI against a real agent, run as a user would run it.
 
+#![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
+
 #[path = "../../agent/tests/common/mod.rs"]
 mod common;
 
@@ -79,5 +81,9 @@ async fn wrong_token_is_a_clear_error() {
     cmd.arg("agent").arg("--socket").arg(&agent.socket).arg("--token-file").arg(&bad).arg("version");
     let out = output(cmd);
     assert_eq!(out.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("invalid agent token"), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("invalid agent token"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

@@ -2,6 +2,8 @@
 //! servers directly and through `berth agent … mcp --`, with the server started by the real agent. The
 //! bridge must pass exactly what the server passes directly.
 
+#![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
+
 #[path = "../../agent/tests/common/mod.rs"]
 mod common;
 

@@ -68,12 +68,11 @@ impl TestAgent {
     async fn wait_ready(&self) {
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
-            if self.socket.exists() {
-                if let Ok(mut c) = self.try_client().await {
-                    if c.version(pb::VersionRequest {}).await.is_ok() {
-                        return;
-                    }
-                }
+            if self.socket.exists()
+                && let Ok(mut c) = self.try_client().await
+                && c.version(pb::VersionRequest {}).await.is_ok()
+            {
+                return;
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
@@ -131,12 +130,11 @@ impl Drop for TestAgent {
     }
 }
 
-
 /// Whether a process exists (and is not a zombie).
 pub fn alive(pid: u32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
         Ok(stat) => {
-            let state = stat.rsplit_once(')').map(|(_, r)| r.trim_start().chars().next()).flatten();
+            let state = stat.rsplit_once(')').and_then(|(_, r)| r.trim_start().chars().next());
             state != Some('Z')
         }
         Err(_) => false,
@@ -230,9 +228,12 @@ pub fn fixture(name: &str) -> String {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../agent/tests/fixtures").join(name).display().to_string()
 }
 
-/// The agent binary: cargo's own path inside the agent package; elsewhere the one beside the test
+/// The agent binary: `BERTH_AGENT_BIN` if set; else cargo's own path inside the agent package; elsewhere the one beside the test
 /// binary's target directory (built by `cargo build --workspace`, as scripts/test.sh does first).
 pub fn agent_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("BERTH_AGENT_BIN") {
+        return PathBuf::from(p);
+    }
     if let Some(p) = option_env!("CARGO_BIN_EXE_berth-agent") {
         return PathBuf::from(p);
     }

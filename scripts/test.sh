@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# The whole test suite: installs what it needs, checks formatting and lints, builds the workspace and the
+# static agent, then runs every test with nextest. This is the README's test command and what CI runs.
+set -euo pipefail
+root="$(cd "$(dirname "$0")/.." && pwd)"
+cd "$root"
+bash scripts/install-deps.sh
+export BERTH_TEST_DEPS="$root/.deps"
+
+echo "== fmt"; cargo fmt --all -- --check
+echo "== clippy"; cargo clippy --locked --workspace --all-targets -- -D warnings
+echo "== build"; cargo build --locked --workspace --bins
+echo "== static agent"; BERTH_STATIC_AGENT="$(bash scripts/build-agent.sh)"; export BERTH_STATIC_AGENT
+echo "== tests"; cargo nextest run --locked --workspace --no-fail-fast "$@"
