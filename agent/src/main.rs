@@ -19,7 +19,8 @@ fn main() -> std::process::ExitCode {
             Targets::new().with_default(tracing::Level::INFO)
         }
     };
-    let builder = tracing_subscriber::fmt().with_writer(std::io::stderr);
+    // The fmt builder defaults to INFO; `filter` below decides.
+    let builder = tracing_subscriber::fmt().with_max_level(tracing::Level::TRACE).with_writer(std::io::stderr);
     match config.log_format {
         LogFormat::Text => builder.finish().with(filter).init(),
         LogFormat::Json => builder.json().finish().with(filter).init(),

@@ -92,11 +92,7 @@ fn fmt_dur(d: Duration) -> String {
     if us >= 1000.0 { format!("{:.2} ms", us / 1000.0) } else { format!("{us:.0} µs") }
 }
 
-async fn time_n<F, Fut>(warmup: usize, n: usize, mut f: F) -> Stats
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = ()>,
-{
+async fn time_n(warmup: usize, n: usize, mut f: impl AsyncFnMut()) -> Stats {
     for _ in 0..warmup {
         f().await;
     }
@@ -189,7 +185,6 @@ async fn transfers(report: &mut Report, agent: &TestAgent, c: &mut AgentClient, 
 }
 
 async fn concurrency(report: &mut Report, c: &AgentClient) {
-    std::fs::write("/dev/null", b"").ok();
     let mut single_p50 = None;
     for clients in [1usize, 4, 16, 64] {
         let per_client = 400 / clients.max(1) + 50;
@@ -233,21 +228,18 @@ async fn concurrency(report: &mut Report, c: &AgentClient) {
 async fn mcp_relay(report: &mut Report, c: &mut AgentClient) {
     use pb::mcp_session_request::Frame as In;
     use pb::mcp_session_response::Frame as Out;
-    let msg = br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"echo","arguments":{"message":"hi"}}}"#;
+    let msg =
+        br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"echo","arguments":{"message":"hi"}}}"#;
     let (tx, rx) = mpsc::channel(4);
     let open = pb::McpOpen { command: "cat".into(), ..Default::default() };
     tx.send(pb::McpSessionRequest { frame: Some(In::Open(open)) }).await.unwrap();
     let mut resp = c.mcp_session(ReceiverStream::new(rx)).await.unwrap().into_inner();
     resp.message().await.unwrap();
-    let through = time_n(50, 1000, || {
-        let tx = tx.clone();
-        let resp = &mut resp;
-        async move {
-            tx.send(pb::McpSessionRequest { frame: Some(In::Message(msg.to_vec())) }).await.unwrap();
-            match resp.message().await.unwrap().unwrap().frame {
-                Some(Out::Message(m)) => assert_eq!(m, msg),
-                other => panic!("unexpected {other:?}"),
-            }
+    let through = time_n(50, 1000, async || {
+        tx.send(pb::McpSessionRequest { frame: Some(In::Message(msg.to_vec())) }).await.unwrap();
+        match resp.message().await.unwrap().unwrap().frame {
+            Some(Out::Message(m)) => assert_eq!(m, msg),
+            other => panic!("unexpected {other:?}"),
         }
     })
     .await;
@@ -270,7 +262,11 @@ async fn mcp_relay(report: &mut Report, c: &mut AgentClient) {
     }
     drop(stdin);
     child.wait().unwrap();
-    report.latency("MCP message round trip (echo server `cat`)", &through, Some(("same server on a local pipe", &stats(direct))));
+    report.latency(
+        "MCP message round trip (echo server `cat`)",
+        &through,
+        Some(("same server on a local pipe", &stats(direct))),
+    );
 }
 
 fn main() {
@@ -301,27 +297,34 @@ async fn async_main() {
     let idle = rss_kib(agent.pid());
     let mut c = agent.client().await;
 
-    let via_agent = time_n(20, 300, || exec_true(&mut c)).await;
-    let local = time_n(20, 300, || async {
+    let via_agent = time_n(20, 300, async || exec_true(&mut c).await).await;
+    let local = time_n(20, 300, async || {
         assert!(Command::new("/bin/true").status().unwrap().success());
     })
     .await;
     report.latency("exec /bin/true round trip via agent", &via_agent, Some(("local fork+exec+wait", &local)));
+    // Where the time goes: until the `started` frame (spawn done) and from there to `exited`.
+    let (mut to_started, mut to_exited) = (Vec::new(), Vec::new());
+    for _ in 0..300 {
+        let t = Instant::now();
+        let (_tx, mut stream) = exec_open(&mut c, argv(&["/bin/true"])).await.unwrap();
+        stream.message().await.unwrap().unwrap();
+        let started = t.elapsed();
+        while stream.message().await.unwrap().is_some() {}
+        to_started.push(started);
+        to_exited.push(t.elapsed() - started);
+    }
+    report.latency("exec /bin/true: request → started frame", &stats(to_started), None);
+    report.latency("exec /bin/true: started → exited frame", &stats(to_exited), None);
 
     std::fs::write(agent.host("/data/small.txt"), b"hello").unwrap();
-    let s = time_n(100, 2000, || {
-        let mut c = c.clone();
-        async move {
-            c.stat(pb::StatRequest { path: "small.txt".into(), follow_symlinks: false }).await.unwrap();
-        }
+    let s = time_n(100, 2000, async || {
+        c.stat(pb::StatRequest { path: "small.txt".into(), follow_symlinks: false }).await.unwrap();
     })
     .await;
     report.latency("unary RPC (Stat)", &s, None);
-    let s = time_n(100, 2000, || {
-        let mut c = c.clone();
-        async move {
-            c.read_file(pb::ReadFileRequest { path: "small.txt".into(), ..Default::default() }).await.unwrap();
-        }
+    let s = time_n(100, 2000, async || {
+        c.read_file(pb::ReadFileRequest { path: "small.txt".into(), ..Default::default() }).await.unwrap();
     })
     .await;
     report.latency("unary RPC (ReadFile, 5 B)", &s, None);

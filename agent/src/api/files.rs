@@ -128,59 +128,70 @@ pub async fn download(agent: Arc<Agent>, r: pb::DownloadRequest) -> Result<Downl
 pub async fn upload(agent: Arc<Agent>, mut inbound: Streaming<pb::UploadRequest>) -> Result<pb::UploadResponse> {
     let open = match inbound.message().await {
         Ok(Some(pb::UploadRequest { frame: Some(UploadFrame::Open(o)) })) => o,
-        Ok(Some(_)) => {
-            return Err(Error::InvalidArgument("the first upload frame must be `open`".into()));
-        }
-        Ok(None) => {
-            return Err(Error::InvalidArgument("upload stream closed before the `open` frame".into()));
-        }
-        Err(s) => {
-            return Err(Error::Aborted(format!("upload stream failed: {}", s.message())));
-        }
+        Ok(Some(_)) => return Err(Error::InvalidArgument("the first upload frame must be `open`".into())),
+        Ok(None) => return Err(Error::InvalidArgument("upload stream closed before the `open` frame".into())),
+        Err(s) => return Err(Error::Aborted(format!("upload stream failed: {}", s.message()))),
     };
     let rel = agent.root.resolve(&open.path)?;
     let opts =
         write::WriteOptions { mode: open.mode, create_parents: open.create_parents, no_overwrite: open.no_overwrite };
     let root = agent.root.clone();
-    let mut file = blocking(move || write::AtomicFile::create(&root, &rel, opts)).await?;
-    // Dropping `file` on any early return below removes the temporary file: nothing lands uncommitted.
-    loop {
+    let file = blocking(move || write::AtomicFile::create(&root, &rel, opts)).await?;
+    // One blocking writer per upload, fed through a small queue: receiving the next chunk overlaps with
+    // writing and hashing this one. The writer owns the file; if it ends without a commit (abort, error,
+    // disconnect), dropping the file removes the temporary, so nothing lands uncommitted.
+    let (tx, mut rx) = mpsc::channel::<WriterMsg>(4);
+    let shown = open.path.clone();
+    let writer = tokio::task::spawn_blocking(move || {
+        let mut file = file;
+        while let Some(msg) = rx.blocking_recv() {
+            match msg {
+                WriterMsg::Data(d) => file.write(&d)?,
+                WriterMsg::Commit(sha) => return file.commit(Some(&sha)),
+            }
+        }
+        Err(Error::Aborted(format!("upload to `{shown}` ended without `commit`; nothing was written")))
+    });
+    let outcome = loop {
         let frame = match inbound.message().await {
             Ok(Some(pb::UploadRequest { frame: Some(f) })) => f,
-            Ok(Some(_)) => return Err(Error::InvalidArgument("empty upload frame".into())),
-            Ok(None) => {
-                return Err(Error::Aborted(format!(
-                    "upload to `{}` ended without `commit`; nothing was written",
-                    open.path
-                )));
-            }
-            Err(s) => {
-                return Err(Error::Aborted(format!("upload to `{}` failed: {}", open.path, s.message())));
-            }
+            Ok(Some(_)) => break Err(Error::InvalidArgument("empty upload frame".into())),
+            Ok(None) => break Ok(()),
+            Err(s) => break Err(Error::Aborted(format!("upload to `{}` failed: {}", open.path, s.message()))),
         };
         match frame {
+            // A failed send means the writer stopped on an error, which it returns below.
             UploadFrame::Data(data) => {
-                file = blocking(move || {
-                    file.write(&data)?;
-                    Ok(file)
-                })
-                .await?;
+                if tx.send(WriterMsg::Data(data)).await.is_err() {
+                    break Ok(());
+                }
             }
             UploadFrame::Commit(c) => {
-                let (n, sha) = blocking(move || file.commit(Some(&c.expected_sha256))).await?;
-                return Ok(pb::UploadResponse { bytes_written: n, sha256: sha });
+                let _ = tx.send(WriterMsg::Commit(c.expected_sha256)).await;
+                break Ok(());
             }
             UploadFrame::Abort(_) => {
-                return Err(Error::Aborted(format!(
+                break Err(Error::Aborted(format!(
                     "upload to `{}` aborted by the client; nothing was written",
                     open.path
                 )));
             }
             UploadFrame::Open(_) => {
-                return Err(Error::InvalidArgument("`open` may only be the first upload frame".into()));
+                break Err(Error::InvalidArgument("`open` may only be the first upload frame".into()));
             }
         }
-    }
+    };
+    drop(tx);
+    let written = writer.await.map_err(|e| Error::internal(format!("upload writer failed: {e}")))?;
+    outcome?;
+    let (n, sha) = written?;
+    Ok(pb::UploadResponse { bytes_written: n, sha256: sha })
+}
+
+/// What the upload's blocking writer is told.
+enum WriterMsg {
+    Data(Vec<u8>),
+    Commit(String),
 }
 
 pub type WatchStream = mpsc::Receiver<Result<pb::WatchEvent, Status>>;

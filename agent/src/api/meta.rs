@@ -6,7 +6,7 @@ use std::sync::atomic::Ordering;
 use berth_proto::agent::v1 as pb;
 
 use crate::error::Result;
-use crate::process::reaper::children_of;
+use crate::process::reaper::own_children;
 use crate::process::registry::SessionKind;
 use crate::state::{Agent, MAX_MESSAGE_BYTES};
 
@@ -48,7 +48,7 @@ pub fn stats(agent: &Agent) -> pb::StatsResponse {
         uptime_ms: agent.started.elapsed().as_millis() as u64,
         exec_sessions: agent.registry.count(SessionKind::Exec) as u32,
         mcp_sessions: agent.registry.count(SessionKind::Mcp) as u32,
-        child_processes: children_of(std::process::id() as i32).len() as u32,
+        child_processes: own_children().len() as u32,
         pid: std::process::id(),
         zombies_reaped: agent.reaper.reaped.load(Ordering::Relaxed),
     }

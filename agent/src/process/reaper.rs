@@ -46,8 +46,7 @@ pub fn start(registry: Arc<Registry>, stats: Arc<ReaperStats>) -> std::io::Resul
 
 /// Reaps every zombie child of ours that no session is waiting for. Returns how many.
 pub fn sweep(registry: &Registry) -> u64 {
-    let me = std::process::id() as i32;
-    let zombies: Vec<i32> = children_of(me).into_iter().filter(|(_, z)| *z).map(|(pid, _)| pid).collect();
+    let zombies: Vec<i32> = own_children().into_iter().filter(|(_, z)| *z).map(|(pid, _)| pid).collect();
     if zombies.is_empty() {
         return 0;
     }
@@ -64,7 +63,32 @@ pub fn sweep(registry: &Registry) -> u64 {
     })
 }
 
-/// `(pid, is_zombie)` of every process whose parent is `ppid`, read from /proc.
+/// `(pid, is_zombie)` of the agent's own children. Reads `/proc/self/task/*/children` (only our children,
+/// so a sweep costs the same however many processes the host runs); falls back to a full /proc scan on
+/// kernels without that file.
+pub fn own_children() -> Vec<(i32, bool)> {
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else { return children_of(std::process::id() as i32) };
+    let mut pids = Vec::new();
+    for task in tasks.flatten() {
+        match std::fs::read_to_string(task.path().join("children")) {
+            Ok(list) => pids.extend(list.split_whitespace().filter_map(|p| p.parse::<i32>().ok())),
+            Err(_) => return children_of(std::process::id() as i32),
+        }
+    }
+    pids.sort_unstable();
+    pids.dedup();
+    pids.into_iter().filter_map(|pid| process_state(pid).map(|s| (pid, s == "Z"))).collect()
+}
+
+/// The state letter of `pid` from /proc/<pid>/stat (`None` if it is gone).
+fn process_state(pid: i32) -> Option<String> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name is in parentheses and may itself contain spaces or ')'.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    rest.split_whitespace().next().map(str::to_string)
+}
+
+/// `(pid, is_zombie)` of every process whose parent is `ppid`, by scanning all of /proc.
 pub fn children_of(ppid: i32) -> Vec<(i32, bool)> {
     let Ok(dir) = std::fs::read_dir("/proc") else {
         return Vec::new();
