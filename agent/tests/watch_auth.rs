@@ -148,3 +148,43 @@ async fn health_version_and_stats() {
         assert_eq!(r.status, tonic_health::pb::health_check_response::ServingStatus::Serving as i32);
     }
 }
+
+#[tokio::test]
+async fn optional_tcp_listener_serves_with_the_same_auth() {
+    // Pick a free loopback port, then hand it to the agent.
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let addr = format!("127.0.0.1:{port}");
+    let agent = TestAgent::start_with(None, &["--listen-tcp", &addr]).await;
+    let auth = berth_control_plane::agent_client::BearerAuth::new(&agent.token).unwrap();
+    let mut c = berth_control_plane::agent_client::connect_tcp(addr.parse().unwrap(), auth).await.unwrap();
+    let r = run(&mut c, argv(&["sh", "-c", "echo over tcp"])).await.unwrap();
+    assert_eq!(r.stdout_str(), "over tcp\n");
+    let bad = berth_control_plane::agent_client::BearerAuth::new("wrong-token-wrong-token").unwrap();
+    let mut c = berth_control_plane::agent_client::connect_tcp(addr.parse().unwrap(), bad).await.unwrap();
+    assert_eq!(c.version(pb::VersionRequest {}).await.unwrap_err().code(), tonic::Code::Unauthenticated);
+}
+
+#[tokio::test]
+async fn bad_configuration_fails_at_start_with_a_clear_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let short = dir.path().join("short");
+    std::fs::write(&short, "abc").unwrap();
+    let out = std::process::Command::new(agent_bin())
+        .arg("--socket")
+        .arg(dir.path().join("s.sock"))
+        .arg("--token-file")
+        .arg(&short)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("at least 16 are required"), "{err}");
+    let out = std::process::Command::new(agent_bin())
+        .arg("--token-file")
+        .arg(dir.path().join("missing"))
+        .arg("--socket")
+        .arg(dir.path().join("s.sock"))
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot read token file"));
+}
