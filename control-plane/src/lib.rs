@@ -9,3 +9,4 @@
 #![forbid(unsafe_code)]
 
 pub mod agent_client;
+pub mod runtime;

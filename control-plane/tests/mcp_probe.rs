@@ -13,8 +13,11 @@ use std::time::Duration;
 
 use common::*;
 
+/// The probe: `BERTH_MCP_PROBE`, or `shared/tools/mcp_probe.py` beside the repository (as CI lays it out).
 fn probe_script() -> PathBuf {
-    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/tools/mcp_probe.py");
+    let p = std::env::var_os("BERTH_MCP_PROBE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/tools/mcp_probe.py"));
     assert!(p.exists(), "{} is missing: the probe comes from the shared reference tools", p.display());
     p
 }

@@ -1,0 +1,84 @@
+//! Creating and deleting a bot's container: its writable snapshot on top of the image, the container
+//! record with the runtime spec, and cleanup in containerd's order (task, container, snapshot).
+
+use std::collections::HashMap;
+
+use containerd_client::services::v1::container::Runtime;
+use containerd_client::services::v1::containers_client::ContainersClient;
+use containerd_client::services::v1::snapshots::snapshots_client::SnapshotsClient;
+use containerd_client::services::v1::snapshots::{PrepareSnapshotRequest, RemoveSnapshotRequest};
+use containerd_client::services::v1::{Container, CreateContainerRequest, DeleteContainerRequest};
+use prost_types::Any;
+
+use super::{Containerd, RUNTIME, SNAPSHOTTER, task};
+use crate::runtime::{ContainerConfig, RuntimeError, spec};
+
+/// Creates the snapshot and the container record. On failure nothing is left behind.
+pub async fn create(ctd: &Containerd, c: &ContainerConfig) -> Result<(), RuntimeError> {
+    // A lease holds the new snapshot until the container record references it.
+    let lease = ctd.lease("create").await?;
+    let result = create_under(ctd, c, &lease).await;
+    ctd.drop_lease(&lease).await;
+    result
+}
+
+async fn create_under(ctd: &Containerd, c: &ContainerConfig, lease: &str) -> Result<(), RuntimeError> {
+    let mut snaps = SnapshotsClient::new(ctd.channel.clone());
+    let prep = PrepareSnapshotRequest {
+        snapshotter: SNAPSHOTTER.into(),
+        key: c.id.clone(),
+        parent: c.image.chain_id.clone(),
+        labels: HashMap::new(),
+    };
+    ctd.call(
+        "prepare the container snapshot",
+        format!("snapshot {}", c.id),
+        snaps.prepare(ctd.request(prep, Some(lease))),
+    )
+    .await?;
+    let spec = spec::build(c, ctd.namespace());
+    let container = Container {
+        id: c.id.clone(),
+        labels: c.labels.clone(),
+        image: c.image.name.clone(),
+        runtime: Some(Runtime { name: RUNTIME.into(), options: None }),
+        spec: Some(Any { type_url: spec::SPEC_TYPE_URL.into(), value: spec.to_string().into_bytes() }),
+        snapshotter: SNAPSHOTTER.into(),
+        snapshot_key: c.id.clone(),
+        ..Default::default()
+    };
+    let mut containers = ContainersClient::new(ctd.channel.clone());
+    let req = CreateContainerRequest { container: Some(container) };
+    if let Err(e) = ctd
+        .call("create the container", format!("container {}", c.id), containers.create(ctd.request(req, Some(lease))))
+        .await
+    {
+        remove_snapshot(ctd, &c.id).await?;
+        return Err(e);
+    }
+    Ok(())
+}
+
+/// Removes the task (killing it), the container and its snapshot; missing pieces are skipped.
+pub async fn delete(ctd: &Containerd, id: &str) -> Result<(), RuntimeError> {
+    task::remove(ctd, id).await?;
+    let mut containers = ContainersClient::new(ctd.channel.clone());
+    let req = DeleteContainerRequest { id: id.to_string() };
+    match ctd.call("delete the container", format!("container {id}"), containers.delete(ctd.request(req, None))).await {
+        Ok(_) | Err(RuntimeError::NotFound { .. }) => {}
+        Err(e) => return Err(e),
+    }
+    remove_snapshot(ctd, id).await
+}
+
+async fn remove_snapshot(ctd: &Containerd, key: &str) -> Result<(), RuntimeError> {
+    let mut snaps = SnapshotsClient::new(ctd.channel.clone());
+    let req = RemoveSnapshotRequest { snapshotter: SNAPSHOTTER.into(), key: key.to_string() };
+    match ctd
+        .call("remove the container snapshot", format!("snapshot {key}"), snaps.remove(ctd.request(req, None)))
+        .await
+    {
+        Ok(_) | Err(RuntimeError::NotFound { .. }) => Ok(()),
+        Err(e) => Err(e),
+    }
+}

@@ -1,0 +1,180 @@
+//! containerd through `containerd-client` (v1 services only, so Debian's containerd 1.6 works). This is
+//! the only module that talks to containerd. Every request carries the namespace header (and a lease header
+//! when it creates content or snapshots) and a deadline; failures are classified into [`RuntimeError`].
+
+mod container;
+mod content;
+mod image;
+mod task;
+
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use containerd_client::services::v1::leases_client::LeasesClient;
+use containerd_client::services::v1::{CreateRequest as CreateLeaseRequest, DeleteRequest as DeleteLeaseRequest};
+use tonic::transport::Channel;
+
+use super::{ContainerConfig, ContainerRuntime, Image, RuntimeError, TaskState};
+
+/// Snapshotter used for every bot.
+pub const SNAPSHOTTER: &str = "overlayfs";
+/// Runtime (shim) used for every bot.
+pub const RUNTIME: &str = "io.containerd.runc.v2";
+/// Default deadline of a single containerd call.
+pub const CALL_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a lease lives if we crash before deleting it (containerd then collects what it held).
+const LEASE_EXPIRY: Duration = Duration::from_secs(3600);
+
+/// A connection to containerd, scoped to one namespace.
+#[derive(Debug, Clone)]
+pub struct Containerd {
+    channel: Channel,
+    namespace: String,
+    call_timeout: Duration,
+    /// Where each task's stdout and stderr go (`<log_dir>/<id>.log`, written by the shim).
+    log_dir: PathBuf,
+}
+
+impl Containerd {
+    /// Connects to containerd's socket; every call is made in `namespace`.
+    pub async fn connect(socket: &Path, namespace: &str, log_dir: &Path) -> Result<Containerd, RuntimeError> {
+        let channel = tokio::time::timeout(CALL_TIMEOUT, containerd_client::connect(socket))
+            .await
+            .map_err(|_| RuntimeError::Timeout { op: format!("connect to {}", socket.display()), after: CALL_TIMEOUT })?
+            .map_err(|e| RuntimeError::Unavailable {
+                op: format!("connect to {}", socket.display()),
+                source: tonic::Status::unavailable(e.to_string()),
+            })?;
+        Ok(Containerd {
+            channel,
+            namespace: namespace.to_string(),
+            call_timeout: CALL_TIMEOUT,
+            log_dir: log_dir.to_path_buf(),
+        })
+    }
+
+    /// The log file of container `id`'s task.
+    pub fn log_path(&self, id: &str) -> PathBuf {
+        self.log_dir.join(format!("{id}.log"))
+    }
+
+    /// The namespace this client works in.
+    pub fn namespace(&self) -> &str {
+        &self.namespace
+    }
+
+    /// A request with the namespace header, an optional lease and the call deadline.
+    fn request<T>(&self, msg: T, lease: Option<&str>) -> tonic::Request<T> {
+        let mut r = tonic::Request::new(msg);
+        // Both values are validated ASCII (namespace and lease ids are ours).
+        if let Ok(ns) = self.namespace.parse() {
+            r.metadata_mut().insert("containerd-namespace", ns);
+        }
+        if let Some(Ok(l)) = lease.map(str::parse) {
+            r.metadata_mut().insert("containerd-lease", l);
+        }
+        r.set_timeout(self.call_timeout);
+        r
+    }
+
+    /// Runs one call with the deadline and classifies its failure.
+    async fn call<T>(
+        &self,
+        op: impl Into<String>,
+        what: impl Into<String>,
+        fut: impl Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    ) -> Result<T, RuntimeError> {
+        let op = op.into();
+        match tokio::time::timeout(self.call_timeout + Duration::from_secs(1), fut).await {
+            Err(_) => Err(RuntimeError::Timeout { op, after: self.call_timeout }),
+            Ok(Ok(r)) => Ok(r.into_inner()),
+            Ok(Err(s)) => Err(classify(op, what.into(), s)),
+        }
+    }
+
+    /// Creates a lease that expires on its own if we never delete it.
+    async fn lease(&self, purpose: &str) -> Result<String, RuntimeError> {
+        let id = format!("berth-{purpose}-{}", uuid::Uuid::new_v4().simple());
+        let expire = std::time::SystemTime::now() + LEASE_EXPIRY;
+        let labels = [("containerd.io/gc.expire".to_string(), rfc3339(expire))].into();
+        let req = self.request(CreateLeaseRequest { id: id.clone(), labels }, None);
+        let mut c = LeasesClient::new(self.channel.clone());
+        self.call("create a lease", "lease", c.create(req)).await?;
+        Ok(id)
+    }
+
+    /// Deletes a lease (what it alone held becomes collectable). Failure is logged: the lease expires.
+    async fn drop_lease(&self, id: &str) {
+        let req = self.request(DeleteLeaseRequest { id: id.to_string(), sync: false }, None);
+        let mut c = LeasesClient::new(self.channel.clone());
+        if let Err(e) = self.call("delete a lease", id, c.delete(req)).await {
+            tracing::warn!(lease = id, error = %e, "failed to delete lease; it will expire");
+        }
+    }
+}
+
+fn classify(op: String, what: String, s: tonic::Status) -> RuntimeError {
+    match s.code() {
+        tonic::Code::NotFound => RuntimeError::NotFound { what },
+        tonic::Code::AlreadyExists => RuntimeError::AlreadyExists { what },
+        tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Cancelled => {
+            RuntimeError::Unavailable { op, source: s }
+        }
+        _ => RuntimeError::Failed { op, source: s },
+    }
+}
+
+/// RFC 3339 UTC timestamp (seconds precision), as containerd's gc.expire label wants.
+fn rfc3339(t: std::time::SystemTime) -> String {
+    let secs = t.duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0) as i64;
+    let days = secs.div_euclid(86_400);
+    let rem = secs.rem_euclid(86_400);
+    // Civil date from days since the epoch (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z", rem / 3600, rem % 3600 / 60, rem % 60)
+}
+
+impl ContainerRuntime for Containerd {
+    async fn import_image(&self, archive: &Path) -> Result<Image, RuntimeError> {
+        image::import(self, archive).await
+    }
+
+    async fn create(&self, config: &ContainerConfig) -> Result<(), RuntimeError> {
+        container::create(self, config).await
+    }
+
+    async fn start(&self, id: &str) -> Result<u32, RuntimeError> {
+        task::start(self, id).await
+    }
+
+    async fn stop(&self, id: &str, grace: Duration) -> Result<Option<u32>, RuntimeError> {
+        task::stop(self, id, grace).await
+    }
+
+    async fn delete(&self, id: &str) -> Result<(), RuntimeError> {
+        container::delete(self, id).await
+    }
+
+    async fn state(&self, id: &str) -> Result<TaskState, RuntimeError> {
+        task::state(self, id).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn rfc3339_formats_utc() {
+        let t = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_795_386_484);
+        assert_eq!(super::rfc3339(t), "2026-11-22T22:28:04Z");
+        assert_eq!(super::rfc3339(std::time::UNIX_EPOCH), "1970-01-01T00:00:00Z");
+    }
+}

@@ -1,0 +1,126 @@
+//! The container runtime boundary. [`ContainerRuntime`] is everything the control plane asks of the
+//! system that runs containers; `containerd/` is the only module that talks to containerd. Domain types
+//! here say what a bot's container is, not how containerd stores it.
+
+pub mod containerd;
+pub mod spec;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// An image the runtime has and has unpacked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Image {
+    /// Reference, e.g. `berth/minimal:latest`.
+    pub name: String,
+    /// Digest of the image manifest.
+    pub manifest_digest: String,
+    /// Chain ID of the top layer: the parent snapshot of containers made from this image.
+    pub chain_id: String,
+    pub config: ImageConfig,
+}
+
+/// The parts of an image's config a container inherits.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ImageConfig {
+    pub entrypoint: Vec<String>,
+    pub cmd: Vec<String>,
+    pub env: Vec<String>,
+    pub working_dir: String,
+}
+
+/// A host directory or file bind-mounted into the container.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BindMount {
+    pub source: PathBuf,
+    pub destination: String,
+    pub readonly: bool,
+}
+
+/// cgroup limits; `None` = unlimited.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Limits {
+    pub memory_bytes: Option<u64>,
+    /// CPU in thousandths of a core (1000 = one core).
+    pub cpu_millis: Option<u64>,
+    pub pids: Option<u64>,
+}
+
+/// Everything needed to create a bot's container.
+#[derive(Debug, Clone)]
+pub struct ContainerConfig {
+    pub id: String,
+    pub image: Image,
+    /// The process to run as PID 1 (the agent), replacing the image's entrypoint and command.
+    pub args: Vec<String>,
+    /// Added to the image's environment (`KEY=VALUE`).
+    pub env: Vec<String>,
+    pub mounts: Vec<BindMount>,
+    pub limits: Limits,
+    /// A network namespace to join; `None` = a fresh one with only loopback.
+    pub netns: Option<PathBuf>,
+    pub hostname: String,
+    pub labels: HashMap<String, String>,
+}
+
+/// A task's state as the runtime reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TaskState {
+    Running {
+        pid: u32,
+    },
+    Stopped {
+        exit_status: u32,
+    },
+    /// The container exists but has no task.
+    NoTask,
+}
+
+/// Why a runtime call failed, classified for the caller.
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    #[error("{what} not found")]
+    NotFound { what: String },
+    #[error("{what} already exists")]
+    AlreadyExists { what: String },
+    /// containerd is unreachable or timed out; the call may be retried.
+    #[error("containerd is unavailable while trying to {op}")]
+    Unavailable {
+        op: String,
+        #[source]
+        source: tonic::Status,
+    },
+    #[error("containerd failed to {op}")]
+    Failed {
+        op: String,
+        #[source]
+        source: tonic::Status,
+    },
+    #[error("image archive `{path}` is invalid: {reason}")]
+    InvalidImage { path: PathBuf, reason: String },
+    #[error("{op}")]
+    Io {
+        op: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("timed out after {after:?} while trying to {op}")]
+    Timeout { op: String, after: Duration },
+}
+
+/// What the control plane needs from a container runtime.
+#[allow(async_fn_in_trait)] // used generically; implementations are Send
+pub trait ContainerRuntime {
+    /// Imports an OCI image-layout archive and unpacks it; importing the same image again is a no-op.
+    async fn import_image(&self, archive: &std::path::Path) -> Result<Image, RuntimeError>;
+    /// Creates the container and its writable snapshot (no task yet).
+    async fn create(&self, config: &ContainerConfig) -> Result<(), RuntimeError>;
+    /// Creates and starts the task; returns its pid on the host.
+    async fn start(&self, id: &str) -> Result<u32, RuntimeError>;
+    /// SIGTERM, then SIGKILL to every process after `grace`; removes the task. Returns the exit status.
+    async fn stop(&self, id: &str, grace: Duration) -> Result<Option<u32>, RuntimeError>;
+    /// Removes the task (if any), the container and its snapshot. Deleting what is gone succeeds.
+    async fn delete(&self, id: &str) -> Result<(), RuntimeError>;
+    async fn state(&self, id: &str) -> Result<TaskState, RuntimeError>;
+}

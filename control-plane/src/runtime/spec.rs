@@ -1,0 +1,112 @@
+//! The OCI runtime spec of a bot's container, built as JSON (containerd passes it to runc as is). The
+//! defaults follow containerd's own: a reduced capability set, masked and read-only `/proc` and `/sys`
+//! paths, no new privileges, devices denied except runc's defaults. Resource limits (rlimits) are inherited
+//! from containerd rather than set, since a fixed value may exceed what the host allows.
+
+use serde_json::{Value, json};
+
+use super::{BindMount, ContainerConfig};
+
+/// The `type_url` containerd expects for a JSON runtime spec.
+pub const SPEC_TYPE_URL: &str = "types.containerd.io/opencontainers/runtime-spec/1/Spec";
+
+/// Capabilities a bot's processes keep (containerd's default set).
+const CAPABILITIES: &[&str] = &[
+    "CAP_CHOWN",
+    "CAP_DAC_OVERRIDE",
+    "CAP_FSETID",
+    "CAP_FOWNER",
+    "CAP_MKNOD",
+    "CAP_NET_RAW",
+    "CAP_SETGID",
+    "CAP_SETUID",
+    "CAP_SETFCAP",
+    "CAP_SETPCAP",
+    "CAP_NET_BIND_SERVICE",
+    "CAP_SYS_CHROOT",
+    "CAP_KILL",
+    "CAP_AUDIT_WRITE",
+];
+
+const MASKED_PATHS: &[&str] = &[
+    "/proc/acpi",
+    "/proc/asound",
+    "/proc/kcore",
+    "/proc/keys",
+    "/proc/latency_stats",
+    "/proc/timer_list",
+    "/proc/timer_stats",
+    "/proc/sched_debug",
+    "/proc/scsi",
+    "/sys/firmware",
+];
+
+const READONLY_PATHS: &[&str] = &["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"];
+
+/// CFS period used to express CPU limits.
+const CPU_PERIOD_US: u64 = 100_000;
+
+/// Builds the spec for `c` in containerd namespace `namespace`.
+pub fn build(c: &ContainerConfig, namespace: &str) -> Value {
+    let mut env = c.image.config.env.clone();
+    for e in &c.env {
+        let key = e.split('=').next().unwrap_or("");
+        env.retain(|x| x.split('=').next() != Some(key));
+        env.push(e.clone());
+    }
+    let cwd = if c.image.config.working_dir.is_empty() { "/".to_string() } else { c.image.config.working_dir.clone() };
+    let caps: Vec<&str> = CAPABILITIES.to_vec();
+    let mut mounts = vec![
+        json!({"destination": "/proc", "type": "proc", "source": "proc", "options": ["nosuid", "noexec", "nodev"]}),
+        json!({"destination": "/dev", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]}),
+        json!({"destination": "/dev/pts", "type": "devpts", "source": "devpts", "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620", "gid=5"]}),
+        json!({"destination": "/dev/shm", "type": "tmpfs", "source": "shm", "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"]}),
+        json!({"destination": "/dev/mqueue", "type": "mqueue", "source": "mqueue", "options": ["nosuid", "noexec", "nodev"]}),
+        json!({"destination": "/sys", "type": "sysfs", "source": "sysfs", "options": ["nosuid", "noexec", "nodev", "ro"]}),
+        json!({"destination": "/sys/fs/cgroup", "type": "cgroup", "source": "cgroup", "options": ["ro", "nosuid", "noexec", "nodev"]}),
+    ];
+    mounts.extend(c.mounts.iter().map(bind));
+    let mut namespaces =
+        vec![json!({"type": "pid"}), json!({"type": "ipc"}), json!({"type": "uts"}), json!({"type": "mount"})];
+    namespaces.push(match &c.netns {
+        Some(path) => json!({"type": "network", "path": path}),
+        None => json!({"type": "network"}),
+    });
+    let mut resources = json!({"devices": [{"allow": false, "access": "rwm"}]});
+    if let Some(m) = c.limits.memory_bytes {
+        resources["memory"] = json!({"limit": m, "swap": m});
+    }
+    if let Some(cpu) = c.limits.cpu_millis {
+        resources["cpu"] = json!({"quota": cpu * CPU_PERIOD_US / 1000, "period": CPU_PERIOD_US});
+    }
+    if let Some(p) = c.limits.pids {
+        resources["pids"] = json!({"limit": p});
+    }
+    json!({
+        "ociVersion": "1.0.2",
+        "process": {
+            "terminal": false,
+            "user": {"uid": 0, "gid": 0},
+            "args": c.args,
+            "env": env,
+            "cwd": cwd,
+            "capabilities": {"bounding": caps, "effective": caps, "permitted": caps},
+            "noNewPrivileges": true
+        },
+        "root": {"path": "rootfs", "readonly": false},
+        "hostname": c.hostname,
+        "mounts": mounts,
+        "linux": {
+            "namespaces": namespaces,
+            "cgroupsPath": format!("/berth/{namespace}/{}", c.id),
+            "resources": resources,
+            "maskedPaths": MASKED_PATHS,
+            "readonlyPaths": READONLY_PATHS
+        }
+    })
+}
+
+fn bind(m: &BindMount) -> Value {
+    let mode = if m.readonly { "ro" } else { "rw" };
+    json!({"destination": m.destination, "type": "bind", "source": m.source, "options": ["rbind", mode, "nosuid", "nodev"]})
+}

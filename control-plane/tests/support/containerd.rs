@@ -1,0 +1,141 @@
+//! A private containerd for tests: its own root, state, socket and config (CRI disabled), started on a
+//! temporary directory and stopped, with everything it made cleaned up, when dropped. Fails loudly when
+//! containerd is not installed (scripts/install-deps.sh installs it).
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A running private containerd.
+pub struct PrivateContainerd {
+    pub dir: tempfile::TempDir,
+    pub socket: PathBuf,
+    /// A namespace unique to this test (containerd and runc state are keyed by it).
+    pub namespace: String,
+    child: Option<Child>,
+}
+
+impl PrivateContainerd {
+    pub fn start() -> PrivateContainerd {
+        let bin = which("containerd").expect("containerd is not installed: run scripts/install-deps.sh");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let d = dir.path();
+        let socket = d.join("containerd.sock");
+        let config = format!(
+            "version = 2\nroot = \"{root}\"\nstate = \"{state}\"\ndisabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n\
+             [grpc]\n  address = \"{sock}\"\n[ttrpc]\n  address = \"{sock}.ttrpc\"\n\
+             [plugins.\"io.containerd.internal.v1.opt\"]\n  path = \"{opt}\"\n",
+            root = d.join("root").display(),
+            state = d.join("state").display(),
+            sock = socket.display(),
+            opt = d.join("opt").display(),
+        );
+        std::fs::write(d.join("config.toml"), config).expect("write containerd config");
+        let log = std::fs::File::create(d.join("containerd.log")).expect("containerd log");
+        let child = Command::new(bin)
+            .arg("--config")
+            .arg(d.join("config.toml"))
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start containerd");
+        let namespace = format!("berth-test-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
+        let ctd = PrivateContainerd { dir, socket, namespace, child: Some(child) };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !ctd.socket.exists() {
+            assert!(
+                Instant::now() < deadline,
+                "containerd did not create its socket within 20 s; see {}",
+                ctd.log_path().display()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        ctd
+    }
+
+    pub fn log_path(&self) -> PathBuf {
+        self.dir.path().join("containerd.log")
+    }
+
+    /// Runs `ctr` against this containerd in the test's namespace; returns stdout.
+    pub fn ctr(&self, args: &[&str]) -> String {
+        let out = Command::new("ctr")
+            .arg("--address")
+            .arg(&self.socket)
+            .arg("--namespace")
+            .arg(&self.namespace)
+            .args(args)
+            .output()
+            .expect("run ctr");
+        assert!(out.status.success(), "ctr {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Names in the first column of a `ctr … ls` table.
+    pub fn ctr_ls(&self, what: &str) -> Vec<String> {
+        self.ctr(&[what, "ls"]).lines().skip(1).filter_map(|l| l.split_whitespace().next().map(String::from)).collect()
+    }
+}
+
+impl Drop for PrivateContainerd {
+    fn drop(&mut self) {
+        // Shims of this namespace outlive containerd by design; a test that failed half-way leaves them.
+        let _ = Command::new("pkill").args(["-f", &format!("-namespace {} ", self.namespace)]).status();
+        if let Some(mut c) = self.child.take() {
+            // SAFETY: kill(2) on our own child.
+            unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while c.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        // Overlay mounts left by a failed test would make the temporary directory impossible to remove.
+        if let Ok(mounts) = std::fs::read_to_string("/proc/self/mounts") {
+            let root = self.dir.path().display().to_string();
+            let mut targets: Vec<&str> =
+                mounts.lines().filter_map(|l| l.split_whitespace().nth(1)).filter(|t| t.starts_with(&root)).collect();
+            targets.sort_by_key(|t| std::cmp::Reverse(t.len()));
+            for t in targets {
+                let _ = Command::new("umount").args(["-l", t]).status();
+            }
+        }
+        remove_cgroups(&self.namespace);
+        // The shims' runc state root is per namespace and shared by every containerd on the host.
+        let _ = std::fs::remove_dir(Path::new("/run/containerd/runc").join(&self.namespace));
+    }
+}
+
+/// Removes the (empty) cgroup directories runc leaves behind for a namespace on cgroup v1.
+pub fn remove_cgroups(namespace: &str) {
+    let Ok(controllers) = std::fs::read_dir("/sys/fs/cgroup") else { return };
+    for c in controllers.flatten() {
+        let ns_dir = c.path().join("berth").join(namespace);
+        if let Ok(children) = std::fs::read_dir(&ns_dir) {
+            for child in children.flatten().filter(|e| e.path().is_dir()) {
+                let _ = std::fs::remove_dir(child.path());
+            }
+        }
+        let _ = std::fs::remove_dir(&ns_dir);
+    }
+}
+
+fn which(name: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH")?.to_str()?.split(':').map(|d| Path::new(d).join(name)).find(|p| p.exists())
+}
+
+/// The minimal bot image archive, built by scripts/test.sh (`BERTH_TEST_IMAGE`).
+pub fn minimal_image() -> PathBuf {
+    let p = std::env::var_os("BERTH_TEST_IMAGE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/images/berth-minimal.tar"));
+    assert!(
+        p.exists(),
+        "{} is missing: run scripts/test.sh (it builds the image with scripts/build-image.sh)",
+        p.display()
+    );
+    p
+}
