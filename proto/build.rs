@@ -1,6 +1,6 @@
 //! Compiles `berth/**/*.proto` with protox (pure Rust), so building the agent needs no `protoc`.
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let files = ["berth/agent/v1/agent.proto"];
+    let files = ["berth/agent/v1/agent.proto", "berth/controlplane/v1/control_plane.proto"];
     for f in files {
         println!("cargo:rerun-if-changed={f}");
     }

@@ -9,4 +9,8 @@
 #![forbid(unsafe_code)]
 
 pub mod agent_client;
+pub mod api;
+pub mod bots;
+pub mod error;
 pub mod runtime;
+pub mod store;

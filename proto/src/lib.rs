@@ -1,7 +1,9 @@
 //! Berth's wire protocol. This crate owns the `.proto` files under `berth/` and exposes the Rust code
 //! generated from them; nothing else in the workspace defines wire types.
 //!
-//! - [`agent::v1`]: `ContainerService`, spoken between the control plane and `berth-agent`.
+//! - [`agent::v1`]: `ContainerService`, spoken between the control plane and `berth-agent` (and served by
+//!   `berthd` too, routed by the `berth-bot` metadata).
+//! - [`controlplane::v1`]: `BotService`, berthd's lifecycle API.
 
 /// The in-container agent's protocol.
 pub mod agent {
@@ -9,5 +11,14 @@ pub mod agent {
     #[allow(missing_docs, clippy::all, clippy::pedantic)]
     pub mod v1 {
         tonic::include_proto!("berth.agent.v1");
+    }
+}
+
+/// berthd's public API.
+pub mod controlplane {
+    /// Version 1 (`berth.controlplane.v1`).
+    #[allow(missing_docs, clippy::all, clippy::pedantic)]
+    pub mod v1 {
+        tonic::include_proto!("berth.controlplane.v1");
     }
 }

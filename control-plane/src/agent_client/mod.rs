@@ -45,10 +45,12 @@ pub enum ConnectError {
     },
 }
 
-/// Adds `authorization: Bearer <token>` to every request.
+/// Adds `authorization: Bearer <token>` (when there is a token) and, for calls through berthd, the
+/// `berth-bot` routing header to every request.
 #[derive(Clone)]
 pub struct BearerAuth {
-    header: AsciiMetadataValue,
+    header: Option<AsciiMetadataValue>,
+    bot: Option<AsciiMetadataValue>,
 }
 
 impl std::fmt::Debug for BearerAuth {
@@ -66,7 +68,18 @@ impl BearerAuth {
         }
         let mut header: AsciiMetadataValue = format!("Bearer {token}").parse().ok()?;
         header.set_sensitive(true);
-        Some(BearerAuth { header })
+        Some(BearerAuth { header: Some(header), bot: None })
+    }
+
+    /// No token (berthd without API tokens, on its private Unix socket).
+    pub fn none() -> BearerAuth {
+        BearerAuth { header: None, bot: None }
+    }
+
+    /// Routes agent-protocol calls through berthd to bot `name`.
+    pub fn with_bot(mut self, name: &str) -> Option<BearerAuth> {
+        self.bot = Some(name.parse().ok()?);
+        Some(self)
     }
 
     /// Reads the token from a file.
@@ -79,7 +92,12 @@ impl BearerAuth {
 
 impl Interceptor for BearerAuth {
     fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
-        req.metadata_mut().insert("authorization", self.header.clone());
+        if let Some(h) = &self.header {
+            req.metadata_mut().insert("authorization", h.clone());
+        }
+        if let Some(b) = &self.bot {
+            req.metadata_mut().insert("berth-bot", b.clone());
+        }
         Ok(req)
     }
 }
@@ -99,6 +117,36 @@ fn client(channel: Channel, auth: BearerAuth) -> AgentClient {
     ContainerServiceClient::with_interceptor(channel, auth)
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES)
+}
+
+/// A channel to a Unix socket (`/path` or `unix:/path`) or a TCP address (`http://IP:PORT`).
+pub async fn channel(addr: &str) -> Result<Channel, ConnectError> {
+    if let Some(a) = addr.strip_prefix("http://") {
+        let target = format!("http://{a}");
+        return Endpoint::from_shared(target.clone())
+            .map_err(|source| ConnectError::Connect { target: target.clone(), source })?
+            .connect_timeout(CONNECT_TIMEOUT)
+            .tcp_nodelay(true)
+            .initial_stream_window_size(STREAM_WINDOW_BYTES)
+            .initial_connection_window_size(CONNECTION_WINDOW_BYTES)
+            .connect()
+            .await
+            .map_err(|source| ConnectError::Connect { target, source });
+    }
+    let path = PathBuf::from(addr.strip_prefix("unix:").unwrap_or(addr));
+    let shown = path.display().to_string();
+    endpoint("http://agent.invalid")
+        .connect_with_connector(tower::service_fn(move |_: Uri| {
+            let path = path.clone();
+            async move { Ok::<_, std::io::Error>(TokioIo::new(tokio::net::UnixStream::connect(path).await?)) }
+        }))
+        .await
+        .map_err(|source| ConnectError::Connect { target: shown, source })
+}
+
+/// An agent-protocol client on an existing channel.
+pub fn agent_on(channel: Channel, auth: BearerAuth) -> AgentClient {
+    client(channel, auth)
 }
 
 /// Connects over the agent's Unix socket.

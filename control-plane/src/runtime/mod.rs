@@ -6,6 +6,7 @@ pub mod containerd;
 pub mod spec;
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -109,18 +110,18 @@ pub enum RuntimeError {
     Timeout { op: String, after: Duration },
 }
 
-/// What the control plane needs from a container runtime.
-#[allow(async_fn_in_trait)] // used generically; implementations are Send
-pub trait ContainerRuntime {
+/// What the control plane needs from a container runtime. Futures are `Send` so callers can run them
+/// from any task (gRPC handlers, background loops).
+pub trait ContainerRuntime: Send + Sync + 'static {
     /// Imports an OCI image-layout archive and unpacks it; importing the same image again is a no-op.
-    async fn import_image(&self, archive: &std::path::Path) -> Result<Image, RuntimeError>;
+    fn import_image(&self, archive: &std::path::Path) -> impl Future<Output = Result<Image, RuntimeError>> + Send;
     /// Creates the container and its writable snapshot (no task yet).
-    async fn create(&self, config: &ContainerConfig) -> Result<(), RuntimeError>;
+    fn create(&self, config: &ContainerConfig) -> impl Future<Output = Result<(), RuntimeError>> + Send;
     /// Creates and starts the task; returns its pid on the host.
-    async fn start(&self, id: &str) -> Result<u32, RuntimeError>;
+    fn start(&self, id: &str) -> impl Future<Output = Result<u32, RuntimeError>> + Send;
     /// SIGTERM, then SIGKILL to every process after `grace`; removes the task. Returns the exit status.
-    async fn stop(&self, id: &str, grace: Duration) -> Result<Option<u32>, RuntimeError>;
+    fn stop(&self, id: &str, grace: Duration) -> impl Future<Output = Result<Option<u32>, RuntimeError>> + Send;
     /// Removes the task (if any), the container and its snapshot. Deleting what is gone succeeds.
-    async fn delete(&self, id: &str) -> Result<(), RuntimeError>;
-    async fn state(&self, id: &str) -> Result<TaskState, RuntimeError>;
+    fn delete(&self, id: &str) -> impl Future<Output = Result<(), RuntimeError>> + Send;
+    fn state(&self, id: &str) -> impl Future<Output = Result<TaskState, RuntimeError>> + Send;
 }

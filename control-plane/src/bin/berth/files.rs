@@ -30,6 +30,13 @@ pub struct CpArgs {
     parents: bool,
 }
 
+impl CpArgs {
+    /// A copy with default options (used by `berth cp` through berthd).
+    pub fn new(src: String, dst: String, parents: bool) -> CpArgs {
+        CpArgs { src, dst, mode: None, parents }
+    }
+}
+
 fn parse_octal(s: &str) -> Result<u32, String> {
     u32::from_str_radix(s, 8).map_err(|e| format!("`{s}` is not an octal mode: {e}"))
 }

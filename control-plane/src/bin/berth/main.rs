@@ -2,6 +2,7 @@
 //! driving an agent as a user would; the daemon commands arrive with `berthd`.
 
 mod agent_cmd;
+mod daemon;
 mod exec;
 mod files;
 mod mcp;
@@ -13,12 +14,39 @@ use clap::Parser;
 #[derive(Debug, Parser)]
 #[command(name = "berth", version)]
 struct Cli {
+    #[command(flatten)]
+    conn: daemon::Conn,
     #[command(subcommand)]
     command: Command,
 }
 
 #[derive(Debug, clap::Subcommand)]
 enum Command {
+    /// Manage bots.
+    #[command(subcommand)]
+    Bot(daemon::BotCommand),
+    /// Run a command in a bot; its exit code becomes ours.
+    Exec {
+        /// The bot.
+        name: String,
+        #[command(flatten)]
+        args: exec::ExecArgs,
+    },
+    /// Copy a file to or from a bot: `berth cp notes.md bot1:/data/notes.md` or the other way round.
+    Cp {
+        src: String,
+        dst: String,
+        /// Create missing parent directories in the bot.
+        #[arg(short = 'p', long)]
+        parents: bool,
+    },
+    /// Relay MCP stdio to a server started in a bot (an MCP client launches this in place of the server).
+    Mcp {
+        /// The bot.
+        name: String,
+        #[command(flatten)]
+        args: mcp::McpArgs,
+    },
     /// Talk to one bot's agent directly over its socket (debugging, tests).
     Agent(agent_cmd::AgentArgs),
 }
@@ -34,6 +62,10 @@ fn main() -> std::process::ExitCode {
     };
     let code = runtime.block_on(async move {
         match cli.command {
+            Command::Bot(cmd) => daemon::bot(&cli.conn, cmd).await,
+            Command::Exec { name, args } => exec::run(cli.conn.agent(&name).await?, args).await,
+            Command::Cp { src, dst, parents } => daemon::cp(&cli.conn, &src, &dst, parents).await,
+            Command::Mcp { name, args } => mcp::run(cli.conn.agent(&name).await?, args).await,
             Command::Agent(args) => agent_cmd::run(args).await,
         }
     });

@@ -1,0 +1,108 @@
+//! `BotService`: one-line handlers over [`BotManager`].
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use berth_proto::controlplane::v1 as pb;
+use pb::bot_service_server::BotService;
+use tokio_stream::Stream;
+use tonic::{Request, Response, Status};
+
+use super::convert;
+use crate::bots::{BotManager, CreateBot};
+use crate::runtime::ContainerRuntime;
+
+pub struct Bots<R> {
+    m: Arc<BotManager<R>>,
+}
+
+impl<R> Bots<R> {
+    pub fn new(m: Arc<BotManager<R>>) -> Self {
+        Bots { m }
+    }
+}
+
+type Res<T> = Result<Response<T>, Status>;
+
+#[tonic::async_trait]
+impl<R: ContainerRuntime> BotService for Bots<R> {
+    async fn create_bot(&self, r: Request<pb::CreateBotRequest>) -> Res<pb::CreateBotResponse> {
+        let r = r.into_inner();
+        let req = CreateBot {
+            name: r.name,
+            image: r.image,
+            env: r.env.into_iter().collect(),
+            labels: r.labels.into_iter().collect(),
+            limits: convert::limits(r.resources),
+            start: r.start,
+        };
+        let b = self.m.create(req).await?;
+        Ok(Response::new(pb::CreateBotResponse { bot: Some(convert::bot(b, None)) }))
+    }
+
+    async fn get_bot(&self, r: Request<pb::GetBotRequest>) -> Res<pb::GetBotResponse> {
+        let (b, pid) = self.m.get(&r.get_ref().name).await?;
+        Ok(Response::new(pb::GetBotResponse { bot: Some(convert::bot(b, pid)) }))
+    }
+
+    async fn list_bots(&self, r: Request<pb::ListBotsRequest>) -> Res<pb::ListBotsResponse> {
+        let r = r.into_inner();
+        let (bots, next) = self.m.list(&r.label_selector.into_iter().collect(), r.page_size, &r.page_token).await?;
+        let bots = bots.into_iter().map(|b| convert::bot(b, None)).collect();
+        Ok(Response::new(pb::ListBotsResponse { bots, next_page_token: next }))
+    }
+
+    async fn start_bot(&self, r: Request<pb::StartBotRequest>) -> Res<pb::StartBotResponse> {
+        let b = self.m.start(&r.get_ref().name).await?;
+        Ok(Response::new(pb::StartBotResponse { bot: Some(convert::bot(b, None)) }))
+    }
+
+    async fn stop_bot(&self, r: Request<pb::StopBotRequest>) -> Res<pb::StopBotResponse> {
+        let timeout = (r.get_ref().timeout_ms > 0).then(|| Duration::from_millis(r.get_ref().timeout_ms));
+        let b = self.m.stop(&r.get_ref().name, timeout).await?;
+        Ok(Response::new(pb::StopBotResponse { bot: Some(convert::bot(b, None)) }))
+    }
+
+    async fn delete_bot(&self, r: Request<pb::DeleteBotRequest>) -> Res<pb::DeleteBotResponse> {
+        self.m.delete(&r.get_ref().name).await?;
+        Ok(Response::new(pb::DeleteBotResponse {}))
+    }
+
+    type WatchEventsStream = Pin<Box<dyn Stream<Item = Result<pb::BotEvent, Status>> + Send>>;
+
+    async fn watch_events(&self, r: Request<pb::WatchEventsRequest>) -> Res<Self::WatchEventsStream> {
+        let only = r.into_inner().name;
+        let mut rx = self.m.subscribe();
+        let stream = async_stream(move |tx| async move {
+            loop {
+                match rx.recv().await {
+                    Ok(e) if only.is_empty() || e.name == only => {
+                        if tx.send(Ok(convert::event(e))).await.is_err() {
+                            return;
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                        let _ = tx.send(Err(Status::data_loss(format!("{n} events were missed; watch again")))).await;
+                        return;
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                }
+            }
+        });
+        Ok(Response::new(stream))
+    }
+}
+
+/// A response stream fed by a task.
+fn async_stream<T, F, Fut>(f: F) -> Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>
+where
+    T: Send + 'static,
+    F: FnOnce(tokio::sync::mpsc::Sender<Result<T, Status>>) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let (tx, rx) = tokio::sync::mpsc::channel(64);
+    tokio::spawn(f(tx));
+    Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))
+}

@@ -1,0 +1,47 @@
+//! Domain ⇄ protobuf for the control-plane API.
+
+use berth_proto::controlplane::v1 as pb;
+
+use crate::bots::model::{BotEvent, BotRecord, BotState};
+use crate::runtime::Limits;
+
+pub fn state(s: BotState) -> pb::BotState {
+    match s {
+        BotState::Creating => pb::BotState::Creating,
+        BotState::Stopped => pb::BotState::Stopped,
+        BotState::Starting => pb::BotState::Starting,
+        BotState::Running => pb::BotState::Running,
+        BotState::Stopping => pb::BotState::Stopping,
+        BotState::Deleting => pb::BotState::Deleting,
+        BotState::Error => pb::BotState::Error,
+    }
+}
+
+pub fn bot(b: BotRecord, pid: Option<u32>) -> pb::Bot {
+    pb::Bot {
+        name: b.name,
+        state: state(b.state) as i32,
+        image: b.image,
+        labels: b.labels.into_iter().collect(),
+        resources: Some(pb::Resources {
+            memory_bytes: b.limits.memory_bytes.unwrap_or(0),
+            cpu_millis: b.limits.cpu_millis.unwrap_or(0),
+            pids: b.limits.pids.unwrap_or(0),
+        }),
+        created_at_ms: b.created_at_ms,
+        updated_at_ms: b.updated_at_ms,
+        last_error: b.last_error,
+        pid: pid.unwrap_or(0),
+        env_names: b.env.into_keys().collect(),
+    }
+}
+
+pub fn limits(r: Option<pb::Resources>) -> Limits {
+    let r = r.unwrap_or_default();
+    let some = |v: u64| (v > 0).then_some(v);
+    Limits { memory_bytes: some(r.memory_bytes), cpu_millis: some(r.cpu_millis), pids: some(r.pids) }
+}
+
+pub fn event(e: BotEvent) -> pb::BotEvent {
+    pb::BotEvent { name: e.name, state: state(e.state) as i32, kind: e.kind, message: e.message, at_ms: e.at_ms }
+}

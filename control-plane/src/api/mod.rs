@@ -1,0 +1,97 @@
+//! berthd's gRPC surface: `BotService` (lifecycle) and the agent protocol proxied to a bot's agent
+//! (`proxy.rs`). Handlers are thin; [`Error`] becomes a [`tonic::Status`] only here. Every call is
+//! checked against the API tokens when any are configured.
+
+mod bots;
+mod convert;
+mod proxy;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use berth_proto::agent::v1::container_service_server::ContainerServiceServer;
+use berth_proto::controlplane::v1::bot_service_server::BotServiceServer;
+use subtle::ConstantTimeEq;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::Server;
+use tonic::{Request, Status};
+
+use crate::bots::BotManager;
+use crate::error::Error;
+use crate::runtime::ContainerRuntime;
+
+/// Largest message accepted or sent (matches the agent's).
+pub const MAX_MESSAGE_BYTES: usize = 64 << 20;
+/// Metadata naming the bot an agent-protocol call is for.
+pub const BOT_HEADER: &str = "berth-bot";
+
+impl From<Error> for Status {
+    fn from(e: Error) -> Status {
+        match e {
+            Error::NotFound(m) => Status::not_found(m),
+            Error::AlreadyExists(m) => Status::already_exists(m),
+            Error::InvalidArgument(m) => Status::invalid_argument(m),
+            Error::FailedPrecondition(m) => Status::failed_precondition(m),
+            Error::Unavailable(m) => Status::unavailable(m),
+            e @ Error::Internal { .. } => {
+                let id = uuid::Uuid::new_v4();
+                tracing::error!(error.id = %id, error = %crate::error::chain(&e), "internal error");
+                Status::internal(format!("{e} (internal error {id}; see the berthd log)"))
+            }
+        }
+    }
+}
+
+/// Accepted API tokens; empty = no authentication (only for a private Unix socket).
+#[derive(Clone, Default)]
+pub struct ApiTokens(Arc<Vec<Vec<u8>>>);
+
+impl std::fmt::Debug for ApiTokens {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ApiTokens({} configured)", self.0.len())
+    }
+}
+
+impl ApiTokens {
+    pub fn new(tokens: Vec<String>) -> ApiTokens {
+        ApiTokens(Arc::new(
+            tokens.into_iter().map(|t| t.trim().as_bytes().to_vec()).filter(|t| !t.is_empty()).collect(),
+        ))
+    }
+
+    fn check(&self, req: Request<()>) -> Result<Request<()>, Status> {
+        if self.0.is_empty() {
+            return Ok(req);
+        }
+        let presented = req
+            .metadata()
+            .get("authorization")
+            .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "))
+            .ok_or_else(|| Status::unauthenticated("missing `authorization: Bearer <api token>`"))?;
+        // Compare against every token so the time taken does not say which one matched.
+        let ok = self.0.iter().fold(0u8, |acc, t| acc | presented.ct_eq(t).unwrap_u8());
+        if ok == 1 { Ok(req) } else { Err(Status::unauthenticated("invalid API token")) }
+    }
+}
+
+/// The router serving both services.
+pub async fn router<R: ContainerRuntime>(
+    manager: Arc<BotManager<R>>,
+    tokens: ApiTokens,
+) -> tonic::transport::server::Router {
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health.set_serving::<BotServiceServer<bots::Bots<R>>>().await;
+    let auth = move |req| tokens.check(req);
+    let bots = BotServiceServer::new(bots::Bots::new(manager.clone()));
+    let proxy = ContainerServiceServer::new(proxy::Proxy::new(manager))
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    Server::builder()
+        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+        .initial_stream_window_size(Some(crate::agent_client::STREAM_WINDOW_BYTES))
+        .initial_connection_window_size(Some(crate::agent_client::CONNECTION_WINDOW_BYTES))
+        .add_service(InterceptedService::new(health_service, auth.clone()))
+        .add_service(InterceptedService::new(bots, auth.clone()))
+        .add_service(InterceptedService::new(proxy, auth))
+}

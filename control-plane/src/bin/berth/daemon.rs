@@ -1,0 +1,252 @@
+//! The commands that talk to berthd: `berth bot …`, `berth exec NAME`, `berth cp`, `berth mcp NAME`.
+//! File, exec and MCP commands speak the agent protocol through berthd (routed by the `berth-bot`
+//! header), so they behave exactly as `berth agent …` does against one agent.
+
+use std::collections::HashMap;
+
+use anyhow::{Context, bail};
+use berth_control_plane::agent_client::{self, AgentClient, BearerAuth};
+use berth_proto::controlplane::v1 as pb;
+use pb::bot_service_client::BotServiceClient;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::Channel;
+
+/// Where berthd is and how to authenticate.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Conn {
+    /// berthd's address: a Unix socket path or http://IP:PORT.
+    #[arg(long, global = true, env = "BERTH_ADDR", default_value = "/run/berth/berthd.sock")]
+    addr: String,
+    /// API token (or set BERTH_TOKEN).
+    #[arg(long, global = true, env = "BERTH_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+}
+
+impl Conn {
+    fn auth(&self) -> anyhow::Result<BearerAuth> {
+        match &self.token {
+            Some(t) => BearerAuth::new(t).context("the API token is empty or not printable ASCII"),
+            None => Ok(BearerAuth::none()),
+        }
+    }
+
+    async fn channel(&self) -> anyhow::Result<Channel> {
+        agent_client::channel(&self.addr).await.with_context(|| format!("cannot reach berthd at {}", self.addr))
+    }
+
+    async fn bots(&self) -> anyhow::Result<BotServiceClient<InterceptedService<Channel, BearerAuth>>> {
+        Ok(BotServiceClient::with_interceptor(self.channel().await?, self.auth()?))
+    }
+
+    /// An agent-protocol client for bot `name`, through berthd.
+    pub async fn agent(&self, name: &str) -> anyhow::Result<AgentClient> {
+        let auth = self.auth()?.with_bot(name).with_context(|| format!("bot name {name:?} is not valid"))?;
+        Ok(agent_client::agent_on(self.channel().await?, auth))
+    }
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub enum BotCommand {
+    /// Create a bot (and start it unless --no-start).
+    Create {
+        name: String,
+        /// Image reference (default: berthd's default image).
+        #[arg(long, default_value = "")]
+        image: String,
+        /// Memory limit, e.g. 512M or 2G.
+        #[arg(long, value_parser = parse_bytes)]
+        memory: Option<u64>,
+        /// CPU limit in cores, e.g. 0.5 or 2.
+        #[arg(long)]
+        cpus: Option<f64>,
+        /// Maximum number of processes.
+        #[arg(long)]
+        pids: Option<u64>,
+        /// Environment variable (repeatable).
+        #[arg(short = 'e', long = "env", value_parser = parse_kv)]
+        env: Vec<(String, String)>,
+        /// Label (repeatable).
+        #[arg(short = 'l', long = "label", value_parser = parse_kv)]
+        labels: Vec<(String, String)>,
+        /// Create only; do not start.
+        #[arg(long)]
+        no_start: bool,
+    },
+    /// List bots.
+    Ls {
+        /// Only bots with this label (repeatable).
+        #[arg(short = 'l', long = "label", value_parser = parse_kv)]
+        labels: Vec<(String, String)>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one bot.
+    Get {
+        name: String,
+        #[arg(long)]
+        json: bool,
+    },
+    Start {
+        name: String,
+    },
+    Stop {
+        name: String,
+        /// Grace period before SIGKILL, in seconds.
+        #[arg(long)]
+        timeout: Option<f64>,
+    },
+    /// Delete a bot and its data.
+    Rm {
+        name: String,
+    },
+}
+
+fn parse_kv(s: &str) -> Result<(String, String), String> {
+    s.split_once('=').map(|(k, v)| (k.to_string(), v.to_string())).ok_or_else(|| format!("`{s}` is not KEY=VALUE"))
+}
+
+fn parse_bytes(s: &str) -> Result<u64, String> {
+    let (num, mult) = match s.trim().to_ascii_uppercase() {
+        t if t.ends_with('G') => (t[..t.len() - 1].to_string(), 1u64 << 30),
+        t if t.ends_with('M') => (t[..t.len() - 1].to_string(), 1 << 20),
+        t if t.ends_with('K') => (t[..t.len() - 1].to_string(), 1 << 10),
+        t => (t, 1),
+    };
+    let n: f64 = num.parse().map_err(|_| format!("`{s}` is not a size like 512M or 2G"))?;
+    Ok((n * mult as f64) as u64)
+}
+
+fn state_name(s: i32) -> &'static str {
+    match pb::BotState::try_from(s) {
+        Ok(pb::BotState::Creating) => "creating",
+        Ok(pb::BotState::Stopped) => "stopped",
+        Ok(pb::BotState::Starting) => "starting",
+        Ok(pb::BotState::Running) => "running",
+        Ok(pb::BotState::Stopping) => "stopping",
+        Ok(pb::BotState::Deleting) => "deleting",
+        Ok(pb::BotState::Error) => "error",
+        _ => "unknown",
+    }
+}
+
+fn json(b: &pb::Bot) -> serde_json::Value {
+    let r = b.resources.unwrap_or_default();
+    serde_json::json!({
+        "name": b.name, "state": state_name(b.state), "image": b.image, "labels": b.labels,
+        "memory_bytes": r.memory_bytes, "cpu_millis": r.cpu_millis, "pids": r.pids,
+        "created_at_ms": b.created_at_ms, "updated_at_ms": b.updated_at_ms, "last_error": b.last_error,
+        "pid": b.pid, "env_names": b.env_names,
+    })
+}
+
+fn status_err(what: &str) -> impl FnOnce(tonic::Status) -> anyhow::Error + '_ {
+    move |s| anyhow::anyhow!("{what} failed: {}", s.message())
+}
+
+pub async fn bot(conn: &Conn, cmd: BotCommand) -> anyhow::Result<i32> {
+    let mut c = conn.bots().await?;
+    match cmd {
+        BotCommand::Create { name, image, memory, cpus, pids, env, labels, no_start } => {
+            let req = pb::CreateBotRequest {
+                name,
+                image,
+                env: env.into_iter().collect::<HashMap<_, _>>(),
+                labels: labels.into_iter().collect::<HashMap<_, _>>(),
+                resources: Some(pb::Resources {
+                    memory_bytes: memory.unwrap_or(0),
+                    cpu_millis: cpus.map_or(0, |c| (c * 1000.0) as u64),
+                    pids: pids.unwrap_or(0),
+                }),
+                start: !no_start,
+            };
+            let b =
+                c.create_bot(req).await.map_err(status_err("create"))?.into_inner().bot.context("no bot in reply")?;
+            println!("{} {}", b.name, state_name(b.state));
+        }
+        BotCommand::Ls { labels, json: as_json } => {
+            let mut token = String::new();
+            let mut all = Vec::new();
+            loop {
+                let req = pb::ListBotsRequest {
+                    label_selector: labels.iter().cloned().collect(),
+                    page_size: 0,
+                    page_token: token,
+                };
+                let page = c.list_bots(req).await.map_err(status_err("list"))?.into_inner();
+                all.extend(page.bots);
+                if page.next_page_token.is_empty() {
+                    break;
+                }
+                token = page.next_page_token;
+            }
+            if as_json {
+                println!("{}", serde_json::Value::Array(all.iter().map(json).collect()));
+            } else {
+                println!("{:<24} {:<9} {:<28} LAST ERROR", "NAME", "STATE", "IMAGE");
+                for b in &all {
+                    println!("{:<24} {:<9} {:<28} {}", b.name, state_name(b.state), b.image, b.last_error);
+                }
+            }
+        }
+        BotCommand::Get { name, json: as_json } => {
+            let b = c
+                .get_bot(pb::GetBotRequest { name })
+                .await
+                .map_err(status_err("get"))?
+                .into_inner()
+                .bot
+                .context("no bot in reply")?;
+            if as_json {
+                println!("{}", json(&b));
+            } else {
+                for (k, v) in json(&b).as_object().into_iter().flatten() {
+                    println!("{k}: {v}");
+                }
+            }
+        }
+        BotCommand::Start { name } => {
+            let b = c
+                .start_bot(pb::StartBotRequest { name })
+                .await
+                .map_err(status_err("start"))?
+                .into_inner()
+                .bot
+                .context("no bot")?;
+            println!("{} {}", b.name, state_name(b.state));
+        }
+        BotCommand::Stop { name, timeout } => {
+            let timeout_ms = timeout.map_or(0, |t| (t * 1000.0) as u64);
+            let b = c
+                .stop_bot(pb::StopBotRequest { name, timeout_ms })
+                .await
+                .map_err(status_err("stop"))?
+                .into_inner()
+                .bot
+                .context("no bot")?;
+            println!("{} {}", b.name, state_name(b.state));
+        }
+        BotCommand::Rm { name } => {
+            c.delete_bot(pb::DeleteBotRequest { name: name.clone() }).await.map_err(status_err("delete"))?;
+            println!("{name} deleted");
+        }
+    }
+    Ok(0)
+}
+
+/// Splits `NAME:PATH` into the bot and the path (a local path has no `:` before its first `/`).
+pub fn split_remote(s: &str) -> Option<(&str, &str)> {
+    let (name, path) = s.split_once(':')?;
+    (!name.is_empty() && !name.contains('/')).then_some((name, path))
+}
+
+/// `berth cp SRC DST` with `NAME:PATH` on exactly one side.
+pub async fn cp(conn: &Conn, src: &str, dst: &str, parents: bool) -> anyhow::Result<i32> {
+    let (bot, src, dst) = match (split_remote(src), split_remote(dst)) {
+        (Some((b, p)), None) => (b, format!(":{p}"), dst.to_string()),
+        (None, Some((b, p))) => (b, src.to_string(), format!(":{p}")),
+        _ => bail!("exactly one side of cp must be in a bot, written NAME:PATH"),
+    };
+    let client = conn.agent(bot).await?;
+    crate::files::cp(client, crate::files::CpArgs::new(src, dst, parents)).await?;
+    Ok(0)
+}

@@ -1,0 +1,131 @@
+//! `berthd`: the Berth control plane daemon. Connects to containerd, opens the database, imports the
+//! configured image archives, and serves the API on a Unix socket (and optionally TCP) until SIGTERM or
+//! SIGINT.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use berth_control_plane::api::{ApiTokens, router};
+use berth_control_plane::bots::{BotManager, ManagerConfig};
+use berth_control_plane::runtime::containerd::Containerd;
+use berth_control_plane::store::Store;
+use clap::Parser;
+use tokio::net::{TcpListener, UnixListener};
+use tokio::signal::unix::{SignalKind, signal};
+use tokio_stream::wrappers::{TcpListenerStream, UnixListenerStream};
+
+/// berthd: runs one container per bot through containerd and serves Berth's API.
+#[derive(Debug, Parser)]
+#[command(name = "berthd", version)]
+struct Args {
+    /// containerd's socket.
+    #[arg(long, env = "BERTH_CONTAINERD_SOCKET", default_value = "/run/containerd/containerd.sock")]
+    containerd_socket: PathBuf,
+    /// containerd namespace holding Berth's bots and images.
+    #[arg(long, env = "BERTH_NAMESPACE", default_value = "berth")]
+    namespace: String,
+    /// Durable state (the SQLite database by default, task logs).
+    #[arg(long, env = "BERTH_STATE_DIR", default_value = "/var/lib/berth")]
+    state_dir: PathBuf,
+    /// Runtime directory: one subdirectory per bot with its agent socket and token.
+    #[arg(long, env = "BERTH_RUN_DIR", default_value = "/run/berth")]
+    run_dir: PathBuf,
+    /// Database URL: `sqlite://PATH?mode=rwc` or `postgres://…`; default: SQLite in the state directory.
+    #[arg(long, env = "BERTH_DATABASE_URL")]
+    database_url: Option<String>,
+    /// Unix socket to serve the API on (default: <run-dir>/berthd.sock).
+    #[arg(long, env = "BERTH_LISTEN_UNIX")]
+    listen_unix: Option<PathBuf>,
+    /// Also serve on this TCP address (an IP and port).
+    #[arg(long, env = "BERTH_LISTEN_TCP")]
+    listen_tcp: Option<SocketAddr>,
+    /// OCI image archives to import at start (repeatable).
+    #[arg(long = "image-archive", env = "BERTH_IMAGE_ARCHIVES", value_delimiter = ',')]
+    image_archives: Vec<PathBuf>,
+    /// Image used when a create names none.
+    #[arg(long, env = "BERTH_DEFAULT_IMAGE", default_value = "berth/minimal:latest")]
+    default_image: String,
+    /// File with API tokens clients must present, one per line; none = no auth (Unix socket only).
+    #[arg(long, env = "BERTH_API_TOKEN_FILE")]
+    api_token_file: Option<PathBuf>,
+    /// Default grace period of a stop, in milliseconds.
+    #[arg(long, default_value_t = 10_000)]
+    stop_timeout_ms: u64,
+    /// How long a start waits for the agent to answer, in milliseconds.
+    #[arg(long, default_value_t = 15_000)]
+    agent_ready_timeout_ms: u64,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt().with_writer(std::io::stderr).init();
+    let args = Args::parse();
+    let tokens = match &args.api_token_file {
+        Some(p) => {
+            std::fs::read_to_string(p).with_context(|| format!("cannot read API tokens from {}", p.display()))?
+        }
+        None => String::new(),
+    };
+    let tokens = ApiTokens::new(tokens.lines().map(String::from).collect());
+    if args.listen_tcp.is_some() && args.api_token_file.is_none() {
+        anyhow::bail!("--listen-tcp needs --api-token-file: TCP is never served without authentication");
+    }
+    for d in [&args.state_dir, &args.run_dir] {
+        std::fs::create_dir_all(d).with_context(|| format!("cannot create {}", d.display()))?;
+    }
+    let url = args
+        .database_url
+        .clone()
+        .unwrap_or_else(|| format!("sqlite://{}?mode=rwc", args.state_dir.join("berth.db").display()));
+    let store = Store::open(&url).await.with_context(|| "cannot open the database")?;
+    let runtime = Containerd::connect(&args.containerd_socket, &args.namespace, &args.state_dir.join("logs"))
+        .await
+        .with_context(|| format!("cannot reach containerd at {}", args.containerd_socket.display()))?;
+    let config = ManagerConfig {
+        run_dir: args.run_dir.clone(),
+        default_image: args.default_image.clone(),
+        stop_timeout: Duration::from_millis(args.stop_timeout_ms),
+        agent_ready_timeout: Duration::from_millis(args.agent_ready_timeout_ms),
+    };
+    let manager = Arc::new(BotManager::new(runtime, store, config));
+    for a in &args.image_archives {
+        manager.import_image(a).await.with_context(|| format!("cannot import {}", a.display()))?;
+    }
+    let unix_path = args.listen_unix.clone().unwrap_or_else(|| args.run_dir.join("berthd.sock"));
+    if unix_path.exists() {
+        std::fs::remove_file(&unix_path).with_context(|| format!("cannot replace {}", unix_path.display()))?;
+    }
+    let unix = UnixListener::bind(&unix_path).with_context(|| format!("cannot listen on {}", unix_path.display()))?;
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&unix_path, std::fs::Permissions::from_mode(0o600))?;
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let wait = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|v| *v).await;
+    };
+    let mut servers = Vec::new();
+    let r = router(manager.clone(), tokens.clone()).await;
+    servers.push(tokio::spawn(r.serve_with_incoming_shutdown(UnixListenerStream::new(unix), wait(stop_rx.clone()))));
+    tracing::info!(socket = %unix_path.display(), "berthd listening");
+    if let Some(addr) = args.listen_tcp {
+        let l = TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr}"))?;
+        let r = router(manager.clone(), tokens).await;
+        servers.push(tokio::spawn(r.serve_with_incoming_shutdown(TcpListenerStream::new(l), wait(stop_rx.clone()))));
+        tracing::info!(%addr, "berthd listening");
+    }
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    tracing::info!("berthd shutting down; bots keep running");
+    let _ = stop_tx.send(true);
+    for s in servers {
+        let _ = tokio::time::timeout(Duration::from_secs(5), s).await;
+    }
+    let _ = std::fs::remove_file(&unix_path);
+    Ok(())
+}

@@ -1,0 +1,102 @@
+//! Creating a bot: validate, record it (state `creating`), create its container with the agent as PID 1
+//! and its agent directory bind-mounted, then `stopped` (or start it). A failure leaves the bot in
+//! `error` with the reason, and no container behind.
+
+use std::collections::BTreeMap;
+use std::os::unix::fs::PermissionsExt;
+
+use super::model::{BotRecord, BotState, now_ms, validate_name};
+use super::{AGENT_DIR, BotManager, lock};
+use crate::error::{Error, Result};
+use crate::runtime::{BindMount, ContainerConfig, ContainerRuntime, Limits};
+
+/// A create request.
+#[derive(Debug, Clone, Default)]
+pub struct CreateBot {
+    pub name: String,
+    pub image: String,
+    pub env: BTreeMap<String, String>,
+    pub labels: BTreeMap<String, String>,
+    pub limits: Limits,
+    pub start: bool,
+}
+
+impl<R: ContainerRuntime> BotManager<R> {
+    #[tracing::instrument(skip_all, fields(bot.name = %req.name))]
+    pub async fn create(&self, req: CreateBot) -> Result<BotRecord> {
+        validate_name(&req.name).map_err(Error::InvalidArgument)?;
+        for k in req.env.keys() {
+            if k.is_empty() || k.contains('=') || k.contains('\0') {
+                return Err(Error::InvalidArgument(format!("environment variable name {k:?} is invalid")));
+            }
+        }
+        let image_name = if req.image.is_empty() { self.config.default_image.clone() } else { req.image.clone() };
+        let image = lock(&self.images).get(&image_name).cloned().ok_or_else(|| {
+            Error::NotFound(format!("image `{image_name}` is not imported (available: {})", self.images().join(", ")))
+        })?;
+        let bot_lock = self.bot_lock(&req.name);
+        let _guard = bot_lock.lock().await;
+        let now = now_ms();
+        let bot = BotRecord {
+            name: req.name.clone(),
+            container_id: format!("bot-{}", req.name),
+            image: image_name,
+            state: BotState::Creating,
+            env: req.env.clone(),
+            labels: req.labels.clone(),
+            limits: req.limits,
+            token: format!("{}{}", uuid::Uuid::new_v4().simple(), uuid::Uuid::new_v4().simple()),
+            last_error: String::new(),
+            restart_count: 0,
+            created_at_ms: now,
+            updated_at_ms: now,
+        };
+        self.store.insert_bot(&bot).await?;
+        self.announce(&bot.name, BotState::Creating, "creating", "").await;
+        if let Err(e) = self.make_container(&bot, &image).await {
+            let reason = format!("create failed: {}", crate::error::chain(&e));
+            self.transition(&bot, BotState::Error, "error", &reason).await?;
+            return Err(e);
+        }
+        self.transition(&bot, BotState::Stopped, "created", "").await?;
+        drop(_guard);
+        if req.start {
+            return self.start(&bot.name).await;
+        }
+        Ok(self.store.get_bot(&bot.name).await?)
+    }
+
+    async fn make_container(&self, bot: &BotRecord, image: &crate::runtime::Image) -> Result<()> {
+        let dir = self.bot_dir(&bot.name);
+        let io = |what: &str, e: std::io::Error| Error::internal(format!("cannot {what} for bot `{}`", bot.name), e);
+        std::fs::create_dir_all(&dir).map_err(|e| io("create the agent directory", e))?;
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))
+            .map_err(|e| io("secure the agent directory", e))?;
+        let token_path = dir.join("token");
+        std::fs::write(&token_path, &bot.token).map_err(|e| io("write the agent token", e))?;
+        std::fs::set_permissions(&token_path, std::fs::Permissions::from_mode(0o600))
+            .map_err(|e| io("secure the agent token", e))?;
+        let sock = format!("{AGENT_DIR}/agent.sock");
+        let token = format!("{AGENT_DIR}/token");
+        let config = ContainerConfig {
+            id: bot.container_id.clone(),
+            image: image.clone(),
+            args: vec!["/sbin/berth-agent".into(), "--socket".into(), sock, "--token-file".into(), token],
+            env: bot.env.iter().map(|(k, v)| format!("{k}={v}")).collect(),
+            mounts: vec![BindMount { source: dir, destination: AGENT_DIR.into(), readonly: false }],
+            limits: bot.limits,
+            netns: None,
+            hostname: bot.name.clone(),
+            labels: [("io.berth.bot".to_string(), bot.name.clone())].into(),
+        };
+        match self.runtime.create(&config).await {
+            // A container left by an earlier, interrupted create of the same bot: replace it.
+            Err(crate::runtime::RuntimeError::AlreadyExists { .. }) => {
+                self.runtime.delete(&bot.container_id).await?;
+                self.runtime.create(&config).await?;
+            }
+            r => r?,
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,34 @@
+//! Deleting a bot: its task, container and snapshot, its agent directory, then its record.
+
+use super::model::BotState;
+use super::{BotManager, lock};
+use crate::error::{Error, Result};
+use crate::runtime::ContainerRuntime;
+
+impl<R: ContainerRuntime> BotManager<R> {
+    #[tracing::instrument(skip_all, fields(bot.name = %name))]
+    pub async fn delete(&self, name: &str) -> Result<()> {
+        let bot_lock = self.bot_lock(name);
+        let guard = bot_lock.lock().await;
+        let bot = self.store.get_bot(name).await?;
+        self.transition(&bot, BotState::Deleting, "deleting", "").await?;
+        self.evict_agent(name);
+        if let Err(e) = self.runtime.delete(&bot.container_id).await {
+            let err = Error::from(e);
+            self.transition(&bot, BotState::Error, "error", &format!("delete failed: {}", crate::error::chain(&err)))
+                .await?;
+            return Err(err);
+        }
+        let dir = self.bot_dir(name);
+        if let Err(e) = std::fs::remove_dir_all(&dir)
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            return Err(Error::internal(format!("cannot remove {}", dir.display()), e));
+        }
+        self.store.delete_bot(name).await?;
+        self.announce(name, BotState::Deleting, "deleted", "").await;
+        drop(guard);
+        lock(&self.locks).remove(name);
+        Ok(())
+    }
+}

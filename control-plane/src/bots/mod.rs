@@ -1,0 +1,159 @@
+//! Bot lifecycle. [`BotManager`] owns the rules: one operation per file (`create.rs`, `start.rs`,
+//! `stop.rs`, `delete.rs`, `query.rs`), mutations of one bot serialised by a per-bot lock, different
+//! bots in parallel, durable state written before a call returns, and an event for every transition.
+
+mod create;
+mod delete;
+pub mod model;
+mod query;
+mod start;
+mod stop;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::broadcast;
+
+use crate::agent_client::{self, AgentClient, BearerAuth};
+use crate::error::{Error, Result};
+use crate::runtime::{ContainerRuntime, Image};
+use crate::store::Store;
+use model::{BotEvent, BotRecord, BotState, now_ms};
+
+pub use create::CreateBot;
+
+/// Settings of the lifecycle.
+#[derive(Debug, Clone)]
+pub struct ManagerConfig {
+    /// Host directory holding one subdirectory per bot (its agent socket and token), bind-mounted into the
+    /// bot at [`AGENT_DIR`].
+    pub run_dir: PathBuf,
+    /// Image used when a create names none.
+    pub default_image: String,
+    /// How long `stop` waits after SIGTERM before SIGKILL, when the caller gives no timeout.
+    pub stop_timeout: Duration,
+    /// How long `start` waits for the agent to answer.
+    pub agent_ready_timeout: Duration,
+}
+
+/// Where each bot sees its agent directory.
+pub const AGENT_DIR: &str = "/run/berth";
+
+/// The lifecycle of every bot.
+pub struct BotManager<R> {
+    runtime: R,
+    store: Store,
+    config: ManagerConfig,
+    images: Mutex<HashMap<String, Image>>,
+    locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    agents: Mutex<HashMap<String, AgentClient>>,
+    events: broadcast::Sender<BotEvent>,
+}
+
+impl<R> std::fmt::Debug for BotManager<R> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BotManager").field("config", &self.config).finish_non_exhaustive()
+    }
+}
+
+impl<R: ContainerRuntime> BotManager<R> {
+    pub fn new(runtime: R, store: Store, config: ManagerConfig) -> BotManager<R> {
+        let (events, _) = broadcast::channel(1024);
+        BotManager {
+            runtime,
+            store,
+            config,
+            images: Mutex::new(HashMap::new()),
+            locks: Mutex::new(HashMap::new()),
+            agents: Mutex::new(HashMap::new()),
+            events,
+        }
+    }
+
+    /// Imports an image archive and makes it available to creates by its name.
+    pub async fn import_image(&self, archive: &std::path::Path) -> Result<Image> {
+        let image = self.runtime.import_image(archive).await?;
+        lock(&self.images).insert(image.name.clone(), image.clone());
+        tracing::info!(image = %image.name, chain_id = %image.chain_id, "image imported");
+        Ok(image)
+    }
+
+    /// Names of the images creates can use.
+    pub fn images(&self) -> Vec<String> {
+        let mut v: Vec<String> = lock(&self.images).keys().cloned().collect();
+        v.sort();
+        v
+    }
+
+    /// Subscribes to lifecycle events.
+    pub fn subscribe(&self) -> broadcast::Receiver<BotEvent> {
+        self.events.subscribe()
+    }
+
+    /// The per-bot lock serialising mutations of `name`.
+    fn bot_lock(&self, name: &str) -> Arc<tokio::sync::Mutex<()>> {
+        lock(&self.locks).entry(name.to_string()).or_default().clone()
+    }
+
+    fn bot_dir(&self, name: &str) -> PathBuf {
+        self.config.run_dir.join(name)
+    }
+
+    /// Records a state change durably, then announces it.
+    async fn transition(&self, bot: &BotRecord, state: BotState, kind: &str, message: &str) -> Result<()> {
+        let last_error = if state == BotState::Error { message } else { "" };
+        self.store.set_state(&bot.name, state, last_error, kind == "restarted").await?;
+        self.announce(&bot.name, state, kind, message).await;
+        Ok(())
+    }
+
+    async fn announce(&self, name: &str, state: BotState, kind: &str, message: &str) {
+        let ev = BotEvent {
+            name: name.to_string(),
+            kind: kind.to_string(),
+            state,
+            message: message.to_string(),
+            at_ms: now_ms(),
+        };
+        if let Err(e) = self.store.insert_event(&ev).await {
+            tracing::warn!(bot.name = name, error = %crate::error::chain(&e), "failed to record event");
+        }
+        tracing::info!(bot.name = name, state = state.as_str(), kind, message, "bot event");
+        let _ = self.events.send(ev);
+    }
+
+    /// A client for the bot's agent (cached; evicted when the bot stops).
+    pub async fn agent(&self, name: &str) -> Result<AgentClient> {
+        if let Some(c) = lock(&self.agents).get(name) {
+            return Ok(c.clone());
+        }
+        let bot = self.store.get_bot(name).await?;
+        if bot.state != BotState::Running {
+            return Err(Error::FailedPrecondition(format!("bot `{name}` is {}, not running", bot.state.as_str())));
+        }
+        let c = self.connect_agent(&bot).await?;
+        lock(&self.agents).insert(name.to_string(), c.clone());
+        Ok(c)
+    }
+
+    async fn connect_agent(&self, bot: &BotRecord) -> Result<AgentClient> {
+        let auth = BearerAuth::new(&bot.token).ok_or_else(|| Error::Internal {
+            message: format!("bot `{}` has no agent token", bot.name),
+            source: None,
+        })?;
+        agent_client::connect_unix(&self.bot_dir(&bot.name).join("agent.sock"), auth).await.map_err(|e| {
+            Error::Unavailable(format!("the agent of bot `{}` is unreachable: {}", bot.name, crate::error::chain(&e)))
+        })
+    }
+
+    fn evict_agent(&self, name: &str) {
+        lock(&self.agents).remove(name);
+    }
+}
+
+/// Locks a std mutex, recovering from poisoning (the maps stay consistent under every panic point).
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}

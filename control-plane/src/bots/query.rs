@@ -1,0 +1,52 @@
+//! Reading bots: one by name (with its task's pid), or a filtered page.
+
+use std::collections::BTreeMap;
+
+use super::BotManager;
+use super::model::BotRecord;
+use crate::error::Result;
+use crate::runtime::{ContainerRuntime, TaskState};
+
+/// Bots per page when the caller gives no size.
+pub const DEFAULT_PAGE_SIZE: u32 = 100;
+
+impl<R: ContainerRuntime> BotManager<R> {
+    /// The bot and, if its task runs, the task's pid.
+    pub async fn get(&self, name: &str) -> Result<(BotRecord, Option<u32>)> {
+        let bot = self.store.get_bot(name).await?;
+        let pid = match self.runtime.state(&bot.container_id).await {
+            Ok(TaskState::Running { pid }) => Some(pid),
+            _ => None,
+        };
+        Ok((bot, pid))
+    }
+
+    /// A page of bots whose labels include `selector`, after `page_token` (a bot name).
+    pub async fn list(
+        &self,
+        selector: &BTreeMap<String, String>,
+        page_size: u32,
+        page_token: &str,
+    ) -> Result<(Vec<BotRecord>, String)> {
+        let size = if page_size == 0 { DEFAULT_PAGE_SIZE } else { page_size.min(1000) } as usize;
+        let mut out = Vec::new();
+        let mut after = page_token.to_string();
+        loop {
+            let batch = self.store.list_bots(&after, 500).await?;
+            let done = batch.len() < 500;
+            for b in batch {
+                after = b.name.clone();
+                if selector.iter().all(|(k, v)| b.labels.get(k) == Some(v)) {
+                    if out.len() == size {
+                        let token = out.last().map(|b: &BotRecord| b.name.clone()).unwrap_or_default();
+                        return Ok((out, token));
+                    }
+                    out.push(b);
+                }
+            }
+            if done {
+                return Ok((out, String::new()));
+            }
+        }
+    }
+}

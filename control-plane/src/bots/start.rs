@@ -1,0 +1,71 @@
+//! Starting a bot: its task, then readiness = its agent answering (with a deadline). A failure stops what
+//! was started and leaves the bot in `error` with the reason.
+
+use std::time::Instant;
+
+use berth_proto::agent::v1::VersionRequest;
+
+use super::BotManager;
+use super::model::{BotRecord, BotState};
+use crate::error::{Error, Result};
+use crate::runtime::ContainerRuntime;
+
+impl<R: ContainerRuntime> BotManager<R> {
+    #[tracing::instrument(skip_all, fields(bot.name = %name))]
+    pub async fn start(&self, name: &str) -> Result<BotRecord> {
+        let bot_lock = self.bot_lock(name);
+        let _guard = bot_lock.lock().await;
+        let bot = self.store.get_bot(name).await?;
+        match bot.state {
+            BotState::Stopped | BotState::Error => {}
+            BotState::Running => return Ok(bot),
+            s => {
+                return Err(Error::FailedPrecondition(format!(
+                    "bot `{name}` is {}; it can be started when stopped",
+                    s.as_str()
+                )));
+            }
+        }
+        self.transition(&bot, BotState::Starting, "starting", "").await?;
+        self.evict_agent(name);
+        let started = async {
+            self.runtime.start(&bot.container_id).await?;
+            self.wait_ready(&bot).await
+        }
+        .await;
+        if let Err(e) = started {
+            let reason = format!("start failed: {}", crate::error::chain(&e));
+            if let Err(stop_err) = self.runtime.stop(&bot.container_id, self.config.stop_timeout).await {
+                tracing::warn!(bot.name = name, error = %crate::error::chain(&stop_err), "cleanup after a failed start failed");
+            }
+            self.transition(&bot, BotState::Error, "error", &reason).await?;
+            return Err(e);
+        }
+        self.transition(&bot, BotState::Running, "started", "").await?;
+        Ok(self.store.get_bot(name).await?)
+    }
+
+    /// Waits until the agent answers `Version`, up to the configured deadline.
+    async fn wait_ready(&self, bot: &BotRecord) -> Result<()> {
+        let deadline = Instant::now() + self.config.agent_ready_timeout;
+        let mut last = String::from("no answer yet");
+        while Instant::now() < deadline {
+            match self.connect_agent(bot).await {
+                Ok(mut c) => match c.version(VersionRequest {}).await {
+                    Ok(_) => {
+                        super::lock(&self.agents).insert(bot.name.clone(), c);
+                        return Ok(());
+                    }
+                    Err(s) => last = s.message().to_string(),
+                },
+                Err(e) => last = e.to_string(),
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        Err(Error::Unavailable(format!(
+            "the agent of bot `{}` did not answer within {} ms ({last})",
+            bot.name,
+            self.config.agent_ready_timeout.as_millis()
+        )))
+    }
+}

@@ -1,0 +1,160 @@
+//! Bot rows and event rows.
+
+use std::collections::BTreeMap;
+
+use sqlx::Row;
+use sqlx::any::AnyRow;
+
+use super::{Store, StoreError, unavailable};
+use crate::bots::model::{BotEvent, BotRecord, BotState};
+use crate::runtime::Limits;
+
+/// The bot columns, in one place (sqlx wants static SQL, so this is a macro for `concat!`).
+macro_rules! columns {
+    () => {
+        "name, container_id, image, state, env_json, labels_json, memory_bytes, cpu_millis, pids, \
+         token, last_error, restart_count, created_at_ms, updated_at_ms"
+    };
+}
+
+fn limit(v: Option<u64>) -> i64 {
+    v.map_or(0, |v| v as i64)
+}
+
+fn unlimit(v: i64) -> Option<u64> {
+    (v > 0).then_some(v as u64)
+}
+
+fn decode(row: &AnyRow) -> Result<BotRecord, StoreError> {
+    let get_s = |c: &str| row.try_get::<String, _>(c).map_err(|e| StoreError::Corrupt(format!("bots.{c}: {e}")));
+    let get_i = |c: &str| row.try_get::<i64, _>(c).map_err(|e| StoreError::Corrupt(format!("bots.{c}: {e}")));
+    let name = get_s("name")?;
+    let state = get_s("state")?;
+    let json = |c: &str| -> Result<BTreeMap<String, String>, StoreError> {
+        serde_json::from_str(&get_s(c)?).map_err(|e| StoreError::Corrupt(format!("bots.{c} of {name}: {e}")))
+    };
+    Ok(BotRecord {
+        container_id: get_s("container_id")?,
+        image: get_s("image")?,
+        state: BotState::parse(&state).ok_or_else(|| StoreError::Corrupt(format!("bot {name} has state {state:?}")))?,
+        env: json("env_json")?,
+        labels: json("labels_json")?,
+        limits: Limits {
+            memory_bytes: unlimit(get_i("memory_bytes")?),
+            cpu_millis: unlimit(get_i("cpu_millis")?),
+            pids: unlimit(get_i("pids")?),
+        },
+        token: get_s("token")?,
+        last_error: get_s("last_error")?,
+        restart_count: get_i("restart_count")? as u64,
+        created_at_ms: get_i("created_at_ms")?,
+        updated_at_ms: get_i("updated_at_ms")?,
+        name,
+    })
+}
+
+impl Store {
+    /// Inserts a new bot; `AlreadyExists` if the name is taken.
+    pub async fn insert_bot(&self, b: &BotRecord) -> Result<(), StoreError> {
+        let sql = concat!(
+            "INSERT INTO bots (",
+            columns!(),
+            ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)"
+        );
+        let r = sqlx::query(sql)
+            .bind(&b.name)
+            .bind(&b.container_id)
+            .bind(&b.image)
+            .bind(b.state.as_str())
+            .bind(serde_json::to_string(&b.env).unwrap_or_default())
+            .bind(serde_json::to_string(&b.labels).unwrap_or_default())
+            .bind(limit(b.limits.memory_bytes))
+            .bind(limit(b.limits.cpu_millis))
+            .bind(limit(b.limits.pids))
+            .bind(&b.token)
+            .bind(&b.last_error)
+            .bind(b.restart_count as i64)
+            .bind(b.created_at_ms)
+            .bind(b.updated_at_ms)
+            .execute(self.pool())
+            .await;
+        match r {
+            Ok(_) => Ok(()),
+            Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
+                Err(StoreError::AlreadyExists { what: format!("bot `{}`", b.name) })
+            }
+            Err(e) => Err(StoreError::Unavailable { op: "insert bot".into(), source: e }),
+        }
+    }
+
+    pub async fn get_bot(&self, name: &str) -> Result<BotRecord, StoreError> {
+        let sql = concat!("SELECT ", columns!(), " FROM bots WHERE name = $1");
+        let row = sqlx::query(sql).bind(name).fetch_optional(self.pool()).await.map_err(unavailable("read bot"))?;
+        match row {
+            Some(r) => decode(&r),
+            None => Err(StoreError::NotFound { what: format!("bot `{name}`") }),
+        }
+    }
+
+    /// Bots after `after` (by name), in name order, at most `limit`.
+    pub async fn list_bots(&self, after: &str, limit: u32) -> Result<Vec<BotRecord>, StoreError> {
+        let sql = concat!("SELECT ", columns!(), " FROM bots WHERE name > $1 ORDER BY name LIMIT $2");
+        let rows = sqlx::query(sql)
+            .bind(after)
+            .bind(i64::from(limit))
+            .fetch_all(self.pool())
+            .await
+            .map_err(unavailable("list bots"))?;
+        rows.iter().map(decode).collect()
+    }
+
+    /// Sets a bot's state and last error (and counts a restart when asked).
+    pub async fn set_state(
+        &self,
+        name: &str,
+        state: BotState,
+        last_error: &str,
+        restarted: bool,
+    ) -> Result<(), StoreError> {
+        let r = sqlx::query(
+            "UPDATE bots SET state = $1, last_error = $2, restart_count = restart_count + $3, updated_at_ms = $4 WHERE name = $5",
+        )
+        .bind(state.as_str())
+        .bind(last_error)
+        .bind(i64::from(restarted))
+        .bind(crate::bots::model::now_ms())
+        .bind(name)
+        .execute(self.pool())
+        .await
+        .map_err(unavailable("update bot state"))?;
+        if r.rows_affected() == 0 {
+            return Err(StoreError::NotFound { what: format!("bot `{name}`") });
+        }
+        Ok(())
+    }
+
+    pub async fn delete_bot(&self, name: &str) -> Result<(), StoreError> {
+        sqlx::query("DELETE FROM bots WHERE name = $1")
+            .bind(name)
+            .execute(self.pool())
+            .await
+            .map_err(unavailable("delete bot"))?;
+        Ok(())
+    }
+
+    pub async fn insert_event(&self, e: &BotEvent) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO bot_events (id, bot_name, kind, state, message, at_ms) VALUES ($1, $2, $3, $4, $5, $6)",
+        )
+        .bind(uuid::Uuid::new_v4().to_string())
+        .bind(&e.name)
+        .bind(&e.kind)
+        .bind(e.state.as_str())
+        .bind(&e.message)
+        .bind(e.at_ms)
+        .execute(self.pool())
+        .await
+        .map_err(unavailable("record event"))?;
+        Ok(())
+    }
+}

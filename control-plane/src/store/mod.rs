@@ -1,0 +1,60 @@
+//! Durable state with sqlx: a SQLite file by default, PostgreSQL by URL, one set of portable migrations
+//! (`migrations/`). This is the only module that runs SQL.
+
+mod bots;
+
+use sqlx::any::{AnyPoolOptions, install_default_drivers};
+use sqlx::{AnyPool, migrate::Migrator};
+
+/// The migrations, embedded at build time.
+pub static MIGRATOR: Migrator = sqlx::migrate!("../migrations");
+
+/// Why a store call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("{what} not found")]
+    NotFound { what: String },
+    #[error("{what} already exists")]
+    AlreadyExists { what: String },
+    #[error("the database is unavailable while trying to {op}")]
+    Unavailable {
+        op: String,
+        #[source]
+        source: sqlx::Error,
+    },
+    #[error("the database holds a corrupt row: {0}")]
+    Corrupt(String),
+    #[error("migrating the database failed")]
+    Migrate(#[source] sqlx::migrate::MigrateError),
+}
+
+/// A connection pool to the control plane's database.
+#[derive(Debug, Clone)]
+pub struct Store {
+    pool: AnyPool,
+}
+
+impl Store {
+    /// Connects to `url` (`sqlite://PATH?mode=rwc` or `postgres://…`) and runs pending migrations.
+    pub async fn open(url: &str) -> Result<Store, StoreError> {
+        install_default_drivers();
+        // SQLite serialises writers anyway; one connection avoids "database is locked" between our own.
+        let max = if url.starts_with("sqlite:") { 1 } else { 8 };
+        let pool = AnyPoolOptions::new()
+            .max_connections(max)
+            .acquire_timeout(std::time::Duration::from_secs(10))
+            .connect(url)
+            .await
+            .map_err(|source| StoreError::Unavailable { op: "connect".into(), source })?;
+        MIGRATOR.run(&pool).await.map_err(StoreError::Migrate)?;
+        Ok(Store { pool })
+    }
+
+    pub(crate) fn pool(&self) -> &AnyPool {
+        &self.pool
+    }
+}
+
+fn unavailable(op: &str) -> impl FnOnce(sqlx::Error) -> StoreError + '_ {
+    move |source| StoreError::Unavailable { op: op.to_string(), source }
+}
