@@ -6,8 +6,9 @@ root="$(cd "$(dirname "$0")/.." && pwd)"
 deps="$root/.deps"
 mkdir -p "$deps"
 
-# containerd, runc and the CNI plugins run bots; busybox-static goes into the minimal image.
-apt_pkgs=(protobuf-compiler python3-venv containerd runc containernetworking-plugins busybox-static)
+# containerd, runc and the CNI plugins run bots; busybox-static goes into the minimal image; the tests
+# start private PostgreSQL servers from the postgresql package.
+apt_pkgs=(protobuf-compiler python3-venv containerd runc containernetworking-plugins busybox-static postgresql)
 missing=()
 for p in "${apt_pkgs[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 if [ "${#missing[@]}" -gt 0 ]; then

@@ -6,7 +6,7 @@
 
 #[path = "../../agent/tests/common/mod.rs"]
 mod common;
-#[path = "support/containerd.rs"]
+#[path = "support/mod.rs"]
 mod support;
 
 use std::time::{Duration, Instant};
@@ -16,7 +16,7 @@ use berth_control_plane::runtime::containerd::Containerd;
 use berth_control_plane::runtime::{BindMount, ContainerConfig, ContainerRuntime, Image, Limits, TaskState};
 use berth_proto::agent::v1 as pb;
 use common::{argv, run};
-use support::{PrivateContainerd, minimal_image};
+use support::containerd::{PrivateContainerd, minimal_image};
 
 struct Bot {
     dir: tempfile::TempDir,

@@ -124,7 +124,8 @@ async fn main() -> anyhow::Result<()> {
     tracing::info!("berthd shutting down; bots keep running");
     let _ = stop_tx.send(true);
     for s in servers {
-        let _ = tokio::time::timeout(Duration::from_secs(5), s).await;
+        // Open client streams would hold a graceful shutdown forever; bots are unaffected either way.
+        let _ = tokio::time::timeout(Duration::from_secs(2), s).await;
     }
     let _ = std::fs::remove_file(&unix_path);
     Ok(())

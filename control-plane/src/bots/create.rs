@@ -31,7 +31,8 @@ impl<R: ContainerRuntime> BotManager<R> {
             }
         }
         let image_name = if req.image.is_empty() { self.config.default_image.clone() } else { req.image.clone() };
-        let image = lock(&self.images).get(&image_name).cloned().ok_or_else(|| {
+        let found = lock(&self.images).get(&image_name).cloned();
+        let image = found.ok_or_else(|| {
             Error::NotFound(format!("image `{image_name}` is not imported (available: {})", self.images().join(", ")))
         })?;
         let bot_lock = self.bot_lock(&req.name);

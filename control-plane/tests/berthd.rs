@@ -1,0 +1,224 @@
+//! berthd end to end: the real daemon on a private containerd, driven through its gRPC API and the
+//! `berth` CLI as a user would, on SQLite and on PostgreSQL.
+
+#![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
+
+#[path = "../../agent/tests/common/mod.rs"]
+mod common;
+#[path = "support/mod.rs"]
+mod support;
+
+use std::time::Duration;
+
+use berth_control_plane::agent_client::{self, AgentClient, BearerAuth};
+use berth_proto::agent::v1 as apb;
+use berth_proto::controlplane::v1 as pb;
+use common::{argv, collect, eventually, exec_open, run};
+use pb::bot_service_client::BotServiceClient;
+use support::berthd::TestBerthd;
+use support::postgres::PrivatePostgres;
+use tonic::transport::Channel;
+
+async fn bots(b: &TestBerthd) -> BotServiceClient<Channel> {
+    BotServiceClient::new(agent_client::channel(b.socket.to_str().unwrap()).await.unwrap())
+}
+
+async fn agent(b: &TestBerthd, bot: &str) -> AgentClient {
+    let ch = agent_client::channel(b.socket.to_str().unwrap()).await.unwrap();
+    agent_client::agent_on(ch, BearerAuth::none().with_bot(bot).unwrap())
+}
+
+fn out(mut c: std::process::Command) -> (i32, String, String) {
+    let o = c.output().unwrap();
+    (
+        o.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
+}
+
+async fn lifecycle(b: &TestBerthd) {
+    // Create without starting, then start.
+    let (rc, stdout, err) = out(b.berth(&[
+        "bot",
+        "create",
+        "alpha",
+        "--no-start",
+        "--memory",
+        "256M",
+        "-e",
+        "GREETING=hello",
+        "-l",
+        "team=a",
+    ]));
+    assert_eq!(rc, 0, "{err}\n{}", b.log());
+    assert_eq!(stdout.trim(), "alpha stopped");
+    let (rc, stdout, _) = out(b.berth(&["bot", "start", "alpha"]));
+    assert_eq!((rc, stdout.trim()), (0, "alpha running"));
+    // Exec through berthd: env, hostname, exit codes.
+    let (rc, stdout, _) = out(b.berth(&["exec", "alpha", "--", "sh", "-c", "echo $GREETING from $(hostname); exit 3"]));
+    assert_eq!((rc, stdout.as_str()), (3, "hello from alpha\n"));
+    // Files through berthd.
+    let local = b.dir.path().join("note.txt");
+    std::fs::write(&local, "keep this").unwrap();
+    let (rc, _, err) = out(b.berth(&["cp", "-p", local.to_str().unwrap(), "alpha:/data/notes/note.txt"]));
+    assert_eq!(rc, 0, "{err}");
+    let back = b.dir.path().join("back.txt");
+    let (rc, _, err) = out(b.berth(&["cp", "alpha:/data/notes/note.txt", back.to_str().unwrap()]));
+    assert_eq!(rc, 0, "{err}");
+    assert_eq!(std::fs::read_to_string(&back).unwrap(), "keep this");
+    // Stop: exec is refused with the bot's state.
+    let (rc, stdout, _) = out(b.berth(&["bot", "stop", "alpha"]));
+    assert_eq!((rc, stdout.trim()), (0, "alpha stopped"));
+    let (rc, _, err) = out(b.berth(&["exec", "alpha", "--", "true"]));
+    assert_eq!(rc, 1);
+    assert!(err.contains("is stopped, not running"), "{err}");
+    // Start again: the data is still there.
+    let (rc, _, _) = out(b.berth(&["bot", "start", "alpha"]));
+    assert_eq!(rc, 0);
+    let (rc, stdout, _) = out(b.berth(&["exec", "alpha", "--", "cat", "/data/notes/note.txt"]));
+    assert_eq!((rc, stdout.as_str()), (0, "keep this"));
+    // get --json and ls with a label selector.
+    let (_, stdout, _) = out(b.berth(&["bot", "get", "alpha", "--json"]));
+    let v: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(v["state"], "running");
+    assert_eq!(v["memory_bytes"], 256 << 20);
+    assert_eq!(v["env_names"], serde_json::json!(["GREETING"]));
+    assert!(v["pid"].as_u64().unwrap() > 0);
+    let (_, stdout, _) = out(b.berth(&["bot", "ls", "-l", "team=a", "--json"]));
+    assert_eq!(serde_json::from_str::<serde_json::Value>(&stdout).unwrap().as_array().unwrap().len(), 1);
+    let (_, stdout, _) = out(b.berth(&["bot", "ls", "-l", "team=b", "--json"]));
+    assert_eq!(stdout.trim(), "[]");
+    // Delete: gone from berthd and from containerd.
+    let (rc, _, _) = out(b.berth(&["bot", "rm", "alpha"]));
+    assert_eq!(rc, 0);
+    let (rc, _, err) = out(b.berth(&["bot", "get", "alpha"]));
+    assert_eq!(rc, 1);
+    assert!(err.contains("not found"), "{err}");
+    assert!(b.containerd.ctr_ls("containers").is_empty());
+    assert!(!b.dir.path().join("run/alpha").exists(), "the bot's agent directory was left behind");
+}
+
+#[tokio::test]
+async fn lifecycle_on_sqlite() {
+    let b = TestBerthd::start(None);
+    lifecycle(&b).await;
+}
+
+#[tokio::test]
+async fn lifecycle_on_postgres() {
+    let pg = PrivatePostgres::start();
+    let b = TestBerthd::start(Some(pg.database("berth")));
+    lifecycle(&b).await;
+}
+
+#[tokio::test]
+async fn errors_carry_the_right_codes() {
+    let b = TestBerthd::start(None);
+    let mut c = bots(&b).await;
+    let create = |name: &str, image: &str| pb::CreateBotRequest {
+        name: name.into(),
+        image: image.into(),
+        start: true,
+        ..Default::default()
+    };
+    let err = c.create_bot(create("Bad_Name", "")).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    let err = c.create_bot(create("ghost", "no/such:image")).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::NotFound);
+    assert!(err.message().contains("berth/minimal:latest"), "lists what is available: {}", err.message());
+    c.create_bot(create("beta", "")).await.unwrap();
+    let err = c.create_bot(create("beta", "")).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::AlreadyExists);
+    let err = c.get_bot(pb::GetBotRequest { name: "nobody".into() }).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::NotFound);
+    // Starting a running bot is a no-op; stopping a stopped one too.
+    c.start_bot(pb::StartBotRequest { name: "beta".into() }).await.unwrap();
+    // Agent calls need the bot named.
+    let ch = agent_client::channel(b.socket.to_str().unwrap()).await.unwrap();
+    let mut anon = agent_client::agent_on(ch, BearerAuth::none());
+    assert_eq!(anon.version(apb::VersionRequest {}).await.unwrap_err().code(), tonic::Code::InvalidArgument);
+    let mut ghost = agent(&b, "nobody").await;
+    assert_eq!(ghost.version(apb::VersionRequest {}).await.unwrap_err().code(), tonic::Code::NotFound);
+    c.stop_bot(pb::StopBotRequest { name: "beta".into(), timeout_ms: 0 }).await.unwrap();
+    let mut a = agent(&b, "beta").await;
+    assert_eq!(a.version(apb::VersionRequest {}).await.unwrap_err().code(), tonic::Code::FailedPrecondition);
+    c.delete_bot(pb::DeleteBotRequest { name: "beta".into() }).await.unwrap();
+}
+
+#[tokio::test]
+async fn events_and_exec_cancellation_flow_through() {
+    let b = TestBerthd::start(None);
+    let mut c = bots(&b).await;
+    let mut events = c.watch_events(pb::WatchEventsRequest { name: "gamma".into() }).await.unwrap().into_inner();
+    c.create_bot(pb::CreateBotRequest { name: "gamma".into(), start: true, ..Default::default() }).await.unwrap();
+    let mut kinds = Vec::new();
+    while !kinds.contains(&"started".to_string()) {
+        let e = tokio::time::timeout(Duration::from_secs(10), events.message()).await.unwrap().unwrap().unwrap();
+        kinds.push(e.kind);
+    }
+    assert_eq!(kinds, ["creating", "created", "starting", "started"]);
+    // A client that goes away mid-exec: the process in the bot is killed.
+    let mut a = agent(&b, "gamma").await;
+    let (tx, mut stream) = exec_open(&mut a, argv(&["sleep", "300"])).await.unwrap();
+    stream.message().await.unwrap();
+    let list = a.list_sessions(apb::ListSessionsRequest {}).await.unwrap().into_inner().sessions;
+    assert_eq!(list.len(), 1);
+    drop(stream);
+    drop(tx);
+    let mut probe = agent(&b, "gamma").await;
+    let mut gone = false;
+    for _ in 0..100 {
+        if probe.list_sessions(apb::ListSessionsRequest {}).await.unwrap().into_inner().sessions.is_empty() {
+            gone = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(gone, "the exec survived its client's disconnect through berthd");
+    c.delete_bot(pb::DeleteBotRequest { name: "gamma".into() }).await.unwrap();
+}
+
+#[tokio::test]
+async fn sixteen_clients_at_once_on_several_bots() {
+    let b = TestBerthd::start(None);
+    let mut c = bots(&b).await;
+    for name in ["d1", "d2", "d3"] {
+        c.create_bot(pb::CreateBotRequest { name: name.into(), start: true, ..Default::default() }).await.unwrap();
+    }
+    let mut tasks = Vec::new();
+    for i in 0..16 {
+        let bot = ["d1", "d2", "d3"][i % 3];
+        let mut a = agent(&b, bot).await;
+        tasks.push(tokio::spawn(async move {
+            if i % 2 == 0 {
+                // An exec streaming 4 MB of output.
+                let r = run(&mut a, argv(&["sh", "-c", "head -c 4000000 /dev/zero | tr '\\0' x"])).await.unwrap();
+                assert_eq!(r.stdout.len(), 4_000_000);
+                assert!(r.stdout.iter().all(|c| *c == b'x'));
+            } else {
+                // A 4 MiB write and read back.
+                let data: Vec<u8> = (0..4u32 << 20).map(|x| (x * 7 + i as u32) as u8).collect();
+                let path = format!("/data/f{i}.bin");
+                a.write_file(apb::WriteFileRequest { path: path.clone(), content: data.clone(), ..Default::default() })
+                    .await
+                    .unwrap();
+                let req = apb::DownloadRequest { path, ..Default::default() };
+                let mut s = a.download(req).await.unwrap().into_inner();
+                let mut got = Vec::new();
+                while let Some(ch) = s.message().await.unwrap() {
+                    got.extend(ch.data);
+                }
+                assert_eq!(got, data);
+            }
+        }));
+    }
+    for t in tasks {
+        tokio::time::timeout(Duration::from_secs(120), t).await.unwrap().unwrap();
+    }
+    for name in ["d1", "d2", "d3"] {
+        c.delete_bot(pb::DeleteBotRequest { name: name.into() }).await.unwrap();
+    }
+    assert!(eventually(Duration::from_secs(5), || b.containerd.ctr_ls("containers").is_empty()).await);
+    let _ = collect; // shared harness helper
+}

@@ -1,0 +1,75 @@
+//! berthd for tests: the real binary on a private containerd, with its own state and run directories,
+//! the minimal image imported, and the database the test chooses. Stopped when dropped.
+
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use super::containerd::{PrivateContainerd, minimal_image};
+
+pub struct TestBerthd {
+    pub containerd: PrivateContainerd,
+    pub dir: tempfile::TempDir,
+    pub socket: PathBuf,
+    child: Option<Child>,
+}
+
+impl TestBerthd {
+    /// Starts berthd; `database_url` = None means its default (SQLite in its state directory).
+    pub fn start(database_url: Option<String>) -> TestBerthd {
+        let containerd = PrivateContainerd::start();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let socket = dir.path().join("run/berthd.sock");
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_berthd"));
+        cmd.arg("--containerd-socket")
+            .arg(&containerd.socket)
+            .args(["--namespace", &containerd.namespace])
+            .arg("--state-dir")
+            .arg(dir.path().join("state"))
+            .arg("--run-dir")
+            .arg(dir.path().join("run"))
+            .arg("--image-archive")
+            .arg(minimal_image())
+            .args(["--stop-timeout-ms", "5000"]);
+        if let Some(url) = database_url {
+            cmd.args(["--database-url", &url]);
+        }
+        let log = std::fs::File::create(dir.path().join("berthd.log")).expect("berthd log");
+        let child = cmd.stdout(Stdio::null()).stderr(log).spawn().expect("start berthd");
+        let b = TestBerthd { containerd, dir, socket, child: Some(child) };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !b.socket.exists() {
+            assert!(Instant::now() < deadline, "berthd did not listen within 30 s: {}", b.log());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        b
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("berthd.log")).unwrap_or_default()
+    }
+
+    /// The `berth` CLI pointed at this berthd.
+    pub fn berth(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_berth"));
+        c.env("BERTH_ADDR", &self.socket).args(args).stdin(Stdio::null());
+        c
+    }
+}
+
+impl Drop for TestBerthd {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            // SAFETY: kill(2) on our own child.
+            unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while c.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
