@@ -1,23 +1,73 @@
 #!/usr/bin/env bash
-# Sets up and runs Berth on this machine. Today that is the in-container agent, run directly on the host
-# against a private root (./.run/root) so you can drive it with the `berth` CLI; `berthd` with its private
-# containerd and SQLite replaces this once the control plane lands. Ctrl-C stops it.
+# Sets up and runs Berth on this machine: installs what is missing, builds berthd, the berth CLI, the
+# static agent and the minimal bot image, starts a private containerd (its own root, state and socket
+# under ./.run) and berthd on SQLite, and prints how to connect. Ctrl-C stops everything cleanly: berthd,
+# the bots' tasks (their data stays), and the private containerd.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
 bash scripts/install-deps.sh
-cargo build --locked --release -p berth-control-plane --bin berth
+cargo build --locked --release -p berth-control-plane --bin berth --bin berthd
 agent="$(bash scripts/build-agent.sh)"
+image="$(BERTH_AGENT_BIN="$agent" bash scripts/build-image.sh minimal)"
+
 run="$root/.run"
-mkdir -p "$run/root/data"
-[ -s "$run/token" ] || { head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' > "$run/token"; chmod 600 "$run/token"; }
-berth="$root/target/release/berth"
+ctd="$run/containerd"
+ns=berth
+mkdir -p "$ctd" "$run/state" "$run/run"
+cat > "$ctd/config.toml" <<TOML
+version = 2
+root = "$ctd/root"
+state = "$ctd/state"
+disabled_plugins = ["io.containerd.grpc.v1.cri"]
+[grpc]
+  address = "$ctd/containerd.sock"
+[ttrpc]
+  address = "$ctd/containerd.sock.ttrpc"
+[plugins."io.containerd.internal.v1.opt"]
+  path = "$ctd/opt"
+TOML
+
+pids=()
+cleanup() {
+  trap - INT TERM EXIT
+  echo "stopping berthd, the bots' tasks and containerd..."
+  [ -n "${berthd_pid:-}" ] && kill -TERM "$berthd_pid" 2>/dev/null && wait "$berthd_pid" 2>/dev/null || true
+  if [ -S "$ctd/containerd.sock" ]; then
+    for t in $(ctr -a "$ctd/containerd.sock" -n "$ns" tasks ls -q 2>/dev/null); do
+      ctr -a "$ctd/containerd.sock" -n "$ns" tasks kill -s SIGTERM "$t" >/dev/null 2>&1 || true
+    done
+    sleep 2
+    for t in $(ctr -a "$ctd/containerd.sock" -n "$ns" tasks ls -q 2>/dev/null); do
+      ctr -a "$ctd/containerd.sock" -n "$ns" tasks kill -a -s SIGKILL "$t" >/dev/null 2>&1 || true
+      ctr -a "$ctd/containerd.sock" -n "$ns" tasks delete -f "$t" >/dev/null 2>&1 || true
+    done
+  fi
+  [ -n "${ctd_pid:-}" ] && kill -TERM "$ctd_pid" 2>/dev/null && wait "$ctd_pid" 2>/dev/null || true
+  echo "stopped. Bots and their data are kept in $run; run scripts/run.sh again to continue."
+}
+trap cleanup INT TERM EXIT
+
+containerd --config "$ctd/config.toml" >"$ctd/containerd.log" 2>&1 &
+ctd_pid=$!
+for _ in $(seq 100); do [ -S "$ctd/containerd.sock" ] && break; sleep 0.1; done
+[ -S "$ctd/containerd.sock" ] || { echo "containerd did not start; see $ctd/containerd.log" >&2; exit 1; }
+
+"$root/target/release/berthd" --containerd-socket "$ctd/containerd.sock" --namespace "$ns" \
+  --state-dir "$run/state" --run-dir "$run/run" --image-archive "$image" >"$run/berthd.log" 2>&1 &
+berthd_pid=$!
+for _ in $(seq 150); do [ -S "$run/run/berthd.sock" ] && break; sleep 0.1; done
+[ -S "$run/run/berthd.sock" ] || { echo "berthd did not start; see $run/berthd.log" >&2; exit 1; }
+
 cat <<MSG
-berth-agent is starting on $run/agent.sock (root: $run/root, data: /data). In another shell:
+Berth is running (berthd log: $run/berthd.log). In another shell:
 
-  $berth agent --socket $run/agent.sock --token-file $run/token version
-  $berth agent --socket $run/agent.sock --token-file $run/token exec -- sh -c 'echo hello from \$(pwd)'
-  $berth agent --socket $run/agent.sock --token-file $run/token exec -it -- sh
+  export BERTH_ADDR=$run/run/berthd.sock PATH=$root/target/release:\$PATH
+  berth bot create demo --memory 512M
+  berth exec demo -- sh -c 'echo hello from \$(hostname)'
+  berth exec -it demo -- sh
+  berth bot ls
 
+Ctrl-C here stops everything.
 MSG
-exec "$agent" --socket "$run/agent.sock" --token-file "$run/token" --root "$run/root"
+wait "$berthd_pid"

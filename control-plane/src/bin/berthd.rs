@@ -94,6 +94,10 @@ async fn main() -> anyhow::Result<()> {
     for a in &args.image_archives {
         manager.import_image(a).await.with_context(|| format!("cannot import {}", a.display()))?;
     }
+    let fixed = manager.recover().await.context("cannot check bots against containerd")?;
+    if fixed > 0 {
+        tracing::info!(bots = fixed, "corrected bot states at start-up");
+    }
     let unix_path = args.listen_unix.clone().unwrap_or_else(|| args.run_dir.join("berthd.sock"));
     if unix_path.exists() {
         std::fs::remove_file(&unix_path).with_context(|| format!("cannot replace {}", unix_path.display()))?;

@@ -6,6 +6,7 @@ mod create;
 mod delete;
 pub mod model;
 mod query;
+mod recover;
 mod start;
 mod stop;
 
@@ -157,3 +158,6 @@ impl<R: ContainerRuntime> BotManager<R> {
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
+
+#[cfg(test)]
+mod tests;

@@ -3,6 +3,7 @@
 //! here say what a bot's container is, not how containerd stores it.
 
 pub mod containerd;
+pub mod fake;
 pub mod spec;
 
 use std::collections::HashMap;

@@ -1,0 +1,44 @@
+//! Start-up recovery (the minimal part; the reconcile loop is a later piece of work): a bot recorded as
+//! running or in transition whose task is not running is recorded as stopped, with the reason, so the
+//! state berthd reports is never a lie.
+
+use super::BotManager;
+use super::model::BotState;
+use crate::error::Result;
+use crate::runtime::{ContainerRuntime, TaskState};
+
+impl<R: ContainerRuntime> BotManager<R> {
+    /// Checks every bot against its task. Returns how many records were corrected.
+    pub async fn recover(&self) -> Result<usize> {
+        let mut fixed = 0;
+        let mut after = String::new();
+        loop {
+            let page = self.store.list_bots(&after, 500).await?;
+            let done = page.len() < 500;
+            for bot in page {
+                after = bot.name.clone();
+                let task = self.runtime.state(&bot.container_id).await?;
+                let running = matches!(task, TaskState::Running { .. });
+                let (state, kind, msg) = match (bot.state, running) {
+                    (BotState::Running, true) | (BotState::Stopped, false) | (BotState::Error, _) => continue,
+                    (BotState::Starting | BotState::Stopping | BotState::Creating | BotState::Deleting, true) => {
+                        (BotState::Running, "adopted", "its task was running when berthd started")
+                    }
+                    (_, false) => (BotState::Stopped, "recovered", "its task was not running when berthd started"),
+                    (BotState::Stopped, true) => {
+                        (BotState::Running, "adopted", "its task was running when berthd started")
+                    }
+                };
+                if let TaskState::Stopped { .. } = task {
+                    // A dead task would block the next start; it has nothing left to report.
+                    self.runtime.stop(&bot.container_id, std::time::Duration::from_secs(1)).await?;
+                }
+                self.transition(&bot, state, kind, msg).await?;
+                fixed += 1;
+            }
+            if done {
+                return Ok(fixed);
+            }
+        }
+    }
+}

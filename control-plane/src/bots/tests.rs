@@ -1,0 +1,103 @@
+//! Lifecycle logic against the fake runtime and a real SQLite file: states, failures, locking rules.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use super::model::BotState;
+use super::{BotManager, CreateBot, ManagerConfig};
+use crate::error::Error;
+use crate::runtime::fake::FakeRuntime;
+use crate::store::Store;
+
+async fn manager() -> (Arc<BotManager<FakeRuntime>>, tempfile::TempDir) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Store::open(&format!("sqlite://{}?mode=rwc", dir.path().join("t.db").display())).await.expect("store");
+    let config = ManagerConfig {
+        run_dir: dir.path().join("run"),
+        default_image: "img".into(),
+        stop_timeout: Duration::from_millis(100),
+        agent_ready_timeout: Duration::from_millis(100),
+    };
+    let m = Arc::new(BotManager::new(FakeRuntime::default(), store, config));
+    m.import_image(std::path::Path::new("img")).await.expect("import");
+    (m, dir)
+}
+
+fn req(name: &str) -> CreateBot {
+    CreateBot { name: name.into(), ..Default::default() }
+}
+
+#[tokio::test]
+async fn create_records_a_stopped_bot_with_its_agent_directory() {
+    let (m, dir) = manager().await;
+    let b = m.create(req("one")).await.expect("create");
+    assert_eq!(b.state, BotState::Stopped);
+    assert_eq!(m.runtime.containers(), ["bot-one"]);
+    let token = std::fs::read_to_string(dir.path().join("run/one/token")).expect("token file");
+    assert_eq!(token, b.token);
+    assert!(matches!(m.create(req("one")).await, Err(Error::AlreadyExists(_))));
+    assert!(matches!(m.create(req("Bad")).await, Err(Error::InvalidArgument(_))));
+    let bad_image = CreateBot { image: "nope".into(), ..req("two") };
+    assert!(matches!(m.create(bad_image).await, Err(Error::NotFound(_))));
+}
+
+#[tokio::test]
+async fn a_failed_create_leaves_the_bot_in_error_with_the_reason() {
+    let (m, _dir) = manager().await;
+    m.runtime.fail_create.store(true, Ordering::SeqCst);
+    assert!(m.create(req("broken")).await.is_err());
+    let (b, _) = m.get("broken").await.expect("get");
+    assert_eq!(b.state, BotState::Error);
+    assert!(b.last_error.contains("injected failure"), "{}", b.last_error);
+    assert!(m.runtime.containers().is_empty());
+    // It can be deleted.
+    m.delete("broken").await.expect("delete");
+    assert!(matches!(m.get("broken").await, Err(Error::NotFound(_))));
+}
+
+#[tokio::test]
+async fn a_start_whose_agent_never_answers_ends_in_error_and_stops_the_task() {
+    let (m, _dir) = manager().await;
+    m.create(req("mute")).await.expect("create");
+    let err = m.start("mute").await.expect_err("no agent in the fake");
+    assert!(matches!(err, Error::Unavailable(_)), "{err:?}");
+    let (b, pid) = m.get("mute").await.expect("get");
+    assert_eq!(b.state, BotState::Error);
+    assert!(b.last_error.contains("did not answer"), "{}", b.last_error);
+    assert_eq!(pid, None, "the task was left running");
+    // Error bots can be stopped (a no-op here) and deleted.
+    m.stop("mute", None).await.expect("stop");
+    m.delete("mute").await.expect("delete");
+    assert!(m.runtime.containers().is_empty());
+}
+
+#[tokio::test]
+async fn list_pages_and_filters_by_label() {
+    let (m, _dir) = manager().await;
+    for i in 0..5 {
+        let labels = [("team".to_string(), if i % 2 == 0 { "a" } else { "b" }.to_string())].into();
+        m.create(CreateBot { labels, ..req(&format!("bot{i}")) }).await.expect("create");
+    }
+    let (page, next) = m.list(&Default::default(), 2, "").await.expect("list");
+    assert_eq!(page.iter().map(|b| b.name.as_str()).collect::<Vec<_>>(), ["bot0", "bot1"]);
+    let (page, next) = m.list(&Default::default(), 2, &next).await.expect("list");
+    assert_eq!(page.iter().map(|b| b.name.as_str()).collect::<Vec<_>>(), ["bot2", "bot3"]);
+    let (page, last) = m.list(&Default::default(), 2, &next).await.expect("list");
+    assert_eq!((page.len(), last.as_str()), (1, ""));
+    let sel = [("team".to_string(), "a".to_string())].into();
+    let (page, _) = m.list(&sel, 0, "").await.expect("list");
+    assert_eq!(page.iter().map(|b| b.name.as_str()).collect::<Vec<_>>(), ["bot0", "bot2", "bot4"]);
+}
+
+#[tokio::test]
+async fn recover_corrects_bots_whose_task_is_gone() {
+    let (m, _dir) = manager().await;
+    m.create(req("lost")).await.expect("create");
+    let b = m.store.get_bot("lost").await.expect("get");
+    m.store.set_state(&b.name, BotState::Running, "", false).await.expect("set");
+    assert_eq!(m.recover().await.expect("recover"), 1);
+    let (b, _) = m.get("lost").await.expect("get");
+    assert_eq!(b.state, BotState::Stopped);
+    assert_eq!(m.recover().await.expect("recover"), 0, "recovery is idempotent");
+}
