@@ -6,6 +6,8 @@ root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
 bash scripts/install-deps.sh >/dev/null
 BERTH_AGENT_BIN="$(bash scripts/build-agent.sh)"; export BERTH_AGENT_BIN
+BERTH_TEST_IMAGE="$(bash scripts/build-image.sh minimal)"; export BERTH_TEST_IMAGE
 cargo bench --locked -p berth-control-plane --bench agent
+cargo bench --locked -p berth-control-plane --bench berthd
 echo
 echo "machine: $(nproc) cores, $(free -g | awk '/Mem:/ {print $2}') GiB, kernel $(uname -r); $(date -u +%Y-%m-%d)"

@@ -34,13 +34,13 @@ cleanup() {
   echo "stopping berthd, the bots' tasks and containerd..."
   [ -n "${berthd_pid:-}" ] && kill -TERM "$berthd_pid" 2>/dev/null && wait "$berthd_pid" 2>/dev/null || true
   if [ -S "$ctd/containerd.sock" ]; then
-    for t in $(ctr -a "$ctd/containerd.sock" -n "$ns" tasks ls -q 2>/dev/null); do
+    for t in $(ctr -a "$ctd/containerd.sock" -n "$ns" tasks ls -q); do
       ctr -a "$ctd/containerd.sock" -n "$ns" tasks kill -s SIGTERM "$t" >/dev/null 2>&1 || true
     done
     sleep 2
-    for t in $(ctr -a "$ctd/containerd.sock" -n "$ns" tasks ls -q 2>/dev/null); do
+    for t in $(ctr -a "$ctd/containerd.sock" -n "$ns" tasks ls -q); do
       ctr -a "$ctd/containerd.sock" -n "$ns" tasks kill -a -s SIGKILL "$t" >/dev/null 2>&1 || true
-      ctr -a "$ctd/containerd.sock" -n "$ns" tasks delete -f "$t" >/dev/null 2>&1 || true
+      ctr -a "$ctd/containerd.sock" -n "$ns" tasks delete -f "$t" >/dev/null || echo "could not remove the task of $t" >&2
     done
   fi
   [ -n "${ctd_pid:-}" ] && kill -TERM "$ctd_pid" 2>/dev/null && wait "$ctd_pid" 2>/dev/null || true
@@ -48,12 +48,13 @@ cleanup() {
 }
 trap cleanup INT TERM EXIT
 
-containerd --config "$ctd/config.toml" >"$ctd/containerd.log" 2>&1 &
+# Own sessions: a terminal's Ctrl-C reaches only this script, whose trap then stops things in order.
+setsid containerd --config "$ctd/config.toml" >"$ctd/containerd.log" 2>&1 &
 ctd_pid=$!
 for _ in $(seq 100); do [ -S "$ctd/containerd.sock" ] && break; sleep 0.1; done
 [ -S "$ctd/containerd.sock" ] || { echo "containerd did not start; see $ctd/containerd.log" >&2; exit 1; }
 
-"$root/target/release/berthd" --containerd-socket "$ctd/containerd.sock" --namespace "$ns" \
+setsid "$root/target/release/berthd" --containerd-socket "$ctd/containerd.sock" --namespace "$ns" \
   --state-dir "$run/state" --run-dir "$run/run" --image-archive "$image" >"$run/berthd.log" 2>&1 &
 berthd_pid=$!
 for _ in $(seq 150); do [ -S "$run/run/berthd.sock" ] && break; sleep 0.1; done

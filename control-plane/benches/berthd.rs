@@ -1,0 +1,228 @@
+//! Control-plane benchmarks (not tests), each against a floor measured in the same run on a private
+//! containerd: create → first exec answered vs runc's task create + start, and exec round trips through
+//! berthd and through the agent vs containerd's own `Tasks.Exec` and `ctr task exec`.
+//! Writes `target/bench/berthd.{json,md}`. Run through `scripts/bench.sh`.
+
+#![allow(clippy::unwrap_used)] // a benchmark that cannot run should stop loudly
+
+#[path = "../../agent/tests/common/mod.rs"]
+mod common;
+#[path = "../tests/support/mod.rs"]
+mod support;
+
+use std::collections::HashMap;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use berth_control_plane::agent_client::{self, AgentClient, BearerAuth};
+use berth_control_plane::runtime::containerd::Containerd;
+use berth_control_plane::runtime::{BindMount, ContainerConfig, ContainerRuntime, Limits};
+use berth_proto::controlplane::v1 as pb;
+use common::{argv, run};
+use containerd_client::services::v1::tasks_client::TasksClient;
+use containerd_client::services::v1::{DeleteProcessRequest, ExecProcessRequest, StartRequest, WaitRequest};
+use pb::bot_service_client::BotServiceClient;
+use support::berthd::TestBerthd;
+use support::containerd::minimal_image;
+
+fn pct(mut v: Vec<Duration>) -> (Duration, Duration) {
+    v.sort();
+    let pick = |q: f64| v[((v.len() as f64 - 1.0) * q).round() as usize];
+    (pick(0.5), pick(0.99))
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.2} ms", d.as_secs_f64() * 1e3)
+}
+
+struct Report {
+    md: String,
+    json: Vec<String>,
+}
+
+impl Report {
+    fn row(&mut self, name: &str, v: &[Duration], base: Option<(&str, &[Duration])>) {
+        let (p50, p99) = pct(v.to_vec());
+        let (b, ratio) = match base {
+            Some((bn, bv)) => {
+                let (b50, b99) = pct(bv.to_vec());
+                (
+                    format!("{bn}: p50 {} / p99 {}", ms(b50), ms(b99)),
+                    format!("{:.2}x", p50.as_secs_f64() / b50.as_secs_f64()),
+                )
+            }
+            None => ("-".into(), "-".into()),
+        };
+        println!("{name}: p50 {} p99 {} (n={}) | {b} | {ratio}", ms(p50), ms(p99), v.len());
+        self.md.push_str(&format!("| {name} | p50 {} / p99 {} | {b} | {ratio} |\n", ms(p50), ms(p99)));
+        self.json.push(format!(
+            r#"{{"name":"{name}","p50_ms":{:.3},"p99_ms":{:.3},"n":{}}}"#,
+            p50.as_secs_f64() * 1e3,
+            p99.as_secs_f64() * 1e3,
+            v.len()
+        ));
+    }
+}
+
+/// A containerd request in the test namespace.
+fn req<T>(ns: &str, m: T) -> tonic::Request<T> {
+    let mut r = tonic::Request::new(m);
+    r.metadata_mut().insert("containerd-namespace", ns.parse().unwrap());
+    r
+}
+
+fn main() {
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    rt.block_on(async_main());
+}
+
+async fn async_main() {
+    let b = TestBerthd::start(None);
+    let ch = agent_client::channel(b.socket.to_str().unwrap()).await.unwrap();
+    let mut bots = BotServiceClient::new(ch.clone());
+    let mut report = Report {
+        md: "| measure | Berth | floor / baseline (same run) | ratio |\n|---|---|---|---|\n".into(),
+        json: vec![],
+    };
+
+    // Floor: runc task create + start of a pre-created container, straight through containerd.
+    let ctd = Containerd::connect(&b.containerd.socket, &b.containerd.namespace, &b.dir.path().join("floor-logs"))
+        .await
+        .unwrap();
+    let image = ctd.import_image(&minimal_image()).await.unwrap();
+    let mut floor = Vec::new();
+    for i in 0..12 {
+        let id = format!("floor-{i}");
+        let dir = b.dir.path().join(&id);
+        std::fs::create_dir_all(&dir).unwrap();
+        let c = ContainerConfig {
+            id: id.clone(),
+            image: image.clone(),
+            args: vec!["/bin/sleep".into(), "1000".into()],
+            env: vec![],
+            mounts: vec![BindMount { source: dir, destination: "/run/berth".into(), readonly: false }],
+            limits: Limits::default(),
+            netns: None,
+            hostname: id.clone(),
+            labels: HashMap::new(),
+        };
+        ctd.create(&c).await.unwrap();
+        let t = Instant::now();
+        ctd.start(&id).await.unwrap();
+        if i >= 2 {
+            floor.push(t.elapsed());
+        }
+        ctd.delete(&id).await.unwrap();
+    }
+
+    // Berth: CreateBot(start) until the first exec answers.
+    let mut cold = Vec::new();
+    for i in 0..12 {
+        let name = format!("cold{i}");
+        let t = Instant::now();
+        bots.create_bot(pb::CreateBotRequest { name: name.clone(), start: true, ..Default::default() }).await.unwrap();
+        let mut a = agent_client::agent_on(ch.clone(), BearerAuth::none().with_bot(&name).unwrap());
+        assert_eq!(run(&mut a, argv(&["/bin/true"])).await.unwrap().code(), Some(0));
+        if i >= 2 {
+            cold.push(t.elapsed());
+        }
+        bots.delete_bot(pb::DeleteBotRequest { name }).await.unwrap();
+    }
+    report.row(
+        "create → first exec answered (cold, no pool)",
+        &cold,
+        Some(("runc task create + start via containerd", &floor)),
+    );
+
+    // Exec round trips on one running bot.
+    bots.create_bot(pb::CreateBotRequest { name: "hot".into(), start: true, ..Default::default() }).await.unwrap();
+    let mut via_berthd = agent_client::agent_on(ch.clone(), BearerAuth::none().with_bot("hot").unwrap());
+    let token = std::fs::read_to_string(b.dir.path().join("run/hot/token")).unwrap();
+    let mut direct: AgentClient =
+        agent_client::connect_unix(&b.dir.path().join("run/hot/agent.sock"), BearerAuth::new(&token).unwrap())
+            .await
+            .unwrap();
+    let n = 200;
+    let time_exec = async |c: &mut AgentClient| {
+        let mut v = Vec::new();
+        for i in 0..n + 20 {
+            let t = Instant::now();
+            assert_eq!(run(c, argv(&["/bin/true"])).await.unwrap().code(), Some(0));
+            if i >= 20 {
+                v.push(t.elapsed());
+            }
+        }
+        v
+    };
+    let through_berthd = time_exec(&mut via_berthd).await;
+    let through_agent = time_exec(&mut direct).await;
+
+    // containerd's own exec: Tasks.Exec + Start + Wait + DeleteProcess, no stdio.
+    let mut tasks = TasksClient::new(containerd_client::connect(&b.containerd.socket).await.unwrap());
+    let process = serde_json::json!({"args": ["/bin/true"], "cwd": "/", "env": ["PATH=/bin:/sbin:/usr/bin"], "user": {"uid": 0, "gid": 0}});
+    let ns = b.containerd.namespace.as_str();
+    let mut ctd_exec = Vec::new();
+    for i in 0..40 {
+        let exec_id = format!("bench-{i}");
+        let t = Instant::now();
+        let spec = prost_types::Any {
+            type_url: "types.containerd.io/opencontainers/runtime-spec/1/Process".into(),
+            value: process.to_string().into_bytes(),
+        };
+        let e = ExecProcessRequest {
+            container_id: "bot-hot".into(),
+            exec_id: exec_id.clone(),
+            spec: Some(spec),
+            ..Default::default()
+        };
+        tasks.exec(req(ns, e)).await.unwrap();
+        let wait = {
+            let mut tasks = tasks.clone();
+            let r = req(ns, WaitRequest { container_id: "bot-hot".into(), exec_id: exec_id.clone() });
+            tokio::spawn(async move { tasks.wait(r).await })
+        };
+        tasks.start(req(ns, StartRequest { container_id: "bot-hot".into(), exec_id: exec_id.clone() })).await.unwrap();
+        wait.await.unwrap().unwrap();
+        tasks.delete_process(req(ns, DeleteProcessRequest { container_id: "bot-hot".into(), exec_id })).await.unwrap();
+        if i >= 5 {
+            ctd_exec.push(t.elapsed());
+        }
+    }
+    let mut ctr_exec = Vec::new();
+    for i in 0..15 {
+        let t = Instant::now();
+        let st = Command::new("ctr")
+            .arg("--address")
+            .arg(&b.containerd.socket)
+            .args([
+                "--namespace",
+                &b.containerd.namespace,
+                "task",
+                "exec",
+                "--exec-id",
+                &format!("ctr-{i}"),
+                "bot-hot",
+                "/bin/true",
+            ])
+            .status()
+            .unwrap();
+        assert!(st.success());
+        if i >= 3 {
+            ctr_exec.push(t.elapsed());
+        }
+    }
+    report.row(
+        "exec /bin/true via berthd (gRPC, proxied)",
+        &through_berthd,
+        Some(("containerd Tasks.Exec", &ctd_exec)),
+    );
+    report.row("exec /bin/true via the agent directly", &through_agent, Some(("containerd Tasks.Exec", &ctd_exec)));
+    report.row("exec /bin/true via the agent directly (vs ctr)", &through_agent, Some(("ctr task exec", &ctr_exec)));
+    bots.delete_bot(pb::DeleteBotRequest { name: "hot".into() }).await.unwrap();
+
+    println!("\n{}", report.md);
+    let out = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench");
+    std::fs::create_dir_all(&out).unwrap();
+    std::fs::write(out.join("berthd.md"), &report.md).unwrap();
+    std::fs::write(out.join("berthd.json"), format!("[\n{}\n]\n", report.json.join(",\n"))).unwrap();
+}
