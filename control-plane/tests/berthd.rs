@@ -222,3 +222,68 @@ async fn sixteen_clients_at_once_on_several_bots() {
     assert!(eventually(Duration::from_secs(5), || b.containerd.ctr_ls("containers").is_empty()).await);
     let _ = collect; // shared harness helper
 }
+
+#[tokio::test]
+async fn tcp_requires_an_api_token_and_checks_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let tokens = dir.path().join("tokens");
+    std::fs::write(&tokens, "first-token-0123456789\nsecond-token-0123456789\n").unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let addr = format!("127.0.0.1:{port}");
+    let b = TestBerthd::start_with(None, &["--listen-tcp", &addr, "--api-token-file", tokens.to_str().unwrap()]);
+    let url = format!("http://{addr}");
+    // No token, a wrong token: refused, on the socket and on TCP alike.
+    for target in [url.as_str(), b.socket.to_str().unwrap()] {
+        let (rc, _, err) = out({
+            let mut c = b.berth(&["bot", "ls"]);
+            c.env("BERTH_ADDR", target);
+            c
+        });
+        assert_eq!(rc, 1, "{target}");
+        assert!(err.contains("api token"), "{err}");
+        let (rc, _, err) = out({
+            let mut c = b.berth(&["bot", "ls"]);
+            c.env("BERTH_ADDR", target).env("BERTH_TOKEN", "not-a-valid-token");
+            c
+        });
+        assert_eq!(rc, 1);
+        assert!(err.contains("invalid API token"), "{err}");
+    }
+    // Either configured token works, over TCP too, for lifecycle and proxied agent calls.
+    for token in ["first-token-0123456789", "second-token-0123456789"] {
+        let (rc, _, err) = out({
+            let mut c = b.berth(&["bot", "ls"]);
+            c.env("BERTH_ADDR", &url).env("BERTH_TOKEN", token);
+            c
+        });
+        assert_eq!(rc, 0, "{err}");
+    }
+    let (rc, _, err) = out({
+        let mut c = b.berth(&["bot", "create", "tcp1"]);
+        c.env("BERTH_ADDR", &url).env("BERTH_TOKEN", "first-token-0123456789");
+        c
+    });
+    assert_eq!(rc, 0, "{err}");
+    let (rc, stdout, err) = out({
+        let mut c = b.berth(&["exec", "tcp1", "--", "echo", "over tcp"]);
+        c.env("BERTH_ADDR", &url).env("BERTH_TOKEN", "first-token-0123456789");
+        c
+    });
+    assert_eq!((rc, stdout.as_str()), (0, "over tcp\n"), "{err}");
+    let (rc, _, _) = out({
+        let mut c = b.berth(&["bot", "rm", "tcp1"]);
+        c.env("BERTH_TOKEN", "second-token-0123456789");
+        c
+    });
+    assert_eq!(rc, 0);
+}
+
+#[test]
+fn tcp_without_tokens_is_refused_at_start() {
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_berthd"))
+        .args(["--listen-tcp", "127.0.0.1:1"])
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("--listen-tcp needs --api-token-file"));
+}

@@ -19,6 +19,11 @@ pub struct TestBerthd {
 impl TestBerthd {
     /// Starts berthd; `database_url` = None means its default (SQLite in its state directory).
     pub fn start(database_url: Option<String>) -> TestBerthd {
+        Self::start_with(database_url, &[])
+    }
+
+    /// Starts berthd with extra arguments.
+    pub fn start_with(database_url: Option<String>, extra: &[&str]) -> TestBerthd {
         let containerd = PrivateContainerd::start();
         let dir = tempfile::tempdir().expect("tempdir");
         let socket = dir.path().join("run/berthd.sock");
@@ -32,7 +37,8 @@ impl TestBerthd {
             .arg(dir.path().join("run"))
             .arg("--image-archive")
             .arg(minimal_image())
-            .args(["--stop-timeout-ms", "5000"]);
+            .args(["--stop-timeout-ms", "5000"])
+            .args(extra);
         if let Some(url) = database_url {
             cmd.args(["--database-url", &url]);
         }

@@ -82,7 +82,7 @@ impl PrivateContainerd {
 impl Drop for PrivateContainerd {
     fn drop(&mut self) {
         // Shims of this namespace outlive containerd by design; a test that failed half-way leaves them.
-        let _ = Command::new("pkill").args(["-f", &format!("-namespace {} ", self.namespace)]).status();
+        let _ = Command::new("pkill").args(["-f", "--", &format!("-namespace {} ", self.namespace)]).status();
         if let Some(mut c) = self.child.take() {
             // SAFETY: kill(2) on our own child.
             unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
