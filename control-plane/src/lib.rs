@@ -12,5 +12,6 @@ pub mod agent_client;
 pub mod api;
 pub mod bots;
 pub mod error;
+pub mod network;
 pub mod runtime;
 pub mod store;

@@ -287,3 +287,117 @@ fn tcp_without_tokens_is_refused_at_start() {
     assert!(!o.status.success());
     assert!(String::from_utf8_lossy(&o.stderr).contains("--listen-tcp needs --api-token-file"));
 }
+
+/// The bridge's gateway address for a /24 subnet like 10.1.2.0/24.
+fn gateway(subnet: &str) -> String {
+    let base = subnet.split('/').next().unwrap();
+    let mut parts: Vec<&str> = base.split('.').collect();
+    parts[3] = "1";
+    parts.join(".")
+}
+
+#[tokio::test]
+async fn bots_get_a_stable_address_on_their_own_network_namespace() {
+    let b = TestBerthd::start(None);
+    let mut c = bots(&b).await;
+    let bot = c
+        .create_bot(pb::CreateBotRequest { name: "net1".into(), start: true, ..Default::default() })
+        .await
+        .unwrap()
+        .into_inner()
+        .bot
+        .unwrap();
+    let (_, got) =
+        (bot.clone(), c.get_bot(pb::GetBotRequest { name: "net1".into() }).await.unwrap().into_inner().bot.unwrap());
+    let ip = got.ip.clone();
+    assert!(ip.starts_with(&b.subnet[..b.subnet.rfind('.').unwrap()]), "{ip} not in {}", b.subnet);
+    let mut a = agent(&b, "net1").await;
+    let r = run(&mut a, argv(&["ip", "-4", "addr", "show", "eth0"])).await.unwrap();
+    assert!(r.stdout_str().contains(&format!("{ip}/")), "{}", r.stdout_str());
+    let r = run(&mut a, argv(&["ping", "-c", "1", "-W", "3", &gateway(&b.subnet)])).await.unwrap();
+    assert_eq!(r.code(), Some(0), "the bot cannot reach its gateway: {}", r.stdout_str());
+    // The namespace outlives the task: same address after a restart.
+    c.stop_bot(pb::StopBotRequest { name: "net1".into(), timeout_ms: 0 }).await.unwrap();
+    c.start_bot(pb::StartBotRequest { name: "net1".into() }).await.unwrap();
+    let again = c.get_bot(pb::GetBotRequest { name: "net1".into() }).await.unwrap().into_inner().bot.unwrap();
+    assert_eq!(again.ip, ip);
+    let mut a = agent(&b, "net1").await;
+    let r = run(&mut a, argv(&["ip", "-4", "addr", "show", "eth0"])).await.unwrap();
+    assert!(r.stdout_str().contains(&format!("{ip}/")));
+    c.delete_bot(pb::DeleteBotRequest { name: "net1".into() }).await.unwrap();
+    assert!(!b.dir.path().join("run/netns/net1").exists(), "the network namespace leaked");
+    let veths = std::process::Command::new("ip").args(["-o", "link", "show", "master", &b.bridge]).output().unwrap();
+    assert!(String::from_utf8_lossy(&veths.stdout).trim().is_empty(), "veth left on the bridge");
+}
+
+/// A CNI bin dir whose plugin `flaky` fails its first `fail_adds` ADDs (all of them with `u32::MAX`).
+fn flaky_cni(dir: &std::path::Path, flaky: &str, fail_adds: u32) -> std::path::PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let bin = dir.join("cni");
+    std::fs::create_dir_all(&bin).unwrap();
+    for p in ["bridge", "host-local", "loopback"].into_iter().filter(|p| *p != flaky) {
+        std::os::unix::fs::symlink(format!("/usr/lib/cni/{p}"), bin.join(p)).unwrap();
+    }
+    let count = dir.join("adds");
+    let script = format!(
+        "#!/bin/sh\nif [ \"$CNI_COMMAND\" = ADD ]; then\n  n=$(cat {c} 2>/dev/null || echo 0); echo $((n+1)) > {c}\n  \
+         if [ \"$n\" -lt {fail_adds} ]; then echo '{{\"cniVersion\":\"1.0.0\",\"code\":11,\"msg\":\"injected failure\"}}'; exit 1; fi\nfi\nexec /usr/lib/cni/{flaky}\n",
+        c = count.display()
+    );
+    std::fs::write(bin.join(flaky), script).unwrap();
+    std::fs::set_permissions(bin.join(flaky), std::fs::Permissions::from_mode(0o755)).unwrap();
+    bin
+}
+
+#[tokio::test]
+async fn transient_cni_failures_are_retried_to_success() {
+    let dir = tempfile::tempdir().unwrap();
+    let bin = flaky_cni(dir.path(), "bridge", 2);
+    let b = TestBerthd::start_with(None, &["--cni-bin-dir", bin.to_str().unwrap()]);
+    let mut c = bots(&b).await;
+    let bot = c
+        .create_bot(pb::CreateBotRequest { name: "flaky".into(), start: true, ..Default::default() })
+        .await
+        .unwrap()
+        .into_inner()
+        .bot
+        .unwrap();
+    assert_eq!(bot.state, pb::BotState::Running as i32);
+    assert_eq!(std::fs::read_to_string(dir.path().join("adds")).unwrap().trim(), "3");
+    c.delete_bot(pb::DeleteBotRequest { name: "flaky".into() }).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_permanent_cni_failure_ends_in_error_and_leaks_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    // loopback runs after the bridge plugin allocated an IP and made a veth: all of that must be undone.
+    let bin = flaky_cni(dir.path(), "loopback", u32::MAX);
+    let b = TestBerthd::start_with(None, &["--cni-bin-dir", bin.to_str().unwrap(), "--cni-attempts", "2"]);
+    let mut c = bots(&b).await;
+    let err = c
+        .create_bot(pb::CreateBotRequest { name: "doomed".into(), start: true, ..Default::default() })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Unavailable);
+    assert!(err.message().contains("injected failure"), "{}", err.message());
+    let bot = c.get_bot(pb::GetBotRequest { name: "doomed".into() }).await.unwrap().into_inner().bot.unwrap();
+    assert_eq!(bot.state, pb::BotState::Error as i32);
+    assert!(
+        bot.last_error.contains("network setup failed") && bot.last_error.contains("injected failure"),
+        "{}",
+        bot.last_error
+    );
+    // Nothing half-made: no namespace, no container, no snapshot beyond the image's, no veth, no lease.
+    assert!(!b.dir.path().join("run/netns/doomed").exists());
+    assert!(!std::fs::read_to_string("/proc/self/mounts").unwrap().contains("netns/doomed"));
+    assert!(b.containerd.ctr_ls("containers").is_empty());
+    assert!(!b.containerd.ctr_ls("snapshots").iter().any(|s| s.contains("doomed")));
+    let veths = std::process::Command::new("ip").args(["-o", "link", "show", "master", &b.bridge]).output().unwrap();
+    assert!(String::from_utf8_lossy(&veths.stdout).trim().is_empty());
+    let ipam = b.dir.path().join("state/ipam/berth");
+    assert!(ipam.exists(), "host-local never ran, so this test proves nothing");
+    let leases: Vec<_> = std::fs::read_dir(&ipam).unwrap().flatten().map(|e| e.file_name()).collect();
+    assert!(leases.iter().all(|n| !n.to_string_lossy().starts_with("10.")), "an IP stayed allocated: {leases:?}");
+    // The bot in error can be deleted.
+    c.delete_bot(pb::DeleteBotRequest { name: "doomed".into() }).await.unwrap();
+}

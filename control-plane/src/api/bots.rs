@@ -11,14 +11,15 @@ use tonic::{Request, Response, Status};
 
 use super::convert;
 use crate::bots::{BotManager, CreateBot};
+use crate::network::Network;
 use crate::runtime::ContainerRuntime;
 
-pub struct Bots<R> {
-    m: Arc<BotManager<R>>,
+pub struct Bots<R, N> {
+    m: Arc<BotManager<R, N>>,
 }
 
-impl<R> Bots<R> {
-    pub fn new(m: Arc<BotManager<R>>) -> Self {
+impl<R, N> Bots<R, N> {
+    pub fn new(m: Arc<BotManager<R, N>>) -> Self {
         Bots { m }
     }
 }
@@ -26,7 +27,7 @@ impl<R> Bots<R> {
 type Res<T> = Result<Response<T>, Status>;
 
 #[tonic::async_trait]
-impl<R: ContainerRuntime> BotService for Bots<R> {
+impl<R: ContainerRuntime, N: Network> BotService for Bots<R, N> {
     async fn create_bot(&self, r: Request<pb::CreateBotRequest>) -> Res<pb::CreateBotResponse> {
         let r = r.into_inner();
         let req = CreateBot {

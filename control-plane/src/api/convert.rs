@@ -33,6 +33,7 @@ pub fn bot(b: BotRecord, pid: Option<u32>) -> pb::Bot {
         last_error: b.last_error,
         pid: pid.unwrap_or(0),
         env_names: b.env.into_keys().collect(),
+        ip: b.network.map(|n| n.ip).unwrap_or_default(),
     }
 }
 

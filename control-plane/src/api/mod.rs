@@ -18,6 +18,7 @@ use tonic::{Request, Status};
 
 use crate::bots::BotManager;
 use crate::error::Error;
+use crate::network::Network;
 use crate::runtime::ContainerRuntime;
 
 /// Largest message accepted or sent (matches the agent's).
@@ -75,12 +76,12 @@ impl ApiTokens {
 }
 
 /// The router serving both services.
-pub async fn router<R: ContainerRuntime>(
-    manager: Arc<BotManager<R>>,
+pub async fn router<R: ContainerRuntime, N: Network>(
+    manager: Arc<BotManager<R, N>>,
     tokens: ApiTokens,
 ) -> tonic::transport::server::Router {
     let (health, health_service) = tonic_health::server::health_reporter();
-    health.set_serving::<BotServiceServer<bots::Bots<R>>>().await;
+    health.set_serving::<BotServiceServer<bots::Bots<R, N>>>().await;
     let auth = move |req| tokens.check(req);
     let bots = BotServiceServer::new(bots::Bots::new(manager.clone()));
     let proxy = ContainerServiceServer::new(proxy::Proxy::new(manager))

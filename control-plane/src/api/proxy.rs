@@ -14,19 +14,20 @@ use tonic::{Request, Response, Status, Streaming};
 use super::BOT_HEADER;
 use crate::agent_client::AgentClient;
 use crate::bots::BotManager;
+use crate::network::Network;
 use crate::runtime::ContainerRuntime;
 
-pub struct Proxy<R> {
-    m: Arc<BotManager<R>>,
+pub struct Proxy<R, N> {
+    m: Arc<BotManager<R, N>>,
 }
 
-impl<R> Proxy<R> {
-    pub fn new(m: Arc<BotManager<R>>) -> Self {
+impl<R, N> Proxy<R, N> {
+    pub fn new(m: Arc<BotManager<R, N>>) -> Self {
         Proxy { m }
     }
 }
 
-impl<R: ContainerRuntime> Proxy<R> {
+impl<R: ContainerRuntime, N: Network> Proxy<R, N> {
     async fn agent<T>(&self, r: &Request<T>) -> Result<AgentClient, Status> {
         let bot =
             r.metadata().get(BOT_HEADER).and_then(|v| v.to_str().ok()).ok_or_else(|| {
@@ -50,7 +51,7 @@ fn down<T: Send + 'static>(r: Response<Streaming<T>>) -> Response<BoxStream<T>> 
 }
 
 #[tonic::async_trait]
-impl<R: ContainerRuntime> ContainerService for Proxy<R> {
+impl<R: ContainerRuntime, N: Network> ContainerService for Proxy<R, N> {
     async fn read_file(&self, r: Request<pb::ReadFileRequest>) -> Res<pb::ReadFileResponse> {
         self.agent(&r).await?.read_file(r.into_inner()).await
     }

@@ -10,6 +10,7 @@ use std::time::Duration;
 use anyhow::Context;
 use berth_control_plane::api::{ApiTokens, router};
 use berth_control_plane::bots::{BotManager, ManagerConfig};
+use berth_control_plane::network::{Cni, NetworkConfig};
 use berth_control_plane::runtime::containerd::Containerd;
 use berth_control_plane::store::Store;
 use clap::Parser;
@@ -57,6 +58,21 @@ struct Args {
     /// How long a start waits for the agent to answer, in milliseconds.
     #[arg(long, default_value_t = 15_000)]
     agent_ready_timeout_ms: u64,
+    /// The bots' bridge (at most 15 characters).
+    #[arg(long, env = "BERTH_BRIDGE", default_value = "berth0")]
+    bridge: String,
+    /// The bots' subnet; the bridge takes its first address.
+    #[arg(long, env = "BERTH_SUBNET", default_value = "10.213.0.0/16")]
+    subnet: String,
+    /// NAT the bots' outbound traffic (MASQUERADE), giving them access beyond the host.
+    #[arg(long, env = "BERTH_MASQUERADE")]
+    masquerade: bool,
+    /// Where the CNI plugins are.
+    #[arg(long, env = "BERTH_CNI_BIN_DIR", default_value = "/usr/lib/cni")]
+    cni_bin_dir: PathBuf,
+    /// Network setup attempts before a create fails.
+    #[arg(long, default_value_t = 4)]
+    cni_attempts: u32,
 }
 
 #[tokio::main]
@@ -90,7 +106,20 @@ async fn main() -> anyhow::Result<()> {
         stop_timeout: Duration::from_millis(args.stop_timeout_ms),
         agent_ready_timeout: Duration::from_millis(args.agent_ready_timeout_ms),
     };
-    let manager = Arc::new(BotManager::new(runtime, store, config));
+    if args.bridge.is_empty() || args.bridge.len() > 15 {
+        anyhow::bail!("--bridge {:?} must be 1-15 characters (a Linux interface name)", args.bridge);
+    }
+    let network = Cni::new(NetworkConfig {
+        cni_bin_dir: args.cni_bin_dir.clone(),
+        netns_dir: args.run_dir.join("netns"),
+        ipam_dir: args.state_dir.join("ipam"),
+        bridge: args.bridge.clone(),
+        subnet: args.subnet.clone(),
+        masquerade: args.masquerade,
+        attempts: args.cni_attempts,
+        backoff: Duration::from_millis(200),
+    });
+    let manager = Arc::new(BotManager::new(runtime, network, store, config));
     for a in &args.image_archives {
         manager.import_image(a).await.with_context(|| format!("cannot import {}", a.display()))?;
     }

@@ -8,6 +8,7 @@ use std::os::unix::fs::PermissionsExt;
 use super::model::{BotRecord, BotState, now_ms, validate_name};
 use super::{AGENT_DIR, BotManager, lock};
 use crate::error::{Error, Result};
+use crate::network::Network;
 use crate::runtime::{BindMount, ContainerConfig, ContainerRuntime, Limits};
 
 /// A create request.
@@ -21,7 +22,7 @@ pub struct CreateBot {
     pub start: bool,
 }
 
-impl<R: ContainerRuntime> BotManager<R> {
+impl<R: ContainerRuntime, N: Network> BotManager<R, N> {
     #[tracing::instrument(skip_all, fields(bot.name = %req.name))]
     pub async fn create(&self, req: CreateBot) -> Result<BotRecord> {
         validate_name(&req.name).map_err(Error::InvalidArgument)?;
@@ -51,11 +52,25 @@ impl<R: ContainerRuntime> BotManager<R> {
             restart_count: 0,
             created_at_ms: now,
             updated_at_ms: now,
+            network: None,
         };
         self.store.insert_bot(&bot).await?;
         self.announce(&bot.name, BotState::Creating, "creating", "").await;
-        if let Err(e) = self.make_container(&bot, &image).await {
-            let reason = format!("create failed: {}", crate::error::chain(&e));
+        let attachment = match self.network.attach(&bot.name).await {
+            Ok(a) => a,
+            Err(e) => {
+                let reason = format!("network setup failed: {}", crate::error::chain(&e));
+                self.transition(&bot, BotState::Error, "error", &reason).await?;
+                return Err(Error::Unavailable(reason));
+            }
+        };
+        self.store.set_network(&bot.name, Some(&attachment)).await?;
+        if let Err(e) = self.make_container(&bot, &image, &attachment.netns).await {
+            let mut reason = format!("create failed: {}", crate::error::chain(&e));
+            match self.network.detach(&bot.name, Some(&attachment)).await {
+                Ok(()) => self.store.set_network(&bot.name, None).await?,
+                Err(d) => reason.push_str(&format!("; removing its network also failed: {}", crate::error::chain(&d))),
+            }
             self.transition(&bot, BotState::Error, "error", &reason).await?;
             return Err(e);
         }
@@ -67,7 +82,12 @@ impl<R: ContainerRuntime> BotManager<R> {
         Ok(self.store.get_bot(&bot.name).await?)
     }
 
-    async fn make_container(&self, bot: &BotRecord, image: &crate::runtime::Image) -> Result<()> {
+    async fn make_container(
+        &self,
+        bot: &BotRecord,
+        image: &crate::runtime::Image,
+        netns: &std::path::Path,
+    ) -> Result<()> {
         let dir = self.bot_dir(&bot.name);
         let io = |what: &str, e: std::io::Error| Error::internal(format!("cannot {what} for bot `{}`", bot.name), e);
         std::fs::create_dir_all(&dir).map_err(|e| io("create the agent directory", e))?;
@@ -86,7 +106,7 @@ impl<R: ContainerRuntime> BotManager<R> {
             env: bot.env.iter().map(|(k, v)| format!("{k}={v}")).collect(),
             mounts: vec![BindMount { source: dir, destination: AGENT_DIR.into(), readonly: false }],
             limits: bot.limits,
-            netns: None,
+            netns: Some(netns.to_path_buf()),
             hostname: bot.name.clone(),
             labels: [("io.berth.bot".to_string(), bot.name.clone())].into(),
         };

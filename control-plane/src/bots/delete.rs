@@ -3,9 +3,10 @@
 use super::model::BotState;
 use super::{BotManager, lock};
 use crate::error::{Error, Result};
+use crate::network::Network;
 use crate::runtime::ContainerRuntime;
 
-impl<R: ContainerRuntime> BotManager<R> {
+impl<R: ContainerRuntime, N: Network> BotManager<R, N> {
     #[tracing::instrument(skip_all, fields(bot.name = %name))]
     pub async fn delete(&self, name: &str) -> Result<()> {
         let bot_lock = self.bot_lock(name);
@@ -18,6 +19,11 @@ impl<R: ContainerRuntime> BotManager<R> {
             self.transition(&bot, BotState::Error, "error", &format!("delete failed: {}", crate::error::chain(&err)))
                 .await?;
             return Err(err);
+        }
+        if let Err(e) = self.network.detach(name, bot.network.as_ref()).await {
+            let reason = format!("delete failed: removing its network: {}", crate::error::chain(&e));
+            self.transition(&bot, BotState::Error, "error", &reason).await?;
+            return Err(Error::Unavailable(reason));
         }
         let dir = self.bot_dir(name);
         if let Err(e) = std::fs::remove_dir_all(&dir)

@@ -19,6 +19,7 @@ use tokio::sync::broadcast;
 
 use crate::agent_client::{self, AgentClient, BearerAuth};
 use crate::error::{Error, Result};
+use crate::network::Network;
 use crate::runtime::{ContainerRuntime, Image};
 use crate::store::Store;
 use model::{BotEvent, BotRecord, BotState, now_ms};
@@ -43,8 +44,9 @@ pub struct ManagerConfig {
 pub const AGENT_DIR: &str = "/run/berth";
 
 /// The lifecycle of every bot.
-pub struct BotManager<R> {
+pub struct BotManager<R, N> {
     runtime: R,
+    network: N,
     store: Store,
     config: ManagerConfig,
     images: Mutex<HashMap<String, Image>>,
@@ -53,17 +55,18 @@ pub struct BotManager<R> {
     events: broadcast::Sender<BotEvent>,
 }
 
-impl<R> std::fmt::Debug for BotManager<R> {
+impl<R, N> std::fmt::Debug for BotManager<R, N> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("BotManager").field("config", &self.config).finish_non_exhaustive()
     }
 }
 
-impl<R: ContainerRuntime> BotManager<R> {
-    pub fn new(runtime: R, store: Store, config: ManagerConfig) -> BotManager<R> {
+impl<R: ContainerRuntime, N: Network> BotManager<R, N> {
+    pub fn new(runtime: R, network: N, store: Store, config: ManagerConfig) -> BotManager<R, N> {
         let (events, _) = broadcast::channel(1024);
         BotManager {
             runtime,
+            network,
             store,
             config,
             images: Mutex::new(HashMap::new()),

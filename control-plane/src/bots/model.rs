@@ -44,7 +44,7 @@ impl BotState {
 }
 
 /// A bot's durable record.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct BotRecord {
     pub name: String,
     pub container_id: String,
@@ -59,6 +59,8 @@ pub struct BotRecord {
     pub restart_count: u64,
     pub created_at_ms: i64,
     pub updated_at_ms: i64,
+    /// The network attachment, once made.
+    pub network: Option<crate::network::Attachment>,
 }
 
 /// A lifecycle event.

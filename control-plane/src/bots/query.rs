@@ -5,12 +5,13 @@ use std::collections::BTreeMap;
 use super::BotManager;
 use super::model::BotRecord;
 use crate::error::Result;
+use crate::network::Network;
 use crate::runtime::{ContainerRuntime, TaskState};
 
 /// Bots per page when the caller gives no size.
 pub const DEFAULT_PAGE_SIZE: u32 = 100;
 
-impl<R: ContainerRuntime> BotManager<R> {
+impl<R: ContainerRuntime, N: Network> BotManager<R, N> {
     /// The bot and, if its task runs, the task's pid.
     pub async fn get(&self, name: &str) -> Result<(BotRecord, Option<u32>)> {
         let bot = self.store.get_bot(name).await?;

@@ -5,9 +5,10 @@
 use super::BotManager;
 use super::model::BotState;
 use crate::error::Result;
+use crate::network::Network;
 use crate::runtime::{ContainerRuntime, TaskState};
 
-impl<R: ContainerRuntime> BotManager<R> {
+impl<R: ContainerRuntime, N: Network> BotManager<R, N> {
     /// Checks every bot against its task. Returns how many records were corrected.
     pub async fn recover(&self) -> Result<usize> {
         let mut fixed = 0;

@@ -8,9 +8,10 @@ use berth_proto::agent::v1::VersionRequest;
 use super::BotManager;
 use super::model::{BotRecord, BotState};
 use crate::error::{Error, Result};
+use crate::network::Network;
 use crate::runtime::ContainerRuntime;
 
-impl<R: ContainerRuntime> BotManager<R> {
+impl<R: ContainerRuntime, N: Network> BotManager<R, N> {
     #[tracing::instrument(skip_all, fields(bot.name = %name))]
     pub async fn start(&self, name: &str) -> Result<BotRecord> {
         let bot_lock = self.bot_lock(name);

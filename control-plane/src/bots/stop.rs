@@ -5,9 +5,10 @@ use std::time::Duration;
 use super::BotManager;
 use super::model::{BotRecord, BotState};
 use crate::error::{Error, Result};
+use crate::network::Network;
 use crate::runtime::ContainerRuntime;
 
-impl<R: ContainerRuntime> BotManager<R> {
+impl<R: ContainerRuntime, N: Network> BotManager<R, N> {
     #[tracing::instrument(skip_all, fields(bot.name = %name))]
     pub async fn stop(&self, name: &str, timeout: Option<Duration>) -> Result<BotRecord> {
         let bot_lock = self.bot_lock(name);

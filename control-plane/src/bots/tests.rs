@@ -7,10 +7,11 @@ use std::time::Duration;
 use super::model::BotState;
 use super::{BotManager, CreateBot, ManagerConfig};
 use crate::error::Error;
+use crate::network::fake::FakeNetwork;
 use crate::runtime::fake::FakeRuntime;
 use crate::store::Store;
 
-async fn manager() -> (Arc<BotManager<FakeRuntime>>, tempfile::TempDir) {
+async fn manager() -> (Arc<BotManager<FakeRuntime, FakeNetwork>>, tempfile::TempDir) {
     let dir = tempfile::tempdir().expect("tempdir");
     let store = Store::open(&format!("sqlite://{}?mode=rwc", dir.path().join("t.db").display())).await.expect("store");
     let config = ManagerConfig {
@@ -19,7 +20,7 @@ async fn manager() -> (Arc<BotManager<FakeRuntime>>, tempfile::TempDir) {
         stop_timeout: Duration::from_millis(100),
         agent_ready_timeout: Duration::from_millis(100),
     };
-    let m = Arc::new(BotManager::new(FakeRuntime::default(), store, config));
+    let m = Arc::new(BotManager::new(FakeRuntime::default(), FakeNetwork::default(), store, config));
     m.import_image(std::path::Path::new("img")).await.expect("import");
     (m, dir)
 }
@@ -51,6 +52,7 @@ async fn a_failed_create_leaves_the_bot_in_error_with_the_reason() {
     assert_eq!(b.state, BotState::Error);
     assert!(b.last_error.contains("injected failure"), "{}", b.last_error);
     assert!(m.runtime.containers().is_empty());
+    assert!(m.network.attached().is_empty(), "the network was left attached");
     // It can be deleted.
     m.delete("broken").await.expect("delete");
     assert!(matches!(m.get("broken").await, Err(Error::NotFound(_))));
@@ -100,4 +102,20 @@ async fn recover_corrects_bots_whose_task_is_gone() {
     let (b, _) = m.get("lost").await.expect("get");
     assert_eq!(b.state, BotState::Stopped);
     assert_eq!(m.recover().await.expect("recover"), 0, "recovery is idempotent");
+}
+
+#[tokio::test]
+async fn a_failed_network_setup_leaves_the_bot_in_error_without_a_container() {
+    let (m, _dir) = manager().await;
+    m.network.fail.store(true, Ordering::SeqCst);
+    assert!(matches!(m.create(req("offline")).await, Err(Error::Unavailable(_))));
+    let (b, _) = m.get("offline").await.expect("get");
+    assert_eq!(b.state, BotState::Error);
+    assert!(b.last_error.contains("network setup failed"), "{}", b.last_error);
+    assert!(m.runtime.containers().is_empty());
+    m.network.fail.store(false, Ordering::SeqCst);
+    let ok = m.create(req("online")).await.expect("create");
+    assert_eq!(ok.network.expect("attached").ip, "10.0.0.2");
+    m.delete("online").await.expect("delete");
+    assert!(m.network.attached().is_empty());
 }

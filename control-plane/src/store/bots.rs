@@ -7,13 +7,14 @@ use sqlx::any::AnyRow;
 
 use super::{Store, StoreError, unavailable};
 use crate::bots::model::{BotEvent, BotRecord, BotState};
+use crate::network::Attachment;
 use crate::runtime::Limits;
 
 /// The bot columns, in one place (sqlx wants static SQL, so this is a macro for `concat!`).
 macro_rules! columns {
     () => {
         "name, container_id, image, state, env_json, labels_json, memory_bytes, cpu_millis, pids, \
-         token, last_error, restart_count, created_at_ms, updated_at_ms"
+         token, last_error, restart_count, created_at_ms, updated_at_ms, netns, ip, cni_result"
     };
 }
 
@@ -49,6 +50,16 @@ fn decode(row: &AnyRow) -> Result<BotRecord, StoreError> {
         restart_count: get_i("restart_count")? as u64,
         created_at_ms: get_i("created_at_ms")?,
         updated_at_ms: get_i("updated_at_ms")?,
+        network: {
+            let netns = get_s("netns")?;
+            if netns.is_empty() {
+                None
+            } else {
+                let result = serde_json::from_str(&get_s("cni_result")?)
+                    .map_err(|e| StoreError::Corrupt(format!("bots.cni_result of {name}: {e}")))?;
+                Some(Attachment { netns: netns.into(), ip: get_s("ip")?, result })
+            }
+        },
         name,
     })
 }
@@ -59,7 +70,7 @@ impl Store {
         let sql = concat!(
             "INSERT INTO bots (",
             columns!(),
-            ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)"
+            ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)"
         );
         let r = sqlx::query(sql)
             .bind(&b.name)
@@ -76,6 +87,9 @@ impl Store {
             .bind(b.restart_count as i64)
             .bind(b.created_at_ms)
             .bind(b.updated_at_ms)
+            .bind(b.network.as_ref().map(|n| n.netns.display().to_string()).unwrap_or_default())
+            .bind(b.network.as_ref().map(|n| n.ip.clone()).unwrap_or_default())
+            .bind(b.network.as_ref().map(|n| n.result.to_string()).unwrap_or_default())
             .execute(self.pool())
             .await;
         match r {
@@ -130,6 +144,20 @@ impl Store {
         if r.rows_affected() == 0 {
             return Err(StoreError::NotFound { what: format!("bot `{name}`") });
         }
+        Ok(())
+    }
+
+    /// Records (or clears) a bot's network attachment.
+    pub async fn set_network(&self, name: &str, a: Option<&Attachment>) -> Result<(), StoreError> {
+        sqlx::query("UPDATE bots SET netns = $1, ip = $2, cni_result = $3, updated_at_ms = $4 WHERE name = $5")
+            .bind(a.map(|n| n.netns.display().to_string()).unwrap_or_default())
+            .bind(a.map(|n| n.ip.clone()).unwrap_or_default())
+            .bind(a.map(|n| n.result.to_string()).unwrap_or_default())
+            .bind(crate::bots::model::now_ms())
+            .bind(name)
+            .execute(self.pool())
+            .await
+            .map_err(unavailable("record the network"))?;
         Ok(())
     }
 

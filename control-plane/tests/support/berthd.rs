@@ -13,6 +13,9 @@ pub struct TestBerthd {
     pub containerd: PrivateContainerd,
     pub dir: tempfile::TempDir,
     pub socket: PathBuf,
+    /// This instance's own bridge and subnet (tests run in parallel).
+    pub bridge: String,
+    pub subnet: String,
     child: Option<Child>,
 }
 
@@ -27,6 +30,10 @@ impl TestBerthd {
         let containerd = PrivateContainerd::start();
         let dir = tempfile::tempdir().expect("tempdir");
         let socket = dir.path().join("run/berthd.sock");
+        let id = uuid::Uuid::new_v4();
+        let bytes = id.as_bytes();
+        let bridge = format!("bt{}", &id.simple().to_string()[..8]);
+        let subnet = format!("10.{}.{}.0/24", 100 + bytes[0] % 100, bytes[1]);
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_berthd"));
         cmd.arg("--containerd-socket")
             .arg(&containerd.socket)
@@ -37,14 +44,14 @@ impl TestBerthd {
             .arg(dir.path().join("run"))
             .arg("--image-archive")
             .arg(minimal_image())
-            .args(["--stop-timeout-ms", "5000"])
+            .args(["--stop-timeout-ms", "5000", "--bridge", &bridge, "--subnet", &subnet])
             .args(extra);
         if let Some(url) = database_url {
             cmd.args(["--database-url", &url]);
         }
         let log = std::fs::File::create(dir.path().join("berthd.log")).expect("berthd log");
         let child = cmd.stdout(Stdio::null()).stderr(log).spawn().expect("start berthd");
-        let b = TestBerthd { containerd, dir, socket, child: Some(child) };
+        let b = TestBerthd { containerd, dir, socket, bridge, subnet, child: Some(child) };
         let deadline = Instant::now() + Duration::from_secs(30);
         while !b.socket.exists() {
             assert!(Instant::now() < deadline, "berthd did not listen within 30 s: {}", b.log());
@@ -77,5 +84,13 @@ impl Drop for TestBerthd {
             let _ = c.kill();
             let _ = c.wait();
         }
+        // Network namespaces a failed test left, and this instance's bridge (CNI DEL keeps bridges).
+        if let Ok(mounts) = std::fs::read_to_string("/proc/self/mounts") {
+            let root = self.dir.path().display().to_string();
+            for t in mounts.lines().filter_map(|l| l.split_whitespace().nth(1)).filter(|t| t.starts_with(&root)) {
+                let _ = Command::new("umount").args(["-l", t]).status();
+            }
+        }
+        let _ = Command::new("ip").args(["link", "del", &self.bridge]).stderr(Stdio::null()).status();
     }
 }

@@ -135,7 +135,7 @@ fn json(b: &pb::Bot) -> serde_json::Value {
         "name": b.name, "state": state_name(b.state), "image": b.image, "labels": b.labels,
         "memory_bytes": r.memory_bytes, "cpu_millis": r.cpu_millis, "pids": r.pids,
         "created_at_ms": b.created_at_ms, "updated_at_ms": b.updated_at_ms, "last_error": b.last_error,
-        "pid": b.pid, "env_names": b.env_names,
+        "pid": b.pid, "env_names": b.env_names, "ip": b.ip,
     })
 }
 
@@ -182,9 +182,9 @@ pub async fn bot(conn: &Conn, cmd: BotCommand) -> anyhow::Result<i32> {
             if as_json {
                 println!("{}", serde_json::Value::Array(all.iter().map(json).collect()));
             } else {
-                println!("{:<24} {:<9} {:<28} LAST ERROR", "NAME", "STATE", "IMAGE");
+                println!("{:<24} {:<9} {:<15} {:<28} LAST ERROR", "NAME", "STATE", "IP", "IMAGE");
                 for b in &all {
-                    println!("{:<24} {:<9} {:<28} {}", b.name, state_name(b.state), b.image, b.last_error);
+                    println!("{:<24} {:<9} {:<15} {:<28} {}", b.name, state_name(b.state), b.ip, b.image, b.last_error);
                 }
             }
         }

@@ -1,0 +1,52 @@
+//! An in-memory [`Network`] for unit tests of lifecycle logic.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use serde_json::json;
+
+use super::{Attachment, Network, NetworkError};
+
+#[derive(Debug, Default)]
+pub struct FakeNetwork {
+    attached: Mutex<HashMap<String, Attachment>>,
+    /// Make attaches fail.
+    pub fail: AtomicBool,
+}
+
+impl FakeNetwork {
+    pub fn attached(&self) -> Vec<String> {
+        let mut v: Vec<String> =
+            self.attached.lock().unwrap_or_else(std::sync::PoisonError::into_inner).keys().cloned().collect();
+        v.sort();
+        v
+    }
+}
+
+impl Network for FakeNetwork {
+    async fn attach(&self, bot: &str) -> Result<Attachment, NetworkError> {
+        if self.fail.load(Ordering::SeqCst) {
+            return Err(NetworkError::Plugin {
+                plugin: "fake".into(),
+                command: "ADD".into(),
+                message: "injected failure".into(),
+            });
+        }
+        let mut m = self.attached.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let ip = format!("10.0.0.{}", m.len() + 2);
+        let a = Attachment {
+            netns: PathBuf::from(format!("/fake/netns/{bot}")),
+            ip: ip.clone(),
+            result: json!({"ips": [{"address": format!("{ip}/24")}]}),
+        };
+        m.insert(bot.to_string(), a.clone());
+        Ok(a)
+    }
+
+    async fn detach(&self, bot: &str, _attachment: Option<&Attachment>) -> Result<(), NetworkError> {
+        self.attached.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(bot);
+        Ok(())
+    }
+}

@@ -1,0 +1,207 @@
+//! Bot networking. [`Network`] gives each bot a named network namespace that outlives task restarts and
+//! attaches it with CNI (`cni.rs` is the only code that runs CNI plugins): a bridge with an explicit MAC,
+//! host-local IPAM, loopback, optional MASQUERADE. Transient plugin failures are retried with backoff; a
+//! failure that persists is returned with the plugin's message, after everything half-made was removed.
+
+pub mod cni;
+pub mod fake;
+pub mod netns;
+
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+/// What the host side of networking looks like.
+#[derive(Debug, Clone)]
+pub struct NetworkConfig {
+    /// Where the CNI plugin binaries are (Debian: /usr/lib/cni).
+    pub cni_bin_dir: PathBuf,
+    /// Where named network namespaces are mounted.
+    pub netns_dir: PathBuf,
+    /// host-local IPAM's data directory (its IP leases).
+    pub ipam_dir: PathBuf,
+    /// The bridge's name (at most 15 bytes).
+    pub bridge: String,
+    /// The bots' subnet, e.g. 10.213.0.0/16; the bridge takes its first address.
+    pub subnet: String,
+    /// NAT bots' outbound traffic to the host's addresses.
+    pub masquerade: bool,
+    /// ADD attempts before giving up.
+    pub attempts: u32,
+    /// Wait after the first failed attempt; doubled each time.
+    pub backoff: Duration,
+}
+
+/// A bot's attachment, persisted so DEL and CHECK get the ADD result, as CNI requires.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Attachment {
+    pub netns: PathBuf,
+    pub ip: String,
+    pub result: Value,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum NetworkError {
+    #[error("CNI plugin `{plugin}` failed on {command}: {message}")]
+    Plugin { plugin: String, command: String, message: String },
+    #[error("cannot {op}")]
+    Io {
+        op: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("network setup for `{bot}` failed after {attempts} attempts")]
+    GaveUp {
+        bot: String,
+        attempts: u32,
+        #[source]
+        last: Box<NetworkError>,
+    },
+}
+
+/// What the lifecycle needs from networking.
+pub trait Network: Send + Sync + 'static {
+    /// Creates the bot's namespace and attaches it; on failure nothing is left behind.
+    fn attach(&self, bot: &str) -> impl Future<Output = Result<Attachment, NetworkError>> + Send;
+    /// Detaches (DEL with the ADD result) and removes the namespace; what is gone is skipped.
+    fn detach(
+        &self,
+        bot: &str,
+        attachment: Option<&Attachment>,
+    ) -> impl Future<Output = Result<(), NetworkError>> + Send;
+}
+
+/// CNI networking on the host.
+#[derive(Debug, Clone)]
+pub struct Cni {
+    config: NetworkConfig,
+}
+
+impl Cni {
+    pub fn new(config: NetworkConfig) -> Cni {
+        Cni { config }
+    }
+
+    fn list(&self) -> Value {
+        json!({
+            "name": "berth",
+            "plugins": [{
+                "type": "bridge",
+                "bridge": self.config.bridge,
+                "isGateway": true,
+                "ipMasq": self.config.masquerade,
+                "hairpinMode": false,
+                "ipam": {
+                    "type": "host-local",
+                    "ranges": [[{"subnet": self.config.subnet}]],
+                    "routes": [{"dst": "0.0.0.0/0"}],
+                    "dataDir": self.config.ipam_dir,
+                }
+            }]
+        })
+    }
+
+    fn loopback() -> Value {
+        json!({"name": "berth-lo", "plugins": [{"type": "loopback"}]})
+    }
+
+    fn netns_path(&self, bot: &str) -> PathBuf {
+        self.config.netns_dir.join(bot)
+    }
+
+    fn add(&self, bot: &str, netns: &Path) -> Result<Value, NetworkError> {
+        let inv = cni::Invocation { bin_dir: &self.config.cni_bin_dir, container_id: bot, netns, ifname: "eth0" };
+        let result = cni::run_list(&inv, "ADD", &self.list(), None)?;
+        let lo = cni::Invocation { ifname: "lo", ..inv };
+        cni::run_list(&lo, "ADD", &Self::loopback(), None)?;
+        repair_bridge_mac(&self.config.bridge);
+        Ok(result)
+    }
+
+    fn del(&self, bot: &str, netns: &Path, prev: Option<&Value>) -> Result<(), NetworkError> {
+        let inv = cni::Invocation { bin_dir: &self.config.cni_bin_dir, container_id: bot, netns, ifname: "eth0" };
+        cni::run_list(&inv, "DEL", &self.list(), prev)?;
+        Ok(())
+    }
+}
+
+impl Network for Cni {
+    async fn attach(&self, bot: &str) -> Result<Attachment, NetworkError> {
+        let this = self.clone();
+        let bot = bot.to_string();
+        tokio::task::spawn_blocking(move || this.attach_blocking(&bot))
+            .await
+            .map_err(|e| NetworkError::Io { op: "run network setup".into(), source: std::io::Error::other(e) })?
+    }
+
+    async fn detach(&self, bot: &str, attachment: Option<&Attachment>) -> Result<(), NetworkError> {
+        let this = self.clone();
+        let bot = bot.to_string();
+        let prev = attachment.map(|a| a.result.clone());
+        tokio::task::spawn_blocking(move || this.detach_blocking(&bot, prev.as_ref()))
+            .await
+            .map_err(|e| NetworkError::Io { op: "run network teardown".into(), source: std::io::Error::other(e) })?
+    }
+}
+
+impl Cni {
+    fn attach_blocking(&self, bot: &str) -> Result<Attachment, NetworkError> {
+        let netns = netns::create(&self.config.netns_dir, bot)
+            .map_err(|source| NetworkError::Io { op: format!("create the network namespace of `{bot}`"), source })?;
+        let mut wait = self.config.backoff;
+        let mut last = None;
+        for attempt in 1..=self.config.attempts.max(1) {
+            match self.add(bot, &netns) {
+                Ok(result) => {
+                    let ip = cni::first_ip(&result).unwrap_or_default();
+                    return Ok(Attachment { netns, ip, result });
+                }
+                Err(e) => {
+                    tracing::warn!(bot.name = bot, attempt, error = %crate::error::chain(&e), "network setup failed");
+                    // Undo the partial ADD before trying again (DEL is idempotent in CNI).
+                    if let Err(d) = self.del(bot, &netns, None) {
+                        tracing::warn!(bot.name = bot, error = %crate::error::chain(&d), "cleanup after a failed ADD failed");
+                    }
+                    last = Some(e);
+                    if attempt < self.config.attempts {
+                        std::thread::sleep(wait);
+                        wait *= 2;
+                    }
+                }
+            }
+        }
+        if let Err(e) = netns::delete(&netns) {
+            tracing::warn!(bot.name = bot, error = %e, "could not remove the network namespace");
+        }
+        let last =
+            last.unwrap_or(NetworkError::Io { op: "attach".into(), source: std::io::Error::other("no attempt") });
+        Err(NetworkError::GaveUp { bot: bot.to_string(), attempts: self.config.attempts.max(1), last: Box::new(last) })
+    }
+
+    fn detach_blocking(&self, bot: &str, prev: Option<&Value>) -> Result<(), NetworkError> {
+        let netns = self.netns_path(bot);
+        if netns.exists() {
+            self.del(bot, &netns, prev)?;
+        }
+        netns::delete(&netns)
+            .map_err(|source| NetworkError::Io { op: format!("remove the network namespace of `{bot}`"), source })
+    }
+}
+
+/// A bridge whose MAC the kernel zeroed (it had a random one and lost its last port) cannot forward;
+/// give it an explicit, stable one. (The CNI bridge plugin sets one itself; this guards the rest.)
+pub fn repair_bridge_mac(bridge: &str) {
+    let path = format!("/sys/class/net/{bridge}/address");
+    let Ok(mac) = std::fs::read_to_string(&path) else { return };
+    if mac.trim() != "00:00:00:00:00:00" {
+        return;
+    }
+    // Locally administered, derived from the bridge name so it is stable across repairs.
+    let h = bridge.bytes().fold(0u32, |h, b| h.wrapping_mul(31).wrapping_add(u32::from(b))).to_be_bytes();
+    let new = format!("02:42:{:02x}:{:02x}:{:02x}:{:02x}", h[0], h[1], h[2], h[3]);
+    let ok =
+        std::process::Command::new("ip").args(["link", "set", bridge, "address", &new]).status().map(|s| s.success());
+    tracing::warn!(bridge, mac = %new, repaired = ?ok, "bridge had a zero MAC");
+}
