@@ -70,3 +70,16 @@ impl From<StoreError> for Error {
         }
     }
 }
+
+impl From<crate::runtime::registry::RegistryError> for Error {
+    fn from(e: crate::runtime::registry::RegistryError) -> Error {
+        use crate::runtime::registry::RegistryError as R;
+        match e {
+            e @ R::BadReference(_) => Error::InvalidArgument(e.to_string()),
+            e @ R::NotFound { .. } => Error::NotFound(e.to_string()),
+            e @ R::Unauthorized { .. } => Error::FailedPrecondition(e.to_string()),
+            e @ R::Invalid(_) => Error::InvalidArgument(e.to_string()),
+            e => Error::Unavailable(chain(&e)),
+        }
+    }
+}

@@ -401,3 +401,45 @@ async fn a_permanent_cni_failure_ends_in_error_and_leaks_nothing() {
     // The bot in error can be deleted.
     c.delete_bot(pb::DeleteBotRequest { name: "doomed".into() }).await.unwrap();
 }
+
+#[tokio::test]
+async fn images_are_pulled_from_a_registry_anonymously_and_with_basic_auth() {
+    let open = support::registry::PrivateRegistry::start(None);
+    let locked = support::registry::PrivateRegistry::start(Some(("berth", "s3cret-pass")));
+    let archive = support::containerd::minimal_image();
+    open.push_archive(&archive, "bots/minimal", "v1").await;
+    locked.push_archive(&archive, "bots/minimal", "v2").await;
+    let insecure = format!("{},{}", open.addr, locked.addr);
+    let b = TestBerthd::start_with(None, &["--insecure-registry", &insecure]);
+    let reference = format!("{}/bots/minimal:v1", open.addr);
+    let (rc, stdout, err) = out(b.berth(&["image", "pull", &reference]));
+    assert_eq!(rc, 0, "{err}\n{}", b.log());
+    assert!(stdout.starts_with(&reference), "{stdout}");
+    let (_, stdout, _) = out(b.berth(&["image", "ls"]));
+    assert!(stdout.contains(&reference) && stdout.contains("berth/minimal:latest"), "{stdout}");
+    // A bot from the pulled image works.
+    let (rc, _, err) = out(b.berth(&["bot", "create", "pulled", "--image", &reference]));
+    assert_eq!(rc, 0, "{err}");
+    let (rc, stdout, _) = out(b.berth(&["exec", "pulled", "--", "cat", "/proc/1/comm"]));
+    assert_eq!((rc, stdout.trim()), (0, "berth-agent"));
+    let (rc, _, _) = out(b.berth(&["bot", "rm", "pulled"]));
+    assert_eq!(rc, 0);
+    // Basic auth: refused without credentials, accepted with them.
+    let locked_ref = format!("{}/bots/minimal:v2", locked.addr);
+    let (rc, _, err) = out(b.berth(&["image", "pull", &locked_ref]));
+    assert_eq!(rc, 1);
+    assert!(err.contains("authentication failed"), "{err}");
+    let (rc, _, err) = out({
+        let mut c = b.berth(&["image", "pull", &locked_ref, "--username", "berth"]);
+        c.env("BERTH_REGISTRY_PASSWORD", "s3cret-pass");
+        c
+    });
+    assert_eq!(rc, 0, "{err}");
+    // Missing tags and bad references are clear errors.
+    let (rc, _, err) = out(b.berth(&["image", "pull", &format!("{}/bots/minimal:nope", open.addr)]));
+    assert_eq!(rc, 1);
+    assert!(err.contains("not found"), "{err}");
+    let (rc, _, err) = out(b.berth(&["image", "pull", "ubuntu"]));
+    assert_eq!(rc, 1);
+    assert!(err.contains("not an image reference"), "{err}");
+}

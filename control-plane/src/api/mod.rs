@@ -4,6 +4,7 @@
 
 mod bots;
 mod convert;
+mod images;
 mod proxy;
 
 use std::sync::Arc;
@@ -11,6 +12,7 @@ use std::time::Duration;
 
 use berth_proto::agent::v1::container_service_server::ContainerServiceServer;
 use berth_proto::controlplane::v1::bot_service_server::BotServiceServer;
+use berth_proto::controlplane::v1::image_service_server::ImageServiceServer;
 use subtle::ConstantTimeEq;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Server;
@@ -84,6 +86,7 @@ pub async fn router<R: ContainerRuntime, N: Network>(
     health.set_serving::<BotServiceServer<bots::Bots<R, N>>>().await;
     let auth = move |req| tokens.check(req);
     let bots = BotServiceServer::new(bots::Bots::new(manager.clone()));
+    let images = ImageServiceServer::new(images::Images::new(manager.clone()));
     let proxy = ContainerServiceServer::new(proxy::Proxy::new(manager))
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
@@ -94,5 +97,6 @@ pub async fn router<R: ContainerRuntime, N: Network>(
         .initial_connection_window_size(Some(crate::agent_client::CONNECTION_WINDOW_BYTES))
         .add_service(InterceptedService::new(health_service, auth.clone()))
         .add_service(InterceptedService::new(bots, auth.clone()))
+        .add_service(InterceptedService::new(images, auth.clone()))
         .add_service(InterceptedService::new(proxy, auth))
 }

@@ -70,6 +70,9 @@ struct Args {
     /// Where the CNI plugins are.
     #[arg(long, env = "BERTH_CNI_BIN_DIR", default_value = "/usr/lib/cni")]
     cni_bin_dir: PathBuf,
+    /// Registries (HOST[:PORT]) to pull from over plain HTTP instead of HTTPS (repeatable).
+    #[arg(long = "insecure-registry", env = "BERTH_INSECURE_REGISTRIES", value_delimiter = ',')]
+    insecure_registries: Vec<String>,
     /// Network setup attempts before a create fails.
     #[arg(long, default_value_t = 4)]
     cni_attempts: u32,
@@ -105,6 +108,7 @@ async fn main() -> anyhow::Result<()> {
         default_image: args.default_image.clone(),
         stop_timeout: Duration::from_millis(args.stop_timeout_ms),
         agent_ready_timeout: Duration::from_millis(args.agent_ready_timeout_ms),
+        insecure_registries: args.insecure_registries.clone(),
     };
     if args.bridge.is_empty() || args.bridge.len() > 15 {
         anyhow::bail!("--bridge {:?} must be 1-15 characters (a Linux interface name)", args.bridge);

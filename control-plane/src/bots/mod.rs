@@ -38,6 +38,8 @@ pub struct ManagerConfig {
     pub stop_timeout: Duration,
     /// How long `start` waits for the agent to answer.
     pub agent_ready_timeout: Duration,
+    /// Registries (HOST[:PORT]) spoken to over plain HTTP.
+    pub insecure_registries: Vec<String>,
 }
 
 /// Where each bot sees its agent directory.
@@ -82,6 +84,28 @@ impl<R: ContainerRuntime, N: Network> BotManager<R, N> {
         lock(&self.images).insert(image.name.clone(), image.clone());
         tracing::info!(image = %image.name, chain_id = %image.chain_id, "image imported");
         Ok(image)
+    }
+
+    /// Pulls an image from a registry and makes it available to creates.
+    pub async fn pull_image(
+        &self,
+        reference: &str,
+        creds: Option<crate::runtime::registry::Credentials>,
+    ) -> Result<Image> {
+        let host = reference.split('/').next().unwrap_or("");
+        let plain = self.config.insecure_registries.iter().any(|r| r == host);
+        let source = crate::runtime::registry::fetch(reference, creds, plain).await?;
+        let image = self.runtime.install_image(&source).await?;
+        lock(&self.images).insert(image.name.clone(), image.clone());
+        tracing::info!(image = %image.name, "image pulled");
+        Ok(image)
+    }
+
+    /// The images creates can use, by name.
+    pub fn image_list(&self) -> Vec<Image> {
+        let mut v: Vec<Image> = lock(&self.images).values().cloned().collect();
+        v.sort_by(|a, b| a.name.cmp(&b.name));
+        v
     }
 
     /// Names of the images creates can use.

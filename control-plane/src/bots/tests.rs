@@ -19,6 +19,7 @@ async fn manager() -> (Arc<BotManager<FakeRuntime, FakeNetwork>>, tempfile::Temp
         default_image: "img".into(),
         stop_timeout: Duration::from_millis(100),
         agent_ready_timeout: Duration::from_millis(100),
+        insecure_registries: vec![],
     };
     let m = Arc::new(BotManager::new(FakeRuntime::default(), FakeNetwork::default(), store, config));
     m.import_image(std::path::Path::new("img")).await.expect("import");

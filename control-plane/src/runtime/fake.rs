@@ -37,6 +37,15 @@ impl FakeRuntime {
 }
 
 impl ContainerRuntime for FakeRuntime {
+    async fn install_image(&self, source: &super::source::ImageSource) -> Result<Image, RuntimeError> {
+        Ok(Image {
+            name: source.name.clone(),
+            manifest_digest: source.manifest.digest.clone(),
+            chain_id: "sha256:fake".into(),
+            config: ImageConfig::default(),
+        })
+    }
+
     async fn import_image(&self, archive: &std::path::Path) -> Result<Image, RuntimeError> {
         Ok(Image {
             name: archive.display().to_string(),

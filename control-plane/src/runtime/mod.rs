@@ -4,6 +4,8 @@
 
 pub mod containerd;
 pub mod fake;
+pub mod registry;
+pub mod source;
 pub mod spec;
 
 use std::collections::HashMap;
@@ -114,8 +116,19 @@ pub enum RuntimeError {
 /// What the control plane needs from a container runtime. Futures are `Send` so callers can run them
 /// from any task (gRPC handlers, background loops).
 pub trait ContainerRuntime: Send + Sync + 'static {
-    /// Imports an OCI image-layout archive and unpacks it; importing the same image again is a no-op.
-    fn import_image(&self, archive: &std::path::Path) -> impl Future<Output = Result<Image, RuntimeError>> + Send;
+    /// Stores an image's blobs and unpacks it; installing the same image again is a no-op.
+    fn install_image(&self, source: &source::ImageSource) -> impl Future<Output = Result<Image, RuntimeError>> + Send;
+
+    /// Reads an OCI image-layout archive and installs it.
+    fn import_image(&self, archive: &std::path::Path) -> impl Future<Output = Result<Image, RuntimeError>> + Send {
+        let path = archive.to_path_buf();
+        async move {
+            let src = tokio::task::spawn_blocking(move || source::ImageSource::from_archive(&path)).await.map_err(
+                |e| RuntimeError::Io { op: "read image archive".into(), source: std::io::Error::other(e) },
+            )??;
+            self.install_image(&src).await
+        }
+    }
     /// Creates the container and its writable snapshot (no task yet).
     fn create(&self, config: &ContainerConfig) -> impl Future<Output = Result<(), RuntimeError>> + Send;
     /// Creates and starts the task; returns its pid on the host.

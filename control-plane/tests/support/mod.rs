@@ -3,3 +3,4 @@
 pub mod berthd;
 pub mod containerd;
 pub mod postgres;
+pub mod registry;

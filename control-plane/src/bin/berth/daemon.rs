@@ -46,6 +46,59 @@ impl Conn {
 }
 
 #[derive(Debug, clap::Subcommand)]
+pub enum ImageCommand {
+    /// List the images bots can be created from.
+    Ls,
+    /// Pull REGISTRY/REPOSITORY[:TAG|@DIGEST] into berthd.
+    Pull {
+        reference: String,
+        /// Registry user (the password comes from BERTH_REGISTRY_PASSWORD).
+        #[arg(long)]
+        username: Option<String>,
+        #[arg(long, env = "BERTH_REGISTRY_PASSWORD", hide_env_values = true)]
+        password: Option<String>,
+    },
+    /// Import an OCI image-layout archive (a path on berthd's host).
+    Import { archive: String },
+}
+
+pub async fn image(conn: &Conn, cmd: ImageCommand) -> anyhow::Result<i32> {
+    let mut c = pb::image_service_client::ImageServiceClient::with_interceptor(conn.channel().await?, conn.auth()?);
+    let show = |i: Option<pb::Image>| {
+        if let Some(i) = i {
+            println!("{} {}", i.name, i.manifest_digest);
+        }
+    };
+    match cmd {
+        ImageCommand::Ls => {
+            for i in
+                c.list_images(pb::ListImagesRequest {}).await.map_err(status_err("list images"))?.into_inner().images
+            {
+                show(Some(i));
+            }
+        }
+        ImageCommand::Pull { reference, username, password } => {
+            let req = pb::PullImageRequest {
+                reference,
+                username: username.unwrap_or_default(),
+                password: password.unwrap_or_default(),
+            };
+            show(c.pull_image(req).await.map_err(status_err("pull"))?.into_inner().image);
+        }
+        ImageCommand::Import { archive } => {
+            show(
+                c.import_image(pb::ImportImageRequest { archive_path: archive })
+                    .await
+                    .map_err(status_err("import"))?
+                    .into_inner()
+                    .image,
+            );
+        }
+    }
+    Ok(0)
+}
+
+#[derive(Debug, clap::Subcommand)]
 pub enum BotCommand {
     /// Create a bot (and start it unless --no-start).
     Create {

@@ -25,6 +25,9 @@ enum Command {
     /// Manage bots.
     #[command(subcommand)]
     Bot(daemon::BotCommand),
+    /// Manage images.
+    #[command(subcommand)]
+    Image(daemon::ImageCommand),
     /// Run a command in a bot; its exit code becomes ours.
     Exec {
         /// The bot.
@@ -63,6 +66,7 @@ fn main() -> std::process::ExitCode {
     let code = runtime.block_on(async move {
         match cli.command {
             Command::Bot(cmd) => daemon::bot(&cli.conn, cmd).await,
+            Command::Image(cmd) => daemon::image(&cli.conn, cmd).await,
             Command::Exec { name, args } => exec::run(cli.conn.agent(&name).await?, args).await,
             Command::Cp { src, dst, parents } => daemon::cp(&cli.conn, &src, &dst, parents).await,
             Command::Mcp { name, args } => mcp::run(cli.conn.agent(&name).await?, args).await,

@@ -144,8 +144,8 @@ fn rfc3339(t: std::time::SystemTime) -> String {
 }
 
 impl ContainerRuntime for Containerd {
-    async fn import_image(&self, archive: &Path) -> Result<Image, RuntimeError> {
-        image::import(self, archive).await
+    async fn install_image(&self, source: &super::source::ImageSource) -> Result<Image, RuntimeError> {
+        image::install(self, source).await
     }
 
     async fn create(&self, config: &ContainerConfig) -> Result<(), RuntimeError> {
