@@ -78,6 +78,24 @@ async fn lifecycle(b: &TestBerthd) {
     assert_eq!(rc, 0);
     let (rc, stdout, _) = out(b.berth(&["exec", "alpha", "--", "cat", "/data/notes/note.txt"]));
     assert_eq!((rc, stdout.as_str()), (0, "keep this"));
+    let (rc, _, _) = out(b.berth(&["cp", local.to_str().unwrap(), "alpha:/data/notes/note.txt"]));
+    assert_eq!(rc, 0);
+    // fs commands.
+    let (rc, _, err) = out(b.berth(&["fs", "mkdir", "-p", "alpha:/data/a/b"]));
+    assert_eq!(rc, 0, "{err}");
+    let (rc, _, _) = out(b.berth(&["fs", "mv", "alpha:/data/notes/note.txt", "alpha:/data/a/b/moved.txt"]));
+    assert_eq!(rc, 0);
+    let (_, stdout, _) = out(b.berth(&["fs", "ls", "-r", "alpha:/data"]));
+    assert!(stdout.contains("a/b/moved.txt"), "{stdout}");
+    let (_, stdout, _) = out(b.berth(&["fs", "stat", "alpha:/data/a/b/moved.txt"]));
+    assert!(stdout.contains("size_bytes: 9"), "{stdout}");
+    let (rc, _, err) = out(b.berth(&["fs", "rm", "alpha:/data/a"]));
+    assert_eq!(rc, 1, "a non-empty directory needs -r");
+    assert!(err.contains("not empty"), "{err}");
+    let (rc, _, _) = out(b.berth(&["fs", "rm", "-r", "alpha:/data/a"]));
+    assert_eq!(rc, 0);
+    let (rc, _, _) = out(b.berth(&["fs", "mv", "alpha:/x", "other:/y"]));
+    assert_eq!(rc, 1);
     // get --json and ls with a label selector.
     let (_, stdout, _) = out(b.berth(&["bot", "get", "alpha", "--json"]));
     let v: serde_json::Value = serde_json::from_str(&stdout).unwrap();

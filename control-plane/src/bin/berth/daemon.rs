@@ -286,6 +286,78 @@ pub async fn bot(conn: &Conn, cmd: BotCommand) -> anyhow::Result<i32> {
     Ok(0)
 }
 
+#[derive(Debug, clap::Subcommand)]
+pub enum FsCommand {
+    /// List a directory: `berth fs ls bot1:/data`.
+    Ls {
+        target: String,
+        #[arg(short = 'r', long)]
+        recursive: bool,
+    },
+    /// Describe a file.
+    Stat {
+        target: String,
+        #[arg(short = 'L', long)]
+        follow: bool,
+    },
+    /// Make a directory (and its parents with -p).
+    Mkdir {
+        target: String,
+        #[arg(short = 'p', long)]
+        parents: bool,
+    },
+    /// Remove a file, or a directory with -r. Removing what does not exist succeeds.
+    Rm {
+        target: String,
+        #[arg(short = 'r', long)]
+        recursive: bool,
+    },
+    /// Rename within one bot: `berth fs mv bot1:/data/a bot1:/data/b`.
+    Mv { from: String, to: String },
+}
+
+fn remote(s: &str) -> anyhow::Result<(&str, &str)> {
+    split_remote(s).with_context(|| format!("`{s}` does not name a bot: write NAME:/path"))
+}
+
+pub async fn fs(conn: &Conn, cmd: FsCommand) -> anyhow::Result<i32> {
+    use berth_proto::agent::v1 as apb;
+    match cmd {
+        FsCommand::Ls { target, recursive } => {
+            let (bot, path) = remote(&target)?;
+            crate::files::ls(conn.agent(bot).await?, crate::files::LsArgs::new(path.into(), recursive)).await?;
+        }
+        FsCommand::Stat { target, follow } => {
+            let (bot, path) = remote(&target)?;
+            crate::files::stat(conn.agent(bot).await?, crate::files::StatArgs::new(path.into(), follow)).await?;
+        }
+        FsCommand::Mkdir { target, parents } => {
+            let (bot, path) = remote(&target)?;
+            let req = apb::MkdirRequest { path: path.into(), parents, mode: 0 };
+            conn.agent(bot).await?.mkdir(req).await.map_err(status_err("mkdir"))?;
+        }
+        FsCommand::Rm { target, recursive } => {
+            let (bot, path) = remote(&target)?;
+            let req = apb::DeleteRequest { path: path.into(), recursive };
+            conn.agent(bot).await?.delete(req).await.map_err(status_err("rm"))?;
+        }
+        FsCommand::Mv { from, to } => {
+            let ((b1, p1), (b2, p2)) = (remote(&from)?, remote(&to)?);
+            if b1 != b2 {
+                bail!("mv works within one bot; use cp to move between bots");
+            }
+            let req = apb::RenameRequest {
+                from_path: p1.into(),
+                to_path: p2.into(),
+                no_overwrite: false,
+                create_parents: false,
+            };
+            conn.agent(b1).await?.rename(req).await.map_err(status_err("mv"))?;
+        }
+    }
+    Ok(0)
+}
+
 /// Splits `NAME:PATH` into the bot and the path (a local path has no `:` before its first `/`).
 pub fn split_remote(s: &str) -> Option<(&str, &str)> {
     let (name, path) = s.split_once(':')?;

@@ -167,6 +167,18 @@ pub struct LsArgs {
     recursive: bool,
 }
 
+impl LsArgs {
+    pub fn new(path: String, recursive: bool) -> LsArgs {
+        LsArgs { path, recursive }
+    }
+}
+
+impl StatArgs {
+    pub fn new(path: String, follow: bool) -> StatArgs {
+        StatArgs { path, follow }
+    }
+}
+
 pub async fn ls(mut client: AgentClient, a: LsArgs) -> anyhow::Result<()> {
     let mut page_token = String::new();
     loop {

@@ -25,6 +25,9 @@ enum Command {
     /// Manage bots.
     #[command(subcommand)]
     Bot(daemon::BotCommand),
+    /// Files in a bot: ls, stat, mkdir, rm, mv (paths written NAME:/path).
+    #[command(subcommand)]
+    Fs(daemon::FsCommand),
     /// Manage images.
     #[command(subcommand)]
     Image(daemon::ImageCommand),
@@ -67,6 +70,7 @@ fn main() -> std::process::ExitCode {
         match cli.command {
             Command::Bot(cmd) => daemon::bot(&cli.conn, cmd).await,
             Command::Image(cmd) => daemon::image(&cli.conn, cmd).await,
+            Command::Fs(cmd) => daemon::fs(&cli.conn, cmd).await,
             Command::Exec { name, args } => exec::run(cli.conn.agent(&name).await?, args).await,
             Command::Cp { src, dst, parents } => daemon::cp(&cli.conn, &src, &dst, parents).await,
             Command::Mcp { name, args } => mcp::run(cli.conn.agent(&name).await?, args).await,
