@@ -162,6 +162,26 @@ async fn errors_carry_the_right_codes() {
     let mut a = agent(&b, "beta").await;
     assert_eq!(a.version(apb::VersionRequest {}).await.unwrap_err().code(), tonic::Code::FailedPrecondition);
     c.delete_bot(pb::DeleteBotRequest { name: "beta".into() }).await.unwrap();
+    // Reflection lists the services (what grpcurl uses).
+    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+    use tonic_reflection::pb::v1::{ServerReflectionRequest, server_reflection_request, server_reflection_response};
+    let ch = agent_client::channel(b.socket.to_str().unwrap()).await.unwrap();
+    let req = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(server_reflection_request::MessageRequest::ListServices(String::new())),
+    };
+    let mut refl = ServerReflectionClient::new(ch);
+    let mut resp = refl.server_reflection_info(tokio_stream::iter(vec![req])).await.unwrap().into_inner();
+    let msg = resp.message().await.unwrap().unwrap();
+    let Some(server_reflection_response::MessageResponse::ListServicesResponse(list)) = msg.message_response else {
+        panic!("unexpected reflection answer");
+    };
+    let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+    for want in
+        ["berth.controlplane.v1.BotService", "berth.controlplane.v1.ImageService", "berth.agent.v1.ContainerService"]
+    {
+        assert!(names.iter().any(|n| n == want), "{want} missing from {names:?}");
+    }
 }
 
 #[tokio::test]

@@ -5,6 +5,9 @@
 //!   `berthd` too, routed by the `berth-bot` metadata).
 //! - [`controlplane::v1`]: `BotService`, berthd's lifecycle API.
 
+/// Every Berth protocol's encoded `FileDescriptorSet`, for gRPC server reflection.
+pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/berth_descriptor.bin"));
+
 /// The in-container agent's protocol.
 pub mod agent {
     /// Version 1 of the agent protocol (`berth.agent.v1`).

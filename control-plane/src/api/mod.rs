@@ -83,6 +83,13 @@ pub async fn router<R: ContainerRuntime, N: Network>(
     tokens: ApiTokens,
 ) -> tonic::transport::server::Router {
     let (health, health_service) = tonic_health::server::health_reporter();
+    // Reflection (grpcurl and friends); the descriptors come from the proto crate, so this cannot fail
+    // unless the build is broken, in which case berthd serves without it and says so.
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(berth_proto::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .map_err(|e| tracing::error!(error = %e, "gRPC reflection is unavailable"))
+        .ok();
     health.set_serving::<BotServiceServer<bots::Bots<R, N>>>().await;
     let auth = move |req| tokens.check(req);
     let bots = BotServiceServer::new(bots::Bots::new(manager.clone()));
@@ -90,7 +97,7 @@ pub async fn router<R: ContainerRuntime, N: Network>(
     let proxy = ContainerServiceServer::new(proxy::Proxy::new(manager))
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
-    Server::builder()
+    let router = Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
         .initial_stream_window_size(Some(crate::agent_client::STREAM_WINDOW_BYTES))
@@ -98,5 +105,9 @@ pub async fn router<R: ContainerRuntime, N: Network>(
         .add_service(InterceptedService::new(health_service, auth.clone()))
         .add_service(InterceptedService::new(bots, auth.clone()))
         .add_service(InterceptedService::new(images, auth.clone()))
-        .add_service(InterceptedService::new(proxy, auth))
+        .add_service(InterceptedService::new(proxy, auth.clone()));
+    match reflection {
+        Some(r) => router.add_service(InterceptedService::new(r, auth)),
+        None => router,
+    }
 }
