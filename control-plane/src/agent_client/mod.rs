@@ -102,9 +102,9 @@ impl Interceptor for BearerAuth {
     }
 }
 
-fn endpoint(uri: &'static str) -> Endpoint {
-    Endpoint::from_static(uri)
-        .connect_timeout(CONNECT_TIMEOUT)
+/// Timeouts, keepalive and windows shared by every connection (Unix socket or TCP).
+fn configure(e: Endpoint) -> Endpoint {
+    e.connect_timeout(CONNECT_TIMEOUT)
         .http2_keep_alive_interval(Duration::from_secs(30))
         .keep_alive_timeout(Duration::from_secs(10))
         .keep_alive_while_idle(true)
@@ -121,27 +121,28 @@ fn client(channel: Channel, auth: BearerAuth) -> AgentClient {
 
 /// A channel to a Unix socket (`/path` or `unix:/path`) or a TCP address (`http://IP:PORT`).
 pub async fn channel(addr: &str) -> Result<Channel, ConnectError> {
-    if let Some(a) = addr.strip_prefix("http://") {
-        let target = format!("http://{a}");
-        return Endpoint::from_shared(target.clone())
-            .map_err(|source| ConnectError::Connect { target: target.clone(), source })?
-            .connect_timeout(CONNECT_TIMEOUT)
-            .tcp_nodelay(true)
-            .initial_stream_window_size(STREAM_WINDOW_BYTES)
-            .initial_connection_window_size(CONNECTION_WINDOW_BYTES)
-            .connect()
-            .await
-            .map_err(|source| ConnectError::Connect { target, source });
+    match addr.strip_prefix("http://") {
+        Some(a) => tcp_channel(format!("http://{a}")).await,
+        None => unix_channel(Path::new(addr.strip_prefix("unix:").unwrap_or(addr))).await,
     }
-    let path = PathBuf::from(addr.strip_prefix("unix:").unwrap_or(addr));
-    let shown = path.display().to_string();
-    endpoint("http://agent.invalid")
+}
+
+async fn unix_channel(socket: &Path) -> Result<Channel, ConnectError> {
+    let path = socket.to_path_buf();
+    // The URI is ignored by the connector; it only has to parse.
+    configure(Endpoint::from_static("http://agent.invalid"))
         .connect_with_connector(tower::service_fn(move |_: Uri| {
             let path = path.clone();
             async move { Ok::<_, std::io::Error>(TokioIo::new(tokio::net::UnixStream::connect(path).await?)) }
         }))
         .await
-        .map_err(|source| ConnectError::Connect { target: shown, source })
+        .map_err(|source| ConnectError::Connect { target: socket.display().to_string(), source })
+}
+
+async fn tcp_channel(target: String) -> Result<Channel, ConnectError> {
+    let endpoint = Endpoint::from_shared(target.clone())
+        .map_err(|source| ConnectError::Connect { target: target.clone(), source })?;
+    configure(endpoint).connect().await.map_err(|source| ConnectError::Connect { target, source })
 }
 
 /// An agent-protocol client on an existing channel.
@@ -151,29 +152,10 @@ pub fn agent_on(channel: Channel, auth: BearerAuth) -> AgentClient {
 
 /// Connects over the agent's Unix socket.
 pub async fn connect_unix(socket: &Path, auth: BearerAuth) -> Result<AgentClient, ConnectError> {
-    let path = socket.to_path_buf();
-    // The URI is ignored by the connector; it only has to parse.
-    let channel = endpoint("http://agent.invalid")
-        .connect_with_connector(tower::service_fn(move |_: Uri| {
-            let path = path.clone();
-            async move { Ok::<_, std::io::Error>(TokioIo::new(tokio::net::UnixStream::connect(path).await?)) }
-        }))
-        .await
-        .map_err(|source| ConnectError::Connect { target: socket.display().to_string(), source })?;
-    Ok(client(channel, auth))
+    Ok(client(unix_channel(socket).await?, auth))
 }
 
 /// Connects over TCP to `addr` (an IP and port).
 pub async fn connect_tcp(addr: std::net::SocketAddr, auth: BearerAuth) -> Result<AgentClient, ConnectError> {
-    let target = format!("http://{addr}");
-    let channel = Endpoint::from_shared(target.clone())
-        .map_err(|source| ConnectError::Connect { target: target.clone(), source })?
-        .connect_timeout(CONNECT_TIMEOUT)
-        .tcp_nodelay(true)
-        .initial_stream_window_size(STREAM_WINDOW_BYTES)
-        .initial_connection_window_size(CONNECTION_WINDOW_BYTES)
-        .connect()
-        .await
-        .map_err(|source| ConnectError::Connect { target, source })?;
-    Ok(client(channel, auth))
+    Ok(client(tcp_channel(format!("http://{addr}")).await?, auth))
 }

@@ -75,14 +75,7 @@ impl TestBerthd {
 impl Drop for TestBerthd {
     fn drop(&mut self) {
         if let Some(mut c) = self.child.take() {
-            // SAFETY: kill(2) on our own child.
-            unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while c.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            let _ = c.kill();
-            let _ = c.wait();
+            super::stop_child(&mut c, libc::SIGTERM);
         }
         // Network namespaces a failed test left, and this instance's bridge (CNI DEL keeps bridges).
         if let Ok(mounts) = std::fs::read_to_string("/proc/self/mounts") {

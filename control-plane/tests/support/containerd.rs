@@ -84,14 +84,7 @@ impl Drop for PrivateContainerd {
         // Shims of this namespace outlive containerd by design; a test that failed half-way leaves them.
         let _ = Command::new("pkill").args(["-f", "--", &format!("-namespace {} ", self.namespace)]).status();
         if let Some(mut c) = self.child.take() {
-            // SAFETY: kill(2) on our own child.
-            unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while c.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            let _ = c.kill();
-            let _ = c.wait();
+            super::stop_child(&mut c, libc::SIGTERM);
         }
         // Overlay mounts left by a failed test would make the temporary directory impossible to remove.
         if let Ok(mounts) = std::fs::read_to_string("/proc/self/mounts") {

@@ -113,14 +113,7 @@ impl PrivatePostgres {
 impl Drop for PrivatePostgres {
     fn drop(&mut self) {
         if let Some(mut c) = self.child.take() {
-            // SAFETY: kill(2) on our own child; SIGINT is PostgreSQL's fast shutdown.
-            unsafe { libc::kill(c.id() as i32, libc::SIGINT) };
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while c.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            let _ = c.kill();
-            let _ = c.wait();
+            super::stop_child(&mut c, libc::SIGINT);
         }
     }
 }
