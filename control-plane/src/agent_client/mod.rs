@@ -37,7 +37,7 @@ pub enum ConnectError {
     },
     #[error("the agent token in `{path}` is empty or not printable ASCII")]
     BadToken { path: PathBuf },
-    #[error("cannot connect to the agent at `{target}`")]
+    #[error("cannot connect to `{target}`")]
     Connect {
         target: String,
         #[source]

@@ -131,6 +131,18 @@ async fn main() -> anyhow::Result<()> {
     if fixed > 0 {
         tracing::info!(bots = fixed, "corrected bot states at start-up");
     }
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let wait = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|v| *v).await;
+    };
+    let mut servers = Vec::new();
+    // TCP first: the Unix socket appearing is the signal that berthd is fully up.
+    if let Some(addr) = args.listen_tcp {
+        let l = TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr}"))?;
+        let r = router(manager.clone(), tokens.clone()).await;
+        servers.push(tokio::spawn(r.serve_with_incoming_shutdown(TcpListenerStream::new(l), wait(stop_rx.clone()))));
+        tracing::info!(%addr, "berthd listening");
+    }
     let unix_path = args.listen_unix.clone().unwrap_or_else(|| args.run_dir.join("berthd.sock"));
     if unix_path.exists() {
         std::fs::remove_file(&unix_path).with_context(|| format!("cannot replace {}", unix_path.display()))?;
@@ -138,20 +150,9 @@ async fn main() -> anyhow::Result<()> {
     let unix = UnixListener::bind(&unix_path).with_context(|| format!("cannot listen on {}", unix_path.display()))?;
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(&unix_path, std::fs::Permissions::from_mode(0o600))?;
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let wait = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
-        let _ = rx.wait_for(|v| *v).await;
-    };
-    let mut servers = Vec::new();
     let r = router(manager.clone(), tokens.clone()).await;
     servers.push(tokio::spawn(r.serve_with_incoming_shutdown(UnixListenerStream::new(unix), wait(stop_rx.clone()))));
     tracing::info!(socket = %unix_path.display(), "berthd listening");
-    if let Some(addr) = args.listen_tcp {
-        let l = TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr}"))?;
-        let r = router(manager.clone(), tokens).await;
-        servers.push(tokio::spawn(r.serve_with_incoming_shutdown(TcpListenerStream::new(l), wait(stop_rx.clone()))));
-        tracing::info!(%addr, "berthd listening");
-    }
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     tokio::select! {
