@@ -10,8 +10,10 @@
 
 pub mod agent_client;
 pub mod api;
+pub mod archive;
 pub mod bots;
 pub mod error;
 pub mod network;
 pub mod runtime;
 pub mod store;
+pub mod time;

@@ -3,7 +3,7 @@
 //!
 //! - [`agent::v1`]: `ContainerService`, spoken between the control plane and `berth-agent` (and served by
 //!   `berthd` too, routed by the `berth-bot` metadata).
-//! - [`controlplane::v1`]: `BotService`, berthd's lifecycle API.
+//! - [`controlplane::v1`]: `BotService` (lifecycle), `DataService` (snapshots, export/import, operations), `ImageService`.
 
 /// Every Berth protocol's encoded `FileDescriptorSet`, for gRPC server reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/berth_descriptor.bin"));

@@ -37,6 +37,7 @@ impl<R: ContainerRuntime, N: Network> BotService for Bots<R, N> {
             labels: r.labels.into_iter().collect(),
             limits: convert::limits(r.resources),
             start: r.start,
+            restore: r.restore,
         };
         let b = self.m.create(req).await?;
         Ok(Response::new(pb::CreateBotResponse { bot: Some(convert::bot(b, None)) }))
@@ -66,7 +67,7 @@ impl<R: ContainerRuntime, N: Network> BotService for Bots<R, N> {
     }
 
     async fn delete_bot(&self, r: Request<pb::DeleteBotRequest>) -> Res<pb::DeleteBotResponse> {
-        self.m.delete(&r.get_ref().name).await?;
+        self.m.delete(&r.get_ref().name, r.get_ref().keep_data).await?;
         Ok(Response::new(pb::DeleteBotResponse {}))
     }
 

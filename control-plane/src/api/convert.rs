@@ -46,3 +46,27 @@ pub fn limits(r: Option<pb::Resources>) -> Limits {
 pub fn event(e: BotEvent) -> pb::BotEvent {
     pb::BotEvent { name: e.name, state: state(e.state) as i32, kind: e.kind, message: e.message, at_ms: e.at_ms }
 }
+
+pub fn snapshot(s: crate::bots::snapshot::Snapshot) -> pb::Snapshot {
+    pb::Snapshot {
+        name: s.name,
+        parent: s.parent.unwrap_or_default(),
+        created_at_ms: s.created_at_ms,
+        size_bytes: s.size_bytes,
+    }
+}
+
+pub fn operation(o: crate::bots::ops::Operation) -> pb::Operation {
+    pb::Operation {
+        id: o.id,
+        bot: o.bot,
+        kind: o.kind,
+        state: o.state.as_str().to_string(),
+        target: o.target,
+        progress_done: o.progress_done,
+        progress_total: o.progress_total,
+        error: o.error,
+        created_at_ms: o.created_at_ms,
+        updated_at_ms: o.updated_at_ms,
+    }
+}

@@ -4,6 +4,7 @@
 
 mod bots;
 mod convert;
+mod data;
 mod images;
 mod proxy;
 
@@ -12,6 +13,7 @@ use std::time::Duration;
 
 use berth_proto::agent::v1::container_service_server::ContainerServiceServer;
 use berth_proto::controlplane::v1::bot_service_server::BotServiceServer;
+use berth_proto::controlplane::v1::data_service_server::DataServiceServer;
 use berth_proto::controlplane::v1::image_service_server::ImageServiceServer;
 use subtle::ConstantTimeEq;
 use tonic::service::interceptor::InterceptedService;
@@ -91,9 +93,13 @@ pub async fn router<R: ContainerRuntime, N: Network>(
         .map_err(|e| tracing::error!(error = %e, "gRPC reflection is unavailable"))
         .ok();
     health.set_serving::<BotServiceServer<bots::Bots<R, N>>>().await;
+    health.set_serving::<DataServiceServer<data::Data<R, N>>>().await;
     let auth = move |req| tokens.check(req);
     let bots = BotServiceServer::new(bots::Bots::new(manager.clone()));
     let images = ImageServiceServer::new(images::Images::new(manager.clone()));
+    let data = DataServiceServer::new(data::Data::new(manager.clone()))
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES);
     let proxy = ContainerServiceServer::new(proxy::Proxy::new(manager))
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
@@ -105,6 +111,7 @@ pub async fn router<R: ContainerRuntime, N: Network>(
         .add_service(InterceptedService::new(health_service, auth.clone()))
         .add_service(InterceptedService::new(bots, auth.clone()))
         .add_service(InterceptedService::new(images, auth.clone()))
+        .add_service(InterceptedService::new(data, auth.clone()))
         .add_service(InterceptedService::new(proxy, auth.clone()));
     match reflection {
         Some(r) => router.add_service(InterceptedService::new(r, auth)),

@@ -76,6 +76,9 @@ struct Args {
     /// Network setup attempts before a create fails.
     #[arg(long, default_value_t = 4)]
     cni_attempts: u32,
+    /// Largest expanded size of an imported data archive, in bytes (guards against decompression bombs).
+    #[arg(long, env = "BERTH_IMPORT_MAX_BYTES", default_value_t = 64 << 30)]
+    import_max_bytes: u64,
 }
 
 #[tokio::main]
@@ -109,6 +112,8 @@ async fn main() -> anyhow::Result<()> {
         stop_timeout: Duration::from_millis(args.stop_timeout_ms),
         agent_ready_timeout: Duration::from_millis(args.agent_ready_timeout_ms),
         insecure_registries: args.insecure_registries.clone(),
+        state_dir: args.state_dir.clone(),
+        import_max_bytes: args.import_max_bytes,
     };
     if args.bridge.is_empty() || args.bridge.len() > 15 {
         anyhow::bail!("--bridge {:?} must be 1-15 characters (a Linux interface name)", args.bridge);
@@ -126,6 +131,14 @@ async fn main() -> anyhow::Result<()> {
     let manager = Arc::new(BotManager::new(runtime, network, store, config));
     for a in &args.image_archives {
         manager.import_image(a).await.with_context(|| format!("cannot import {}", a.display()))?;
+    }
+    let settled = manager.settle_operations().await.context("cannot settle interrupted operations")?;
+    if settled > 0 {
+        tracing::warn!(operations = settled, "settled operations interrupted by a restart");
+    }
+    let orphans = manager.recover_orphans().await.context("cannot look for orphaned bot data")?;
+    if orphans != Default::default() {
+        tracing::warn!(?orphans, "recovered orphaned bot data");
     }
     let fixed = manager.recover().await.context("cannot check bots against containerd")?;
     if fixed > 0 {

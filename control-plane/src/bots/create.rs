@@ -20,6 +20,8 @@ pub struct CreateBot {
     pub labels: BTreeMap<String, String>,
     pub limits: Limits,
     pub start: bool,
+    /// Restore the data kept when a bot of this name was deleted with `keep_data`.
+    pub restore: bool,
 }
 
 impl<R: ContainerRuntime, N: Network> BotManager<R, N> {
@@ -36,6 +38,15 @@ impl<R: ContainerRuntime, N: Network> BotManager<R, N> {
         let image = found.ok_or_else(|| {
             Error::NotFound(format!("image `{image_name}` is not imported (available: {})", self.images().join(", ")))
         })?;
+        let kept = self.kept_archive(&req.name);
+        if req.restore && !kept.exists() {
+            return Err(Error::NotFound(format!(
+                "there is no kept data for bot `{}` (looked for {}); create it without restore, or delete a bot \
+                 with keep_data first",
+                req.name,
+                kept.display()
+            )));
+        }
         let bot_lock = self.bot_lock(&req.name);
         let _guard = bot_lock.lock().await;
         let now = now_ms();
@@ -65,7 +76,7 @@ impl<R: ContainerRuntime, N: Network> BotManager<R, N> {
             }
         };
         self.store.set_network(&bot.name, Some(&attachment)).await?;
-        if let Err(e) = self.make_container(&bot, &image, &attachment.netns).await {
+        if let Err(e) = self.make_container(&bot, &image, &attachment.netns, None).await {
             let mut reason = format!("create failed: {}", crate::error::chain(&e));
             match self.network.detach(&bot.name, Some(&attachment)).await {
                 Ok(()) => self.store.set_network(&bot.name, None).await?,
@@ -73,6 +84,20 @@ impl<R: ContainerRuntime, N: Network> BotManager<R, N> {
             }
             self.transition(&bot, BotState::Error, "error", &reason).await?;
             return Err(e);
+        }
+        if req.restore {
+            let op = self.begin_op(&bot.name, "restore", &kept.display().to_string(), serde_json::json!({})).await?;
+            let restored = async {
+                let file = std::fs::File::open(&kept)
+                    .map_err(|e| Error::internal(format!("cannot open {}", kept.display()), e))?;
+                self.import_locked(&bot, file, true, false, &op).await
+            }
+            .await;
+            if let Err(e) = self.end_op(&op, &kept.display().to_string(), restored).await {
+                let reason = format!("restoring its kept data failed: {}", crate::error::chain(&e));
+                self.transition(&bot, BotState::Error, "error", &reason).await?;
+                return Err(e);
+            }
         }
         self.transition(&bot, BotState::Stopped, "created", "").await?;
         drop(_guard);
@@ -82,11 +107,13 @@ impl<R: ContainerRuntime, N: Network> BotManager<R, N> {
         Ok(self.store.get_bot(&bot.name).await?)
     }
 
-    async fn make_container(
+    /// Creates the bot's container (on `snapshot` if given, else on a new snapshot of `image`).
+    pub(super) async fn make_container(
         &self,
         bot: &BotRecord,
         image: &crate::runtime::Image,
         netns: &std::path::Path,
+        snapshot: Option<String>,
     ) -> Result<()> {
         let dir = self.bot_dir(&bot.name);
         let io = |what: &str, e: std::io::Error| Error::internal(format!("cannot {what} for bot `{}`", bot.name), e);
@@ -108,7 +135,8 @@ impl<R: ContainerRuntime, N: Network> BotManager<R, N> {
             limits: bot.limits,
             netns: Some(netns.to_path_buf()),
             hostname: bot.name.clone(),
-            labels: [("io.berth.bot".to_string(), bot.name.clone())].into(),
+            labels: [(crate::runtime::LABEL_BOT.to_string(), bot.name.clone())].into(),
+            snapshot,
         };
         match self.runtime.create(&config).await {
             // A container left by an earlier, interrupted create of the same bot: replace it.

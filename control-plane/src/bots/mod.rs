@@ -3,10 +3,16 @@
 //! bots in parallel, durable state written before a call returns, and an event for every transition.
 
 mod create;
+mod data;
 mod delete;
 pub mod model;
+pub mod ops;
 mod query;
 mod recover;
+mod rollback;
+mod settle;
+mod orphans;
+pub mod snapshot;
 mod start;
 mod stop;
 
@@ -40,6 +46,10 @@ pub struct ManagerConfig {
     pub agent_ready_timeout: Duration,
     /// Registries (HOST[:PORT]) spoken to over plain HTTP.
     pub insecure_registries: Vec<String>,
+    /// Durable state of berthd: kept archives (`archives/`) and mount points for work on snapshots (`mnt/`).
+    pub state_dir: PathBuf,
+    /// Largest expanded size of an imported archive, in bytes.
+    pub import_max_bytes: u64,
 }
 
 /// Where each bot sees its agent directory.

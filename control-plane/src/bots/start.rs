@@ -27,11 +27,18 @@ impl<R: ContainerRuntime, N: Network> BotManager<R, N> {
                 )));
             }
         }
-        self.transition(&bot, BotState::Starting, "starting", "").await?;
+        self.start_locked(&bot).await?;
+        Ok(self.store.get_bot(name).await?)
+    }
+
+    /// Starts the bot's task and waits for its agent; the caller holds the bot lock.
+    pub(super) async fn start_locked(&self, bot: &BotRecord) -> Result<()> {
+        let name = bot.name.as_str();
+        self.transition(bot, BotState::Starting, "starting", "").await?;
         self.evict_agent(name);
         let started = async {
             self.runtime.start(&bot.container_id).await?;
-            self.wait_ready(&bot).await
+            self.wait_ready(bot).await
         }
         .await;
         if let Err(e) = started {
@@ -39,11 +46,10 @@ impl<R: ContainerRuntime, N: Network> BotManager<R, N> {
             if let Err(stop_err) = self.runtime.stop(&bot.container_id, self.config.stop_timeout).await {
                 tracing::warn!(bot.name = name, error = %crate::error::chain(&stop_err), "cleanup after a failed start failed");
             }
-            self.transition(&bot, BotState::Error, "error", &reason).await?;
+            self.transition(bot, BotState::Error, "error", &reason).await?;
             return Err(e);
         }
-        self.transition(&bot, BotState::Running, "started", "").await?;
-        Ok(self.store.get_bot(name).await?)
+        self.transition(bot, BotState::Running, "started", "").await
     }
 
     /// Waits until the agent answers `Version`, up to the configured deadline.

@@ -21,21 +21,26 @@ impl<R: ContainerRuntime, N: Network> BotManager<R, N> {
                 return Err(Error::FailedPrecondition(format!("bot `{name}` is {}; it cannot be stopped", s.as_str())));
             }
         }
-        self.transition(&bot, BotState::Stopping, "stopping", "").await?;
-        self.evict_agent(name);
+        self.stop_locked(&bot, timeout).await?;
+        Ok(self.store.get_bot(name).await?)
+    }
+
+    /// Stops the bot's task; the caller holds the bot lock.
+    pub(super) async fn stop_locked(&self, bot: &BotRecord, timeout: Option<Duration>) -> Result<()> {
+        self.transition(bot, BotState::Stopping, "stopping", "").await?;
+        self.evict_agent(&bot.name);
         let grace = timeout.unwrap_or(self.config.stop_timeout);
         match self.runtime.stop(&bot.container_id, grace).await {
             Ok(status) => {
                 let msg = status.map(|s| format!("exit status {s}")).unwrap_or_default();
-                self.transition(&bot, BotState::Stopped, "stopped", &msg).await?;
+                self.transition(bot, BotState::Stopped, "stopped", &msg).await
             }
             Err(e) => {
                 let err = Error::from(e);
-                self.transition(&bot, BotState::Error, "error", &format!("stop failed: {}", crate::error::chain(&err)))
+                self.transition(bot, BotState::Error, "error", &format!("stop failed: {}", crate::error::chain(&err)))
                     .await?;
-                return Err(err);
+                Err(err)
             }
         }
-        Ok(self.store.get_bot(name).await?)
     }
 }

@@ -20,6 +20,8 @@ async fn manager() -> (Arc<BotManager<FakeRuntime, FakeNetwork>>, tempfile::Temp
         stop_timeout: Duration::from_millis(100),
         agent_ready_timeout: Duration::from_millis(100),
         insecure_registries: vec![],
+        state_dir: dir.path().join("state"),
+        import_max_bytes: 1 << 30,
     };
     let m = Arc::new(BotManager::new(FakeRuntime::default(), FakeNetwork::default(), store, config));
     m.import_image(std::path::Path::new("img")).await.expect("import");
@@ -55,7 +57,7 @@ async fn a_failed_create_leaves_the_bot_in_error_with_the_reason() {
     assert!(m.runtime.containers().is_empty());
     assert!(m.network.attached().is_empty(), "the network was left attached");
     // It can be deleted.
-    m.delete("broken").await.expect("delete");
+    m.delete("broken", false).await.expect("delete");
     assert!(matches!(m.get("broken").await, Err(Error::NotFound(_))));
 }
 
@@ -71,7 +73,7 @@ async fn a_start_whose_agent_never_answers_ends_in_error_and_stops_the_task() {
     assert_eq!(pid, None, "the task was left running");
     // Error bots can be stopped (a no-op here) and deleted.
     m.stop("mute", None).await.expect("stop");
-    m.delete("mute").await.expect("delete");
+    m.delete("mute", false).await.expect("delete");
     assert!(m.runtime.containers().is_empty());
 }
 
@@ -117,6 +119,6 @@ async fn a_failed_network_setup_leaves_the_bot_in_error_without_a_container() {
     m.network.fail.store(false, Ordering::SeqCst);
     let ok = m.create(req("online")).await.expect("create");
     assert_eq!(ok.network.expect("attached").ip, "10.0.0.2");
-    m.delete("online").await.expect("delete");
+    m.delete("online", false).await.expect("delete");
     assert!(m.network.attached().is_empty());
 }

@@ -4,6 +4,7 @@
 
 pub mod containerd;
 pub mod fake;
+pub mod mount;
 pub mod registry;
 pub mod source;
 pub mod spec;
@@ -66,6 +67,9 @@ pub struct ContainerConfig {
     pub netns: Option<PathBuf>,
     pub hostname: String,
     pub labels: HashMap<String, String>,
+    /// Run on this existing writable snapshot (a bot's data found again after its container was lost)
+    /// instead of a new one on the image.
+    pub snapshot: Option<String>,
 }
 
 /// A task's state as the runtime reports it.
@@ -79,6 +83,27 @@ pub enum TaskState {
     },
     /// The container exists but has no task.
     NoTask,
+}
+
+/// Label naming the bot a container or snapshot belongs to.
+pub const LABEL_BOT: &str = "io.berth.bot";
+/// Label saying what a snapshot of ours is: [`KIND_ACTIVE`] or [`KIND_SNAPSHOT`].
+pub const LABEL_KIND: &str = "io.berth.kind";
+/// The writable snapshot a bot's container runs on.
+pub const KIND_ACTIVE: &str = "active";
+/// A user-visible, read-only snapshot of a bot.
+pub const KIND_SNAPSHOT: &str = "snapshot";
+
+/// A snapshot as the runtime reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SnapshotInfo {
+    pub key: String,
+    /// The snapshot it is layered on (an image layer or another snapshot); empty for none.
+    pub parent: String,
+    /// `true` once committed (read-only); `false` for an active (writable) snapshot.
+    pub committed: bool,
+    pub labels: HashMap<String, String>,
+    pub created_at_ms: i64,
 }
 
 /// Why a runtime call failed, classified for the caller.
@@ -111,6 +136,9 @@ pub enum RuntimeError {
     },
     #[error("timed out after {after:?} while trying to {op}")]
     Timeout { op: String, after: Duration },
+    /// The object is in a state that forbids the call (e.g. a snapshot that others are layered on).
+    #[error("cannot {op}: {reason}")]
+    Conflict { op: String, reason: String },
 }
 
 /// What the control plane needs from a container runtime. Futures are `Send` so callers can run them
@@ -138,4 +166,51 @@ pub trait ContainerRuntime: Send + Sync + 'static {
     /// Removes the task (if any), the container and its snapshot. Deleting what is gone succeeds.
     fn delete(&self, id: &str) -> impl Future<Output = Result<(), RuntimeError>> + Send;
     fn state(&self, id: &str) -> impl Future<Output = Result<TaskState, RuntimeError>> + Send;
+
+    /// The key of the writable snapshot container `id` runs on.
+    fn container_snapshot(&self, id: &str) -> impl Future<Output = Result<String, RuntimeError>> + Send;
+    /// Points container `id` (which must have no task) at another writable snapshot.
+    fn set_container_snapshot(&self, id: &str, key: &str) -> impl Future<Output = Result<(), RuntimeError>> + Send;
+    /// Every snapshot carrying label `key=value`.
+    fn snapshots(&self, key: &str, value: &str)
+    -> impl Future<Output = Result<Vec<SnapshotInfo>, RuntimeError>> + Send;
+    fn snapshot(&self, key: &str) -> impl Future<Output = Result<SnapshotInfo, RuntimeError>> + Send;
+    /// Bytes a snapshot's own layer uses on disk (not counting its parents).
+    fn snapshot_usage(&self, key: &str) -> impl Future<Output = Result<u64, RuntimeError>> + Send;
+    /// Creates a writable snapshot on `parent`, protected from containerd's garbage collector.
+    fn prepare_snapshot(
+        &self,
+        key: &str,
+        parent: &str,
+        labels: HashMap<String, String>,
+    ) -> impl Future<Output = Result<(), RuntimeError>> + Send;
+    /// Copies writable snapshot `active` into a new committed snapshot `key` on the same parent. When
+    /// `freeze` names a container with a running task, the task is frozen during the copy so the capture is
+    /// consistent, and thawed afterwards whatever happened.
+    fn capture_snapshot(
+        &self,
+        active: &str,
+        freeze: Option<&str>,
+        key: &str,
+        labels: HashMap<String, String>,
+    ) -> impl Future<Output = Result<SnapshotInfo, RuntimeError>> + Send;
+    /// Removes a snapshot; [`RuntimeError::Conflict`] if others are layered on it. Removing what is gone
+    /// succeeds.
+    fn remove_snapshot(&self, key: &str) -> impl Future<Output = Result<(), RuntimeError>> + Send;
+    /// Sets (or, with an empty value, removes) labels on a snapshot.
+    fn label_snapshot(
+        &self,
+        key: &str,
+        labels: HashMap<String, String>,
+    ) -> impl Future<Output = Result<(), RuntimeError>> + Send;
+    /// Mounts a snapshot on the host at `target` (an empty directory): writable snapshots read-write
+    /// unless `readonly`, committed ones read-only. Nothing else may have it mounted read-write.
+    fn mount_snapshot(
+        &self,
+        key: &str,
+        target: &std::path::Path,
+        readonly: bool,
+    ) -> impl Future<Output = Result<mount::Mounted, RuntimeError>> + Send;
+    /// Thaws a frozen task (left frozen if berthd died mid-capture). Not running = nothing to do.
+    fn thaw(&self, id: &str) -> impl Future<Output = Result<(), RuntimeError>> + Send;
 }

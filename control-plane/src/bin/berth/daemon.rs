@@ -23,14 +23,14 @@ pub struct Conn {
 }
 
 impl Conn {
-    fn auth(&self) -> anyhow::Result<BearerAuth> {
+    pub fn auth(&self) -> anyhow::Result<BearerAuth> {
         match &self.token {
             Some(t) => BearerAuth::new(t).context("the API token is empty or not printable ASCII"),
             None => Ok(BearerAuth::none()),
         }
     }
 
-    async fn channel(&self) -> anyhow::Result<Channel> {
+    pub async fn channel(&self) -> anyhow::Result<Channel> {
         agent_client::channel(&self.addr).await.with_context(|| format!("cannot reach berthd at {}", self.addr))
     }
 
@@ -124,6 +124,9 @@ pub enum BotCommand {
         /// Create only; do not start.
         #[arg(long)]
         no_start: bool,
+        /// Restore the data kept by `berth bot rm NAME --keep-data` (the create fails if it cannot).
+        #[arg(long)]
+        restore: bool,
     },
     /// List bots.
     Ls {
@@ -148,9 +151,12 @@ pub enum BotCommand {
         #[arg(long)]
         timeout: Option<f64>,
     },
-    /// Delete a bot and its data.
+    /// Delete a bot, its snapshots and its data (with --keep-data, /data is first kept as an archive).
     Rm {
         name: String,
+        /// Keep /data as an archive on berthd's host, for `berth bot create NAME --restore`.
+        #[arg(long)]
+        keep_data: bool,
     },
 }
 
@@ -192,14 +198,14 @@ fn json(b: &pb::Bot) -> serde_json::Value {
     })
 }
 
-fn status_err(what: &str) -> impl FnOnce(tonic::Status) -> anyhow::Error + '_ {
+pub fn status_err(what: &str) -> impl FnOnce(tonic::Status) -> anyhow::Error + '_ {
     move |s| anyhow::anyhow!("{what} failed: {}", s.message())
 }
 
 pub async fn bot(conn: &Conn, cmd: BotCommand) -> anyhow::Result<i32> {
     let mut c = conn.bots().await?;
     match cmd {
-        BotCommand::Create { name, image, memory, cpus, pids, env, labels, no_start } => {
+        BotCommand::Create { name, image, memory, cpus, pids, env, labels, no_start, restore } => {
             let req = pb::CreateBotRequest {
                 name,
                 image,
@@ -211,6 +217,7 @@ pub async fn bot(conn: &Conn, cmd: BotCommand) -> anyhow::Result<i32> {
                     pids: pids.unwrap_or(0),
                 }),
                 start: !no_start,
+                restore,
             };
             let b =
                 c.create_bot(req).await.map_err(status_err("create"))?.into_inner().bot.context("no bot in reply")?;
@@ -278,9 +285,13 @@ pub async fn bot(conn: &Conn, cmd: BotCommand) -> anyhow::Result<i32> {
                 .context("no bot")?;
             println!("{} {}", b.name, state_name(b.state));
         }
-        BotCommand::Rm { name } => {
-            c.delete_bot(pb::DeleteBotRequest { name: name.clone() }).await.map_err(status_err("delete"))?;
-            println!("{name} deleted");
+        BotCommand::Rm { name, keep_data } => {
+            c.delete_bot(pb::DeleteBotRequest { name: name.clone(), keep_data }).await.map_err(status_err("delete"))?;
+            if keep_data {
+                println!("{name} deleted; its data is kept (restore it with `berth bot create {name} --restore`)");
+            } else {
+                println!("{name} deleted");
+            }
         }
     }
     Ok(0)

@@ -3,6 +3,7 @@
 
 mod agent_cmd;
 mod daemon;
+mod data_cmd;
 mod exec;
 mod files;
 mod mcp;
@@ -31,6 +32,15 @@ enum Command {
     /// Manage images.
     #[command(subcommand)]
     Image(daemon::ImageCommand),
+    /// A bot's snapshots: create, ls, rollback, rm.
+    #[command(subcommand)]
+    Snapshot(data_cmd::SnapshotCommand),
+    /// A bot's /data as an archive: export, import.
+    #[command(subcommand)]
+    Data(data_cmd::DataCommand),
+    /// Long-running operations (snapshots, rollbacks, exports, imports, backups).
+    #[command(subcommand)]
+    Ops(data_cmd::OpsCommand),
     /// Run a command in a bot; its exit code becomes ours.
     Exec {
         /// The bot.
@@ -71,6 +81,9 @@ fn main() -> std::process::ExitCode {
             Command::Bot(cmd) => daemon::bot(&cli.conn, cmd).await,
             Command::Image(cmd) => daemon::image(&cli.conn, cmd).await,
             Command::Fs(cmd) => daemon::fs(&cli.conn, cmd).await,
+            Command::Snapshot(cmd) => data_cmd::snapshot(&cli.conn, cmd).await,
+            Command::Data(cmd) => data_cmd::data(&cli.conn, cmd).await,
+            Command::Ops(cmd) => data_cmd::ops(&cli.conn, cmd).await,
             Command::Exec { name, args } => exec::run(cli.conn.agent(&name).await?, args).await,
             Command::Cp { src, dst, parents } => daemon::cp(&cli.conn, &src, &dst, parents).await,
             Command::Mcp { name, args } => mcp::run(cli.conn.agent(&name).await?, args).await,

@@ -11,7 +11,7 @@ use containerd_client::services::v1::{Container, CreateContainerRequest, DeleteC
 use prost_types::Any;
 
 use super::{Containerd, RUNTIME, SNAPSHOTTER, task};
-use crate::runtime::{ContainerConfig, RuntimeError, spec};
+use crate::runtime::{ContainerConfig, KIND_ACTIVE, LABEL_BOT, LABEL_KIND, RuntimeError, spec};
 
 /// Creates the snapshot and the container record. On failure nothing is left behind.
 pub async fn create(ctd: &Containerd, c: &ContainerConfig) -> Result<(), RuntimeError> {
@@ -23,19 +23,18 @@ pub async fn create(ctd: &Containerd, c: &ContainerConfig) -> Result<(), Runtime
 }
 
 async fn create_under(ctd: &Containerd, c: &ContainerConfig, lease: &str) -> Result<(), RuntimeError> {
-    let mut snaps = SnapshotsClient::new(ctd.channel.clone());
-    let prep = PrepareSnapshotRequest {
-        snapshotter: SNAPSHOTTER.into(),
-        key: c.id.clone(),
-        parent: c.image.chain_id.clone(),
-        labels: HashMap::new(),
-    };
-    ctd.call(
-        "prepare the container snapshot",
-        format!("snapshot {}", c.id),
-        snaps.prepare(ctd.request(prep, Some(lease))),
-    )
-    .await?;
+    let key = c.snapshot.clone().unwrap_or_else(|| c.id.clone());
+    if c.snapshot.is_none() {
+        let mut snaps = SnapshotsClient::new(ctd.channel.clone());
+        let prep = PrepareSnapshotRequest {
+            snapshotter: SNAPSHOTTER.into(),
+            key: key.clone(),
+            parent: c.image.chain_id.clone(),
+            labels: snapshot_labels(c),
+        };
+        ctd.call("prepare the container snapshot", format!("snapshot {key}"), snaps.prepare(ctd.request(prep, Some(lease))))
+            .await?;
+    }
     let spec = spec::build(c, ctd.namespace());
     let container = Container {
         id: c.id.clone(),
@@ -44,7 +43,7 @@ async fn create_under(ctd: &Containerd, c: &ContainerConfig, lease: &str) -> Res
         runtime: Some(Runtime { name: RUNTIME.into(), options: None }),
         spec: Some(Any { type_url: spec::SPEC_TYPE_URL.into(), value: spec.to_string().into_bytes() }),
         snapshotter: SNAPSHOTTER.into(),
-        snapshot_key: c.id.clone(),
+        snapshot_key: key.clone(),
         ..Default::default()
     };
     let mut containers = ContainersClient::new(ctd.channel.clone());
@@ -53,14 +52,34 @@ async fn create_under(ctd: &Containerd, c: &ContainerConfig, lease: &str) -> Res
         .call("create the container", format!("container {}", c.id), containers.create(ctd.request(req, Some(lease))))
         .await
     {
-        remove_snapshot(ctd, &c.id).await?;
+        // A snapshot we were given is data we must keep; only one made here is removed.
+        if c.snapshot.is_none() {
+            remove_snapshot(ctd, &key).await?;
+        }
         return Err(e);
     }
     Ok(())
 }
 
-/// Removes the task (killing it), the container and its snapshot; missing pieces are skipped.
+/// The labels of a container's writable snapshot: whose it is, what it is, and a GC root, so the bot's
+/// data outlives even a container record deleted behind our back.
+fn snapshot_labels(c: &ContainerConfig) -> HashMap<String, String> {
+    let mut labels = HashMap::new();
+    if let Some(bot) = c.labels.get(LABEL_BOT) {
+        labels.insert(LABEL_BOT.to_string(), bot.clone());
+    }
+    labels.insert(LABEL_KIND.to_string(), KIND_ACTIVE.to_string());
+    labels.insert("containerd.io/gc.root".to_string(), super::rfc3339(std::time::SystemTime::now()));
+    labels
+}
+
+/// Removes the task (killing it), the container and the snapshot it runs on; missing pieces are skipped.
 pub async fn delete(ctd: &Containerd, id: &str) -> Result<(), RuntimeError> {
+    let key = match super::snapshot::container_snapshot(ctd, id).await {
+        Ok(key) => key,
+        Err(RuntimeError::NotFound { .. }) => return Ok(()),
+        Err(e) => return Err(e),
+    };
     task::remove(ctd, id).await?;
     let mut containers = ContainersClient::new(ctd.channel.clone());
     let req = DeleteContainerRequest { id: id.to_string() };
@@ -68,7 +87,7 @@ pub async fn delete(ctd: &Containerd, id: &str) -> Result<(), RuntimeError> {
         Ok(_) | Err(RuntimeError::NotFound { .. }) => {}
         Err(e) => return Err(e),
     }
-    remove_snapshot(ctd, id).await
+    remove_snapshot(ctd, &key).await
 }
 
 async fn remove_snapshot(ctd: &Containerd, key: &str) -> Result<(), RuntimeError> {

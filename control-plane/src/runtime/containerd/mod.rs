@@ -5,6 +5,7 @@
 mod container;
 mod content;
 mod image;
+mod snapshot;
 mod task;
 
 use std::future::Future;
@@ -15,7 +16,10 @@ use containerd_client::services::v1::leases_client::LeasesClient;
 use containerd_client::services::v1::{CreateRequest as CreateLeaseRequest, DeleteRequest as DeleteLeaseRequest};
 use tonic::transport::Channel;
 
-use super::{ContainerConfig, ContainerRuntime, Image, RuntimeError, TaskState};
+use std::collections::HashMap;
+
+use super::mount::Mounted;
+use super::{ContainerConfig, ContainerRuntime, Image, RuntimeError, SnapshotInfo, TaskState};
 
 /// Snapshotter used for every bot.
 pub const SNAPSHOTTER: &str = "overlayfs";
@@ -125,23 +129,7 @@ fn classify(op: String, what: String, s: tonic::Status) -> RuntimeError {
     }
 }
 
-/// RFC 3339 UTC timestamp (seconds precision), as containerd's gc.expire label wants.
-fn rfc3339(t: std::time::SystemTime) -> String {
-    let secs = t.duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0) as i64;
-    let days = secs.div_euclid(86_400);
-    let rem = secs.rem_euclid(86_400);
-    // Civil date from days since the epoch (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z", rem / 3600, rem % 3600 / 60, rem % 60)
-}
+use crate::time::rfc3339;
 
 impl ContainerRuntime for Containerd {
     async fn install_image(&self, source: &super::source::ImageSource) -> Result<Image, RuntimeError> {
@@ -167,14 +155,59 @@ impl ContainerRuntime for Containerd {
     async fn state(&self, id: &str) -> Result<TaskState, RuntimeError> {
         task::state(self, id).await
     }
-}
 
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn rfc3339_formats_utc() {
-        let t = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_795_386_484);
-        assert_eq!(super::rfc3339(t), "2026-11-22T22:28:04Z");
-        assert_eq!(super::rfc3339(std::time::UNIX_EPOCH), "1970-01-01T00:00:00Z");
+    async fn container_snapshot(&self, id: &str) -> Result<String, RuntimeError> {
+        snapshot::container_snapshot(self, id).await
+    }
+
+    async fn set_container_snapshot(&self, id: &str, key: &str) -> Result<(), RuntimeError> {
+        snapshot::set_container_snapshot(self, id, key).await
+    }
+
+    async fn snapshots(&self, key: &str, value: &str) -> Result<Vec<SnapshotInfo>, RuntimeError> {
+        snapshot::list(self, key, value).await
+    }
+
+    async fn snapshot(&self, key: &str) -> Result<SnapshotInfo, RuntimeError> {
+        snapshot::stat(self, key).await
+    }
+
+    async fn snapshot_usage(&self, key: &str) -> Result<u64, RuntimeError> {
+        snapshot::usage(self, key).await
+    }
+
+    async fn prepare_snapshot(
+        &self,
+        key: &str,
+        parent: &str,
+        labels: HashMap<String, String>,
+    ) -> Result<(), RuntimeError> {
+        snapshot::prepare(self, key, parent, labels).await
+    }
+
+    async fn capture_snapshot(
+        &self,
+        active: &str,
+        freeze: Option<&str>,
+        key: &str,
+        labels: HashMap<String, String>,
+    ) -> Result<SnapshotInfo, RuntimeError> {
+        snapshot::capture(self, active, freeze, key, labels).await
+    }
+
+    async fn remove_snapshot(&self, key: &str) -> Result<(), RuntimeError> {
+        snapshot::remove(self, key).await
+    }
+
+    async fn label_snapshot(&self, key: &str, labels: HashMap<String, String>) -> Result<(), RuntimeError> {
+        snapshot::label(self, key, labels).await
+    }
+
+    async fn mount_snapshot(&self, key: &str, target: &Path, readonly: bool) -> Result<Mounted, RuntimeError> {
+        snapshot::mount_on(self, key, target, readonly).await
+    }
+
+    async fn thaw(&self, id: &str) -> Result<(), RuntimeError> {
+        snapshot::resume(self, id).await
     }
 }

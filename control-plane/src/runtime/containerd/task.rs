@@ -24,10 +24,11 @@ pub fn log_uri(path: &std::path::Path) -> String {
 
 /// Creates and starts the task; returns its pid.
 pub async fn start(ctd: &Containerd, id: &str) -> Result<u32, RuntimeError> {
+    let key = super::snapshot::container_snapshot(ctd, id).await?;
     let mut snaps = SnapshotsClient::new(ctd.channel.clone());
-    let mounts = MountsRequest { snapshotter: SNAPSHOTTER.into(), key: id.to_string() };
+    let mounts = MountsRequest { snapshotter: SNAPSHOTTER.into(), key: key.clone() };
     let rootfs = ctd
-        .call("read the container's mounts", format!("snapshot {id}"), snaps.mounts(ctd.request(mounts, None)))
+        .call("read the container's mounts", format!("snapshot {key}"), snaps.mounts(ctd.request(mounts, None)))
         .await?
         .mounts;
     let log = ctd.log_path(id);

@@ -1,0 +1,145 @@
+//! `DataService`: thin handlers over [`BotManager`]'s snapshots, export/import and operations. The only
+//! logic here is plumbing gRPC streams to the blocking archive code (see `archive::pipe`).
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use berth_proto::controlplane::v1 as pb;
+use bytes::Bytes;
+use pb::data_service_server::DataService;
+use tokio::sync::mpsc;
+use tokio_stream::Stream;
+use tonic::{Request, Response, Status, Streaming};
+
+use super::convert;
+use crate::archive::Compression;
+use crate::archive::pipe::{ChannelReader, ChannelWriter};
+use crate::bots::BotManager;
+use crate::network::Network;
+use crate::runtime::ContainerRuntime;
+
+pub struct Data<R, N> {
+    m: Arc<BotManager<R, N>>,
+}
+
+impl<R, N> Data<R, N> {
+    pub fn new(m: Arc<BotManager<R, N>>) -> Self {
+        Data { m }
+    }
+}
+
+type Res<T> = Result<Response<T>, Status>;
+
+#[tonic::async_trait]
+impl<R: ContainerRuntime, N: Network> DataService for Data<R, N> {
+    async fn create_snapshot(&self, r: Request<pb::CreateSnapshotRequest>) -> Res<pb::CreateSnapshotResponse> {
+        let r = r.into_inner();
+        let (s, op) = self.m.create_snapshot(&r.bot, Some(r.name)).await?;
+        Ok(Response::new(pb::CreateSnapshotResponse { snapshot: Some(convert::snapshot(s)), operation_id: op }))
+    }
+
+    async fn list_snapshots(&self, r: Request<pb::ListSnapshotsRequest>) -> Res<pb::ListSnapshotsResponse> {
+        let snaps = self.m.list_snapshots(&r.get_ref().bot).await?;
+        Ok(Response::new(pb::ListSnapshotsResponse { snapshots: snaps.into_iter().map(convert::snapshot).collect() }))
+    }
+
+    async fn delete_snapshot(&self, r: Request<pb::DeleteSnapshotRequest>) -> Res<pb::DeleteSnapshotResponse> {
+        self.m.delete_snapshot(&r.get_ref().bot, &r.get_ref().name).await?;
+        Ok(Response::new(pb::DeleteSnapshotResponse {}))
+    }
+
+    async fn rollback(&self, r: Request<pb::RollbackRequest>) -> Res<pb::RollbackResponse> {
+        let (b, op) = self.m.rollback(&r.get_ref().bot, &r.get_ref().snapshot).await?;
+        Ok(Response::new(pb::RollbackResponse { bot: Some(convert::bot(b, None)), operation_id: op }))
+    }
+
+    type ExportDataStream = Pin<Box<dyn Stream<Item = Result<pb::ExportDataChunk, Status>> + Send>>;
+
+    async fn export_data(&self, r: Request<pb::ExportDataRequest>) -> Res<Self::ExportDataStream> {
+        let r = r.into_inner();
+        let compression = match pb::Compression::try_from(r.compression) {
+            Ok(pb::Compression::Zstd) => Compression::Zstd,
+            Ok(pb::Compression::Gzip) => Compression::Gzip,
+            Ok(pb::Compression::None) => Compression::None,
+            Err(_) => return Err(Status::invalid_argument(format!("unknown compression {}", r.compression))),
+        };
+        let (out_tx, out_rx) = mpsc::channel::<Result<pb::ExportDataChunk, Status>>(8);
+        let (bytes_tx, mut bytes_rx) = mpsc::channel::<Bytes>(8);
+        let m = self.m.clone();
+        tokio::spawn(async move {
+            let started = out_tx.clone();
+            let export = m.export_data(&r.bot, compression, ChannelWriter::new(bytes_tx), move |id| {
+                let _ = started.try_send(Ok(pb::ExportDataChunk { data: Vec::new(), operation_id: id.to_string() }));
+            });
+            tokio::pin!(export);
+            let mut open = true;
+            let result = loop {
+                tokio::select! {
+                    r = &mut export => break r,
+                    b = bytes_rx.recv(), if open => match b {
+                        Some(b) => {
+                            let chunk = pb::ExportDataChunk { data: b.to_vec(), operation_id: String::new() };
+                            if out_tx.send(Ok(chunk)).await.is_err() {
+                                // The client went away: closing makes the writer fail and the export end.
+                                open = false;
+                                bytes_rx.close();
+                            }
+                        }
+                        None => open = false,
+                    },
+                }
+            };
+            while let Some(b) = bytes_rx.recv().await {
+                if out_tx.send(Ok(pb::ExportDataChunk { data: b.to_vec(), operation_id: String::new() })).await.is_err() {
+                    break;
+                }
+            }
+            if let Err(e) = result {
+                let _ = out_tx.send(Err(e.into())).await;
+            }
+        });
+        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(out_rx))))
+    }
+
+    async fn import_data(&self, r: Request<Streaming<pb::ImportDataChunk>>) -> Res<pb::ImportDataResponse> {
+        let mut stream = r.into_inner();
+        let first = stream
+            .message()
+            .await?
+            .ok_or_else(|| Status::invalid_argument("the import stream was empty: the first message names the bot"))?;
+        if first.bot.is_empty() {
+            return Err(Status::invalid_argument("the first import message must name the bot"));
+        }
+        let (tx, rx) = mpsc::channel::<Result<Bytes, String>>(8);
+        if !first.data.is_empty() {
+            let _ = tx.send(Ok(Bytes::from(first.data))).await;
+        }
+        let pump = tokio::spawn(async move {
+            loop {
+                let item = match stream.message().await {
+                    Ok(Some(c)) => Ok(Bytes::from(c.data)),
+                    Ok(None) => return,
+                    Err(s) => Err(format!("the client's stream failed: {}", s.message())),
+                };
+                let failed = item.is_err();
+                if tx.send(item).await.is_err() || failed {
+                    return;
+                }
+            }
+        });
+        let mut op_id = String::new();
+        let result = self.m.import_data(&first.bot, ChannelReader::new(rx), first.replace, |id| op_id = id.to_string()).await;
+        pump.abort();
+        let s = result?;
+        Ok(Response::new(pb::ImportDataResponse { operation_id: op_id, entries: s.entries, bytes: s.bytes, verified: s.verified }))
+    }
+
+    async fn list_operations(&self, r: Request<pb::ListOperationsRequest>) -> Res<pb::ListOperationsResponse> {
+        let ops = self.m.operations(&r.get_ref().bot, r.get_ref().limit).await?;
+        Ok(Response::new(pb::ListOperationsResponse { operations: ops.into_iter().map(convert::operation).collect() }))
+    }
+
+    async fn get_operation(&self, r: Request<pb::GetOperationRequest>) -> Res<pb::Operation> {
+        Ok(Response::new(convert::operation(self.m.operation(&r.get_ref().id).await?)))
+    }
+}

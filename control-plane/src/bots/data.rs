@@ -1,0 +1,298 @@
+//! A bot's `/data` in and out as archives: export (streamed from a consistent snapshot, never from live
+//! files), import (into a staging snapshot, verified, then switched to, so a refused or broken archive
+//! changes nothing), and the two uses by the lifecycle: keep the data when a bot is deleted, restore it
+//! when a bot of the same name is created. All host-side file work happens on snapshots mounted by
+//! berthd under `<state>/mnt/`, which no container uses at the time.
+
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use super::BotManager;
+use super::model::BotRecord;
+use super::ops::Operation;
+use super::snapshot::{LABEL_DELETED, LABEL_OP};
+use crate::archive::{self, ArchiveError, Compression, Summary};
+use crate::error::{Error, Result};
+use crate::network::Network;
+use crate::runtime::{ContainerRuntime, KIND_SNAPSHOT, LABEL_BOT, LABEL_KIND, TaskState};
+
+impl From<ArchiveError> for Error {
+    fn from(e: ArchiveError) -> Error {
+        match e {
+            e @ (ArchiveError::Hostile { .. } | ArchiveError::TooLarge { .. } | ArchiveError::Corrupt(_)) => {
+                Error::InvalidArgument(e.to_string())
+            }
+            e @ ArchiveError::Io { .. } => Error::internal("archive I/O failed", e),
+        }
+    }
+}
+
+impl<R: ContainerRuntime, N: Network> BotManager<R, N> {
+    /// Where kept data of deleted bots lives.
+    pub fn archive_dir(&self) -> PathBuf {
+        self.config.state_dir.join("archives")
+    }
+
+    /// The archive `bot rm --keep-data` keeps for bot `name`.
+    pub fn kept_archive(&self, name: &str) -> PathBuf {
+        self.archive_dir().join(format!("{name}.tar.zst"))
+    }
+
+    /// Streams an archive of the bot's `/data` into `out`. `started` learns the operation id first.
+    #[tracing::instrument(skip_all, fields(bot.name = %name))]
+    pub async fn export_data<W: Write + Send + 'static>(
+        &self,
+        name: &str,
+        compression: Compression,
+        out: W,
+        started: impl FnOnce(&str),
+    ) -> Result<Summary> {
+        let bot_lock = self.bot_lock(name);
+        let _guard = bot_lock.lock().await;
+        let bot = self.data_bot(name).await?;
+        let op = self.begin_op(name, "export", "", serde_json::json!({})).await?;
+        started(&op.id);
+        let result = self.export_locked(&bot, compression, out, &op).await;
+        self.end_op(&op, "", result).await
+    }
+
+    /// Exports with the bot lock held: from a fresh temporary snapshot of a running bot (frozen only for
+    /// the copy), or straight from a stopped bot's writable snapshot mounted read-only.
+    pub(super) async fn export_locked<W: Write + Send + 'static>(
+        &self,
+        bot: &BotRecord,
+        compression: Compression,
+        out: W,
+        op: &Operation,
+    ) -> Result<Summary> {
+        let active = self.runtime.container_snapshot(&bot.container_id).await?;
+        let running = matches!(self.runtime.state(&bot.container_id).await?, TaskState::Running { .. });
+        let temp = if running {
+            let key = format!("berth.{}.export.{}", bot.name, op.id);
+            let labels: HashMap<String, String> = [
+                (LABEL_BOT.to_string(), bot.name.clone()),
+                (LABEL_KIND.to_string(), KIND_SNAPSHOT.to_string()),
+                (LABEL_OP.to_string(), op.id.clone()),
+                // Never listed; swept if a crash leaves it behind.
+                (LABEL_DELETED.to_string(), "true".to_string()),
+            ]
+            .into();
+            self.runtime.capture_snapshot(&active, Some(&bot.container_id), &key, labels).await?;
+            Some(key)
+        } else {
+            None
+        };
+        let key = temp.clone().unwrap_or(active);
+        let result = self
+            .with_mounted(&key, true, op, {
+                let bot = bot.name.clone();
+                move |root, progress| archive::write::write_archive(&root.join("data"), &bot, compression, out, progress)
+            })
+            .await;
+        if let Some(t) = temp
+            && let Err(e) = self.runtime.remove_snapshot(&t).await
+        {
+            tracing::warn!(bot.name = %bot.name, snapshot = %t, error = %crate::error::chain(&e), "failed to remove an export's snapshot");
+        }
+        result
+    }
+
+    /// Mounts snapshot `key` under `<state>/mnt/<op>`, runs `work` on a blocking thread with the mount
+    /// root and a progress counter (recorded on the operation every second), then unmounts.
+    pub(super) async fn with_mounted<T: Send + 'static>(
+        &self,
+        key: &str,
+        readonly: bool,
+        op: &Operation,
+        work: impl FnOnce(PathBuf, &mut dyn FnMut(u64)) -> std::result::Result<T, ArchiveError> + Send + 'static,
+    ) -> Result<T> {
+        let dir = self.config.state_dir.join("mnt").join(&op.id);
+        std::fs::create_dir_all(&dir).map_err(|e| Error::internal(format!("cannot create {}", dir.display()), e))?;
+        let mounted = self.runtime.mount_snapshot(key, &dir, readonly).await;
+        let mounted = match mounted {
+            Ok(m) => m,
+            Err(e) => {
+                let _ = std::fs::remove_dir(&dir);
+                return Err(e.into());
+            }
+        };
+        let done = Arc::new(AtomicU64::new(0));
+        let counter = done.clone();
+        let root = dir.clone();
+        let mut job = tokio::task::spawn_blocking(move || {
+            let mut progress = |n: u64| {
+                counter.fetch_add(n, Ordering::Relaxed);
+            };
+            let r = work(root, &mut progress);
+            (r, mounted)
+        });
+        let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+        let joined = loop {
+            tokio::select! {
+                j = &mut job => break j,
+                _ = tick.tick() => {
+                    if let Err(e) = self.store.op_progress(&op.id, done.load(Ordering::Relaxed), 0).await {
+                        tracing::warn!(op.id = %op.id, error = %crate::error::chain(&e), "failed to record progress");
+                    }
+                }
+            }
+        };
+        let (result, mounted) = joined.map_err(|e| Error::internal("an archive worker failed", std::io::Error::other(e)))?;
+        let unmounted = tokio::task::spawn_blocking(move || mounted.unmount())
+            .await
+            .map_err(|e| Error::internal("an unmount worker failed", std::io::Error::other(e)))?;
+        if let Err(e) = self.store.op_progress(&op.id, done.load(Ordering::Relaxed), done.load(Ordering::Relaxed)).await {
+            tracing::warn!(op.id = %op.id, error = %crate::error::chain(&e), "failed to record progress");
+        }
+        let value = result?;
+        unmounted.map_err(|e| Error::internal("cannot unmount a snapshot", e))?;
+        let _ = std::fs::remove_dir(&dir);
+        Ok(value)
+    }
+
+    /// Imports an archive into the bot's `/data`, merging or replacing (see the module docs). A running
+    /// bot is stopped first (so no write of its can be lost) and started again afterwards, whatever
+    /// happened; the data as it was before is kept as snapshot `pre-import-…`, so an import can be undone.
+    #[tracing::instrument(skip_all, fields(bot.name = %name, replace))]
+    pub async fn import_data<Rd: Read + Send + 'static>(
+        &self,
+        name: &str,
+        input: Rd,
+        replace: bool,
+        started: impl FnOnce(&str),
+    ) -> Result<Summary> {
+        let bot_lock = self.bot_lock(name);
+        let _guard = bot_lock.lock().await;
+        let bot = self.data_bot(name).await?;
+        let op = self.begin_op(name, "import", if replace { "replace" } else { "merge" }, serde_json::json!({})).await?;
+        started(&op.id);
+        let running = matches!(self.runtime.state(&bot.container_id).await?, TaskState::Running { .. });
+        let result = async {
+            if running {
+                self.stop_locked(&bot, None).await?;
+            }
+            let bot = self.store.get_bot(name).await?;
+            self.import_locked(&bot, input, replace, true, &op).await
+        }
+        .await;
+        if running {
+            let bot = self.store.get_bot(name).await?;
+            if let Err(e) = self.start_locked(&bot).await {
+                tracing::warn!(bot.name = name, error = %crate::error::chain(&e), "failed to restart the bot after an import");
+                if result.is_ok() {
+                    return self.end_op(&op, "", Err(e)).await;
+                }
+            }
+        }
+        self.end_op(&op, if replace { "replace" } else { "merge" }, result).await
+    }
+
+    /// Applies an archive to a stopped bot with its lock held. With `undo_point`, the current data is
+    /// first kept as a snapshot (removed again if the import fails, since nothing changed).
+    pub(super) async fn import_locked<Rd: Read + Send + 'static>(
+        &self,
+        bot: &BotRecord,
+        input: Rd,
+        replace: bool,
+        undo_point: bool,
+        op: &Operation,
+    ) -> Result<Summary> {
+        let base = if undo_point {
+            self.capture(bot, &format!("pre-import-{}", &op.id[..8]), &op.id).await?;
+            Some(format!("berth.{}.snap.{}", bot.name, op.id))
+        } else {
+            None
+        };
+        let parent = match &base {
+            Some(k) => k.clone(),
+            None => {
+                let active = self.runtime.container_snapshot(&bot.container_id).await?;
+                self.runtime.snapshot(&active).await?.parent
+            }
+        };
+        // Without an undo point the staging snapshot starts from the image: only a new bot's (empty)
+        // data is replaced that way, so restores always replace.
+        let new = self.prepare_active(bot, &parent, op).await?;
+        let opts = archive::extract::Options { max_bytes: self.config.import_max_bytes, replace: replace || base.is_none() };
+        let extracted = self
+            .with_mounted(&new, false, op, move |root, progress| archive::extract::extract(input, &root, opts, progress))
+            .await;
+        let applied = match extracted {
+            Ok(summary) => self.switch_active(bot, &new, op).await.map(|()| summary),
+            Err(e) => {
+                if let Err(r) = self.runtime.remove_snapshot(&new).await {
+                    tracing::warn!(bot.name = %bot.name, error = %crate::error::chain(&r), "failed to remove an import's staging snapshot");
+                }
+                Err(e)
+            }
+        };
+        if applied.is_err()
+            && let Some(b) = &base
+            && let Err(r) = self.runtime.remove_snapshot(b).await
+        {
+            tracing::warn!(bot.name = %bot.name, error = %crate::error::chain(&r), "failed to remove an unneeded undo snapshot");
+        }
+        applied
+    }
+
+    /// Writes the bot's data to its kept archive (atomically: a complete file or none). Lock held.
+    pub(super) async fn keep_data(&self, bot: &BotRecord) -> Result<PathBuf> {
+        let dir = self.archive_dir();
+        std::fs::create_dir_all(&dir).map_err(|e| Error::internal(format!("cannot create {}", dir.display()), e))?;
+        let path = self.kept_archive(&bot.name);
+        let partial = path.with_extension("zst.partial");
+        let op = self.begin_op(&bot.name, "backup", &path.display().to_string(), serde_json::json!({})).await?;
+        let result = async {
+            let file = std::fs::File::create(&partial)
+                .map_err(|e| Error::internal(format!("cannot create {}", partial.display()), e))?;
+            let writer = SyncOnDrop(Some(file));
+            self.export_locked(bot, Compression::Zstd, writer, &op).await?;
+            std::fs::rename(&partial, &path)
+                .map_err(|e| Error::internal(format!("cannot move the archive to {}", path.display()), e))?;
+            if let Ok(d) = std::fs::File::open(&dir) {
+                let _ = d.sync_all();
+            }
+            Ok(path.clone())
+        }
+        .await;
+        if result.is_err() {
+            let _ = std::fs::remove_file(&partial);
+        }
+        self.end_op(&op, &path.display().to_string(), result).await
+    }
+}
+
+/// A file flushed to disk when the archive writer is done with it.
+struct SyncOnDrop(Option<std::fs::File>);
+
+impl Write for SyncOnDrop {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        match &mut self.0 {
+            Some(f) => f.write(b),
+            None => Err(std::io::Error::other("closed")),
+        }
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        match &mut self.0 {
+            Some(f) => {
+                f.flush()?;
+                f.sync_all()
+            }
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for SyncOnDrop {
+    fn drop(&mut self) {
+        if let Some(f) = self.0.take()
+            && let Err(e) = f.sync_all()
+        {
+            tracing::warn!(error = %e, "failed to flush an archive to disk");
+        }
+    }
+}

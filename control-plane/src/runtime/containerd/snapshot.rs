@@ -1,0 +1,288 @@
+//! A bot's snapshots in containerd's overlayfs snapshotter: listing by label, capture (copy a writable
+//! snapshot's own layer into a new committed one, the task frozen meanwhile), removal, labels, and
+//! mounting any of them on the host. Every snapshot we keep carries `containerd.io/gc.root`, so containerd's
+//! garbage collector never takes it, whether or not a container still references it; temporary ones are
+//! made under a lease, so a crash leaves nothing that is not collected.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::time::Duration;
+
+use containerd_client::services::v1::containers_client::ContainersClient;
+use containerd_client::services::v1::snapshots::snapshots_client::SnapshotsClient;
+use containerd_client::services::v1::snapshots::{
+    CommitSnapshotRequest, Info, Kind, ListSnapshotsRequest, MountsRequest, PrepareSnapshotRequest,
+    RemoveSnapshotRequest, StatSnapshotRequest, UpdateSnapshotRequest, UsageRequest, ViewSnapshotRequest,
+};
+use containerd_client::services::v1::tasks_client::TasksClient;
+use containerd_client::services::v1::{Container, GetContainerRequest, PauseTaskRequest, ResumeTaskRequest, UpdateContainerRequest};
+use containerd_client::types::Mount;
+use prost_types::FieldMask;
+
+use super::{Containerd, SNAPSHOTTER, rfc3339};
+use crate::runtime::mount::{self, MountSpec, Mounted};
+use crate::runtime::{RuntimeError, SnapshotInfo};
+
+/// containerd's label making an object a garbage-collection root.
+const GC_ROOT: &str = "containerd.io/gc.root";
+/// Longest a capture's copy may take (the bot is frozen meanwhile).
+const COPY_TIMEOUT: Duration = Duration::from_secs(30 * 60);
+
+fn client(ctd: &Containerd) -> SnapshotsClient<tonic::transport::Channel> {
+    SnapshotsClient::new(ctd.channel.clone())
+}
+
+fn info(i: Info) -> SnapshotInfo {
+    SnapshotInfo {
+        committed: i.kind == Kind::Committed as i32,
+        created_at_ms: i.created_at.map_or(0, |t| t.seconds * 1000 + i64::from(t.nanos) / 1_000_000),
+        key: i.name,
+        parent: i.parent,
+        labels: i.labels,
+    }
+}
+
+fn spec(m: Mount) -> MountSpec {
+    MountSpec { kind: m.r#type, source: m.source, options: m.options }
+}
+
+/// The labels every kept snapshot gets on top of the caller's.
+fn rooted(mut labels: HashMap<String, String>) -> HashMap<String, String> {
+    labels.insert(GC_ROOT.into(), rfc3339(std::time::SystemTime::now()));
+    labels
+}
+
+pub async fn container_snapshot(ctd: &Containerd, id: &str) -> Result<String, RuntimeError> {
+    let mut c = ContainersClient::new(ctd.channel.clone());
+    let req = GetContainerRequest { id: id.to_string() };
+    let got = ctd.call("read the container", format!("container {id}"), c.get(ctd.request(req, None))).await?;
+    got.container.map(|c| c.snapshot_key).ok_or_else(|| RuntimeError::NotFound { what: format!("container {id}") })
+}
+
+pub async fn set_container_snapshot(ctd: &Containerd, id: &str, key: &str) -> Result<(), RuntimeError> {
+    let mut c = ContainersClient::new(ctd.channel.clone());
+    let container = Container { id: id.to_string(), snapshot_key: key.to_string(), ..Default::default() };
+    let req = UpdateContainerRequest {
+        container: Some(container),
+        update_mask: Some(FieldMask { paths: vec!["snapshotkey".into()] }),
+    };
+    ctd.call("switch the container's snapshot", format!("container {id}"), c.update(ctd.request(req, None))).await?;
+    Ok(())
+}
+
+pub async fn list(ctd: &Containerd, label: &str, value: &str) -> Result<Vec<SnapshotInfo>, RuntimeError> {
+    let req = ListSnapshotsRequest {
+        snapshotter: SNAPSHOTTER.into(),
+        filters: vec![format!("labels.\"{label}\"==\"{value}\"")],
+    };
+    let mut stream =
+        ctd.call("list snapshots", "snapshots", client(ctd).list(ctd.request(req, None))).await?;
+    let mut out = Vec::new();
+    let deadline = tokio::time::Instant::now() + ctd.call_timeout;
+    loop {
+        match tokio::time::timeout_at(deadline, stream.message()).await {
+            Err(_) => return Err(RuntimeError::Timeout { op: "list snapshots".into(), after: ctd.call_timeout }),
+            Ok(Ok(Some(page))) => out.extend(page.info.into_iter().map(info)),
+            Ok(Ok(None)) => return Ok(out),
+            Ok(Err(s)) => return Err(super::classify("list snapshots".into(), "snapshots".into(), s)),
+        }
+    }
+}
+
+pub async fn stat(ctd: &Containerd, key: &str) -> Result<SnapshotInfo, RuntimeError> {
+    let req = StatSnapshotRequest { snapshotter: SNAPSHOTTER.into(), key: key.to_string() };
+    let r = ctd.call("read a snapshot", format!("snapshot {key}"), client(ctd).stat(ctd.request(req, None))).await?;
+    r.info.map(info).ok_or_else(|| RuntimeError::NotFound { what: format!("snapshot {key}") })
+}
+
+pub async fn usage(ctd: &Containerd, key: &str) -> Result<u64, RuntimeError> {
+    let req = UsageRequest { snapshotter: SNAPSHOTTER.into(), key: key.to_string() };
+    let r = ctd.call("measure a snapshot", format!("snapshot {key}"), client(ctd).usage(ctd.request(req, None))).await?;
+    Ok(r.size.max(0) as u64)
+}
+
+pub async fn prepare(
+    ctd: &Containerd,
+    key: &str,
+    parent: &str,
+    labels: HashMap<String, String>,
+) -> Result<(), RuntimeError> {
+    let req =
+        PrepareSnapshotRequest { snapshotter: SNAPSHOTTER.into(), key: key.into(), parent: parent.into(), labels: rooted(labels) };
+    ctd.call("prepare a snapshot", format!("snapshot {key}"), client(ctd).prepare(ctd.request(req, None))).await?;
+    Ok(())
+}
+
+pub async fn remove(ctd: &Containerd, key: &str) -> Result<(), RuntimeError> {
+    let req = RemoveSnapshotRequest { snapshotter: SNAPSHOTTER.into(), key: key.to_string() };
+    match ctd.call("remove a snapshot", format!("snapshot {key}"), client(ctd).remove(ctd.request(req, None))).await {
+        Ok(_) | Err(RuntimeError::NotFound { .. }) => Ok(()),
+        Err(RuntimeError::Failed { source, .. }) if source.code() == tonic::Code::FailedPrecondition => {
+            Err(RuntimeError::Conflict { op: format!("remove snapshot {key}"), reason: source.message().to_string() })
+        }
+        Err(e) => Err(e),
+    }
+}
+
+pub async fn label(ctd: &Containerd, key: &str, labels: HashMap<String, String>) -> Result<(), RuntimeError> {
+    let paths = labels.keys().map(|k| format!("labels.{k}")).collect();
+    let info = Info { name: key.to_string(), labels, ..Default::default() };
+    let req = UpdateSnapshotRequest {
+        snapshotter: SNAPSHOTTER.into(),
+        info: Some(info),
+        update_mask: Some(FieldMask { paths }),
+    };
+    ctd.call("label a snapshot", format!("snapshot {key}"), client(ctd).update(ctd.request(req, None))).await?;
+    Ok(())
+}
+
+async fn mounts(ctd: &Containerd, key: &str) -> Result<MountSpec, RuntimeError> {
+    let req = MountsRequest { snapshotter: SNAPSHOTTER.into(), key: key.to_string() };
+    let r =
+        ctd.call("read a snapshot's mounts", format!("snapshot {key}"), client(ctd).mounts(ctd.request(req, None))).await?;
+    single(key, r.mounts)
+}
+
+fn single(key: &str, mounts: Vec<Mount>) -> Result<MountSpec, RuntimeError> {
+    let mut it = mounts.into_iter();
+    match (it.next(), it.next()) {
+        (Some(m), None) => Ok(spec(m)),
+        _ => Err(RuntimeError::Failed {
+            op: format!("mount snapshot {key}"),
+            source: tonic::Status::unimplemented("the snapshotter returned other than exactly one mount"),
+        }),
+    }
+}
+
+/// See [`crate::runtime::ContainerRuntime::capture_snapshot`].
+pub async fn capture(
+    ctd: &Containerd,
+    active: &str,
+    freeze: Option<&str>,
+    key: &str,
+    labels: HashMap<String, String>,
+) -> Result<SnapshotInfo, RuntimeError> {
+    let source = stat(ctd, active).await?;
+    let from = mounts(ctd, active).await?.upper_dir().ok_or_else(|| unsupported(active))?;
+    // The staging snapshot lives under a lease until committed: a crash leaves it for the collector.
+    let lease = ctd.lease("capture").await?;
+    let result = async {
+        let staging = format!("{key}.staging");
+        let req = PrepareSnapshotRequest {
+            snapshotter: SNAPSHOTTER.into(),
+            key: staging.clone(),
+            parent: source.parent.clone(),
+            labels: HashMap::new(),
+        };
+        let prepared = ctd
+            .call("prepare a snapshot", format!("snapshot {staging}"), client(ctd).prepare(ctd.request(req, Some(&lease))))
+            .await?;
+        let to = single(&staging, prepared.mounts)?.upper_dir().ok_or_else(|| unsupported(&staging))?;
+        let frozen = match freeze {
+            Some(id) => pause(ctd, id).await?,
+            None => false,
+        };
+        let copied = copy_layer(&from, &to).await;
+        if frozen && let Some(id) = freeze {
+            resume(ctd, id).await?;
+        }
+        copied?;
+        let req = CommitSnapshotRequest {
+            snapshotter: SNAPSHOTTER.into(),
+            name: key.to_string(),
+            key: staging.clone(),
+            labels: rooted(labels),
+        };
+        ctd.call("commit a snapshot", format!("snapshot {key}"), client(ctd).commit(ctd.request(req, Some(&lease))))
+            .await?;
+        stat(ctd, key).await
+    }
+    .await;
+    ctd.drop_lease(&lease).await;
+    result
+}
+
+fn unsupported(key: &str) -> RuntimeError {
+    RuntimeError::Failed {
+        op: format!("locate the files of snapshot {key}"),
+        source: tonic::Status::unimplemented("the snapshot is neither an overlay nor a bind mount"),
+    }
+}
+
+/// Copies one snapshot layer's files (whiteouts, xattrs, hard links, modes, times included) and flushes
+/// them to disk. `cp -a` never follows a symbolic link it copies.
+async fn copy_layer(from: &Path, to: &Path) -> Result<(), RuntimeError> {
+    let io = |op: String| move |source| RuntimeError::Io { op, source };
+    let mut cmd = tokio::process::Command::new("cp");
+    cmd.args(["-a", "--reflink=auto", "-T"]).arg(from).arg(to).kill_on_drop(true);
+    let out = tokio::time::timeout(COPY_TIMEOUT, cmd.output())
+        .await
+        .map_err(|_| RuntimeError::Timeout { op: "copy a snapshot".into(), after: COPY_TIMEOUT })?
+        .map_err(io("run cp".into()))?;
+    if !out.status.success() {
+        return Err(RuntimeError::Io {
+            op: format!("copy {} to {}", from.display(), to.display()),
+            source: std::io::Error::other(String::from_utf8_lossy(&out.stderr).trim().to_string()),
+        });
+    }
+    let dir = to.to_path_buf();
+    tokio::task::spawn_blocking(move || {
+        let f = std::fs::File::open(&dir)?;
+        rustix::fs::syncfs(&f).map_err(std::io::Error::from)
+    })
+    .await
+    .map_err(|e| RuntimeError::Io { op: "flush a snapshot".into(), source: std::io::Error::other(e) })?
+    .map_err(io(format!("flush {}", to.display())))
+}
+
+/// Freezes a container's task; `false` if it has no running task.
+async fn pause(ctd: &Containerd, id: &str) -> Result<bool, RuntimeError> {
+    let req = PauseTaskRequest { container_id: id.to_string() };
+    let mut t = TasksClient::new(ctd.channel.clone());
+    match ctd.call("freeze the task", format!("task {id}"), t.pause(ctd.request(req, None))).await {
+        Ok(_) => Ok(true),
+        Err(RuntimeError::NotFound { .. }) => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+/// Thaws a container's task; nothing to do if it has none or it is not frozen.
+pub async fn resume(ctd: &Containerd, id: &str) -> Result<(), RuntimeError> {
+    let req = ResumeTaskRequest { container_id: id.to_string() };
+    let mut t = TasksClient::new(ctd.channel.clone());
+    match ctd.call("thaw the task", format!("task {id}"), t.resume(ctd.request(req, None))).await {
+        Ok(_) | Err(RuntimeError::NotFound { .. }) => Ok(()),
+        Err(RuntimeError::Failed { source, .. }) if source.code() == tonic::Code::FailedPrecondition => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+/// See [`crate::runtime::ContainerRuntime::mount_snapshot`].
+pub async fn mount_on(ctd: &Containerd, key: &str, target: &Path, readonly: bool) -> Result<Mounted, RuntimeError> {
+    let snap = stat(ctd, key).await?;
+    let spec = if snap.committed {
+        // A view of a committed snapshot mounts only its (immutable) parents' directories, so the view
+        // itself is needed just long enough to learn them.
+        let lease = ctd.lease("view").await?;
+        let view = format!("{key}.view.{}", uuid::Uuid::new_v4().simple());
+        let req = ViewSnapshotRequest {
+            snapshotter: SNAPSHOTTER.into(),
+            key: view.clone(),
+            parent: key.to_string(),
+            labels: HashMap::new(),
+        };
+        let r = ctd.call("view a snapshot", format!("snapshot {key}"), client(ctd).view(ctd.request(req, Some(&lease)))).await;
+        let _ = remove(ctd, &view).await;
+        ctd.drop_lease(&lease).await;
+        single(key, r?.mounts)?.readonly()
+    } else if readonly {
+        mounts(ctd, key).await?.readonly()
+    } else {
+        mounts(ctd, key).await?
+    };
+    let target = target.to_path_buf();
+    tokio::task::spawn_blocking(move || mount::mount(&spec, &target))
+        .await
+        .map_err(|e| RuntimeError::Io { op: "mount a snapshot".into(), source: std::io::Error::other(e) })?
+        .map_err(|source| RuntimeError::Io { op: format!("mount snapshot {key}"), source })
+}
