@@ -105,6 +105,7 @@ async fn async_main() {
             netns: None,
             hostname: id.clone(),
             labels: HashMap::new(),
+            snapshot: None,
         };
         ctd.create(&c).await.unwrap();
         let t = Instant::now();
@@ -126,7 +127,7 @@ async fn async_main() {
         if i >= 2 {
             cold.push(t.elapsed());
         }
-        bots.delete_bot(pb::DeleteBotRequest { name }).await.unwrap();
+        bots.delete_bot(pb::DeleteBotRequest { name, keep_data: false }).await.unwrap();
     }
     report.row(
         "create → first exec answered (cold, no pool)",
@@ -218,7 +219,7 @@ async fn async_main() {
     );
     report.row("exec /bin/true via the agent directly", &through_agent, Some(("containerd Tasks.Exec", &ctd_exec)));
     report.row("exec /bin/true via the agent directly (vs ctr)", &through_agent, Some(("ctr task exec", &ctr_exec)));
-    bots.delete_bot(pb::DeleteBotRequest { name: "hot".into() }).await.unwrap();
+    bots.delete_bot(pb::DeleteBotRequest { name: "hot".into(), keep_data: false }).await.unwrap();
 
     println!("\n{}", report.md);
     let out = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench");

@@ -161,7 +161,7 @@ async fn errors_carry_the_right_codes() {
     c.stop_bot(pb::StopBotRequest { name: "beta".into(), timeout_ms: 0 }).await.unwrap();
     let mut a = agent(&b, "beta").await;
     assert_eq!(a.version(apb::VersionRequest {}).await.unwrap_err().code(), tonic::Code::FailedPrecondition);
-    c.delete_bot(pb::DeleteBotRequest { name: "beta".into() }).await.unwrap();
+    c.delete_bot(pb::DeleteBotRequest { name: "beta".into(), keep_data: false }).await.unwrap();
     // Reflection lists the services (what grpcurl uses).
     use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
     use tonic_reflection::pb::v1::{ServerReflectionRequest, server_reflection_request, server_reflection_response};
@@ -214,7 +214,7 @@ async fn events_and_exec_cancellation_flow_through() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert!(gone, "the exec survived its client's disconnect through berthd");
-    c.delete_bot(pb::DeleteBotRequest { name: "gamma".into() }).await.unwrap();
+    c.delete_bot(pb::DeleteBotRequest { name: "gamma".into(), keep_data: false }).await.unwrap();
 }
 
 #[tokio::test]
@@ -255,7 +255,7 @@ async fn sixteen_clients_at_once_on_several_bots() {
         tokio::time::timeout(Duration::from_secs(120), t).await.unwrap().unwrap();
     }
     for name in ["d1", "d2", "d3"] {
-        c.delete_bot(pb::DeleteBotRequest { name: name.into() }).await.unwrap();
+        c.delete_bot(pb::DeleteBotRequest { name: name.into(), keep_data: false }).await.unwrap();
     }
     assert!(eventually(Duration::from_secs(5), || b.containerd.ctr_ls("containers").is_empty()).await);
     let _ = collect; // shared harness helper
@@ -362,7 +362,7 @@ async fn bots_get_a_stable_address_on_their_own_network_namespace() {
     let mut a = agent(&b, "net1").await;
     let r = run(&mut a, argv(&["ip", "-4", "addr", "show", "eth0"])).await.unwrap();
     assert!(r.stdout_str().contains(&format!("{ip}/")));
-    c.delete_bot(pb::DeleteBotRequest { name: "net1".into() }).await.unwrap();
+    c.delete_bot(pb::DeleteBotRequest { name: "net1".into(), keep_data: false }).await.unwrap();
     assert!(!b.dir.path().join("run/netns/net1").exists(), "the network namespace leaked");
     let veths = std::process::Command::new("ip").args(["-o", "link", "show", "master", &b.bridge]).output().unwrap();
     assert!(String::from_utf8_lossy(&veths.stdout).trim().is_empty(), "veth left on the bridge");
@@ -402,7 +402,7 @@ async fn transient_cni_failures_are_retried_to_success() {
         .unwrap();
     assert_eq!(bot.state, pb::BotState::Running as i32);
     assert_eq!(std::fs::read_to_string(dir.path().join("adds")).unwrap().trim(), "3");
-    c.delete_bot(pb::DeleteBotRequest { name: "flaky".into() }).await.unwrap();
+    c.delete_bot(pb::DeleteBotRequest { name: "flaky".into(), keep_data: false }).await.unwrap();
 }
 
 #[tokio::test]
@@ -437,7 +437,7 @@ async fn a_permanent_cni_failure_ends_in_error_and_leaks_nothing() {
     let leases: Vec<_> = std::fs::read_dir(&ipam).unwrap().flatten().map(|e| e.file_name()).collect();
     assert!(leases.iter().all(|n| !n.to_string_lossy().starts_with("10.")), "an IP stayed allocated: {leases:?}");
     // The bot in error can be deleted.
-    c.delete_bot(pb::DeleteBotRequest { name: "doomed".into() }).await.unwrap();
+    c.delete_bot(pb::DeleteBotRequest { name: "doomed".into(), keep_data: false }).await.unwrap();
 }
 
 #[tokio::test]

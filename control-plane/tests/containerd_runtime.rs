@@ -46,6 +46,7 @@ impl Bot {
             netns: None,
             hostname: id.into(),
             labels: [("io.berth.test".to_string(), "1".to_string())].into(),
+            snapshot: None,
         }
     }
 

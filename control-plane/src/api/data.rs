@@ -90,7 +90,8 @@ impl<R: ContainerRuntime, N: Network> DataService for Data<R, N> {
                 }
             };
             while let Some(b) = bytes_rx.recv().await {
-                if out_tx.send(Ok(pb::ExportDataChunk { data: b.to_vec(), operation_id: String::new() })).await.is_err() {
+                if out_tx.send(Ok(pb::ExportDataChunk { data: b.to_vec(), operation_id: String::new() })).await.is_err()
+                {
                     break;
                 }
             }
@@ -128,10 +129,16 @@ impl<R: ContainerRuntime, N: Network> DataService for Data<R, N> {
             }
         });
         let mut op_id = String::new();
-        let result = self.m.import_data(&first.bot, ChannelReader::new(rx), first.replace, |id| op_id = id.to_string()).await;
+        let result =
+            self.m.import_data(&first.bot, ChannelReader::new(rx), first.replace, |id| op_id = id.to_string()).await;
         pump.abort();
         let s = result?;
-        Ok(Response::new(pb::ImportDataResponse { operation_id: op_id, entries: s.entries, bytes: s.bytes, verified: s.verified }))
+        Ok(Response::new(pb::ImportDataResponse {
+            operation_id: op_id,
+            entries: s.entries,
+            bytes: s.bytes,
+            verified: s.verified,
+        }))
     }
 
     async fn list_operations(&self, r: Request<pb::ListOperationsRequest>) -> Res<pb::ListOperationsResponse> {

@@ -64,14 +64,15 @@ impl<R: Read> Read for Counting<'_, R> {
 
 const RESOLVE: ResolveFlags = ResolveFlags::BENEATH.union(ResolveFlags::NO_SYMLINKS).union(ResolveFlags::NO_MAGICLINKS);
 
-/// Extracts `input` into `<mount_root>/data`.
+/// Extracts `input` into `<mount_root>/data`; with no `mount_root`, only checks it (every rule that does
+/// not depend on the data it would be applied to, and the manifest), writing nothing.
 pub fn extract<R: Read>(
     input: R,
-    mount_root: &Path,
+    mount_root: Option<&Path>,
     opts: Options,
     progress: &mut dyn FnMut(u64),
 ) -> Result<Summary, ArchiveError> {
-    let root = open_data_root(mount_root, opts.replace)?;
+    let root = mount_root.map(|m| open_data_root(m, opts.replace)).transpose()?;
     let mut buffered = BufReader::with_capacity(256 << 10, Counting { inner: input, progress });
     let magic = buffered.fill_buf().map_err(io("read the archive"))?.to_vec();
     let exceeded = Rc::new(Cell::new(false));
@@ -83,7 +84,7 @@ pub fn extract<R: Read>(
         Box::new(buffered)
     };
     let limited = Limited { inner: decoded, left: opts.max_bytes, exceeded: exceeded.clone() };
-    let result = extract_tar(limited, &root);
+    let result = extract_tar(limited, root.as_ref());
     match result {
         Err(_) if exceeded.get() => Err(ArchiveError::TooLarge { limit: opts.max_bytes }),
         r => r,
@@ -113,8 +114,14 @@ fn open_data_root(mount_root: &Path, replace: bool) -> Result<OwnedFd, ArchiveEr
         Ok(()) | Err(Errno::EXIST) => {}
         Err(e) => return Err(ArchiveError::Io { op: "create /data".into(), source: e.into() }),
     }
-    let root = rustix::fs::openat2(&top, DATA_DIR, OFlags::DIRECTORY | OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty(), RESOLVE)
-        .map_err(|e| ArchiveError::Io { op: "open /data".into(), source: e.into() })?;
+    let root = rustix::fs::openat2(
+        &top,
+        DATA_DIR,
+        OFlags::DIRECTORY | OFlags::RDONLY | OFlags::CLOEXEC,
+        Mode::empty(),
+        RESOLVE,
+    )
+    .map_err(|e| ArchiveError::Io { op: "open /data".into(), source: e.into() })?;
     if replace {
         empty_dir(&root)?;
     }
@@ -136,8 +143,14 @@ fn empty_dir(dir: &OwnedFd) -> Result<(), ArchiveError> {
     for name in names {
         let st = rustix::fs::statat(dir, &name, AtFlags::SYMLINK_NOFOLLOW).map_err(fail)?;
         if rustix::fs::FileType::from_raw_mode(st.st_mode) == rustix::fs::FileType::Directory {
-            let sub = rustix::fs::openat2(dir, &name, OFlags::DIRECTORY | OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty(), RESOLVE)
-                .map_err(fail)?;
+            let sub = rustix::fs::openat2(
+                dir,
+                &name,
+                OFlags::DIRECTORY | OFlags::RDONLY | OFlags::CLOEXEC,
+                Mode::empty(),
+                RESOLVE,
+            )
+            .map_err(fail)?;
             empty_dir(&sub)?;
             rustix::fs::unlinkat(dir, &name, AtFlags::REMOVEDIR).map_err(fail)?;
         } else {
@@ -198,12 +211,14 @@ fn climbs_out(dir_depth: usize, target: &str) -> bool {
     false
 }
 
-fn extract_tar<R: Read>(input: R, root: &OwnedFd) -> Result<Summary, ArchiveError> {
+fn extract_tar<R: Read>(input: R, root: Option<&OwnedFd>) -> Result<Summary, ArchiveError> {
     let mut archive = tar::Archive::new(input);
     let mut summary = Summary::default();
     let mut manifest: Option<Manifest> = None;
     let mut made: HashMap<String, Entry> = HashMap::new();
     let mut files: HashSet<String> = HashSet::new();
+    // Symbolic links this archive made: nothing may be written through them.
+    let mut links: HashSet<String> = HashSet::new();
     let entries = archive.entries().map_err(|e| ArchiveError::Corrupt(e.to_string()))?;
     for entry in entries {
         let mut entry = entry.map_err(|e| ArchiveError::Corrupt(format!("reading an entry: {e}")))?;
@@ -213,7 +228,9 @@ fn extract_tar<R: Read>(input: R, root: &OwnedFd) -> Result<Summary, ArchiveErro
         let comps = match place(&raw).map_err(&hostile)? {
             Place::Manifest => {
                 let mut json = Vec::new();
-                entry.read_to_end(&mut json).map_err(|e| ArchiveError::Corrupt(format!("reading the manifest: {e}")))?;
+                entry
+                    .read_to_end(&mut json)
+                    .map_err(|e| ArchiveError::Corrupt(format!("reading the manifest: {e}")))?;
                 manifest = Some(
                     serde_json::from_slice(&json).map_err(|e| ArchiveError::Corrupt(format!("the manifest: {e}")))?,
                 );
@@ -229,12 +246,50 @@ fn extract_tar<R: Read>(input: R, root: &OwnedFd) -> Result<Summary, ArchiveErro
         let kind = h.entry_type();
         let Some((name, parents)) = comps.split_last() else {
             // The data root itself: only its mode applies.
-            rustix::fs::fchmod(root, Mode::from_raw_mode(mode)).map_err(|e| ArchiveError::Io { op: "chmod /data".into(), source: e.into() })?;
+            if let Some(root) = root {
+                rustix::fs::fchmod(root, Mode::from_raw_mode(mode))
+                    .map_err(|e| ArchiveError::Io { op: "chmod /data".into(), source: e.into() })?;
+            }
             continue;
         };
         let rel = comps.join("/");
-        let parent = open_dirs(root, parents).map_err(|reason| hostile(reason))?;
-        let mut record = Entry { path: rel.clone(), kind: Kind::Dir, mode, uid, gid, size: 0, sha256: String::new(), target: String::new() };
+        if let Some(i) = (1..comps.len()).find(|&i| links.contains(&comps[..i].join("/"))) {
+            return Err(hostile(format!("it would be written through the symbolic link `{}`", comps[..i].join("/"))));
+        }
+        links.remove(&rel);
+        files.remove(&rel);
+        let Some(root) = root else {
+            // Checking only: what the archive says, without writing it.
+            let record =
+                check_only(&mut entry, &rel, parents.len(), kind, (mode, uid, gid), &files).map_err(|e| match e {
+                    ArchiveError::Hostile { reason, .. } => hostile(reason),
+                    e => e,
+                })?;
+            match record.kind {
+                Kind::File => {
+                    summary.bytes += record.size;
+                    files.insert(rel.clone());
+                }
+                Kind::Symlink => {
+                    links.insert(rel.clone());
+                }
+                _ => {}
+            }
+            summary.entries += 1;
+            made.insert(rel, record);
+            continue;
+        };
+        let parent = open_dirs(root, parents).map_err(&hostile)?;
+        let mut record = Entry {
+            path: rel.clone(),
+            kind: Kind::Dir,
+            mode,
+            uid,
+            gid,
+            size: 0,
+            sha256: String::new(),
+            target: String::new(),
+        };
         let ctx = |op: &str| {
             let op = format!("{op} {rel}");
             move |e: Errno| ArchiveError::Io { op, source: e.into() }
@@ -244,16 +299,24 @@ fn extract_tar<R: Read>(input: R, root: &OwnedFd) -> Result<Summary, ArchiveErro
                 match rustix::fs::mkdirat(&parent, name.as_str(), Mode::from_raw_mode(mode)) {
                     Ok(()) => {}
                     Err(Errno::EXIST) => {
-                        let st = rustix::fs::statat(&parent, name.as_str(), AtFlags::SYMLINK_NOFOLLOW).map_err(ctx("inspect"))?;
+                        let st = rustix::fs::statat(&parent, name.as_str(), AtFlags::SYMLINK_NOFOLLOW)
+                            .map_err(ctx("inspect"))?;
                         if rustix::fs::FileType::from_raw_mode(st.st_mode) != rustix::fs::FileType::Directory {
                             rustix::fs::unlinkat(&parent, name.as_str(), AtFlags::empty()).map_err(ctx("replace"))?;
-                            rustix::fs::mkdirat(&parent, name.as_str(), Mode::from_raw_mode(mode)).map_err(ctx("create"))?;
+                            rustix::fs::mkdirat(&parent, name.as_str(), Mode::from_raw_mode(mode))
+                                .map_err(ctx("create"))?;
                         }
                     }
                     Err(e) => return Err(ctx("create")(e)),
                 }
-                let d = rustix::fs::openat2(&parent, name.as_str(), OFlags::DIRECTORY | OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty(), RESOLVE)
-                    .map_err(ctx("open"))?;
+                let d = rustix::fs::openat2(
+                    &parent,
+                    name.as_str(),
+                    OFlags::DIRECTORY | OFlags::RDONLY | OFlags::CLOEXEC,
+                    Mode::empty(),
+                    RESOLVE,
+                )
+                .map_err(ctx("open"))?;
                 rustix::fs::fchmod(&d, Mode::from_raw_mode(mode)).map_err(ctx("chmod"))?;
                 chown(&d, uid, gid).map_err(ctx("chown"))?;
             }
@@ -282,7 +345,8 @@ fn extract_tar<R: Read>(input: R, root: &OwnedFd) -> Result<Summary, ArchiveErro
                 chown(file.as_fd(), uid, gid).map_err(ctx("chown"))?;
                 rustix::fs::fchmod(&file, Mode::from_raw_mode(mode)).map_err(ctx("chmod"))?;
                 let t = rustix::fs::Timespec { tv_sec: mtime as i64, tv_nsec: 0 };
-                rustix::fs::futimens(&file, &Timestamps { last_access: t, last_modification: t }).map_err(ctx("set times of"))?;
+                rustix::fs::futimens(&file, &Timestamps { last_access: t, last_modification: t })
+                    .map_err(ctx("set times of"))?;
                 record.kind = Kind::File;
                 record.size = size;
                 record.sha256 = hex::encode(hash.finalize());
@@ -302,6 +366,7 @@ fn extract_tar<R: Read>(input: R, root: &OwnedFd) -> Result<Summary, ArchiveErro
                 record.kind = Kind::Symlink;
                 record.mode = 0o777;
                 record.target = target;
+                links.insert(rel.clone());
             }
             tar::EntryType::Link => {
                 let target = entry.link_name_bytes().map(|t| t.into_owned()).unwrap_or_default();
@@ -311,12 +376,15 @@ fn extract_tar<R: Read>(input: R, root: &OwnedFd) -> Result<Summary, ArchiveErro
                 };
                 let tpath = tcomps.join("/");
                 if !files.contains(&tpath) {
-                    return Err(hostile(format!("the hard link points at `{tpath}`, which this archive did not create")));
+                    return Err(hostile(format!(
+                        "the hard link points at `{tpath}`, which this archive did not create"
+                    )));
                 }
                 let (tname, tparents) = tcomps.split_last().ok_or_else(|| hostile("empty hard link target".into()))?;
                 let tdir = open_dirs(root, tparents).map_err(&hostile)?;
                 clear(&parent, name).map_err(&hostile)?;
-                rustix::fs::linkat(&tdir, tname.as_str(), &parent, name.as_str(), AtFlags::empty()).map_err(ctx("link"))?;
+                rustix::fs::linkat(&tdir, tname.as_str(), &parent, name.as_str(), AtFlags::empty())
+                    .map_err(ctx("link"))?;
                 record.kind = Kind::Hardlink;
                 record.target = tpath;
             }
@@ -335,6 +403,71 @@ fn extract_tar<R: Read>(input: R, root: &OwnedFd) -> Result<Summary, ArchiveErro
     Ok(summary)
 }
 
+/// The record of one entry, checked but not written (see [`extract`] without a mount root).
+fn check_only<R: Read>(
+    entry: &mut tar::Entry<'_, R>,
+    rel: &str,
+    depth: usize,
+    kind: tar::EntryType,
+    (mode, uid, gid): (u32, u64, u64),
+    files: &HashSet<String>,
+) -> Result<Entry, ArchiveError> {
+    let hostile = |reason: String| ArchiveError::Hostile { entry: rel.to_string(), reason };
+    let mut record = Entry {
+        path: rel.to_string(),
+        kind: Kind::Dir,
+        mode,
+        uid,
+        gid,
+        size: 0,
+        sha256: String::new(),
+        target: String::new(),
+    };
+    match kind {
+        tar::EntryType::Directory => {}
+        tar::EntryType::Regular | tar::EntryType::Continuous => {
+            let mut hash = Sha256::new();
+            let mut buf = vec![0u8; 128 << 10];
+            loop {
+                let n = entry.read(&mut buf).map_err(|e| ArchiveError::Corrupt(format!("{rel}: {e}")))?;
+                if n == 0 {
+                    break;
+                }
+                hash.update(&buf[..n]);
+                record.size += n as u64;
+            }
+            record.kind = Kind::File;
+            record.sha256 = hex::encode(hash.finalize());
+        }
+        tar::EntryType::Symlink => {
+            let target = entry.link_name_bytes().map(|t| t.into_owned()).unwrap_or_default();
+            let target = String::from_utf8(target).map_err(|_| hostile("the link target is not UTF-8".into()))?;
+            if target.is_empty() || climbs_out(depth, &target) {
+                return Err(hostile(format!("the symbolic link to `{target}` points outside the data root")));
+            }
+            record.kind = Kind::Symlink;
+            record.mode = 0o777;
+            record.target = target;
+        }
+        tar::EntryType::Link => {
+            let target = entry.link_name_bytes().map(|t| t.into_owned()).unwrap_or_default();
+            let tpath = match place(&target) {
+                Ok(Place::Data(c)) if !c.is_empty() => c.join("/"),
+                _ => return Err(hostile("the hard link points outside the data root".into())),
+            };
+            if !files.contains(&tpath) {
+                return Err(hostile(format!("the hard link points at `{tpath}`, which this archive did not create")));
+            }
+            record.kind = Kind::Hardlink;
+            record.target = tpath;
+        }
+        tar::EntryType::Char | tar::EntryType::Block => return Err(hostile("device nodes are not allowed".into())),
+        tar::EntryType::Fifo => return Err(hostile("fifos are not allowed".into())),
+        other => return Err(hostile(format!("entries of type {other:?} are not supported"))),
+    }
+    Ok(record)
+}
+
 fn chown(fd: impl AsFd, uid: u64, gid: u64) -> Result<(), Errno> {
     rustix::fs::fchown(fd, Some(rustix::fs::Uid::from_raw(uid as u32)), Some(rustix::fs::Gid::from_raw(gid as u32)))
 }
@@ -342,11 +475,13 @@ fn chown(fd: impl AsFd, uid: u64, gid: u64) -> Result<(), Errno> {
 /// Opens the directory `comps` under `root`, creating missing ones, never crossing a symbolic link.
 fn open_dirs(root: &OwnedFd, comps: &[String]) -> Result<OwnedFd, String> {
     let flags = OFlags::DIRECTORY | OFlags::RDONLY | OFlags::CLOEXEC;
-    let mut cur = rustix::fs::openat2(root, ".", flags, Mode::empty(), RESOLVE).map_err(|e| format!("open /data: {e}"))?;
+    let mut cur =
+        rustix::fs::openat2(root, ".", flags, Mode::empty(), RESOLVE).map_err(|e| format!("open /data: {e}"))?;
     for (i, c) in comps.iter().enumerate() {
         let next = match rustix::fs::openat2(&cur, c.as_str(), flags, Mode::empty(), RESOLVE) {
             Err(Errno::NOENT) => {
-                rustix::fs::mkdirat(&cur, c.as_str(), Mode::from_raw_mode(0o755)).map_err(|e| format!("create {c}: {e}"))?;
+                rustix::fs::mkdirat(&cur, c.as_str(), Mode::from_raw_mode(0o755))
+                    .map_err(|e| format!("create {c}: {e}"))?;
                 rustix::fs::openat2(&cur, c.as_str(), flags, Mode::empty(), RESOLVE)
             }
             r => r,
@@ -380,14 +515,17 @@ fn verify(m: &Manifest, made: &HashMap<String, Entry>) -> Result<(), ArchiveErro
     for e in &m.entries {
         match made.get(&e.path) {
             None => problems.push(format!("`{}` is in the manifest but not in the archive", e.path)),
-            Some(got) if got.kind != e.kind || got.size != e.size || got.sha256 != e.sha256 || got.target != e.target => {
+            Some(got)
+                if got.kind != e.kind || got.size != e.size || got.sha256 != e.sha256 || got.target != e.target =>
+            {
                 problems.push(format!("`{}` does not match the manifest", e.path))
             }
             Some(_) => {}
         }
     }
     let listed: HashSet<&str> = m.entries.iter().map(|e| e.path.as_str()).collect();
-    problems.extend(made.keys().filter(|p| !listed.contains(p.as_str())).map(|p| format!("`{p}` is not in the manifest")));
+    problems
+        .extend(made.keys().filter(|p| !listed.contains(p.as_str())).map(|p| format!("`{p}` is not in the manifest")));
     if problems.is_empty() {
         Ok(())
     } else {

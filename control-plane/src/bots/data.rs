@@ -89,7 +89,9 @@ impl<R: ContainerRuntime, N: Network> BotManager<R, N> {
         let result = self
             .with_mounted(&key, true, op, {
                 let bot = bot.name.clone();
-                move |root, progress| archive::write::write_archive(&root.join("data"), &bot, compression, out, progress)
+                move |root, progress| {
+                    archive::write::write_archive(&root.join("data"), &bot, compression, out, progress)
+                }
             })
             .await;
         if let Some(t) = temp
@@ -140,11 +142,13 @@ impl<R: ContainerRuntime, N: Network> BotManager<R, N> {
                 }
             }
         };
-        let (result, mounted) = joined.map_err(|e| Error::internal("an archive worker failed", std::io::Error::other(e)))?;
+        let (result, mounted) =
+            joined.map_err(|e| Error::internal("an archive worker failed", std::io::Error::other(e)))?;
         let unmounted = tokio::task::spawn_blocking(move || mounted.unmount())
             .await
             .map_err(|e| Error::internal("an unmount worker failed", std::io::Error::other(e)))?;
-        if let Err(e) = self.store.op_progress(&op.id, done.load(Ordering::Relaxed), done.load(Ordering::Relaxed)).await {
+        if let Err(e) = self.store.op_progress(&op.id, done.load(Ordering::Relaxed), done.load(Ordering::Relaxed)).await
+        {
             tracing::warn!(op.id = %op.id, error = %crate::error::chain(&e), "failed to record progress");
         }
         let value = result?;
@@ -153,9 +157,11 @@ impl<R: ContainerRuntime, N: Network> BotManager<R, N> {
         Ok(value)
     }
 
-    /// Imports an archive into the bot's `/data`, merging or replacing (see the module docs). A running
-    /// bot is stopped first (so no write of its can be lost) and started again afterwards, whatever
-    /// happened; the data as it was before is kept as snapshot `pre-import-…`, so an import can be undone.
+    /// Imports an archive into the bot's `/data`, merging or replacing (see the module docs). The archive
+    /// is first received into a spool file and checked in full (paths, links, types, size, manifest), so a
+    /// refused archive never touches the bot. Then a running bot is stopped (so no write of its can be
+    /// lost), the archive applied, and the bot started again, whatever happened; the data as it was before
+    /// is kept as snapshot `pre-import-…`, so an import can be undone.
     #[tracing::instrument(skip_all, fields(bot.name = %name, replace))]
     pub async fn import_data<Rd: Read + Send + 'static>(
         &self,
@@ -167,27 +173,66 @@ impl<R: ContainerRuntime, N: Network> BotManager<R, N> {
         let bot_lock = self.bot_lock(name);
         let _guard = bot_lock.lock().await;
         let bot = self.data_bot(name).await?;
-        let op = self.begin_op(name, "import", if replace { "replace" } else { "merge" }, serde_json::json!({})).await?;
+        let mode = if replace { "replace" } else { "merge" };
+        let op = self.begin_op(name, "import", mode, serde_json::json!({})).await?;
         started(&op.id);
-        let running = matches!(self.runtime.state(&bot.container_id).await?, TaskState::Running { .. });
+        let spool = self.config.state_dir.join("spool").join(&op.id);
         let result = async {
+            self.receive(input, &spool).await?;
+            self.check_archive(&spool).await?;
+            let running = matches!(self.runtime.state(&bot.container_id).await?, TaskState::Running { .. });
             if running {
                 self.stop_locked(&bot, None).await?;
             }
-            let bot = self.store.get_bot(name).await?;
-            self.import_locked(&bot, input, replace, true, &op).await
-        }
-        .await;
-        if running {
-            let bot = self.store.get_bot(name).await?;
-            if let Err(e) = self.start_locked(&bot).await {
-                tracing::warn!(bot.name = name, error = %crate::error::chain(&e), "failed to restart the bot after an import");
-                if result.is_ok() {
-                    return self.end_op(&op, "", Err(e)).await;
+            let stopped = self.store.get_bot(name).await?;
+            let file = std::fs::File::open(&spool).map_err(|e| Error::internal("cannot reopen the spooled archive", e))?;
+            let applied = self.import_locked(&stopped, file, replace, true, &op).await;
+            if running {
+                let bot = self.store.get_bot(name).await?;
+                if let Err(e) = self.start_locked(&bot).await {
+                    tracing::warn!(bot.name = name, error = %crate::error::chain(&e), "failed to restart the bot after an import");
+                    return applied.and(Err(e));
                 }
             }
+            applied
         }
-        self.end_op(&op, if replace { "replace" } else { "merge" }, result).await
+        .await;
+        let _ = std::fs::remove_file(&spool);
+        self.end_op(&op, mode, result).await
+    }
+
+    /// Copies the incoming archive to `spool`, up to the import limit.
+    async fn receive<Rd: Read + Send + 'static>(&self, mut input: Rd, spool: &std::path::Path) -> Result<()> {
+        if let Some(dir) = spool.parent() {
+            std::fs::create_dir_all(dir).map_err(|e| Error::internal(format!("cannot create {}", dir.display()), e))?;
+        }
+        let limit = self.config.import_max_bytes;
+        let path = spool.to_path_buf();
+        tokio::task::spawn_blocking(move || -> Result<()> {
+            let mut file =
+                std::fs::File::create(&path).map_err(|e| Error::internal("cannot create the spool file", e))?;
+            let n = std::io::copy(&mut (&mut input).take(limit + 1), &mut file)
+                .map_err(|e| Error::Unavailable(format!("receiving the archive failed: {e}")))?;
+            if n > limit {
+                return Err(ArchiveError::TooLarge { limit }.into());
+            }
+            Ok(())
+        })
+        .await
+        .map_err(|e| Error::internal("a receive worker failed", std::io::Error::other(e)))?
+    }
+
+    /// Checks a spooled archive without applying it.
+    async fn check_archive(&self, spool: &std::path::Path) -> Result<Summary> {
+        let opts = archive::extract::Options { max_bytes: self.config.import_max_bytes, replace: false };
+        let path = spool.to_path_buf();
+        tokio::task::spawn_blocking(move || {
+            let file = std::fs::File::open(&path).map_err(archive::io("open the spooled archive"))?;
+            archive::extract::extract(file, None, opts, &mut |_| {})
+        })
+        .await
+        .map_err(|e| Error::internal("a check worker failed", std::io::Error::other(e)))?
+        .map_err(Error::from)
     }
 
     /// Applies an archive to a stopped bot with its lock held. With `undo_point`, the current data is
@@ -216,9 +261,12 @@ impl<R: ContainerRuntime, N: Network> BotManager<R, N> {
         // Without an undo point the staging snapshot starts from the image: only a new bot's (empty)
         // data is replaced that way, so restores always replace.
         let new = self.prepare_active(bot, &parent, op).await?;
-        let opts = archive::extract::Options { max_bytes: self.config.import_max_bytes, replace: replace || base.is_none() };
+        let opts =
+            archive::extract::Options { max_bytes: self.config.import_max_bytes, replace: replace || base.is_none() };
         let extracted = self
-            .with_mounted(&new, false, op, move |root, progress| archive::extract::extract(input, &root, opts, progress))
+            .with_mounted(&new, false, op, move |root, progress| {
+                archive::extract::extract(input, Some(&root), opts, progress)
+            })
             .await;
         let applied = match extracted {
             Ok(summary) => self.switch_active(bot, &new, op).await.map(|()| summary),

@@ -56,7 +56,13 @@ pub struct Operation {
 
 impl<R: ContainerRuntime, N: Network> BotManager<R, N> {
     /// Records the start of an operation.
-    pub(super) async fn begin_op(&self, bot: &str, kind: &str, target: &str, detail: serde_json::Value) -> Result<Operation> {
+    pub(super) async fn begin_op(
+        &self,
+        bot: &str,
+        kind: &str,
+        target: &str,
+        detail: serde_json::Value,
+    ) -> Result<Operation> {
         let now = now_ms();
         let op = Operation {
             id: uuid::Uuid::new_v4().simple().to_string()[..16].to_string(),

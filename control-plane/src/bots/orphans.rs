@@ -110,8 +110,13 @@ impl<R: ContainerRuntime, N: Network> BotManager<R, N> {
             Error::FailedPrecondition(format!("bot `{}` lost its container and has no network recorded", bot.name))
         })?;
         self.make_container(bot, &image, &netns, Some(key.to_string())).await?;
-        self.transition(bot, BotState::Stopped, "recovered", &format!("its container was missing; recreated on its data ({key})"))
-            .await?;
+        self.transition(
+            bot,
+            BotState::Stopped,
+            "recovered",
+            &format!("its container was missing; recreated on its data ({key})"),
+        )
+        .await?;
         tracing::warn!(bot.name = %bot.name, snapshot = key, "recreated a lost container on the bot's existing data");
         Ok(())
     }
@@ -126,19 +131,27 @@ impl<R: ContainerRuntime, N: Network> BotManager<R, N> {
             path = dir.join(format!("{bot}.orphan-{key}.tar.zst"));
         }
         let partial = path.with_extension("zst.partial");
-        let op = self.begin_op(bot, "backup", &path.display().to_string(), serde_json::json!({ "orphan": key })).await?;
+        let op =
+            self.begin_op(bot, "backup", &path.display().to_string(), serde_json::json!({ "orphan": key })).await?;
         let result = async {
             let file = std::fs::File::create(&partial)
                 .map_err(|e| Error::internal(format!("cannot create {}", partial.display()), e))?;
             let name = bot.to_string();
             self.with_mounted(key, true, &op, move |root, progress| {
                 let mut file = file;
-                let s = crate::archive::write::write_archive(&root.join("data"), &name, Compression::Zstd, &mut file, progress)?;
+                let s = crate::archive::write::write_archive(
+                    &root.join("data"),
+                    &name,
+                    Compression::Zstd,
+                    &mut file,
+                    progress,
+                )?;
                 file.sync_all().map_err(crate::archive::io("flush the backup"))?;
                 Ok(s)
             })
             .await?;
-            std::fs::rename(&partial, &path).map_err(|e| Error::internal(format!("cannot move to {}", path.display()), e))?;
+            std::fs::rename(&partial, &path)
+                .map_err(|e| Error::internal(format!("cannot move to {}", path.display()), e))?;
             Ok(path.clone())
         }
         .await;

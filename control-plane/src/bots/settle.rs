@@ -14,6 +14,7 @@ impl<R: ContainerRuntime, N: Network> BotManager<R, N> {
     pub async fn settle_operations(&self) -> Result<usize> {
         self.clear_mounts();
         self.clear_partial_archives();
+        let _ = std::fs::remove_dir_all(self.config.state_dir.join("spool"));
         let ops = self.store.running_ops().await?;
         for op in &ops {
             let (state, error) = self.settle(op).await;

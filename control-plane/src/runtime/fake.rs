@@ -194,7 +194,10 @@ impl ContainerRuntime for FakeRuntime {
     async fn remove_snapshot(&self, key: &str) -> Result<(), RuntimeError> {
         let mut snaps = self.snaps();
         if snaps.values().any(|s| s.parent == key) {
-            return Err(RuntimeError::Conflict { op: format!("remove snapshot {key}"), reason: "it has children".into() });
+            return Err(RuntimeError::Conflict {
+                op: format!("remove snapshot {key}"),
+                reason: "it has children".into(),
+            });
         }
         snaps.remove(key);
         Ok(())
@@ -213,7 +216,12 @@ impl ContainerRuntime for FakeRuntime {
         Ok(())
     }
 
-    async fn mount_snapshot(&self, _key: &str, _target: &std::path::Path, _readonly: bool) -> Result<Mounted, RuntimeError> {
+    async fn mount_snapshot(
+        &self,
+        _key: &str,
+        _target: &std::path::Path,
+        _readonly: bool,
+    ) -> Result<Mounted, RuntimeError> {
         Err(Self::failure("mount a snapshot (the fake runtime has no files)"))
     }
 

@@ -42,7 +42,11 @@ impl MountSpec {
         }
         if upper.is_some() && !options.iter().any(|o| o.starts_with("lowerdir=")) {
             // An overlay with no lower layer cannot be expressed read-only; a read-only bind of the upper is.
-            return MountSpec { kind: "bind".into(), source: upper.unwrap_or_default().into(), options: vec!["ro".into()] };
+            return MountSpec {
+                kind: "bind".into(),
+                source: upper.unwrap_or_default().into(),
+                options: vec!["ro".into()],
+            };
         }
         options.push("ro".into());
         MountSpec { kind: self.kind.clone(), source: self.source.clone(), options }

@@ -37,11 +37,8 @@ fn decode(row: &AnyRow) -> Result<Operation, StoreError> {
 
 impl Store {
     pub async fn insert_op(&self, op: &Operation) -> Result<(), StoreError> {
-        let sql = concat!(
-            "INSERT INTO operations (",
-            columns!(),
-            ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
-        );
+        let sql =
+            concat!("INSERT INTO operations (", columns!(), ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)");
         sqlx::query(sql)
             .bind(&op.id)
             .bind(&op.bot)

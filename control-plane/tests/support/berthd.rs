@@ -16,6 +16,7 @@ pub struct TestBerthd {
     /// This instance's own bridge and subnet (tests run in parallel).
     pub bridge: String,
     pub subnet: String,
+    args: Vec<std::ffi::OsString>,
     child: Option<Child>,
 }
 
@@ -34,7 +35,7 @@ impl TestBerthd {
         let bytes = id.as_bytes();
         let bridge = format!("bt{}", &id.simple().to_string()[..8]);
         let subnet = format!("10.{}.{}.0/24", 100 + bytes[0] % 100, bytes[1]);
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_berthd"));
+        let mut cmd = Command::new("unused");
         cmd.arg("--containerd-socket")
             .arg(&containerd.socket)
             .args(["--namespace", &containerd.namespace])
@@ -49,15 +50,41 @@ impl TestBerthd {
         if let Some(url) = database_url {
             cmd.args(["--database-url", &url]);
         }
-        let log = std::fs::File::create(dir.path().join("berthd.log")).expect("berthd log");
-        let child = cmd.stdout(Stdio::null()).stderr(log).spawn().expect("start berthd");
-        let b = TestBerthd { containerd, dir, socket, bridge, subnet, child: Some(child) };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while !b.socket.exists() {
-            assert!(Instant::now() < deadline, "berthd did not listen within 30 s: {}", b.log());
+        let args = cmd.get_args().map(|a| a.to_os_string()).collect();
+        let mut b = TestBerthd { containerd, dir, socket, bridge, subnet, args, child: None };
+        b.spawn();
+        b
+    }
+
+    /// Starts the berthd process (again) on the same state, and waits until it listens.
+    pub fn spawn(&mut self) {
+        assert!(self.child.is_none(), "berthd is already running");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("berthd.log"))
+            .expect("berthd log");
+        let child = Command::new(env!("CARGO_BIN_EXE_berthd"))
+            .args(&self.args)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start berthd");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !self.socket.exists() {
+            assert!(Instant::now() < deadline, "berthd did not listen within 60 s: {}", self.log());
             std::thread::sleep(Duration::from_millis(20));
         }
-        b
+    }
+
+    /// Stops berthd with `signal` (SIGKILL to simulate a crash); bots keep running.
+    pub fn halt(&mut self, signal: i32) {
+        if let Some(mut c) = self.child.take() {
+            super::stop_child(&mut c, signal);
+        }
+        // A killed berthd leaves its socket behind; the next one replaces it.
+        let _ = std::fs::remove_file(&self.socket);
     }
 
     pub fn log(&self) -> String {

@@ -73,8 +73,14 @@ pub enum OpsCommand {
 
 async fn client(
     conn: &Conn,
-) -> anyhow::Result<DataServiceClient<tonic::service::interceptor::InterceptedService<tonic::transport::Channel, berth_control_plane::agent_client::BearerAuth>>>
-{
+) -> anyhow::Result<
+    DataServiceClient<
+        tonic::service::interceptor::InterceptedService<
+            tonic::transport::Channel,
+            berth_control_plane::agent_client::BearerAuth,
+        >,
+    >,
+> {
     Ok(DataServiceClient::with_interceptor(conn.channel().await?, conn.auth()?)
         .max_decoding_message_size(64 << 20)
         .max_encoding_message_size(64 << 20))
@@ -97,7 +103,8 @@ pub async fn snapshot(conn: &Conn, cmd: SnapshotCommand) -> anyhow::Result<i32> 
             println!("{} ({} bytes, operation {})", s.name, s.size_bytes, r.operation_id);
         }
         SnapshotCommand::Ls { bot, json } => {
-            let snaps = c.list_snapshots(pb::ListSnapshotsRequest { bot }).await.map_err(status_err("list"))?.into_inner();
+            let snaps =
+                c.list_snapshots(pb::ListSnapshotsRequest { bot }).await.map_err(status_err("list"))?.into_inner();
             if json {
                 let v: Vec<_> = snaps
                     .snapshots
@@ -162,7 +169,12 @@ impl Progress {
             Some(t) if t > 0 => {
                 let pct = (self.done as f64 * 100.0 / t as f64).min(100.0);
                 let filled = (pct / 5.0) as usize;
-                format!("{} [{}{}] {pct:5.1}% {mib:.1} MiB {rate:.1} MiB/s", self.what, "#".repeat(filled), " ".repeat(20 - filled))
+                format!(
+                    "{} [{}{}] {pct:5.1}% {mib:.1} MiB {rate:.1} MiB/s",
+                    self.what,
+                    "#".repeat(filled),
+                    " ".repeat(20 - filled)
+                )
             }
             _ => format!("{} {mib:.1} MiB {rate:.1} MiB/s", self.what),
         };
@@ -196,8 +208,12 @@ pub async fn data(conn: &Conn, cmd: DataCommand) -> anyhow::Result<i32> {
             let (mut out, tmp): (Box<dyn Write>, Option<tempfile::NamedTempFile>) = if output == "-" {
                 (Box::new(std::io::stdout().lock()), None)
             } else {
-                let dir = std::path::Path::new(&output).parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(std::path::Path::new("."));
-                let t = tempfile::NamedTempFile::new_in(dir).with_context(|| format!("cannot write in {}", dir.display()))?;
+                let dir = std::path::Path::new(&output)
+                    .parent()
+                    .filter(|p| !p.as_os_str().is_empty())
+                    .unwrap_or(std::path::Path::new("."));
+                let t = tempfile::NamedTempFile::new_in(dir)
+                    .with_context(|| format!("cannot write in {}", dir.display()))?;
                 (Box::new(t.reopen()?), Some(t))
             };
             let mut progress = Progress::new("export", None);
@@ -240,7 +256,8 @@ pub async fn data(conn: &Conn, cmd: DataCommand) -> anyhow::Result<i32> {
                     }
                     buf.truncate(n);
                     progress.add(n as u64);
-                    if tx.blocking_send(pb::ImportDataChunk { bot: String::new(), replace: false, data: buf }).is_err() {
+                    if tx.blocking_send(pb::ImportDataChunk { bot: String::new(), replace: false, data: buf }).is_err()
+                    {
                         // berthd ended the call; its answer says why.
                         return Ok(());
                     }
@@ -277,7 +294,10 @@ pub async fn ops(conn: &Conn, cmd: OpsCommand) -> anyhow::Result<i32> {
         println!("{}", serde_json::Value::Array(v));
         return Ok(0);
     }
-    println!("{:<17} {:<16} {:<9} {:<10} {:<21} {:>12} TARGET / ERROR", "ID", "BOT", "KIND", "STATE", "STARTED", "DONE");
+    println!(
+        "{:<17} {:<16} {:<9} {:<10} {:<21} {:>12} TARGET / ERROR",
+        "ID", "BOT", "KIND", "STATE", "STARTED", "DONE"
+    );
     for o in &ops {
         let note = if o.error.is_empty() { &o.target } else { &o.error };
         println!(

@@ -32,8 +32,12 @@ async fn create_under(ctd: &Containerd, c: &ContainerConfig, lease: &str) -> Res
             parent: c.image.chain_id.clone(),
             labels: snapshot_labels(c),
         };
-        ctd.call("prepare the container snapshot", format!("snapshot {key}"), snaps.prepare(ctd.request(prep, Some(lease))))
-            .await?;
+        ctd.call(
+            "prepare the container snapshot",
+            format!("snapshot {key}"),
+            snaps.prepare(ctd.request(prep, Some(lease))),
+        )
+        .await?;
     }
     let spec = spec::build(c, ctd.namespace());
     let container = Container {

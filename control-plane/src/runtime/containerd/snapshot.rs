@@ -15,7 +15,9 @@ use containerd_client::services::v1::snapshots::{
     RemoveSnapshotRequest, StatSnapshotRequest, UpdateSnapshotRequest, UsageRequest, ViewSnapshotRequest,
 };
 use containerd_client::services::v1::tasks_client::TasksClient;
-use containerd_client::services::v1::{Container, GetContainerRequest, PauseTaskRequest, ResumeTaskRequest, UpdateContainerRequest};
+use containerd_client::services::v1::{
+    Container, GetContainerRequest, PauseTaskRequest, ResumeTaskRequest, UpdateContainerRequest,
+};
 use containerd_client::types::Mount;
 use prost_types::FieldMask;
 
@@ -75,8 +77,7 @@ pub async fn list(ctd: &Containerd, label: &str, value: &str) -> Result<Vec<Snap
         snapshotter: SNAPSHOTTER.into(),
         filters: vec![format!("labels.\"{label}\"==\"{value}\"")],
     };
-    let mut stream =
-        ctd.call("list snapshots", "snapshots", client(ctd).list(ctd.request(req, None))).await?;
+    let mut stream = ctd.call("list snapshots", "snapshots", client(ctd).list(ctd.request(req, None))).await?;
     let mut out = Vec::new();
     let deadline = tokio::time::Instant::now() + ctd.call_timeout;
     loop {
@@ -97,7 +98,8 @@ pub async fn stat(ctd: &Containerd, key: &str) -> Result<SnapshotInfo, RuntimeEr
 
 pub async fn usage(ctd: &Containerd, key: &str) -> Result<u64, RuntimeError> {
     let req = UsageRequest { snapshotter: SNAPSHOTTER.into(), key: key.to_string() };
-    let r = ctd.call("measure a snapshot", format!("snapshot {key}"), client(ctd).usage(ctd.request(req, None))).await?;
+    let r =
+        ctd.call("measure a snapshot", format!("snapshot {key}"), client(ctd).usage(ctd.request(req, None))).await?;
     Ok(r.size.max(0) as u64)
 }
 
@@ -107,8 +109,12 @@ pub async fn prepare(
     parent: &str,
     labels: HashMap<String, String>,
 ) -> Result<(), RuntimeError> {
-    let req =
-        PrepareSnapshotRequest { snapshotter: SNAPSHOTTER.into(), key: key.into(), parent: parent.into(), labels: rooted(labels) };
+    let req = PrepareSnapshotRequest {
+        snapshotter: SNAPSHOTTER.into(),
+        key: key.into(),
+        parent: parent.into(),
+        labels: rooted(labels),
+    };
     ctd.call("prepare a snapshot", format!("snapshot {key}"), client(ctd).prepare(ctd.request(req, None))).await?;
     Ok(())
 }
@@ -138,8 +144,9 @@ pub async fn label(ctd: &Containerd, key: &str, labels: HashMap<String, String>)
 
 async fn mounts(ctd: &Containerd, key: &str) -> Result<MountSpec, RuntimeError> {
     let req = MountsRequest { snapshotter: SNAPSHOTTER.into(), key: key.to_string() };
-    let r =
-        ctd.call("read a snapshot's mounts", format!("snapshot {key}"), client(ctd).mounts(ctd.request(req, None))).await?;
+    let r = ctd
+        .call("read a snapshot's mounts", format!("snapshot {key}"), client(ctd).mounts(ctd.request(req, None)))
+        .await?;
     single(key, r.mounts)
 }
 
@@ -175,7 +182,11 @@ pub async fn capture(
             labels: HashMap::new(),
         };
         let prepared = ctd
-            .call("prepare a snapshot", format!("snapshot {staging}"), client(ctd).prepare(ctd.request(req, Some(&lease))))
+            .call(
+                "prepare a snapshot",
+                format!("snapshot {staging}"),
+                client(ctd).prepare(ctd.request(req, Some(&lease))),
+            )
             .await?;
         let to = single(&staging, prepared.mounts)?.upper_dir().ok_or_else(|| unsupported(&staging))?;
         let frozen = match freeze {
@@ -271,7 +282,9 @@ pub async fn mount_on(ctd: &Containerd, key: &str, target: &Path, readonly: bool
             parent: key.to_string(),
             labels: HashMap::new(),
         };
-        let r = ctd.call("view a snapshot", format!("snapshot {key}"), client(ctd).view(ctd.request(req, Some(&lease)))).await;
+        let r = ctd
+            .call("view a snapshot", format!("snapshot {key}"), client(ctd).view(ctd.request(req, Some(&lease))))
+            .await;
         let _ = remove(ctd, &view).await;
         ctd.drop_lease(&lease).await;
         single(key, r?.mounts)?.readonly()

@@ -1,0 +1,313 @@
+//! A bot's data end to end on a real containerd, through berthd and the `berth` CLI: snapshots of a
+//! running bot (its exec session lives on), rollback in place across several snapshots, export → import
+//! into another bot, keep-data on delete and restore on create, every file compared by sha256, mode and
+//! link target; hostile archives refused with nothing changed; nothing of ours left in containerd after.
+
+#![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
+
+#[path = "../../agent/tests/common/mod.rs"]
+mod common;
+#[path = "support/mod.rs"]
+mod support;
+
+use std::io::Write;
+use std::time::Duration;
+
+use berth_control_plane::agent_client::{self, AgentClient, BearerAuth};
+use berth_proto::agent::v1 as apb;
+use berth_proto::controlplane::v1 as pb;
+use common::{argv, exec_open, run};
+use pb::data_service_client::DataServiceClient;
+use support::berthd::TestBerthd;
+use tonic::transport::Channel;
+
+async fn agent(b: &TestBerthd, bot: &str) -> AgentClient {
+    let ch = agent_client::channel(b.socket.to_str().unwrap()).await.unwrap();
+    agent_client::agent_on(ch, BearerAuth::none().with_bot(bot).unwrap())
+}
+
+async fn data(b: &TestBerthd) -> DataServiceClient<Channel> {
+    DataServiceClient::new(agent_client::channel(b.socket.to_str().unwrap()).await.unwrap())
+        .max_decoding_message_size(64 << 20)
+}
+
+/// Runs a shell script in the bot; returns stdout, failing the test on a non-zero exit.
+async fn sh(b: &TestBerthd, bot: &str, script: &str) -> String {
+    let r = run(&mut agent(b, bot).await, argv(&["sh", "-c", script])).await.unwrap();
+    assert_eq!(r.code(), Some(0), "script failed: {script}\n{}", String::from_utf8_lossy(&r.stderr));
+    r.stdout_str()
+}
+
+/// Every entry under /data: type, path, mode, and sha256 or link target.
+const FINGERPRINT: &str = r#"cd /data && find . | sort | while read -r f; do
+  if [ -L "$f" ]; then echo "L $f -> $(readlink "$f")";
+  elif [ -d "$f" ]; then echo "D $f $(stat -c %a "$f")";
+  else echo "F $f $(stat -c %a "$f") $(stat -c %h "$f") $(sha256sum < "$f" | cut -d' ' -f1)"; fi
+done"#;
+
+async fn fingerprint(b: &TestBerthd, bot: &str) -> String {
+    let fp = sh(b, bot, FINGERPRINT).await;
+    assert!(fp.lines().count() > 3, "suspiciously little data: {fp}");
+    fp
+}
+
+fn cli(b: &TestBerthd, args: &[&str]) -> String {
+    let o = b.berth(args).output().unwrap();
+    assert!(
+        o.status.success(),
+        "berth {args:?} failed: {}\n--- berthd log ---\n{}",
+        String::from_utf8_lossy(&o.stderr),
+        b.log()
+    );
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// Writes random files (one large), nested directories, modes, relative and absolute symlinks and a
+/// hard link.
+const POPULATE: &str = r#"set -e
+mkdir -p /data/docs/deep/er /data/bin /data/empty
+head -c 12000000 /dev/urandom > /data/big.bin
+for i in 1 2 3 4 5 6 7 8; do head -c $((i * 1000 + 7)) /dev/urandom > /data/docs/f$i; done
+echo "secret" > /data/docs/deep/er/key && chmod 600 /data/docs/deep/er/key
+printf '#!/bin/sh\necho hi\n' > /data/bin/tool && chmod 755 /data/bin/tool
+chmod 711 /data/docs/deep
+ln -s ../docs/f1 /data/bin/rel-link
+ln -s /data/docs/f2 /data/abs-link
+ln -s /usr/bin/env /data/bin/env-link
+ln /data/docs/f3 /data/docs/f3-hard"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn snapshots_rollback_export_import_keep_and_restore() {
+    let b = TestBerthd::start(None);
+    cli(&b, &["bot", "create", "keeper"]);
+    sh(&b, "keeper", POPULATE).await;
+    let fp_a = fingerprint(&b, "keeper").await;
+
+    // A live exec session across a snapshot: the bot is frozen for the copy, not restarted.
+    let mut client = agent(&b, "keeper").await;
+    let mut start = argv(&["sh", "-c", "while read -r l; do echo got $l; done"]);
+    start.close_stdin = false;
+    let (tx, mut stream) = exec_open(&mut client, start).await.unwrap();
+    let mut echo = async |line: &str| {
+        let frame = apb::exec_request::Frame::Stdin(format!("{line}\n").into_bytes());
+        tx.send(apb::ExecRequest { frame: Some(frame) }).await.unwrap();
+        loop {
+            let msg = tokio::time::timeout(Duration::from_secs(20), stream.message()).await.unwrap().unwrap().unwrap();
+            if let Some(apb::exec_response::Frame::Stdout(out)) = msg.frame {
+                return String::from_utf8(out).unwrap();
+            }
+        }
+    };
+    assert_eq!(echo("one").await, "got one\n");
+    let out = cli(&b, &["snapshot", "create", "keeper", "--name", "a"]);
+    assert!(out.starts_with("a ("), "{out}");
+    assert_eq!(echo("two").await, "got two\n", "the exec session must survive a snapshot");
+
+    // Change things; snapshot again with a generated name.
+    sh(&b, "keeper", "set -e; rm /data/docs/f4; echo changed > /data/docs/f5; chmod 700 /data/bin; mkdir /data/new; ln -sf f6 /data/docs/f7").await;
+    let fp_b = fingerprint(&b, "keeper").await;
+    assert_ne!(fp_a, fp_b);
+    let out = cli(&b, &["snapshot", "create", "keeper"]);
+    let b_name = out.split_whitespace().next().unwrap().to_string();
+    assert!(b_name.starts_with("snap-"), "{out}");
+    assert_eq!(echo("three").await, "got three\n");
+
+    // Unsnapshotted changes, then roll back to each snapshot in turn.
+    sh(&b, "keeper", "rm -rf /data/docs; head -c 5000 /dev/urandom > /data/big.bin").await;
+    cli(&b, &["snapshot", "rollback", "keeper", "a"]);
+    assert_eq!(fingerprint(&b, "keeper").await, fp_a, "rollback to a");
+    cli(&b, &["snapshot", "rollback", "keeper", &b_name]);
+    assert_eq!(fingerprint(&b, "keeper").await, fp_b, "rollback to {b_name}");
+    cli(&b, &["snapshot", "rollback", "keeper", "a"]);
+    assert_eq!(fingerprint(&b, "keeper").await, fp_a, "rollback to a again");
+
+    // A snapshot taken after a rollback is layered on it; deleting its parent hides the parent at once
+    // and keeps what the child needs.
+    sh(&b, "keeper", "echo after-rollback > /data/docs/f8").await;
+    let fp_c = fingerprint(&b, "keeper").await;
+    cli(&b, &["snapshot", "create", "keeper", "--name", "c"]);
+    let ls = cli(&b, &["snapshot", "ls", "keeper", "--json"]);
+    let ls: serde_json::Value = serde_json::from_str(&ls).unwrap();
+    let c = ls.as_array().unwrap().iter().find(|s| s["name"] == "c").unwrap();
+    assert_eq!(c["parent"], "a", "{ls}");
+    assert!(c["size_bytes"].as_u64().unwrap() > 0, "{ls}");
+    cli(&b, &["snapshot", "rm", "keeper", "a"]);
+    let names: Vec<String> =
+        serde_json::from_str::<serde_json::Value>(&cli(&b, &["snapshot", "ls", "keeper", "--json"]))
+            .unwrap()
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["name"].as_str().unwrap().to_string())
+            .collect();
+    assert_eq!(names, vec![b_name.clone(), "c".to_string()]);
+    sh(&b, "keeper", "rm -rf /data/*").await;
+    cli(&b, &["snapshot", "rollback", "keeper", "c"]);
+    assert_eq!(fingerprint(&b, "keeper").await, fp_c, "rollback to c, whose parent was deleted");
+
+    // Export (running bot) → import into another bot.
+    let archive = b.dir.path().join("keeper.tar.zst");
+    cli(&b, &["data", "export", "keeper", "-o", archive.to_str().unwrap()]);
+    cli(&b, &["bot", "create", "copy"]);
+    sh(&b, "copy", "mkdir -p /data && echo stale > /data/stale").await;
+    let out = cli(&b, &["data", "import", "copy", archive.to_str().unwrap(), "--replace"]);
+    assert!(out.contains("verified against its manifest"), "{out}");
+    assert_eq!(fingerprint(&b, "copy").await, fp_c, "export → import");
+    // Merge keeps what the archive does not have.
+    sh(&b, "copy", "echo mine > /data/mine").await;
+    let gz = b.dir.path().join("keeper.tar.gz");
+    cli(&b, &["data", "export", "keeper", "-o", gz.to_str().unwrap(), "--compression", "gzip"]);
+    cli(&b, &["data", "import", "copy", gz.to_str().unwrap()]);
+    assert_eq!(sh(&b, "copy", "cat /data/mine").await, "mine\n");
+    // The import left an undo point.
+    let snaps = cli(&b, &["snapshot", "ls", "copy"]);
+    assert!(snaps.contains("pre-import-"), "{snaps}");
+
+    // Keep the data on delete, restore it on create.
+    cli(&b, &["bot", "rm", "keeper", "--keep-data"]);
+    let out = cli(&b, &["bot", "create", "keeper", "--restore"]);
+    assert!(out.contains("keeper running"), "{out}");
+    assert_eq!(fingerprint(&b, "keeper").await, fp_c, "keep-data → restore");
+    assert!(cli(&b, &["snapshot", "ls", "keeper", "--json"]).trim() == "[]", "a restored bot starts without snapshots");
+    // Restoring what was never kept is an error, and no bot is made.
+    let o = b.berth(&["bot", "create", "never", "--restore"]).output().unwrap();
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("no kept data"), "{}", String::from_utf8_lossy(&o.stderr));
+
+    // Every operation is on record.
+    let ops: serde_json::Value = serde_json::from_str(&cli(&b, &["ops", "ls", "--json", "--limit", "100"])).unwrap();
+    let ops = ops.as_array().unwrap();
+    for kind in ["snapshot", "rollback", "export", "import", "backup", "restore"] {
+        assert!(ops.iter().any(|o| o["kind"] == kind && o["state"] == "succeeded"), "no succeeded {kind}: {ops:?}");
+    }
+    assert!(ops.iter().all(|o| o["state"] != "running"), "{ops:?}");
+
+    // Deleting every bot leaves nothing of ours in containerd: no snapshot besides the image's layers.
+    drop(tx);
+    cli(&b, &["bot", "rm", "keeper"]);
+    cli(&b, &["bot", "rm", "copy"]);
+    let left = b.containerd.ctr(&["snapshots", "ls"]);
+    assert!(!left.contains("berth.") && !left.contains("bot-"), "snapshots left behind:\n{left}");
+}
+
+/// A tar header with any path (the `tar` crate refuses `..` and absolute paths, rightly).
+fn raw_entry(tar: &mut Vec<u8>, path: &str, kind: tar::EntryType, link: &str, data: &[u8]) {
+    let mut h = tar::Header::new_old();
+    {
+        let old = h.as_old_mut();
+        old.name[..path.len()].copy_from_slice(path.as_bytes());
+        old.linkname[..link.len()].copy_from_slice(link.as_bytes());
+    }
+    h.set_entry_type(kind);
+    h.set_mode(0o644);
+    h.set_size(data.len() as u64);
+    if matches!(kind, tar::EntryType::Char) {
+        h.set_device_major(1).ok();
+        h.set_device_minor(3).ok();
+    }
+    h.set_cksum();
+    tar.extend_from_slice(h.as_bytes());
+    tar.extend_from_slice(data);
+    tar.resize(tar.len().div_ceil(512) * 512, 0);
+}
+
+fn finish(mut tar: Vec<u8>) -> Vec<u8> {
+    tar.extend_from_slice(&[0u8; 1024]);
+    tar
+}
+
+async fn import(b: &TestBerthd, bot: &str, archive: Vec<u8>) -> Result<pb::ImportDataResponse, tonic::Status> {
+    let mut msgs = vec![pb::ImportDataChunk { bot: bot.into(), replace: false, data: vec![] }];
+    msgs.extend(archive.chunks(1 << 20).map(|c| pb::ImportDataChunk { data: c.to_vec(), ..Default::default() }));
+    data(b).await.import_data(tokio_stream::iter(msgs)).await.map(|r| r.into_inner())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_archives_are_refused_and_change_nothing() {
+    let b = TestBerthd::start_with(None, &["--import-max-bytes", "67108864"]);
+    cli(&b, &["bot", "create", "target"]);
+    sh(
+        &b,
+        "target",
+        "mkdir -p /data/d && echo original > /data/d/file && ln -s /etc /data/etc-link && echo x > /data/x",
+    )
+    .await;
+    let before = fingerprint(&b, "target").await;
+    // The agent's start time: a refused archive must not even restart the bot.
+    let started = sh(&b, "target", "cut -d' ' -f22 /proc/1/stat").await;
+
+    let file = |p: &str| {
+        let mut t = Vec::new();
+        raw_entry(&mut t, p, tar::EntryType::Regular, "", b"pwned\n");
+        finish(t)
+    };
+    let mut cases: Vec<(&str, Vec<u8>, &str)> = vec![
+        ("traversal", file("data/../../etc/berth-pwned"), "`..` is not allowed"),
+        ("absolute path", file("/etc/berth-pwned"), "absolute paths are not allowed"),
+        ("outside data/", file("etc/berth-pwned"), "must be under `data/`"),
+    ];
+    let mut t = Vec::new();
+    raw_entry(&mut t, "data/up", tar::EntryType::Symlink, "../../../etc", b"");
+    cases.push(("symlink escaping the root", finish(t), "points outside the data root"));
+    let mut t = Vec::new();
+    raw_entry(&mut t, "data/esc", tar::EntryType::Symlink, "/etc", b"");
+    raw_entry(&mut t, "data/esc/berth-pwned", tar::EntryType::Regular, "", b"pwned\n");
+    cases.push(("write through an archive's symlink", finish(t), "written through the symbolic link"));
+    let mut t = Vec::new();
+    raw_entry(&mut t, "data/h", tar::EntryType::Link, "data/../../etc/passwd", b"");
+    cases.push(("hard link escaping the root", finish(t), "hard link points outside"));
+    let mut t = Vec::new();
+    raw_entry(&mut t, "data/h", tar::EntryType::Link, "data/d/file", b"");
+    cases.push(("hard link to a file the archive did not make", finish(t), "did not create"));
+    let mut t = Vec::new();
+    raw_entry(&mut t, "data/null", tar::EntryType::Char, "", b"");
+    cases.push(("device node", finish(t), "device nodes are not allowed"));
+    // A 1000:1 gzip bomb: 256 MiB of zeros, over the configured 64 MiB limit.
+    let mut t = Vec::new();
+    let zeros = vec![0u8; 256 << 20];
+    let mut h = tar::Header::new_gnu();
+    h.set_path("data/zeros").unwrap();
+    h.set_size(zeros.len() as u64);
+    h.set_mode(0o644);
+    h.set_cksum();
+    t.extend_from_slice(h.as_bytes());
+    t.extend_from_slice(&zeros);
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+    gz.write_all(&finish(t)).unwrap();
+    let bomb = gz.finish().unwrap();
+    assert!(bomb.len() < (256 << 20) / 900, "the bomb is not 1000:1 ({} bytes)", bomb.len());
+    cases.push(("gzip bomb", bomb, "expands beyond the limit"));
+    cases.push(("garbage", b"this is not an archive at all, not even close to one".repeat(20), "corrupt"));
+
+    for (what, archive, expect) in cases {
+        let err = import(&b, "target", archive).await.expect_err(what);
+        assert_eq!(err.code(), tonic::Code::InvalidArgument, "{what}: {err:?}");
+        assert!(err.message().contains(expect), "{what}: {}", err.message());
+        assert_eq!(fingerprint(&b, "target").await, before, "{what} changed the bot's data");
+        assert_eq!(sh(&b, "target", "cut -d' ' -f22 /proc/1/stat").await, started, "{what} restarted the bot");
+    }
+    // An archive that is fine in itself but would write through a symbolic link the bot has is found
+    // only when applied: after the bot was stopped. It is refused, the data is unchanged, the bot runs.
+    let err = import(&b, "target", file("data/etc-link/berth-pwned")).await.expect_err("bot's own symlink");
+    assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
+    assert!(err.message().contains("written through the symbolic link `etc-link`"), "{}", err.message());
+    assert_eq!(fingerprint(&b, "target").await, before);
+    assert!(!sh(&b, "target", "ls /etc").await.contains("berth-pwned"), "the bot's /etc was written to");
+    assert!(!std::path::Path::new("/etc/berth-pwned").exists(), "the host was written to");
+    // Refused imports leave no undo snapshots behind and are recorded as failed.
+    assert_eq!(cli(&b, &["snapshot", "ls", "target", "--json"]).trim(), "[]");
+    let ops: serde_json::Value = serde_json::from_str(&cli(&b, &["ops", "ls", "target", "--json"])).unwrap();
+    assert!(ops.as_array().unwrap().iter().all(|o| o["state"] == "failed" && o["kind"] == "import"), "{ops}");
+    // Bad requests get precise codes.
+    let mut d = data(&b).await;
+    let e = d.rollback(pb::RollbackRequest { bot: "target".into(), snapshot: "nope".into() }).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::NotFound, "{e:?}");
+    let e =
+        d.create_snapshot(pb::CreateSnapshotRequest { bot: "target".into(), name: "../x".into() }).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e:?}");
+    let e = d.list_snapshots(pb::ListSnapshotsRequest { bot: "ghost".into() }).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::NotFound, "{e:?}");
+    d.create_snapshot(pb::CreateSnapshotRequest { bot: "target".into(), name: "s".into() }).await.unwrap();
+    let e = d.create_snapshot(pb::CreateSnapshotRequest { bot: "target".into(), name: "s".into() }).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::AlreadyExists, "{e:?}");
+}
