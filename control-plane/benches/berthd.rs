@@ -221,9 +221,73 @@ async fn async_main() {
     report.row("exec /bin/true via the agent directly (vs ctr)", &through_agent, Some(("ctr task exec", &ctr_exec)));
     bots.delete_bot(pb::DeleteBotRequest { name: "hot".into(), keep_data: false }).await.unwrap();
 
+    data_ops(&b, &mut report).await;
+
     println!("\n{}", report.md);
     let out = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench");
     std::fs::create_dir_all(&out).unwrap();
     std::fs::write(out.join("berthd.md"), &report.md).unwrap();
     std::fs::write(out.join("berthd.json"), format!("[\n{}\n]\n", report.json.join(",\n"))).unwrap();
+}
+
+/// Snapshot, rollback, export and import of a bot holding 10 MiB and 1 GiB of random data, each against a
+/// host `cp` of the same bytes (the floor: every one of them copies or reads the data once).
+async fn data_ops(b: &TestBerthd, report: &mut Report) {
+    use pb::data_service_client::DataServiceClient;
+    let ch = agent_client::channel(b.socket.to_str().unwrap()).await.unwrap();
+    let mut bots = BotServiceClient::new(ch.clone());
+    let mut data = DataServiceClient::new(ch).max_decoding_message_size(64 << 20);
+    bots.create_bot(pb::CreateBotRequest { name: "heavy".into(), start: true, ..Default::default() }).await.unwrap();
+    let ch = agent_client::channel(b.socket.to_str().unwrap()).await.unwrap();
+    let mut agent = agent_client::agent_on(ch, BearerAuth::none().with_bot("heavy").unwrap());
+    for (label, mib, n) in [("10 MiB", 10u64, 5usize), ("1 GiB", 1024, 2)] {
+        let r = run(
+            &mut agent,
+            argv(&["sh", "-c", &format!("mkdir -p /data && head -c {}M /dev/urandom > /data/blob", mib)]),
+        )
+        .await
+        .unwrap();
+        assert_eq!(r.code(), Some(0));
+        let (mut snap, mut back, mut export, mut import, mut cp) = (vec![], vec![], vec![], vec![], vec![]);
+        let src = b.dir.path().join("blob");
+        std::fs::write(&src, vec![7u8; (mib << 20) as usize]).unwrap();
+        for i in 0..n {
+            let t = Instant::now();
+            let st = Command::new("cp").arg(&src).arg(b.dir.path().join("blob.copy")).status().unwrap();
+            assert!(st.success());
+            Command::new("sync").status().unwrap();
+            cp.push(t.elapsed());
+            let name = format!("b{mib}-{i}");
+            let t = Instant::now();
+            data.create_snapshot(pb::CreateSnapshotRequest { bot: "heavy".into(), name: name.clone() }).await.unwrap();
+            snap.push(t.elapsed());
+            let t = Instant::now();
+            data.rollback(pb::RollbackRequest { bot: "heavy".into(), snapshot: name }).await.unwrap();
+            back.push(t.elapsed());
+            let t = Instant::now();
+            let mut stream = data
+                .export_data(pb::ExportDataRequest { bot: "heavy".into(), compression: pb::Compression::Zstd as i32 })
+                .await
+                .unwrap()
+                .into_inner();
+            let mut archive = Vec::new();
+            while let Some(c) = stream.message().await.unwrap() {
+                archive.extend_from_slice(&c.data);
+            }
+            export.push(t.elapsed());
+            let mut msgs = vec![pb::ImportDataChunk { bot: "heavy".into(), replace: true, data: vec![] }];
+            msgs.extend(
+                archive.chunks(1 << 20).map(|c| pb::ImportDataChunk { data: c.to_vec(), ..Default::default() }),
+            );
+            let t = Instant::now();
+            data.import_data(tokio_stream::iter(msgs)).await.unwrap();
+            import.push(t.elapsed());
+        }
+        let floor = format!("host cp of {label}");
+        report.row(&format!("snapshot of a running bot, {label} changed"), &snap, Some((&floor, &cp)));
+        report.row(&format!("rollback of a running bot (restart included), {label}"), &back, Some((&floor, &cp)));
+        report.row(&format!("export (zstd, streamed to the client), {label}"), &export, Some((&floor, &cp)));
+        report.row(&format!("import (replace; spool, check, apply, restart), {label}"), &import, Some((&floor, &cp)));
+    }
+    bots.delete_bot(pb::DeleteBotRequest { name: "heavy".into(), keep_data: false }).await.unwrap();
 }
