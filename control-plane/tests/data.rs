@@ -99,9 +99,33 @@ async fn snapshots_rollback_export_import_keep_and_restore() {
         }
     };
     assert_eq!(echo("one").await, "got one\n");
+    // And a live MCP session (a line-echoing stdio server: `cat`), through berthd, across the same snapshot.
+    let (mcp_tx, mcp_rx) = tokio::sync::mpsc::channel(4);
+    let open = apb::McpOpen { command: "cat".into(), ..Default::default() };
+    mcp_tx.send(apb::McpSessionRequest { frame: Some(apb::mcp_session_request::Frame::Open(open)) }).await.unwrap();
+    let mut mcp = agent(&b, "keeper")
+        .await
+        .mcp_session(tokio_stream::wrappers::ReceiverStream::new(mcp_rx))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut ping = async |id: u32| {
+        let msg = format!(r#"{{"jsonrpc":"2.0","id":{id},"method":"ping"}}"#);
+        let frame = apb::mcp_session_request::Frame::Message(msg.clone().into_bytes());
+        mcp_tx.send(apb::McpSessionRequest { frame: Some(frame) }).await.unwrap();
+        loop {
+            let m = tokio::time::timeout(Duration::from_secs(20), mcp.message()).await.unwrap().unwrap().unwrap();
+            if let Some(apb::mcp_session_response::Frame::Message(out)) = m.frame {
+                assert_eq!(String::from_utf8(out).unwrap(), msg);
+                return;
+            }
+        }
+    };
+    ping(1).await;
     let out = cli(&b, &["snapshot", "create", "keeper", "--name", "a"]);
     assert!(out.starts_with("a ("), "{out}");
     assert_eq!(echo("two").await, "got two\n", "the exec session must survive a snapshot");
+    ping(2).await;
 
     // Change things; snapshot again with a generated name.
     sh(&b, "keeper", "set -e; rm /data/docs/f4; echo changed > /data/docs/f5; chmod 700 /data/bin; mkdir /data/new; ln -sf f6 /data/docs/f7").await;
