@@ -211,6 +211,69 @@ fn climbs_out(dir_depth: usize, target: &str) -> bool {
     false
 }
 
+/// What a data entry asks for, once validated.
+enum Plan {
+    Dir,
+    File,
+    Symlink(String),
+    /// A hard link to a file this archive made (its components under the root).
+    Hardlink(Vec<String>),
+}
+
+/// Validates an entry's type and link target: the rules that hold whatever it is applied to.
+fn plan<R: Read>(entry: &tar::Entry<'_, R>, depth: usize, files: &HashSet<String>) -> Result<Plan, String> {
+    let target = || entry.link_name_bytes().map(|t| t.into_owned()).unwrap_or_default();
+    match entry.header().entry_type() {
+        tar::EntryType::Directory => Ok(Plan::Dir),
+        tar::EntryType::Regular | tar::EntryType::Continuous => Ok(Plan::File),
+        tar::EntryType::Symlink => {
+            let t = String::from_utf8(target()).map_err(|_| "the link target is not UTF-8".to_string())?;
+            if t.is_empty() || climbs_out(depth, &t) {
+                return Err(format!("the symbolic link to `{t}` points outside the data root"));
+            }
+            Ok(Plan::Symlink(t))
+        }
+        tar::EntryType::Link => {
+            let comps = match place(&target()) {
+                Ok(Place::Data(c)) if !c.is_empty() => c,
+                _ => return Err("the hard link points outside the data root".into()),
+            };
+            if !files.contains(&comps.join("/")) {
+                return Err(format!(
+                    "the hard link points at `{}`, which this archive did not create",
+                    comps.join("/")
+                ));
+            }
+            Ok(Plan::Hardlink(comps))
+        }
+        tar::EntryType::Char | tar::EntryType::Block => Err("device nodes are not allowed".into()),
+        tar::EntryType::Fifo => Err("fifos are not allowed".into()),
+        other => Err(format!("entries of type {other:?} are not supported")),
+    }
+}
+
+/// Reads an entry's content to its end, hashing it and writing it to `out` if given.
+fn copy_hashing<R: Read>(
+    entry: &mut tar::Entry<'_, R>,
+    mut out: Option<&mut std::fs::File>,
+    rel: &str,
+) -> Result<(u64, String), ArchiveError> {
+    let mut hash = Sha256::new();
+    let mut buf = vec![0u8; 128 << 10];
+    let mut size = 0u64;
+    loop {
+        let n = entry.read(&mut buf).map_err(|e| ArchiveError::Corrupt(format!("{rel}: {e}")))?;
+        if n == 0 {
+            return Ok((size, hex::encode(hash.finalize())));
+        }
+        hash.update(&buf[..n]);
+        if let Some(f) = out.as_deref_mut() {
+            f.write_all(&buf[..n]).map_err(io(format!("write {rel}")))?;
+        }
+        size += n as u64;
+    }
+}
+
 fn extract_tar<R: Read>(input: R, root: Option<&OwnedFd>) -> Result<Summary, ArchiveError> {
     let mut archive = tar::Archive::new(input);
     let mut summary = Summary::default();
@@ -240,10 +303,7 @@ fn extract_tar<R: Read>(input: R, root: Option<&OwnedFd>) -> Result<Summary, Arc
         };
         let h = entry.header();
         let mode = h.mode().map_err(|e| ArchiveError::Corrupt(format!("{shown}: {e}")))? & 0o7777;
-        let uid = h.uid().unwrap_or(0);
-        let gid = h.gid().unwrap_or(0);
-        let mtime = h.mtime().unwrap_or(0);
-        let kind = h.entry_type();
+        let (uid, gid, mtime) = (h.uid().unwrap_or(0), h.gid().unwrap_or(0), h.mtime().unwrap_or(0));
         let Some((name, parents)) = comps.split_last() else {
             // The data root itself: only its mode applies.
             if let Some(root) = root {
@@ -256,30 +316,15 @@ fn extract_tar<R: Read>(input: R, root: Option<&OwnedFd>) -> Result<Summary, Arc
         if let Some(i) = (1..comps.len()).find(|&i| links.contains(&comps[..i].join("/"))) {
             return Err(hostile(format!("it would be written through the symbolic link `{}`", comps[..i].join("/"))));
         }
+        let plan = plan(&entry, parents.len(), &files).map_err(&hostile)?;
         links.remove(&rel);
         files.remove(&rel);
-        let Some(root) = root else {
-            // Checking only: what the archive says, without writing it.
-            let record =
-                check_only(&mut entry, &rel, parents.len(), kind, (mode, uid, gid), &files).map_err(|e| match e {
-                    ArchiveError::Hostile { reason, .. } => hostile(reason),
-                    e => e,
-                })?;
-            match record.kind {
-                Kind::File => {
-                    summary.bytes += record.size;
-                    files.insert(rel.clone());
-                }
-                Kind::Symlink => {
-                    links.insert(rel.clone());
-                }
-                _ => {}
-            }
-            summary.entries += 1;
-            made.insert(rel, record);
-            continue;
+        // With a root, where the entry goes: its parent directory, never reached through a link.
+        let parent = root.map(|r| open_dirs(r, parents)).transpose().map_err(&hostile)?;
+        let ctx = |op: &str| {
+            let op = format!("{op} {rel}");
+            move |e: Errno| ArchiveError::Io { op, source: e.into() }
         };
-        let parent = open_dirs(root, parents).map_err(&hostile)?;
         let mut record = Entry {
             path: rel.clone(),
             kind: Kind::Dir,
@@ -290,107 +335,77 @@ fn extract_tar<R: Read>(input: R, root: Option<&OwnedFd>) -> Result<Summary, Arc
             sha256: String::new(),
             target: String::new(),
         };
-        let ctx = |op: &str| {
-            let op = format!("{op} {rel}");
-            move |e: Errno| ArchiveError::Io { op, source: e.into() }
-        };
-        match kind {
-            tar::EntryType::Directory => {
-                match rustix::fs::mkdirat(&parent, name.as_str(), Mode::from_raw_mode(mode)) {
-                    Ok(()) => {}
-                    Err(Errno::EXIST) => {
-                        let st = rustix::fs::statat(&parent, name.as_str(), AtFlags::SYMLINK_NOFOLLOW)
-                            .map_err(ctx("inspect"))?;
-                        if rustix::fs::FileType::from_raw_mode(st.st_mode) != rustix::fs::FileType::Directory {
-                            rustix::fs::unlinkat(&parent, name.as_str(), AtFlags::empty()).map_err(ctx("replace"))?;
-                            rustix::fs::mkdirat(&parent, name.as_str(), Mode::from_raw_mode(mode))
-                                .map_err(ctx("create"))?;
-                        }
-                    }
-                    Err(e) => return Err(ctx("create")(e)),
+        match plan {
+            Plan::Dir => {
+                if let Some(parent) = &parent {
+                    make_dir(parent, name, mode).map_err(ctx("create"))?;
+                    let d = rustix::fs::openat2(
+                        parent,
+                        name.as_str(),
+                        OFlags::DIRECTORY | OFlags::RDONLY | OFlags::CLOEXEC,
+                        Mode::empty(),
+                        RESOLVE,
+                    )
+                    .map_err(ctx("open"))?;
+                    rustix::fs::fchmod(&d, Mode::from_raw_mode(mode)).map_err(ctx("chmod"))?;
+                    chown(&d, uid, gid).map_err(ctx("chown"))?;
                 }
-                let d = rustix::fs::openat2(
-                    &parent,
-                    name.as_str(),
-                    OFlags::DIRECTORY | OFlags::RDONLY | OFlags::CLOEXEC,
-                    Mode::empty(),
-                    RESOLVE,
-                )
-                .map_err(ctx("open"))?;
-                rustix::fs::fchmod(&d, Mode::from_raw_mode(mode)).map_err(ctx("chmod"))?;
-                chown(&d, uid, gid).map_err(ctx("chown"))?;
             }
-            tar::EntryType::Regular | tar::EntryType::Continuous => {
-                clear(&parent, name).map_err(&hostile)?;
-                let f = rustix::fs::openat(
-                    &parent,
-                    name.as_str(),
-                    OFlags::CREATE | OFlags::EXCL | OFlags::WRONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-                    Mode::from_raw_mode(0o600),
-                )
-                .map_err(ctx("create"))?;
-                let mut file = std::fs::File::from(f);
-                let mut hash = Sha256::new();
-                let mut buf = vec![0u8; 128 << 10];
-                let mut size = 0u64;
-                loop {
-                    let n = entry.read(&mut buf).map_err(|e| ArchiveError::Corrupt(format!("{shown}: {e}")))?;
-                    if n == 0 {
-                        break;
+            Plan::File => {
+                let mut file = match &parent {
+                    Some(parent) => {
+                        clear(parent, name).map_err(&hostile)?;
+                        let f = rustix::fs::openat(
+                            parent,
+                            name.as_str(),
+                            OFlags::CREATE | OFlags::EXCL | OFlags::WRONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                            Mode::from_raw_mode(0o600),
+                        )
+                        .map_err(ctx("create"))?;
+                        Some(std::fs::File::from(f))
                     }
-                    hash.update(&buf[..n]);
-                    file.write_all(&buf[..n]).map_err(io(format!("write {rel}")))?;
-                    size += n as u64;
+                    None => None,
+                };
+                let (size, sha256) = copy_hashing(&mut entry, file.as_mut(), &rel)?;
+                if let Some(file) = file {
+                    chown(file.as_fd(), uid, gid).map_err(ctx("chown"))?;
+                    rustix::fs::fchmod(&file, Mode::from_raw_mode(mode)).map_err(ctx("chmod"))?;
+                    let t = rustix::fs::Timespec { tv_sec: mtime as i64, tv_nsec: 0 };
+                    rustix::fs::futimens(&file, &Timestamps { last_access: t, last_modification: t })
+                        .map_err(ctx("set times of"))?;
                 }
-                chown(file.as_fd(), uid, gid).map_err(ctx("chown"))?;
-                rustix::fs::fchmod(&file, Mode::from_raw_mode(mode)).map_err(ctx("chmod"))?;
-                let t = rustix::fs::Timespec { tv_sec: mtime as i64, tv_nsec: 0 };
-                rustix::fs::futimens(&file, &Timestamps { last_access: t, last_modification: t })
-                    .map_err(ctx("set times of"))?;
                 record.kind = Kind::File;
                 record.size = size;
-                record.sha256 = hex::encode(hash.finalize());
+                record.sha256 = sha256;
                 summary.bytes += size;
                 files.insert(rel.clone());
             }
-            tar::EntryType::Symlink => {
-                let target = entry.link_name_bytes().map(|t| t.into_owned()).unwrap_or_default();
-                let target = String::from_utf8(target).map_err(|_| hostile("the link target is not UTF-8".into()))?;
-                if target.is_empty() || climbs_out(parents.len(), &target) {
-                    return Err(hostile(format!("the symbolic link to `{target}` points outside the data root")));
+            Plan::Symlink(target) => {
+                if let Some(parent) = &parent {
+                    clear(parent, name).map_err(&hostile)?;
+                    rustix::fs::symlinkat(target.as_str(), parent, name.as_str()).map_err(ctx("create link"))?;
+                    let (u, g) =
+                        (Some(rustix::fs::Uid::from_raw(uid as u32)), Some(rustix::fs::Gid::from_raw(gid as u32)));
+                    rustix::fs::chownat(parent, name.as_str(), u, g, AtFlags::SYMLINK_NOFOLLOW)
+                        .map_err(ctx("chown"))?;
                 }
-                clear(&parent, name).map_err(&hostile)?;
-                rustix::fs::symlinkat(target.as_str(), &parent, name.as_str()).map_err(ctx("create link"))?;
-                let (u, g) = (Some(rustix::fs::Uid::from_raw(uid as u32)), Some(rustix::fs::Gid::from_raw(gid as u32)));
-                rustix::fs::chownat(&parent, name.as_str(), u, g, AtFlags::SYMLINK_NOFOLLOW).map_err(ctx("chown"))?;
                 record.kind = Kind::Symlink;
                 record.mode = 0o777;
                 record.target = target;
                 links.insert(rel.clone());
             }
-            tar::EntryType::Link => {
-                let target = entry.link_name_bytes().map(|t| t.into_owned()).unwrap_or_default();
-                let tcomps = match place(&target) {
-                    Ok(Place::Data(c)) if !c.is_empty() => c,
-                    _ => return Err(hostile("the hard link points outside the data root".into())),
-                };
-                let tpath = tcomps.join("/");
-                if !files.contains(&tpath) {
-                    return Err(hostile(format!(
-                        "the hard link points at `{tpath}`, which this archive did not create"
-                    )));
+            Plan::Hardlink(tcomps) => {
+                if let (Some(root), Some(parent)) = (root, &parent) {
+                    let (tname, tparents) =
+                        tcomps.split_last().ok_or_else(|| hostile("empty hard link target".into()))?;
+                    let tdir = open_dirs(root, tparents).map_err(&hostile)?;
+                    clear(parent, name).map_err(&hostile)?;
+                    rustix::fs::linkat(&tdir, tname.as_str(), parent, name.as_str(), AtFlags::empty())
+                        .map_err(ctx("link"))?;
                 }
-                let (tname, tparents) = tcomps.split_last().ok_or_else(|| hostile("empty hard link target".into()))?;
-                let tdir = open_dirs(root, tparents).map_err(&hostile)?;
-                clear(&parent, name).map_err(&hostile)?;
-                rustix::fs::linkat(&tdir, tname.as_str(), &parent, name.as_str(), AtFlags::empty())
-                    .map_err(ctx("link"))?;
                 record.kind = Kind::Hardlink;
-                record.target = tpath;
+                record.target = tcomps.join("/");
             }
-            tar::EntryType::Char | tar::EntryType::Block => return Err(hostile("device nodes are not allowed".into())),
-            tar::EntryType::Fifo => return Err(hostile("fifos are not allowed".into())),
-            other => return Err(hostile(format!("entries of type {other:?} are not supported"))),
         }
         summary.entries += 1;
         made.insert(rel, record);
@@ -403,69 +418,20 @@ fn extract_tar<R: Read>(input: R, root: Option<&OwnedFd>) -> Result<Summary, Arc
     Ok(summary)
 }
 
-/// The record of one entry, checked but not written (see [`extract`] without a mount root).
-fn check_only<R: Read>(
-    entry: &mut tar::Entry<'_, R>,
-    rel: &str,
-    depth: usize,
-    kind: tar::EntryType,
-    (mode, uid, gid): (u32, u64, u64),
-    files: &HashSet<String>,
-) -> Result<Entry, ArchiveError> {
-    let hostile = |reason: String| ArchiveError::Hostile { entry: rel.to_string(), reason };
-    let mut record = Entry {
-        path: rel.to_string(),
-        kind: Kind::Dir,
-        mode,
-        uid,
-        gid,
-        size: 0,
-        sha256: String::new(),
-        target: String::new(),
-    };
-    match kind {
-        tar::EntryType::Directory => {}
-        tar::EntryType::Regular | tar::EntryType::Continuous => {
-            let mut hash = Sha256::new();
-            let mut buf = vec![0u8; 128 << 10];
-            loop {
-                let n = entry.read(&mut buf).map_err(|e| ArchiveError::Corrupt(format!("{rel}: {e}")))?;
-                if n == 0 {
-                    break;
-                }
-                hash.update(&buf[..n]);
-                record.size += n as u64;
+/// Makes directory `name`, replacing a non-directory in its place.
+fn make_dir(parent: &OwnedFd, name: &str, mode: u32) -> Result<(), Errno> {
+    match rustix::fs::mkdirat(parent, name, Mode::from_raw_mode(mode)) {
+        Ok(()) => Ok(()),
+        Err(Errno::EXIST) => {
+            let st = rustix::fs::statat(parent, name, AtFlags::SYMLINK_NOFOLLOW)?;
+            if rustix::fs::FileType::from_raw_mode(st.st_mode) != rustix::fs::FileType::Directory {
+                rustix::fs::unlinkat(parent, name, AtFlags::empty())?;
+                rustix::fs::mkdirat(parent, name, Mode::from_raw_mode(mode))?;
             }
-            record.kind = Kind::File;
-            record.sha256 = hex::encode(hash.finalize());
+            Ok(())
         }
-        tar::EntryType::Symlink => {
-            let target = entry.link_name_bytes().map(|t| t.into_owned()).unwrap_or_default();
-            let target = String::from_utf8(target).map_err(|_| hostile("the link target is not UTF-8".into()))?;
-            if target.is_empty() || climbs_out(depth, &target) {
-                return Err(hostile(format!("the symbolic link to `{target}` points outside the data root")));
-            }
-            record.kind = Kind::Symlink;
-            record.mode = 0o777;
-            record.target = target;
-        }
-        tar::EntryType::Link => {
-            let target = entry.link_name_bytes().map(|t| t.into_owned()).unwrap_or_default();
-            let tpath = match place(&target) {
-                Ok(Place::Data(c)) if !c.is_empty() => c.join("/"),
-                _ => return Err(hostile("the hard link points outside the data root".into())),
-            };
-            if !files.contains(&tpath) {
-                return Err(hostile(format!("the hard link points at `{tpath}`, which this archive did not create")));
-            }
-            record.kind = Kind::Hardlink;
-            record.target = tpath;
-        }
-        tar::EntryType::Char | tar::EntryType::Block => return Err(hostile("device nodes are not allowed".into())),
-        tar::EntryType::Fifo => return Err(hostile("fifos are not allowed".into())),
-        other => return Err(hostile(format!("entries of type {other:?} are not supported"))),
+        Err(e) => Err(e),
     }
-    Ok(record)
 }
 
 fn chown(fd: impl AsFd, uid: u64, gid: u64) -> Result<(), Errno> {
