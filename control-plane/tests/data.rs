@@ -13,53 +13,17 @@ mod support;
 use std::io::Write;
 use std::time::Duration;
 
-use berth_control_plane::agent_client::{self, AgentClient, BearerAuth};
+use berth_control_plane::agent_client;
 use berth_proto::agent::v1 as apb;
 use berth_proto::controlplane::v1 as pb;
-use common::{argv, exec_open, run};
+use common::{argv, exec_open};
 use pb::data_service_client::DataServiceClient;
 use support::berthd::TestBerthd;
 use tonic::transport::Channel;
 
-async fn agent(b: &TestBerthd, bot: &str) -> AgentClient {
-    let ch = agent_client::channel(b.socket.to_str().unwrap()).await.unwrap();
-    agent_client::agent_on(ch, BearerAuth::none().with_bot(bot).unwrap())
-}
-
 async fn data(b: &TestBerthd) -> DataServiceClient<Channel> {
     DataServiceClient::new(agent_client::channel(b.socket.to_str().unwrap()).await.unwrap())
         .max_decoding_message_size(64 << 20)
-}
-
-/// Runs a shell script in the bot; returns stdout, failing the test on a non-zero exit.
-async fn sh(b: &TestBerthd, bot: &str, script: &str) -> String {
-    let r = run(&mut agent(b, bot).await, argv(&["sh", "-c", script])).await.unwrap();
-    assert_eq!(r.code(), Some(0), "script failed: {script}\n{}", String::from_utf8_lossy(&r.stderr));
-    r.stdout_str()
-}
-
-/// Every entry under /data: type, path, mode, and sha256 or link target.
-const FINGERPRINT: &str = r#"cd /data && find . | sort | while read -r f; do
-  if [ -L "$f" ]; then echo "L $f -> $(readlink "$f")";
-  elif [ -d "$f" ]; then echo "D $f $(stat -c %a "$f")";
-  else echo "F $f $(stat -c %a "$f") $(stat -c %h "$f") $(sha256sum < "$f" | cut -d' ' -f1)"; fi
-done"#;
-
-async fn fingerprint(b: &TestBerthd, bot: &str) -> String {
-    let fp = sh(b, bot, FINGERPRINT).await;
-    assert!(fp.lines().count() > 3, "suspiciously little data: {fp}");
-    fp
-}
-
-fn cli(b: &TestBerthd, args: &[&str]) -> String {
-    let o = b.berth(args).output().unwrap();
-    assert!(
-        o.status.success(),
-        "berth {args:?} failed: {}\n--- berthd log ---\n{}",
-        String::from_utf8_lossy(&o.stderr),
-        b.log()
-    );
-    String::from_utf8_lossy(&o.stdout).into_owned()
 }
 
 /// Writes random files (one large), nested directories, modes, relative and absolute symlinks and a
@@ -79,12 +43,12 @@ ln /data/docs/f3 /data/docs/f3-hard"#;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn snapshots_rollback_export_import_keep_and_restore() {
     let b = TestBerthd::start(None);
-    cli(&b, &["bot", "create", "keeper"]);
-    sh(&b, "keeper", POPULATE).await;
-    let fp_a = fingerprint(&b, "keeper").await;
+    b.cli(&["bot", "create", "keeper"]);
+    b.sh("keeper", POPULATE).await;
+    let fp_a = b.fingerprint("keeper").await;
 
     // A live exec session across a snapshot: the bot is frozen for the copy, not restarted.
-    let mut client = agent(&b, "keeper").await;
+    let mut client = b.agent("keeper").await;
     let mut start = argv(&["sh", "-c", "while read -r l; do echo got $l; done"]);
     start.close_stdin = false;
     let (tx, mut stream) = exec_open(&mut client, start).await.unwrap();
@@ -103,7 +67,8 @@ async fn snapshots_rollback_export_import_keep_and_restore() {
     let (mcp_tx, mcp_rx) = tokio::sync::mpsc::channel(4);
     let open = apb::McpOpen { command: "cat".into(), ..Default::default() };
     mcp_tx.send(apb::McpSessionRequest { frame: Some(apb::mcp_session_request::Frame::Open(open)) }).await.unwrap();
-    let mut mcp = agent(&b, "keeper")
+    let mut mcp = b
+        .agent("keeper")
         .await
         .mcp_session(tokio_stream::wrappers::ReceiverStream::new(mcp_rx))
         .await
@@ -122,84 +87,83 @@ async fn snapshots_rollback_export_import_keep_and_restore() {
         }
     };
     ping(1).await;
-    let out = cli(&b, &["snapshot", "create", "keeper", "--name", "a"]);
+    let out = b.cli(&["snapshot", "create", "keeper", "--name", "a"]);
     assert!(out.starts_with("a ("), "{out}");
     assert_eq!(echo("two").await, "got two\n", "the exec session must survive a snapshot");
     ping(2).await;
 
     // Change things; snapshot again with a generated name.
-    sh(&b, "keeper", "set -e; rm /data/docs/f4; echo changed > /data/docs/f5; chmod 700 /data/bin; mkdir /data/new; ln -sf f6 /data/docs/f7").await;
-    let fp_b = fingerprint(&b, "keeper").await;
+    b.sh("keeper", "set -e; rm /data/docs/f4; echo changed > /data/docs/f5; chmod 700 /data/bin; mkdir /data/new; ln -sf f6 /data/docs/f7").await;
+    let fp_b = b.fingerprint("keeper").await;
     assert_ne!(fp_a, fp_b);
-    let out = cli(&b, &["snapshot", "create", "keeper"]);
+    let out = b.cli(&["snapshot", "create", "keeper"]);
     let b_name = out.split_whitespace().next().unwrap().to_string();
     assert!(b_name.starts_with("snap-"), "{out}");
     assert_eq!(echo("three").await, "got three\n");
 
     // Unsnapshotted changes, then roll back to each snapshot in turn.
-    sh(&b, "keeper", "rm -rf /data/docs; head -c 5000 /dev/urandom > /data/big.bin").await;
-    cli(&b, &["snapshot", "rollback", "keeper", "a"]);
-    assert_eq!(fingerprint(&b, "keeper").await, fp_a, "rollback to a");
-    cli(&b, &["snapshot", "rollback", "keeper", &b_name]);
-    assert_eq!(fingerprint(&b, "keeper").await, fp_b, "rollback to {b_name}");
-    cli(&b, &["snapshot", "rollback", "keeper", "a"]);
-    assert_eq!(fingerprint(&b, "keeper").await, fp_a, "rollback to a again");
+    b.sh("keeper", "rm -rf /data/docs; head -c 5000 /dev/urandom > /data/big.bin").await;
+    b.cli(&["snapshot", "rollback", "keeper", "a"]);
+    assert_eq!(b.fingerprint("keeper").await, fp_a, "rollback to a");
+    b.cli(&["snapshot", "rollback", "keeper", &b_name]);
+    assert_eq!(b.fingerprint("keeper").await, fp_b, "rollback to {b_name}");
+    b.cli(&["snapshot", "rollback", "keeper", "a"]);
+    assert_eq!(b.fingerprint("keeper").await, fp_a, "rollback to a again");
 
     // A snapshot taken after a rollback is layered on it; deleting its parent hides the parent at once
     // and keeps what the child needs.
-    sh(&b, "keeper", "echo after-rollback > /data/docs/f8").await;
-    let fp_c = fingerprint(&b, "keeper").await;
-    cli(&b, &["snapshot", "create", "keeper", "--name", "c"]);
-    let ls = cli(&b, &["snapshot", "ls", "keeper", "--json"]);
+    b.sh("keeper", "echo after-rollback > /data/docs/f8").await;
+    let fp_c = b.fingerprint("keeper").await;
+    b.cli(&["snapshot", "create", "keeper", "--name", "c"]);
+    let ls = b.cli(&["snapshot", "ls", "keeper", "--json"]);
     let ls: serde_json::Value = serde_json::from_str(&ls).unwrap();
     let c = ls.as_array().unwrap().iter().find(|s| s["name"] == "c").unwrap();
     assert_eq!(c["parent"], "a", "{ls}");
     assert!(c["size_bytes"].as_u64().unwrap() > 0, "{ls}");
-    cli(&b, &["snapshot", "rm", "keeper", "a"]);
-    let names: Vec<String> =
-        serde_json::from_str::<serde_json::Value>(&cli(&b, &["snapshot", "ls", "keeper", "--json"]))
-            .unwrap()
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|s| s["name"].as_str().unwrap().to_string())
-            .collect();
+    b.cli(&["snapshot", "rm", "keeper", "a"]);
+    let names: Vec<String> = serde_json::from_str::<serde_json::Value>(&b.cli(&["snapshot", "ls", "keeper", "--json"]))
+        .unwrap()
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["name"].as_str().unwrap().to_string())
+        .collect();
     assert_eq!(names, vec![b_name.clone(), "c".to_string()]);
-    sh(&b, "keeper", "rm -rf /data/*").await;
-    cli(&b, &["snapshot", "rollback", "keeper", "c"]);
-    assert_eq!(fingerprint(&b, "keeper").await, fp_c, "rollback to c, whose parent was deleted");
+    b.sh("keeper", "rm -rf /data/*").await;
+    b.cli(&["snapshot", "rollback", "keeper", "c"]);
+    assert_eq!(b.fingerprint("keeper").await, fp_c, "rollback to c, whose parent was deleted");
 
     // Export (running bot) → import into another bot.
     let archive = b.dir.path().join("keeper.tar.zst");
-    cli(&b, &["data", "export", "keeper", "-o", archive.to_str().unwrap()]);
-    cli(&b, &["bot", "create", "copy"]);
-    sh(&b, "copy", "mkdir -p /data && echo stale > /data/stale").await;
-    let out = cli(&b, &["data", "import", "copy", archive.to_str().unwrap(), "--replace"]);
+    b.cli(&["data", "export", "keeper", "-o", archive.to_str().unwrap()]);
+    b.cli(&["bot", "create", "copy"]);
+    b.sh("copy", "mkdir -p /data && echo stale > /data/stale").await;
+    let out = b.cli(&["data", "import", "copy", archive.to_str().unwrap(), "--replace"]);
     assert!(out.contains("verified against its manifest"), "{out}");
-    assert_eq!(fingerprint(&b, "copy").await, fp_c, "export → import");
+    assert_eq!(b.fingerprint("copy").await, fp_c, "export → import");
     // Merge keeps what the archive does not have.
-    sh(&b, "copy", "echo mine > /data/mine").await;
+    b.sh("copy", "echo mine > /data/mine").await;
     let gz = b.dir.path().join("keeper.tar.gz");
-    cli(&b, &["data", "export", "keeper", "-o", gz.to_str().unwrap(), "--compression", "gzip"]);
-    cli(&b, &["data", "import", "copy", gz.to_str().unwrap()]);
-    assert_eq!(sh(&b, "copy", "cat /data/mine").await, "mine\n");
+    b.cli(&["data", "export", "keeper", "-o", gz.to_str().unwrap(), "--compression", "gzip"]);
+    b.cli(&["data", "import", "copy", gz.to_str().unwrap()]);
+    assert_eq!(b.sh("copy", "cat /data/mine").await, "mine\n");
     // The import left an undo point.
-    let snaps = cli(&b, &["snapshot", "ls", "copy"]);
+    let snaps = b.cli(&["snapshot", "ls", "copy"]);
     assert!(snaps.contains("pre-import-"), "{snaps}");
 
     // Keep the data on delete, restore it on create.
-    cli(&b, &["bot", "rm", "keeper", "--keep-data"]);
-    let out = cli(&b, &["bot", "create", "keeper", "--restore"]);
+    b.cli(&["bot", "rm", "keeper", "--keep-data"]);
+    let out = b.cli(&["bot", "create", "keeper", "--restore"]);
     assert!(out.contains("keeper running"), "{out}");
-    assert_eq!(fingerprint(&b, "keeper").await, fp_c, "keep-data → restore");
-    assert!(cli(&b, &["snapshot", "ls", "keeper", "--json"]).trim() == "[]", "a restored bot starts without snapshots");
+    assert_eq!(b.fingerprint("keeper").await, fp_c, "keep-data → restore");
+    assert!(b.cli(&["snapshot", "ls", "keeper", "--json"]).trim() == "[]", "a restored bot starts without snapshots");
     // Restoring what was never kept is an error, and no bot is made.
     let o = b.berth(&["bot", "create", "never", "--restore"]).output().unwrap();
     assert!(!o.status.success());
     assert!(String::from_utf8_lossy(&o.stderr).contains("no kept data"), "{}", String::from_utf8_lossy(&o.stderr));
 
     // Every operation is on record.
-    let ops: serde_json::Value = serde_json::from_str(&cli(&b, &["ops", "ls", "--json", "--limit", "100"])).unwrap();
+    let ops: serde_json::Value = serde_json::from_str(&b.cli(&["ops", "ls", "--json", "--limit", "100"])).unwrap();
     let ops = ops.as_array().unwrap();
     for kind in ["snapshot", "rollback", "export", "import", "backup", "restore"] {
         assert!(ops.iter().any(|o| o["kind"] == kind && o["state"] == "succeeded"), "no succeeded {kind}: {ops:?}");
@@ -208,8 +172,8 @@ async fn snapshots_rollback_export_import_keep_and_restore() {
 
     // Deleting every bot leaves nothing of ours in containerd: no snapshot besides the image's layers.
     drop(tx);
-    cli(&b, &["bot", "rm", "keeper"]);
-    cli(&b, &["bot", "rm", "copy"]);
+    b.cli(&["bot", "rm", "keeper"]);
+    b.cli(&["bot", "rm", "copy"]);
     let left = b.containerd.ctr(&["snapshots", "ls"]);
     assert!(!left.contains("berth.") && !left.contains("bot-"), "snapshots left behind:\n{left}");
 }
@@ -249,16 +213,12 @@ async fn import(b: &TestBerthd, bot: &str, archive: Vec<u8>) -> Result<pb::Impor
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_archives_are_refused_and_change_nothing() {
     let b = TestBerthd::start_with(None, &["--import-max-bytes", "67108864"]);
-    cli(&b, &["bot", "create", "target"]);
-    sh(
-        &b,
-        "target",
-        "mkdir -p /data/d && echo original > /data/d/file && ln -s /etc /data/etc-link && echo x > /data/x",
-    )
-    .await;
-    let before = fingerprint(&b, "target").await;
+    b.cli(&["bot", "create", "target"]);
+    b.sh("target", "mkdir -p /data/d && echo original > /data/d/file && ln -s /etc /data/etc-link && echo x > /data/x")
+        .await;
+    let before = b.fingerprint("target").await;
     // The agent's start time: a refused archive must not even restart the bot.
-    let started = sh(&b, "target", "cut -d' ' -f22 /proc/1/stat").await;
+    let started = b.sh("target", "cut -d' ' -f22 /proc/1/stat").await;
 
     let file = |p: &str| {
         let mut t = Vec::new();
@@ -307,20 +267,20 @@ async fn hostile_archives_are_refused_and_change_nothing() {
         let err = import(&b, "target", archive).await.expect_err(what);
         assert_eq!(err.code(), tonic::Code::InvalidArgument, "{what}: {err:?}");
         assert!(err.message().contains(expect), "{what}: {}", err.message());
-        assert_eq!(fingerprint(&b, "target").await, before, "{what} changed the bot's data");
-        assert_eq!(sh(&b, "target", "cut -d' ' -f22 /proc/1/stat").await, started, "{what} restarted the bot");
+        assert_eq!(b.fingerprint("target").await, before, "{what} changed the bot's data");
+        assert_eq!(b.sh("target", "cut -d' ' -f22 /proc/1/stat").await, started, "{what} restarted the bot");
     }
     // An archive that is fine in itself but would write through a symbolic link the bot has is found
     // only when applied: after the bot was stopped. It is refused, the data is unchanged, the bot runs.
     let err = import(&b, "target", file("data/etc-link/berth-pwned")).await.expect_err("bot's own symlink");
     assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
     assert!(err.message().contains("written through the symbolic link `etc-link`"), "{}", err.message());
-    assert_eq!(fingerprint(&b, "target").await, before);
-    assert!(!sh(&b, "target", "ls /etc").await.contains("berth-pwned"), "the bot's /etc was written to");
+    assert_eq!(b.fingerprint("target").await, before);
+    assert!(!b.sh("target", "ls /etc").await.contains("berth-pwned"), "the bot's /etc was written to");
     assert!(!std::path::Path::new("/etc/berth-pwned").exists(), "the host was written to");
     // Refused imports leave no undo snapshots behind and are recorded as failed.
-    assert_eq!(cli(&b, &["snapshot", "ls", "target", "--json"]).trim(), "[]");
-    let ops: serde_json::Value = serde_json::from_str(&cli(&b, &["ops", "ls", "target", "--json"])).unwrap();
+    assert_eq!(b.cli(&["snapshot", "ls", "target", "--json"]).trim(), "[]");
+    let ops: serde_json::Value = serde_json::from_str(&b.cli(&["ops", "ls", "target", "--json"])).unwrap();
     assert!(ops.as_array().unwrap().iter().all(|o| o["state"] == "failed" && o["kind"] == "import"), "{ops}");
     // Bad requests get precise codes.
     let mut d = data(&b).await;

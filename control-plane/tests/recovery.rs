@@ -12,33 +12,10 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use berth_control_plane::agent_client::{self, AgentClient, BearerAuth};
-use common::{argv, run};
 use support::berthd::TestBerthd;
 
-async fn agent(b: &TestBerthd, bot: &str) -> AgentClient {
-    let ch = agent_client::channel(b.socket.to_str().unwrap()).await.unwrap();
-    agent_client::agent_on(ch, BearerAuth::none().with_bot(bot).unwrap())
-}
-
-async fn sh(b: &TestBerthd, bot: &str, script: &str) -> String {
-    let r = run(&mut agent(b, bot).await, argv(&["sh", "-c", script])).await.unwrap();
-    assert_eq!(r.code(), Some(0), "script failed: {script}\n{}", String::from_utf8_lossy(&r.stderr));
-    r.stdout_str()
-}
-
-async fn fingerprint(b: &TestBerthd, bot: &str) -> String {
-    sh(b, bot, "cd /data && find . | sort | while read -r f; do if [ -L \"$f\" ]; then echo \"L $f $(readlink \"$f\")\"; elif [ -f \"$f\" ]; then echo \"F $f $(stat -c %a \"$f\") $(sha256sum < \"$f\")\"; else echo \"D $f\"; fi; done").await
-}
-
-fn cli(b: &TestBerthd, args: &[&str]) -> String {
-    let o = b.berth(args).output().unwrap();
-    assert!(o.status.success(), "berth {args:?}: {}\n{}", String::from_utf8_lossy(&o.stderr), b.log());
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
 fn ops(b: &TestBerthd) -> Vec<serde_json::Value> {
-    serde_json::from_str::<serde_json::Value>(&cli(b, &["ops", "ls", "--json", "--limit", "100"]))
+    serde_json::from_str::<serde_json::Value>(&b.cli(&["ops", "ls", "--json", "--limit", "100"]))
         .unwrap()
         .as_array()
         .unwrap()
@@ -73,25 +50,25 @@ fn kill_during(b: &mut TestBerthd, kind: &str, args: &[&str]) -> serde_json::Val
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_during_snapshot_rollback_and_import_loses_nothing() {
     let mut b = TestBerthd::start(None);
-    cli(&b, &["bot", "create", "sturdy"]);
-    sh(&b, "sturdy", "mkdir -p /data/d && head -c 200000000 /dev/urandom > /data/big && echo one > /data/d/a").await;
-    cli(&b, &["snapshot", "create", "sturdy", "--name", "base"]);
-    sh(&b, "sturdy", "echo two > /data/d/b").await;
-    let fp = fingerprint(&b, "sturdy").await;
+    b.cli(&["bot", "create", "sturdy"]);
+    b.sh("sturdy", "mkdir -p /data/d && head -c 200000000 /dev/urandom > /data/big && echo one > /data/d/a").await;
+    b.cli(&["snapshot", "create", "sturdy", "--name", "base"]);
+    b.sh("sturdy", "echo two > /data/d/b").await;
+    let fp = b.fingerprint("sturdy").await;
 
     // Snapshot: either there is a snapshot and the operation says so, or neither; the bot is thawed.
     let op = kill_during(&mut b, "snapshot", &["snapshot", "create", "sturdy", "--name", "mid"]);
-    let listed = cli(&b, &["snapshot", "ls", "sturdy"]).contains("mid ");
+    let listed = b.cli(&["snapshot", "ls", "sturdy"]).contains("mid ");
     assert_eq!(op["state"] == "succeeded", listed, "{op}");
-    assert_eq!(fingerprint(&b, "sturdy").await, fp, "the data changed across a crash during a snapshot");
+    assert_eq!(b.fingerprint("sturdy").await, fp, "the data changed across a crash during a snapshot");
 
     // Rollback: the bot is on the old data or entirely on the snapshot's, and the operation says which.
     let op = kill_during(&mut b, "rollback", &["snapshot", "rollback", "sturdy", "base"]);
-    let bot: serde_json::Value = serde_json::from_str(&cli(&b, &["bot", "get", "sturdy", "--json"])).unwrap();
+    let bot: serde_json::Value = serde_json::from_str(&b.cli(&["bot", "get", "sturdy", "--json"])).unwrap();
     if bot["state"] != "running" {
-        cli(&b, &["bot", "start", "sturdy"]);
+        b.cli(&["bot", "start", "sturdy"]);
     }
-    let now = fingerprint(&b, "sturdy").await;
+    let now = b.fingerprint("sturdy").await;
     if op["state"] == "succeeded" {
         assert!(!now.contains("./d/b"), "rollback reported done but b is there: {now}");
     } else {
@@ -100,17 +77,17 @@ async fn sigkill_during_snapshot_rollback_and_import_loses_nothing() {
     let fp = now;
 
     // Import (replace): afterwards the data is the old or the new, never a mix.
-    cli(&b, &["bot", "create", "donor"]);
-    sh(&b, "donor", "mkdir -p /data && head -c 150000000 /dev/urandom > /data/other && echo donor > /data/who").await;
+    b.cli(&["bot", "create", "donor"]);
+    b.sh("donor", "mkdir -p /data && head -c 150000000 /dev/urandom > /data/other && echo donor > /data/who").await;
     let archive = b.dir.path().join("donor.tar.zst");
-    cli(&b, &["data", "export", "donor", "-o", archive.to_str().unwrap(), "--compression", "none"]);
-    let donor = fingerprint(&b, "donor").await;
+    b.cli(&["data", "export", "donor", "-o", archive.to_str().unwrap(), "--compression", "none"]);
+    let donor = b.fingerprint("donor").await;
     let op = kill_during(&mut b, "import", &["data", "import", "sturdy", archive.to_str().unwrap(), "--replace"]);
-    let bot: serde_json::Value = serde_json::from_str(&cli(&b, &["bot", "get", "sturdy", "--json"])).unwrap();
+    let bot: serde_json::Value = serde_json::from_str(&b.cli(&["bot", "get", "sturdy", "--json"])).unwrap();
     if bot["state"] != "running" {
-        cli(&b, &["bot", "start", "sturdy"]);
+        b.cli(&["bot", "start", "sturdy"]);
     }
-    let now = fingerprint(&b, "sturdy").await;
+    let now = b.fingerprint("sturdy").await;
     if op["state"] == "succeeded" {
         assert_eq!(now, donor, "{op}");
     } else {
@@ -125,13 +102,13 @@ async fn sigkill_during_snapshot_rollback_and_import_loses_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_container_deleted_behind_berthds_back_gets_its_data_back() {
     let mut b = TestBerthd::start(None);
-    cli(&b, &["bot", "create", "lost"]);
-    sh(&b, "lost", "mkdir -p /data && echo first > /data/a").await;
-    cli(&b, &["snapshot", "create", "lost", "--name", "s1"]);
+    b.cli(&["bot", "create", "lost"]);
+    b.sh("lost", "mkdir -p /data && echo first > /data/a").await;
+    b.cli(&["snapshot", "create", "lost", "--name", "s1"]);
     // After a rollback the bot runs on a snapshot with a generated name.
-    cli(&b, &["snapshot", "rollback", "lost", "s1"]);
-    sh(&b, "lost", "echo second > /data/b && ln -s a /data/link").await;
-    let fp = fingerprint(&b, "lost").await;
+    b.cli(&["snapshot", "rollback", "lost", "s1"]);
+    b.sh("lost", "echo second > /data/b && ln -s a /data/link").await;
+    let fp = b.fingerprint("lost").await;
     b.halt(libc::SIGTERM);
     let ctr = |args: &[&str]| b.containerd.ctr(args);
     ctr(&["tasks", "kill", "-s", "SIGKILL", "bot-lost"]);
@@ -144,9 +121,9 @@ async fn a_container_deleted_behind_berthds_back_gets_its_data_back() {
     ctr(&["containers", "rm", "--keep-snapshot", "bot-lost"]);
     assert!(!ctr(&["containers", "ls"]).contains("bot-lost"));
     b.spawn();
-    let bot: serde_json::Value = serde_json::from_str(&cli(&b, &["bot", "get", "lost", "--json"])).unwrap();
+    let bot: serde_json::Value = serde_json::from_str(&b.cli(&["bot", "get", "lost", "--json"])).unwrap();
     assert_eq!(bot["state"], "stopped", "{bot}\n{}", b.log());
-    cli(&b, &["bot", "start", "lost"]);
-    assert_eq!(fingerprint(&b, "lost").await, fp, "the data did not come back");
-    assert!(cli(&b, &["snapshot", "ls", "lost"]).contains("s1 "));
+    b.cli(&["bot", "start", "lost"]);
+    assert_eq!(b.fingerprint("lost").await, fp, "the data did not come back");
+    assert!(b.cli(&["snapshot", "ls", "lost"]).contains("s1 "));
 }

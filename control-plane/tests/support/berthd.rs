@@ -114,3 +114,46 @@ impl Drop for TestBerthd {
         let _ = Command::new("ip").args(["link", "del", &self.bridge]).stderr(Stdio::null()).status();
     }
 }
+
+impl TestBerthd {
+    /// An agent-protocol client for `bot`, through this berthd.
+    pub async fn agent(&self, bot: &str) -> berth_control_plane::agent_client::AgentClient {
+        use berth_control_plane::agent_client::{self, BearerAuth};
+        let ch = agent_client::channel(self.socket.to_str().expect("utf-8 path")).await.expect("connect to berthd");
+        agent_client::agent_on(ch, BearerAuth::none().with_bot(bot).expect("bot name"))
+    }
+
+    /// Runs a shell script in `bot`; returns its stdout, failing the test on a non-zero exit.
+    pub async fn sh(&self, bot: &str, script: &str) -> String {
+        let r = crate::common::run(&mut self.agent(bot).await, crate::common::argv(&["sh", "-c", script]))
+            .await
+            .expect("exec");
+        assert_eq!(r.code(), Some(0), "script failed: {script}\n{}", String::from_utf8_lossy(&r.stderr));
+        r.stdout_str()
+    }
+
+    /// Runs `berth ARGS`; returns its stdout, failing the test (with berthd's log) if it fails.
+    pub fn cli(&self, args: &[&str]) -> String {
+        let o = self.berth(args).output().expect("run berth");
+        assert!(
+            o.status.success(),
+            "berth {args:?} failed: {}\n--- berthd log ---\n{}",
+            String::from_utf8_lossy(&o.stderr),
+            self.log()
+        );
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    }
+
+    /// Every entry under the bot's /data: type, path, mode, link count and sha256, or link target.
+    pub async fn fingerprint(&self, bot: &str) -> String {
+        let fp = self.sh(bot, FINGERPRINT).await;
+        assert!(fp.lines().count() > 1, "suspiciously little data in {bot}: {fp}");
+        fp
+    }
+}
+
+const FINGERPRINT: &str = r#"cd /data && find . | sort | while read -r f; do
+  if [ -L "$f" ]; then echo "L $f -> $(readlink "$f")";
+  elif [ -d "$f" ]; then echo "D $f $(stat -c %a "$f")";
+  else echo "F $f $(stat -c %a "$f") $(stat -c %h "$f") $(sha256sum < "$f" | cut -d' ' -f1)"; fi
+done"#;
