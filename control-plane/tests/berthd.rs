@@ -107,6 +107,14 @@ async fn lifecycle(b: &TestBerthd) {
     assert_eq!(serde_json::from_str::<serde_json::Value>(&stdout).unwrap().as_array().unwrap().len(), 1);
     let (_, stdout, _) = out(b.berth(&["bot", "ls", "-l", "team=b", "--json"]));
     assert_eq!(stdout.trim(), "[]");
+    // Snapshots and operations are recorded in this database too.
+    b.cli(&["snapshot", "create", "alpha", "--name", "s1"]);
+    b.cli(&["snapshot", "rollback", "alpha", "s1"]);
+    let ops: serde_json::Value = serde_json::from_str(&b.cli(&["ops", "ls", "alpha", "--json"])).unwrap();
+    let kinds: Vec<&str> = ops.as_array().unwrap().iter().map(|o| o["kind"].as_str().unwrap()).collect();
+    assert_eq!(kinds, ["rollback", "snapshot"], "{ops}");
+    assert!(ops.as_array().unwrap().iter().all(|o| o["state"] == "succeeded"), "{ops}");
+    assert_eq!(b.cli(&["ops", "ls", "nobody", "--json"]).trim(), "[]");
     // Delete: gone from berthd and from containerd.
     let (rc, _, _) = out(b.berth(&["bot", "rm", "alpha"]));
     assert_eq!(rc, 0);
@@ -114,6 +122,8 @@ async fn lifecycle(b: &TestBerthd) {
     assert_eq!(rc, 1);
     assert!(err.contains("not found"), "{err}");
     assert!(b.containerd.ctr_ls("containers").is_empty());
+    let snaps = b.containerd.ctr(&["snapshots", "ls"]);
+    assert!(!snaps.contains("berth.alpha") && !snaps.contains("bot-alpha"), "{snaps}");
     assert!(!b.dir.path().join("run/alpha").exists(), "the bot's agent directory was left behind");
 }
 
