@@ -33,6 +33,11 @@ async fn exec_propagates_exit_codes_and_streams() {
     let out = output(berth(&agent, &["exec", "--timeout-ms", "200", "--", "sleep", "30"]));
     assert_eq!(out.status.code(), Some(137));
     assert!(String::from_utf8_lossy(&out.stderr).contains("timeout of 200 ms"));
+    let out = output(berth(&agent, &["exec", "--timeout", "0.3s", "--", "sleep", "30"]));
+    assert_eq!(out.status.code(), Some(137));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("timeout of 300 ms"));
+    let out = output(berth(&agent, &["exec", "--timeout", "soon", "--", "true"]));
+    assert_eq!(out.status.code(), Some(2), "a bad duration is a usage error");
 }
 
 #[tokio::test]

@@ -26,12 +26,36 @@ pub struct ExecArgs {
     /// Start from an empty environment.
     #[arg(long)]
     clean_env: bool,
-    /// Kill the command's process group after this many milliseconds (0 = never).
+    /// Kill the command's process group after this long: `500ms`, `30s`, `5m`, `1h` (a bare number is
+    /// seconds; default: never).
+    #[arg(long, value_parser = parse_duration, conflicts_with = "timeout_ms")]
+    timeout: Option<u64>,
+    /// The same in milliseconds (0 = never).
     #[arg(long, default_value_t = 0)]
     timeout_ms: u64,
     /// The command and its arguments.
     #[arg(last = true, required = true)]
     command: Vec<String>,
+}
+
+/// A duration such as `500ms`, `30s`, `5m`, `1h` or `2.5` (seconds), in milliseconds.
+fn parse_duration(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let (num, unit_ms) = if let Some(n) = t.strip_suffix("ms") {
+        (n, 1.0)
+    } else if let Some(n) = t.strip_suffix('s') {
+        (n, 1e3)
+    } else if let Some(n) = t.strip_suffix('m') {
+        (n, 60e3)
+    } else if let Some(n) = t.strip_suffix('h') {
+        (n, 3600e3)
+    } else {
+        (t, 1e3)
+    };
+    match num.trim().parse::<f64>() {
+        Ok(v) if v > 0.0 && v.is_finite() => Ok((v * unit_ms).round().max(1.0) as u64),
+        _ => Err(format!("`{s}` is not a duration like 500ms, 30s, 5m or 1h")),
+    }
 }
 
 fn parse_env(s: &str) -> Result<(String, String), String> {
@@ -53,7 +77,7 @@ pub async fn run(mut client: AgentClient, a: ExecArgs) -> anyhow::Result<i32> {
         env: a.env.iter().cloned().collect(),
         clean_env: a.clean_env,
         pty,
-        timeout_ms: a.timeout_ms,
+        timeout_ms: a.timeout.unwrap_or(a.timeout_ms),
         close_stdin: !a.interactive,
         ..Default::default()
     };
@@ -137,6 +161,21 @@ async fn forward_resizes(tx: mpsc::Sender<pb::ExecRequest>) {
         let (rows, cols) = crate::tty::size();
         if tx.send(frame(In::Resize(pb::PtySize { rows, cols }))).await.is_err() {
             return;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn durations() {
+        assert_eq!(super::parse_duration("500ms"), Ok(500));
+        assert_eq!(super::parse_duration("30s"), Ok(30_000));
+        assert_eq!(super::parse_duration("1.5m"), Ok(90_000));
+        assert_eq!(super::parse_duration("1h"), Ok(3_600_000));
+        assert_eq!(super::parse_duration("2"), Ok(2_000));
+        for bad in ["", "0", "-1s", "abc", "5d"] {
+            assert!(super::parse_duration(bad).is_err(), "{bad}");
         }
     }
 }
