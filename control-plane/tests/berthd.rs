@@ -491,3 +491,46 @@ async fn images_are_pulled_from_a_registry_anonymously_and_with_basic_auth() {
     assert_eq!(rc, 1);
     assert!(err.contains("not an image reference"), "{err}");
 }
+
+/// The nat table's rules, as `iptables -S` prints them.
+fn nat_rules() -> String {
+    let o = std::process::Command::new("iptables").args(["-t", "nat", "-S"]).output().unwrap();
+    assert!(o.status.success(), "iptables: {}", String::from_utf8_lossy(&o.stderr));
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+#[tokio::test]
+async fn masquerade_installs_nat_for_each_bot_and_removes_it_on_delete() {
+    let b = TestBerthd::start_with(None, &["--masquerade"]);
+    let mut c = bots(&b).await;
+    let bot = c
+        .create_bot(pb::CreateBotRequest { name: "out".into(), start: true, ..Default::default() })
+        .await
+        .unwrap()
+        .into_inner()
+        .bot
+        .unwrap();
+    let rules = nat_rules();
+    let chain = rules
+        .lines()
+        .find(|l| l.starts_with("-A POSTROUTING") && l.contains(&format!("-s {}/32", bot.ip)))
+        .and_then(|l| l.split(" -j ").nth(1))
+        .unwrap_or_else(|| panic!("no POSTROUTING rule for {}:\n{rules}", bot.ip))
+        .to_string();
+    assert!(rules.lines().any(|l| l.starts_with(&format!("-A {chain}")) && l.contains("MASQUERADE")), "{rules}");
+    c.delete_bot(pb::DeleteBotRequest { name: "out".into(), keep_data: false }).await.unwrap();
+    let rules = nat_rules();
+    assert!(!rules.contains(&format!("-s {}/32", bot.ip)) && !rules.contains(&chain), "NAT left behind:\n{rules}");
+    // Without the flag, no NAT at all.
+    let plain = TestBerthd::start(None);
+    let ip = bots(&plain)
+        .await
+        .create_bot(pb::CreateBotRequest { name: "in".into(), start: true, ..Default::default() })
+        .await
+        .unwrap()
+        .into_inner()
+        .bot
+        .unwrap()
+        .ip;
+    assert!(!nat_rules().contains(&format!("-s {ip}/32")));
+}
