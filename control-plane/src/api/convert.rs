@@ -34,6 +34,9 @@ pub fn bot(b: BotRecord, pid: Option<u32>) -> pb::Bot {
         pid: pid.unwrap_or(0),
         env_names: b.env.into_keys().collect(),
         ip: b.network.map(|n| n.ip).unwrap_or_default(),
+        restart_count: b.restart_count,
+        last_exit: b.last_exit,
+        desired_running: b.desired_running,
     }
 }
 

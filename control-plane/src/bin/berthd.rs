@@ -76,6 +76,10 @@ struct Args {
     /// Network setup attempts before a create fails.
     #[arg(long, default_value_t = 4)]
     cni_attempts: u32,
+    /// How often the reconciler checks every bot (restarts dead tasks, repairs networks), in milliseconds;
+    /// 0 turns it off.
+    #[arg(long, env = "BERTH_RECONCILE_INTERVAL_MS", default_value_t = 5_000)]
+    reconcile_interval_ms: u64,
     /// Largest expanded size of an imported data archive, in bytes (guards against decompression bombs).
     #[arg(long, env = "BERTH_IMPORT_MAX_BYTES", default_value_t = 64 << 30)]
     import_max_bytes: u64,
@@ -149,6 +153,8 @@ async fn main() -> anyhow::Result<()> {
         let _ = rx.wait_for(|v| *v).await;
     };
     let mut servers = Vec::new();
+    let reconciler = (args.reconcile_interval_ms > 0)
+        .then(|| manager.spawn_reconciler(Duration::from_millis(args.reconcile_interval_ms), stop_rx.clone()));
     // TCP first: the Unix socket appearing is the signal that berthd is fully up.
     if let Some(addr) = args.listen_tcp {
         let l = TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr}"))?;
@@ -177,6 +183,9 @@ async fn main() -> anyhow::Result<()> {
     for s in servers {
         // Open client streams would hold a graceful shutdown forever; bots are unaffected either way.
         let _ = tokio::time::timeout(Duration::from_secs(2), s).await;
+    }
+    if let Some(r) = reconciler {
+        let _ = tokio::time::timeout(Duration::from_secs(5), r).await;
     }
     let _ = std::fs::remove_file(&unix_path);
     Ok(())

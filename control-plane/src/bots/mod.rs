@@ -9,6 +9,7 @@ pub mod model;
 pub mod ops;
 mod orphans;
 mod query;
+pub mod reconcile;
 mod recover;
 mod rollback;
 mod settle;
@@ -64,6 +65,7 @@ pub struct BotManager<R, N> {
     images: Mutex<HashMap<String, Image>>,
     locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     agents: Mutex<HashMap<String, AgentClient>>,
+    supervision: Mutex<HashMap<String, reconcile::Supervision>>,
     events: broadcast::Sender<BotEvent>,
 }
 
@@ -84,6 +86,7 @@ impl<R: ContainerRuntime, N: Network> BotManager<R, N> {
             images: Mutex::new(HashMap::new()),
             locks: Mutex::new(HashMap::new()),
             agents: Mutex::new(HashMap::new()),
+            supervision: Mutex::new(HashMap::new()),
             events,
         }
     }

@@ -56,7 +56,12 @@ pub struct BotRecord {
     /// The agent's bearer token (never returned by the API).
     pub token: String,
     pub last_error: String,
+    /// Restarts by the supervisor (a task that died, an agent that stopped answering).
     pub restart_count: u64,
+    /// The user wants it running: the reconciler restarts its task if it dies.
+    pub desired_running: bool,
+    /// How its task last ended, e.g. "killed by the OOM killer (exit 137)"; empty if it never ended.
+    pub last_exit: String,
     pub created_at_ms: i64,
     pub updated_at_ms: i64,
     /// The network attachment, once made.

@@ -17,6 +17,10 @@ impl<R: ContainerRuntime, N: Network> BotManager<R, N> {
         let bot_lock = self.bot_lock(name);
         let _guard = bot_lock.lock().await;
         let bot = self.store.get_bot(name).await?;
+        // The user wants it running from now on: if this start fails, the reconciler retries with backoff.
+        if matches!(bot.state, BotState::Stopped | BotState::Error | BotState::Running) {
+            self.store.set_desired(name, true).await?;
+        }
         match bot.state {
             BotState::Stopped | BotState::Error => {}
             BotState::Running => return Ok(bot),

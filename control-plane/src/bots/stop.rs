@@ -14,6 +14,7 @@ impl<R: ContainerRuntime, N: Network> BotManager<R, N> {
         let bot_lock = self.bot_lock(name);
         let _guard = bot_lock.lock().await;
         let bot = self.store.get_bot(name).await?;
+        self.store.set_desired(name, false).await?;
         match bot.state {
             BotState::Running | BotState::Error | BotState::Starting | BotState::Stopping => {}
             BotState::Stopped => return Ok(bot),

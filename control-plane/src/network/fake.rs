@@ -49,4 +49,8 @@ impl Network for FakeNetwork {
         self.attached.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(bot);
         Ok(())
     }
+
+    async fn repair(&self, _bot: &str, _attachment: &Attachment, _pid: u32) -> Result<Vec<String>, NetworkError> {
+        Ok(Vec::new())
+    }
 }

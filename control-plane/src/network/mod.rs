@@ -71,6 +71,16 @@ pub trait Network: Send + Sync + 'static {
         bot: &str,
         attachment: Option<&Attachment>,
     ) -> impl Future<Output = Result<(), NetworkError>> + Send;
+    /// Checks a running bot's attachment and repairs what it can without changing its address: a named
+    /// namespace whose mount was removed (re-mounted from the task `pid`), a deleted bridge (recreated
+    /// with its gateway address), a zero bridge MAC, a host veth no longer on the bridge. Returns what
+    /// was repaired.
+    fn repair(
+        &self,
+        bot: &str,
+        attachment: &Attachment,
+        pid: u32,
+    ) -> impl Future<Output = Result<Vec<String>, NetworkError>> + Send;
 }
 
 /// CNI networking on the host.
@@ -144,6 +154,15 @@ impl Network for Cni {
             .await
             .map_err(|e| NetworkError::Io { op: "run network teardown".into(), source: std::io::Error::other(e) })?
     }
+
+    async fn repair(&self, bot: &str, attachment: &Attachment, pid: u32) -> Result<Vec<String>, NetworkError> {
+        let this = self.clone();
+        let bot = bot.to_string();
+        let a = attachment.clone();
+        tokio::task::spawn_blocking(move || this.repair_blocking(&bot, &a, pid))
+            .await
+            .map_err(|e| NetworkError::Io { op: "run network repair".into(), source: std::io::Error::other(e) })?
+    }
 }
 
 impl Cni {
@@ -187,6 +206,88 @@ impl Cni {
         }
         netns::delete(&netns)
             .map_err(|source| NetworkError::Io { op: format!("remove the network namespace of `{bot}`"), source })
+    }
+}
+
+impl Cni {
+    fn repair_blocking(&self, bot: &str, a: &Attachment, pid: u32) -> Result<Vec<String>, NetworkError> {
+        let mut repaired = Vec::new();
+        let io = |op: String| move |source| NetworkError::Io { op, source };
+        if !netns::is_mounted(&a.netns) {
+            netns::bind_from(pid, &a.netns).map_err(io(format!("re-mount the network namespace of `{bot}`")))?;
+            repaired.push(format!("re-mounted its network namespace at {} from its task", a.netns.display()));
+        }
+        let br = &self.config.bridge;
+        if !Path::new("/sys/class/net").join(br).exists() {
+            let gateway = a.result["ips"]
+                .as_array()
+                .and_then(|ips| {
+                    ips.iter().find_map(|ip| {
+                        let prefix = ip["address"].as_str()?.split('/').nth(1)?;
+                        Some(format!("{}/{prefix}", ip["gateway"].as_str()?))
+                    })
+                })
+                .ok_or_else(|| NetworkError::Io {
+                    op: format!("recreate bridge {br}"),
+                    source: std::io::Error::other("the bot's CNI result has no gateway"),
+                })?;
+            ip(&["link", "add", "name", br, "type", "bridge"])?;
+            // The MAC it had (in the CNI result), so the bots' ARP entries for their gateway stay right;
+            // failing that, a stable one (a bridge with no port has a zero MAC until one is set).
+            let old_mac = a.result["interfaces"]
+                .as_array()
+                .and_then(|ifs| ifs.iter().find(|i| i["name"].as_str() == Some(br.as_str())))
+                .and_then(|i| i["mac"].as_str());
+            match old_mac {
+                Some(mac) => ip(&["link", "set", br, "address", mac])?,
+                None => repair_bridge_mac(br),
+            }
+            match ip(&["addr", "add", &gateway, "dev", br]) {
+                Ok(()) => {}
+                Err(e) if e.to_string().contains("File exists") => {}
+                Err(e) => return Err(e),
+            }
+            ip(&["link", "set", br, "up"])?;
+            repaired.push(format!("recreated bridge {br} with gateway {gateway}"));
+        } else if std::fs::read_to_string(format!("/sys/class/net/{br}/address"))
+            .is_ok_and(|m| m.trim() == "00:00:00:00:00:00")
+        {
+            repair_bridge_mac(br);
+            repaired.push(format!("gave bridge {br} a MAC (it was zero)"));
+        }
+        let veth = a.result["interfaces"]
+            .as_array()
+            .and_then(|ifs| {
+                ifs.iter()
+                    .find(|i| i["sandbox"].as_str().unwrap_or("").is_empty() && i["name"].as_str() != Some(br.as_str()))
+            })
+            .and_then(|i| i["name"].as_str());
+        if let Some(veth) = veth {
+            let master = std::fs::read_link(format!("/sys/class/net/{veth}/master")).ok();
+            let on_bridge = master.as_ref().and_then(|m| m.file_name()).is_some_and(|n| n == br.as_str());
+            if Path::new("/sys/class/net").join(veth).exists() && !on_bridge {
+                ip(&["link", "set", veth, "master", br])?;
+                ip(&["link", "set", veth, "up"])?;
+                repaired.push(format!("put its veth {veth} back on bridge {br}"));
+            }
+        }
+        Ok(repaired)
+    }
+}
+
+/// Runs `ip ARGS`, naming the command and its error on failure.
+fn ip(args: &[&str]) -> Result<(), NetworkError> {
+    let out = std::process::Command::new("ip")
+        .args(args)
+        .output()
+        .map_err(|source| NetworkError::Io { op: format!("run ip {}", args.join(" ")), source })?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(NetworkError::Io {
+            op: format!("ip {}", args.join(" ")),
+            source: std::io::Error::other(String::from_utf8_lossy(&out.stderr).trim().to_string()),
+        })
     }
 }
 

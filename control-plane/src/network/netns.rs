@@ -32,6 +32,19 @@ pub fn create(dir: &Path, name: &str) -> std::io::Result<PathBuf> {
     Ok(path)
 }
 
+/// Re-creates the named namespace `path` from the network namespace process `pid` is in (its mount was
+/// removed while the bot's task kept the namespace alive).
+pub fn bind_from(pid: u32, path: &Path) -> std::io::Result<()> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    if !path.exists() {
+        std::fs::File::create(path)?;
+    }
+    mount_bind(format!("/proc/{pid}/ns/net").as_str(), path)?;
+    Ok(())
+}
+
 /// Unmounts and removes a named namespace; a missing one is fine.
 pub fn delete(path: &Path) -> std::io::Result<()> {
     match unmount(path, UnmountFlags::DETACH) {

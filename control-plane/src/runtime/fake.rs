@@ -228,4 +228,8 @@ impl ContainerRuntime for FakeRuntime {
     async fn thaw(&self, _id: &str) -> Result<(), RuntimeError> {
         Ok(())
     }
+
+    async fn oom_kills(&self, _id: &str) -> Option<u64> {
+        None
+    }
 }

@@ -213,4 +213,7 @@ pub trait ContainerRuntime: Send + Sync + 'static {
     ) -> impl Future<Output = Result<mount::Mounted, RuntimeError>> + Send;
     /// Thaws a frozen task (left frozen if berthd died mid-capture). Not running = nothing to do.
     fn thaw(&self, id: &str) -> impl Future<Output = Result<(), RuntimeError>> + Send;
+    /// How many processes of container `id`'s task the kernel's OOM killer killed (its cgroup's counter;
+    /// readable until the dead task is removed). `None` when unknown.
+    fn oom_kills(&self, id: &str) -> impl Future<Output = Option<u64>> + Send;
 }

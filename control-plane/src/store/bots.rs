@@ -14,7 +14,7 @@ use crate::runtime::Limits;
 macro_rules! columns {
     () => {
         "name, container_id, image, state, env_json, labels_json, memory_bytes, cpu_millis, pids, \
-         token, last_error, restart_count, created_at_ms, updated_at_ms, netns, ip, cni_result"
+         token, last_error, restart_count, created_at_ms, updated_at_ms, netns, ip, cni_result, desired, last_exit"
     };
 }
 
@@ -48,6 +48,8 @@ fn decode(row: &AnyRow) -> Result<BotRecord, StoreError> {
         token: get_s("token")?,
         last_error: get_s("last_error")?,
         restart_count: get_i("restart_count")? as u64,
+        desired_running: get_s("desired")? == "running",
+        last_exit: get_s("last_exit")?,
         created_at_ms: get_i("created_at_ms")?,
         updated_at_ms: get_i("updated_at_ms")?,
         network: {
@@ -70,7 +72,7 @@ impl Store {
         let sql = concat!(
             "INSERT INTO bots (",
             columns!(),
-            ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)"
+            ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19)"
         );
         let r = sqlx::query(sql)
             .bind(&b.name)
@@ -90,6 +92,8 @@ impl Store {
             .bind(b.network.as_ref().map(|n| n.netns.display().to_string()).unwrap_or_default())
             .bind(b.network.as_ref().map(|n| n.ip.clone()).unwrap_or_default())
             .bind(b.network.as_ref().map(|n| n.result.to_string()).unwrap_or_default())
+            .bind(if b.desired_running { "running" } else { "stopped" })
+            .bind(&b.last_exit)
             .execute(self.pool())
             .await;
         match r {
@@ -144,6 +148,30 @@ impl Store {
         if r.rows_affected() == 0 {
             return Err(StoreError::NotFound { what: format!("bot `{name}`") });
         }
+        Ok(())
+    }
+
+    /// Records whether the user wants the bot running (the reconciler keeps it so).
+    pub async fn set_desired(&self, name: &str, running: bool) -> Result<(), StoreError> {
+        sqlx::query("UPDATE bots SET desired = $1, updated_at_ms = $2 WHERE name = $3")
+            .bind(if running { "running" } else { "stopped" })
+            .bind(crate::bots::model::now_ms())
+            .bind(name)
+            .execute(self.pool())
+            .await
+            .map_err(unavailable("record the desired state"))?;
+        Ok(())
+    }
+
+    /// Records how the bot's task last ended.
+    pub async fn set_last_exit(&self, name: &str, last_exit: &str) -> Result<(), StoreError> {
+        sqlx::query("UPDATE bots SET last_exit = $1, updated_at_ms = $2 WHERE name = $3")
+            .bind(last_exit)
+            .bind(crate::bots::model::now_ms())
+            .bind(name)
+            .execute(self.pool())
+            .await
+            .map_err(unavailable("record the last exit"))?;
         Ok(())
     }
 

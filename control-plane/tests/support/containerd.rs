@@ -55,6 +55,30 @@ impl PrivateContainerd {
         ctd
     }
 
+    /// Stops containerd (SIGTERM) and starts it again on the same root, state and socket; shims and the
+    /// tasks they run stay up, as on a real host.
+    pub fn restart(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            super::stop_child(&mut c, libc::SIGTERM);
+        }
+        let _ = std::fs::remove_file(&self.socket);
+        let bin = which("containerd").expect("containerd");
+        let log = std::fs::OpenOptions::new().append(true).open(self.log_path()).expect("containerd log");
+        let child = Command::new(bin)
+            .arg("--config")
+            .arg(self.dir.path().join("config.toml"))
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("restart containerd");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !self.socket.exists() {
+            assert!(Instant::now() < deadline, "containerd did not come back within 20 s");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     pub fn log_path(&self) -> PathBuf {
         self.dir.path().join("containerd.log")
     }

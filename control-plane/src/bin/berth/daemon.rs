@@ -194,7 +194,8 @@ fn json(b: &pb::Bot) -> serde_json::Value {
         "name": b.name, "state": state_name(b.state), "image": b.image, "labels": b.labels,
         "memory_bytes": r.memory_bytes, "cpu_millis": r.cpu_millis, "pids": r.pids,
         "created_at_ms": b.created_at_ms, "updated_at_ms": b.updated_at_ms, "last_error": b.last_error,
-        "pid": b.pid, "env_names": b.env_names, "ip": b.ip,
+        "pid": b.pid, "env_names": b.env_names, "ip": b.ip, "restart_count": b.restart_count,
+        "last_exit": b.last_exit, "desired_running": b.desired_running,
     })
 }
 

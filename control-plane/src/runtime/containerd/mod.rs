@@ -210,4 +210,15 @@ impl ContainerRuntime for Containerd {
     async fn thaw(&self, id: &str) -> Result<(), RuntimeError> {
         snapshot::resume(self, id).await
     }
+
+    async fn oom_kills(&self, id: &str) -> Option<u64> {
+        // The cgroup path is the one spec.rs gives runc; v2 (unified) or v1 (the memory controller).
+        let rel = format!("berth/{}/{id}", self.namespace);
+        let read = |path: String| -> Option<u64> {
+            let text = std::fs::read_to_string(path).ok()?;
+            text.lines().find_map(|l| l.strip_prefix("oom_kill ")).and_then(|n| n.trim().parse().ok())
+        };
+        read(format!("/sys/fs/cgroup/{rel}/memory.events"))
+            .or_else(|| read(format!("/sys/fs/cgroup/memory/{rel}/memory.oom_control")))
+    }
 }

@@ -1,0 +1,325 @@
+//! The fault-injection suite, on a real containerd with berthd's reconciler running every 300 ms: each
+//! test injects one fault, checks what a user sees, waits for recovery (with a deadline), and checks that
+//! no data was lost. Each writes a row of the fault table to `target/tmp/faults/` (see docs/FAULTS.md).
+
+#![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
+
+#[path = "../../agent/tests/common/mod.rs"]
+mod common;
+#[path = "support/mod.rs"]
+mod support;
+
+use std::time::{Duration, Instant};
+
+use berth_control_plane::agent_client;
+use berth_proto::controlplane::v1 as pb;
+use common::{argv, run};
+use pb::bot_service_client::BotServiceClient;
+use support::berthd::TestBerthd;
+use tonic::transport::Channel;
+
+fn berthd() -> TestBerthd {
+    TestBerthd::start_with(None, &["--reconcile-interval-ms", "300"])
+}
+
+async fn bots(b: &TestBerthd) -> BotServiceClient<Channel> {
+    BotServiceClient::new(agent_client::channel(b.socket.to_str().unwrap()).await.unwrap())
+}
+
+async fn get(b: &TestBerthd, name: &str) -> pb::Bot {
+    bots(b).await.get_bot(pb::GetBotRequest { name: name.into() }).await.unwrap().into_inner().bot.unwrap()
+}
+
+async fn create(b: &TestBerthd, name: &str, resources: Option<pb::Resources>) -> pb::Bot {
+    let req = pb::CreateBotRequest { name: name.into(), start: true, resources, ..Default::default() };
+    bots(b).await.create_bot(req).await.unwrap().into_inner().bot.unwrap()
+}
+
+/// Waits until the bot is running with a different task pid than `old_pid` (or any, if 0) and its agent
+/// answers; returns how long that took.
+async fn recovered(b: &TestBerthd, name: &str, old_pid: u32, since: Instant, within: Duration) -> Duration {
+    loop {
+        let bot = get(b, name).await;
+        if bot.state == pb::BotState::Running as i32 && bot.pid != 0 && bot.pid != old_pid {
+            let r = run(&mut b.agent(name).await, argv(&["true"])).await;
+            if r.is_ok_and(|r| r.code() == Some(0)) {
+                return since.elapsed();
+            }
+        }
+        assert!(since.elapsed() < within, "{name} did not recover within {within:?}: {bot:?}\n{}", b.log());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Appends a row to the fault table.
+fn record(fault: &str, seen: &str, recovery: Option<Duration>, data_lost: &str) {
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("faults");
+    std::fs::create_dir_all(&dir).unwrap();
+    let slug: String = fault.chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '-' }).collect();
+    let rec = recovery.map_or("-".to_string(), |d| format!("{:.1} s", d.as_secs_f64()));
+    std::fs::write(dir.join(format!("{slug}.md")), format!("| {fault} | {seen} | {rec} | {data_lost} |\n")).unwrap();
+}
+
+async fn write_marker(b: &TestBerthd, name: &str) -> String {
+    b.sh(name, "mkdir -p /data && head -c 100000 /dev/urandom > /data/marker && sha256sum /data/marker").await
+}
+
+async fn check_marker(b: &TestBerthd, name: &str, sum: &str) -> &'static str {
+    assert_eq!(b.sh(name, "sha256sum /data/marker").await, sum, "the bot's data changed");
+    "none"
+}
+
+fn kill(pid: u32, signal: i32) {
+    // SAFETY: kill(2) on a pid we read from berthd (the bot's task).
+    assert_eq!(unsafe { libc::kill(pid as i32, signal) }, 0, "kill {pid}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_agent_is_restarted_and_reported() {
+    let b = berthd();
+    let bot = create(&b, "victim", None).await;
+    let sum = write_marker(&b, "victim").await;
+    let pid = get(&b, "victim").await.pid;
+    let t = Instant::now();
+    kill(pid, libc::SIGKILL);
+    let took = recovered(&b, "victim", pid, t, Duration::from_secs(20)).await;
+    let after = get(&b, "victim").await;
+    assert!(after.restart_count >= 1, "{after:?}");
+    assert!(after.last_exit.contains("signal 9"), "{after:?}");
+    assert_eq!(after.ip, bot.ip, "the address changed across a restart");
+    let lost = check_marker(&b, "victim", &sum).await;
+    let events = b.log();
+    assert!(events.contains("restarting the bot"), "{events}");
+    record(
+        "SIGKILL the agent (PID 1)",
+        "calls fail UNAVAILABLE for a moment; `last_exit` = killed by signal 9, `restart_count` + 1",
+        Some(took),
+        lost,
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_agent_is_detected_and_restarted() {
+    let b = berthd();
+    create(&b, "frozen", None).await;
+    let sum = write_marker(&b, "frozen").await;
+    let pid = get(&b, "frozen").await.pid;
+    let t = Instant::now();
+    kill(pid, libc::SIGSTOP);
+    // While frozen, a call with a deadline fails with DEADLINE_EXCEEDED rather than hanging.
+    let mut a = b.agent("frozen").await;
+    let mut req = tonic::Request::new(berth_proto::agent::v1::VersionRequest {});
+    req.set_timeout(Duration::from_millis(500));
+    let err = a.version(req).await.unwrap_err();
+    assert!(matches!(err.code(), tonic::Code::DeadlineExceeded | tonic::Code::Cancelled), "{err:?}");
+    let took = recovered(&b, "frozen", pid, t, Duration::from_secs(30)).await;
+    let after = get(&b, "frozen").await;
+    assert!(after.restart_count >= 1, "{after:?}");
+    let lost = check_marker(&b, "frozen", &sum).await;
+    record(
+        "SIGSTOP the agent",
+        "calls with a deadline fail DEADLINE_EXCEEDED; after 3 missed health checks the bot is restarted",
+        Some(took),
+        lost,
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_bridge_is_recreated_and_the_address_kept() {
+    let b = berthd();
+    let bot = create(&b, "wired", None).await;
+    let gw = format!("{}.1", &b.subnet[..b.subnet.rfind('.').unwrap()]);
+    let ping = format!("ping -c 1 -W 1 {gw}");
+    b.sh("wired", &ping).await;
+    let t = Instant::now();
+    let st = std::process::Command::new("ip").args(["link", "del", &b.bridge]).status().unwrap();
+    assert!(st.success());
+    let took = loop {
+        let r = run(&mut b.agent("wired").await, argv(&["sh", "-c", &ping])).await.unwrap();
+        if r.code() == Some(0) {
+            break t.elapsed();
+        }
+        assert!(t.elapsed() < Duration::from_secs(20), "the bridge was not repaired: {}", b.log());
+    };
+    let after = get(&b, "wired").await;
+    assert_eq!((after.ip.as_str(), after.restart_count), (bot.ip.as_str(), 0), "{after:?}");
+    assert!(b.log().contains("recreated bridge"), "{}", b.log());
+    record(
+        "delete the bots' bridge",
+        "bots lose their network until the reconciler recreates the bridge and re-attaches their veths; no restart, same IPs",
+        Some(took),
+        "none",
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_removed_netns_mount_is_restored_from_the_task() {
+    let b = berthd();
+    let bot = create(&b, "nsless", None).await;
+    let ns = b.dir.path().join("run/netns/nsless");
+    let t = Instant::now();
+    let st = std::process::Command::new("umount").arg(&ns).status().unwrap();
+    assert!(st.success());
+    std::fs::remove_file(&ns).unwrap();
+    while !std::fs::read_to_string("/proc/self/mountinfo").unwrap().contains(ns.to_str().unwrap()) {
+        assert!(t.elapsed() < Duration::from_secs(20), "the namespace was not re-mounted: {}", b.log());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let took = t.elapsed();
+    // It is the bot's own namespace: a restart keeps the address.
+    let mut c = bots(&b).await;
+    c.stop_bot(pb::StopBotRequest { name: "nsless".into(), timeout_ms: 0 }).await.unwrap();
+    c.start_bot(pb::StartBotRequest { name: "nsless".into() }).await.unwrap();
+    let out = b.sh("nsless", "ip -4 addr show eth0").await;
+    assert!(out.contains(&format!("{}/", bot.ip)), "{out}");
+    record(
+        "remove a bot's named netns mount",
+        "nothing while it runs; the reconciler re-mounts it from the task, so the next restart keeps the IP",
+        Some(took),
+        "none",
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oom_and_fork_bomb_hit_the_offender_not_the_agent() {
+    let b = berthd();
+    let limits = pb::Resources { memory_bytes: 64 << 20, cpu_millis: 0, pids: 64 };
+    create(&b, "greedy", Some(limits)).await;
+    let sum = write_marker(&b, "greedy").await;
+    let pid = get(&b, "greedy").await.pid;
+    // Memory: a shell holding 200 MB in a variable, in a 64 MiB bot.
+    let r = run(
+        &mut b.agent("greedy").await,
+        argv(&["sh", "-c", "x=$(head -c 200000000 /dev/zero | tr '\\0' a); echo survived"]),
+    )
+    .await
+    .unwrap();
+    assert_ne!(r.code(), Some(0), "the hog was not stopped: {}", r.stdout_str());
+    assert!(!r.stdout_str().contains("survived"));
+    // Processes: 200 sleepers in a bot limited to 64 pids, killed by the exec's timeout.
+    let mut bomb = argv(&["sh", "-c", "for i in $(seq 200); do sleep 30 & done; wait"]);
+    bomb.timeout_ms = 3000;
+    let r = run(&mut b.agent("greedy").await, bomb).await.unwrap();
+    assert!(r.code() != Some(0), "the fork bomb was not contained");
+    // The agent (PID 1) was never touched: same task, no restart, and it still serves.
+    let after = get(&b, "greedy").await;
+    assert_eq!((after.pid, after.restart_count), (pid, 0), "{after:?}");
+    let lost = check_marker(&b, "greedy", &sum).await;
+    record(
+        "OOM and a fork bomb in a bot (64 MiB, 64 pids)",
+        "the offending command is killed (its exec ends with a signal / fork errors); the agent and other sessions live on",
+        None,
+        lost,
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restarting_berthd_restarts_no_bot() {
+    let mut b = berthd();
+    let mut pids = Vec::new();
+    for i in 0..4 {
+        let name = format!("steady{i}");
+        create(&b, &name, None).await;
+        pids.push((name.clone(), get(&b, &name).await.pid));
+    }
+    b.halt(libc::SIGKILL);
+    let t = Instant::now();
+    b.spawn();
+    for (name, pid) in &pids {
+        let r = run(&mut b.agent(name).await, argv(&["true"])).await.unwrap();
+        assert_eq!(r.code(), Some(0));
+        let bot = get(&b, name).await;
+        assert_eq!((bot.pid, bot.restart_count, bot.state), (*pid, 0, pb::BotState::Running as i32), "{bot:?}");
+    }
+    record(
+        "SIGKILL berthd with 4 running bots, start it again",
+        "calls fail UNAVAILABLE until berthd is back; no bot restarts (same task pids)",
+        Some(t.elapsed()),
+        "none",
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restarting_containerd_costs_bots_nothing() {
+    let mut b = berthd();
+    create(&b, "calm", None).await;
+    let sum = write_marker(&b, "calm").await;
+    let pid = get(&b, "calm").await.pid;
+    let t = Instant::now();
+    b.containerd.restart();
+    // berthd's connection to containerd comes back by itself.
+    loop {
+        let r = bots(&b).await.get_bot(pb::GetBotRequest { name: "calm".into() }).await;
+        if r.as_ref().is_ok_and(|r| r.get_ref().bot.as_ref().is_some_and(|b| b.pid == pid)) {
+            break;
+        }
+        assert!(t.elapsed() < Duration::from_secs(20), "berthd did not reconnect to containerd: {r:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let took = t.elapsed();
+    let lost = check_marker(&b, "calm", &sum).await;
+    assert_eq!(get(&b, "calm").await.restart_count, 0);
+    record(
+        "restart containerd",
+        "lifecycle calls fail UNAVAILABLE while it is down; bots keep running (shims survive), exec keeps working",
+        Some(took),
+        lost,
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_berthd_during_create_and_delete_leaves_truth_and_no_leaks() {
+    let mut b = berthd();
+    for (i, delay_ms) in [5u64, 25, 60].iter().enumerate() {
+        let name = format!("midway{i}");
+        let mut child = b.berth(&["bot", "create", &name]).spawn().unwrap();
+        std::thread::sleep(Duration::from_millis(*delay_ms));
+        b.halt(libc::SIGKILL);
+        let _ = child.wait();
+        b.spawn();
+        // Whatever berthd was doing, the bot is now reported truthfully and can be used or deleted.
+        let got = bots(&b).await.get_bot(pb::GetBotRequest { name: name.clone() }).await;
+        match got {
+            Err(s) => assert_eq!(s.code(), tonic::Code::NotFound, "{s:?}"),
+            Ok(r) => {
+                let bot = r.into_inner().bot.unwrap();
+                let state = pb::BotState::try_from(bot.state).unwrap();
+                assert!(
+                    matches!(
+                        state,
+                        pb::BotState::Running
+                            | pb::BotState::Starting
+                            | pb::BotState::Stopped
+                            | pb::BotState::Error
+                            | pb::BotState::Creating
+                    ),
+                    "{bot:?}"
+                );
+                // Delete it, and kill berthd during that delete too.
+                let mut child = b.berth(&["bot", "rm", &name]).spawn().unwrap();
+                std::thread::sleep(Duration::from_millis(*delay_ms));
+                b.halt(libc::SIGKILL);
+                let _ = child.wait();
+                b.spawn();
+                let again = bots(&b).await.get_bot(pb::GetBotRequest { name: name.clone() }).await;
+                if again.is_ok() {
+                    b.cli(&["bot", "rm", &name]);
+                }
+            }
+        }
+    }
+    // Nothing is left in containerd, on the host network or in the netns directory.
+    assert!(b.containerd.ctr_ls("containers").is_empty(), "{:?}", b.containerd.ctr_ls("containers"));
+    assert!(b.containerd.ctr_ls("tasks").is_empty());
+    let snaps = b.containerd.ctr(&["snapshots", "ls"]);
+    assert!(!snaps.contains("bot-") && !snaps.contains("berth."), "{snaps}");
+    let netns: Vec<_> =
+        std::fs::read_dir(b.dir.path().join("run/netns")).map(|d| d.flatten().collect()).unwrap_or_default();
+    assert!(netns.is_empty(), "{netns:?}");
+    record(
+        "SIGKILL berthd during create and during delete",
+        "the call fails; after restart the bot is reported as it is (or gone) and deleting it leaves nothing",
+        None,
+        "none",
+    );
+}
