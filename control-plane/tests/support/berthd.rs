@@ -87,6 +87,11 @@ impl TestBerthd {
         let _ = std::fs::remove_file(&self.socket);
     }
 
+    /// berthd's pid, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("berthd.log")).unwrap_or_default()
     }
