@@ -77,7 +77,7 @@ fn main() {
 }
 
 async fn async_main() {
-    let b = TestBerthd::start(None);
+    let mut b = TestBerthd::start(None);
     let ch = agent_client::channel(b.socket.to_str().unwrap()).await.unwrap();
     let mut bots = BotServiceClient::new(ch.clone());
     let mut report = Report {
@@ -222,6 +222,8 @@ async fn async_main() {
     bots.delete_bot(pb::DeleteBotRequest { name: "hot".into(), keep_data: false }).await.unwrap();
 
     data_ops(&b, &mut report).await;
+    concurrency(&b, &mut report).await;
+    restart_with_bots(&mut b, &mut report).await;
 
     println!("\n{}", report.md);
     let out = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench");
@@ -290,4 +292,121 @@ async fn data_ops(b: &TestBerthd, report: &mut Report) {
         report.row(&format!("import (replace; spool, check, apply, restart), {label}"), &import, Some((&floor, &cp)));
     }
     bots.delete_bot(pb::DeleteBotRequest { name: "heavy".into(), keep_data: false }).await.unwrap();
+}
+
+/// Unary calls through berthd's proxy (the agent's `Version`) and `GetBot`, by 1 and by 16 clients at once
+/// (each its own connection), on 4 bots: the slowdown ratio is p50 at 16 over p50 alone.
+async fn concurrency(b: &TestBerthd, report: &mut Report) {
+    let ch = agent_client::channel(b.socket.to_str().unwrap()).await.unwrap();
+    let mut bots = BotServiceClient::new(ch);
+    for i in 0..4 {
+        bots.create_bot(pb::CreateBotRequest { name: format!("c{i}"), start: true, ..Default::default() })
+            .await
+            .unwrap();
+    }
+    let round = |clients: usize, calls: usize| {
+        let socket = b.socket.clone();
+        async move {
+            let mut tasks = Vec::new();
+            for k in 0..clients {
+                let socket = socket.clone();
+                tasks.push(tokio::spawn(async move {
+                    let ch = agent_client::channel(socket.to_str().unwrap()).await.unwrap();
+                    let mut a = agent_client::agent_on(
+                        ch.clone(),
+                        BearerAuth::none().with_bot(&format!("c{}", k % 4)).unwrap(),
+                    );
+                    let mut g = BotServiceClient::new(ch);
+                    let (mut unary, mut get) = (Vec::new(), Vec::new());
+                    for i in 0..calls {
+                        let t = Instant::now();
+                        a.version(berth_proto::agent::v1::VersionRequest {}).await.unwrap();
+                        if i >= 5 {
+                            unary.push(t.elapsed());
+                        }
+                        let t = Instant::now();
+                        g.get_bot(pb::GetBotRequest { name: format!("c{}", k % 4) }).await.unwrap();
+                        if i >= 5 {
+                            get.push(t.elapsed());
+                        }
+                    }
+                    (unary, get)
+                }));
+            }
+            let (mut unary, mut get) = (Vec::new(), Vec::new());
+            for t in tasks {
+                let (u, g) = t.await.unwrap();
+                unary.extend(u);
+                get.extend(g);
+            }
+            (unary, get)
+        }
+    };
+    let (u1, g1) = round(1, 205).await;
+    let (u16, g16) = round(16, 105).await;
+    report.row("agent Version through berthd, 16 clients at once", &u16, Some(("1 client alone", &u1)));
+    report.row("GetBot (database + containerd), 16 clients at once", &g16, Some(("1 client alone", &g1)));
+    for i in 0..4 {
+        bots.delete_bot(pb::DeleteBotRequest { name: format!("c{i}"), keep_data: false }).await.unwrap();
+    }
+}
+
+/// berthd killed with SIGKILL and started again with 20 running bots: time until every bot answers an
+/// exec, against the same restart with no bots. No bot may be restarted.
+async fn restart_with_bots(b: &mut TestBerthd, report: &mut Report) {
+    let until_all_answer = |b: &TestBerthd, names: Vec<String>| {
+        let socket = b.socket.clone();
+        async move {
+            let ch = agent_client::channel(socket.to_str().unwrap()).await.unwrap();
+            for name in names {
+                let mut a = agent_client::agent_on(ch.clone(), BearerAuth::none().with_bot(&name).unwrap());
+                assert_eq!(run(&mut a, argv(&["/bin/true"])).await.unwrap().code(), Some(0));
+            }
+        }
+    };
+    let mut empty = Vec::new();
+    for _ in 0..3 {
+        b.halt(libc::SIGKILL);
+        let t = Instant::now();
+        b.spawn();
+        until_all_answer(b, vec![]).await;
+        let ch = agent_client::channel(b.socket.to_str().unwrap()).await.unwrap();
+        BotServiceClient::new(ch).list_bots(pb::ListBotsRequest::default()).await.unwrap();
+        empty.push(t.elapsed());
+    }
+    let ch = agent_client::channel(b.socket.to_str().unwrap()).await.unwrap();
+    let mut bots = BotServiceClient::new(ch);
+    let names: Vec<String> = (0..20).map(|i| format!("r{i}")).collect();
+    for n in &names {
+        bots.create_bot(pb::CreateBotRequest { name: n.clone(), start: true, ..Default::default() }).await.unwrap();
+    }
+    let pids = |bots: Vec<pb::Bot>| bots.into_iter().map(|b| (b.name, b.pid)).collect::<Vec<_>>();
+    let mut before = Vec::new();
+    for n in &names {
+        before.push(bots.get_bot(pb::GetBotRequest { name: n.clone() }).await.unwrap().into_inner().bot.unwrap());
+    }
+    let before = pids(before);
+    let mut full = Vec::new();
+    for _ in 0..3 {
+        b.halt(libc::SIGKILL);
+        let t = Instant::now();
+        b.spawn();
+        until_all_answer(b, names.clone()).await;
+        full.push(t.elapsed());
+    }
+    let ch = agent_client::channel(b.socket.to_str().unwrap()).await.unwrap();
+    let mut bots = BotServiceClient::new(ch);
+    let mut after = Vec::new();
+    for n in &names {
+        after.push(bots.get_bot(pb::GetBotRequest { name: n.clone() }).await.unwrap().into_inner().bot.unwrap());
+    }
+    assert_eq!(pids(after), before, "a berthd restart restarted bots");
+    report.row(
+        "berthd SIGKILL + start → all 20 bots answer an exec",
+        &full,
+        Some(("the same restart with no bots", &empty)),
+    );
+    for n in names {
+        bots.delete_bot(pb::DeleteBotRequest { name: n, keep_data: false }).await.unwrap();
+    }
 }
