@@ -11,5 +11,7 @@ echo "== fmt"; cargo fmt --all -- --check
 echo "== clippy"; cargo clippy --locked --workspace --all-targets -- -D warnings
 echo "== build"; cargo build --locked --workspace --bins
 echo "== static agent"; BERTH_STATIC_AGENT="$(bash scripts/build-agent.sh)"; export BERTH_STATIC_AGENT
-echo "== image"; BERTH_TEST_IMAGE="$(BERTH_AGENT_BIN="$BERTH_STATIC_AGENT" bash scripts/build-image.sh minimal)"; export BERTH_TEST_IMAGE
+echo "== images"
+BERTH_TEST_IMAGE="$(BERTH_AGENT_BIN="$BERTH_STATIC_AGENT" bash scripts/build-image.sh minimal)"; export BERTH_TEST_IMAGE
+BERTH_FULL_IMAGE="$(BERTH_AGENT_BIN="$BERTH_STATIC_AGENT" bash scripts/build-image.sh full)"; export BERTH_FULL_IMAGE
 echo "== tests"; cargo nextest run --locked --workspace --no-fail-fast "$@"

@@ -1,0 +1,91 @@
+//! The `full` image (debootstrap + nodejs, npm, python3; scripts/build-image.sh full) as real bots use it:
+//! node, npx and python3 run in a bot, and a real MCP server (server-everything, put into the bot's /data
+//! with `berth data import`) passes the black-box MCP probe through `berth mcp BOT -- …` exactly as it
+//! does when run directly on the host.
+
+#![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
+
+#[path = "../../agent/tests/common/mod.rs"]
+mod common;
+#[path = "support/mod.rs"]
+mod support;
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use berth_control_plane::agent_client;
+use berth_proto::controlplane::v1 as pb;
+use common::dep;
+use support::berthd::TestBerthd;
+
+/// The full image archive: `BERTH_FULL_IMAGE` (scripts/test.sh builds it), else target/images.
+fn full_image() -> PathBuf {
+    let p = std::env::var_os("BERTH_FULL_IMAGE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/images/berth-full.tar"));
+    assert!(p.exists(), "{} is missing: run scripts/build-image.sh full (scripts/test.sh does)", p.display());
+    p
+}
+
+/// The probe's summary line ("N passed, N failed…") and its whole output.
+fn probe(server: &[String]) -> (String, String) {
+    let script = std::env::var_os("BERTH_MCP_PROBE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/tools/mcp_probe.py"));
+    assert!(script.exists(), "{} is missing", script.display());
+    let out = Command::new(dep("venv/bin/python"))
+        .arg(script)
+        .args(["--checks", "all", "--mode", "auto", "--timeout", "60", "--"])
+        .args(server)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let summary = stdout.lines().rev().find(|l| l.contains(" passed, ")).unwrap_or("").trim().to_string();
+    (summary, format!("{stdout}\n{}", String::from_utf8_lossy(&out.stderr)))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_python_and_an_mcp_server_run_in_a_full_bot() {
+    let image = full_image();
+    let b = TestBerthd::start_with(None, &["--image-archive", image.to_str().unwrap()]);
+    b.cli(&["bot", "create", "tools", "--image", "berth/full:latest"]);
+    let node = b.sh("tools", "node --version").await;
+    assert!(node.starts_with('v'), "{node}");
+    assert_eq!(b.sh("tools", "python3 -c 'print(6 * 7)'").await, "42\n");
+    assert!(!b.sh("tools", "npx --version").await.trim().is_empty());
+    b.sh("tools", "python3 -m venv /data/venv && /data/venv/bin/python -c 'import sys; print(sys.prefix)'").await;
+
+    // server-everything and its dependencies into /data, as an archive through the API.
+    let modules = dep("node/node_modules");
+    let mut tar = tar::Builder::new(Vec::new());
+    tar.follow_symlinks(false);
+    tar.append_dir_all("data/mcp/node_modules", &modules).unwrap();
+    let archive = tar.into_inner().unwrap();
+    let mut msgs = vec![pb::ImportDataChunk { bot: "tools".into(), replace: false, data: vec![] }];
+    msgs.extend(archive.chunks(1 << 20).map(|c| pb::ImportDataChunk { data: c.to_vec(), ..Default::default() }));
+    let ch = agent_client::channel(b.socket.to_str().unwrap()).await.unwrap();
+    pb::data_service_client::DataServiceClient::new(ch).import_data(tokio_stream::iter(msgs)).await.unwrap();
+
+    let js = "/data/mcp/node_modules/@modelcontextprotocol/server-everything/dist/index.js";
+    let host_js = modules.join("@modelcontextprotocol/server-everything/dist/index.js");
+    let direct = vec!["node".to_string(), host_js.display().to_string(), "stdio".into()];
+    let bridged: Vec<String> = [
+        env!("CARGO_BIN_EXE_berth"),
+        "--addr",
+        b.socket.to_str().unwrap(),
+        "mcp",
+        "tools",
+        "--quiet",
+        "--",
+        "node",
+        js,
+        "stdio",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let (d, dlog) = tokio::task::spawn_blocking(move || probe(&direct)).await.unwrap();
+    let (v, vlog) = tokio::task::spawn_blocking(move || probe(&bridged)).await.unwrap();
+    assert!(d.starts_with("9 passed, 0 failed"), "direct: {d}\n{dlog}");
+    assert_eq!(v, d, "through berthd into the bot differs from direct\n{vlog}\n{}", b.log());
+}
