@@ -245,7 +245,7 @@ async fn data_ops(b: &TestBerthd, report: &mut Report) {
     for (label, mib, n) in [("10 MiB", 10u64, 5usize), ("1 GiB", 1024, 2)] {
         let r = run(
             &mut agent,
-            argv(&["sh", "-c", &format!("mkdir -p /data && head -c {}M /dev/urandom > /data/blob", mib)]),
+            argv(&["sh", "-c", &format!("mkdir -p /data && head -c {} /dev/urandom > /data/blob", mib << 20)]),
         )
         .await
         .unwrap();

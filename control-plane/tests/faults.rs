@@ -187,6 +187,11 @@ async fn oom_and_fork_bomb_hit_the_offender_not_the_agent() {
     create(&b, "greedy", Some(limits)).await;
     let sum = write_marker(&b, "greedy").await;
     let pid = get(&b, "greedy").await.pid;
+    // What the agent runs is the OOM killer's first choice; the agent is not (it is exempt, -1000, where
+    // berthd has CAP_SYS_RESOURCE; else it keeps the shim's score, 0 or 1).
+    let agent_adj: i32 = std::fs::read_to_string(format!("/proc/{pid}/oom_score_adj")).unwrap().trim().parse().unwrap();
+    assert!(agent_adj <= 1, "the agent's OOM score adjustment is {agent_adj}");
+    assert_eq!(b.sh("greedy", "cat /proc/self/oom_score_adj").await.trim(), "500");
     // Memory: a shell holding 200 MB in a variable, in a 64 MiB bot.
     let r = run(
         &mut b.agent("greedy").await,
@@ -207,7 +212,7 @@ async fn oom_and_fork_bomb_hit_the_offender_not_the_agent() {
     let lost = check_marker(&b, "greedy", &sum).await;
     record(
         "OOM and a fork bomb in a bot (64 MiB, 64 pids)",
-        "the offending command is killed (its exec ends with a signal / fork errors); the agent and other sessions live on",
+        "the offending command is killed (its exec ends with a signal / fork errors); the agent (its children carry OOM score +500) and other sessions live on",
         None,
         lost,
     );
@@ -308,6 +313,25 @@ async fn sigkill_berthd_during_create_and_delete_leaves_truth_and_no_leaks() {
             }
         }
     }
+    // SIGKILL during a start: afterwards the bot is reported as it is, and a start makes it usable.
+    b.cli(&["bot", "create", "starter", "--no-start"]);
+    let mut child = b.berth(&["bot", "start", "starter"]).spawn().unwrap();
+    std::thread::sleep(Duration::from_millis(20));
+    b.halt(libc::SIGKILL);
+    let _ = child.wait();
+    b.spawn();
+    // The reconciler brings it up (the user asked for it to run), whatever state the start was left in.
+    let t = Instant::now();
+    loop {
+        let bot = get(&b, "starter").await;
+        if bot.state == pb::BotState::Running as i32 {
+            break;
+        }
+        assert!(t.elapsed() < Duration::from_secs(30), "not running again: {bot:?}\n{}", b.log());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(b.sh("starter", "echo ok").await, "ok\n");
+    b.cli(&["bot", "rm", "starter"]);
     // Nothing is left in containerd, on the host network or in the netns directory.
     assert!(b.containerd.ctr_ls("containers").is_empty(), "{:?}", b.containerd.ctr_ls("containers"));
     assert!(b.containerd.ctr_ls("tasks").is_empty());
@@ -317,8 +341,8 @@ async fn sigkill_berthd_during_create_and_delete_leaves_truth_and_no_leaks() {
         std::fs::read_dir(b.dir.path().join("run/netns")).map(|d| d.flatten().collect()).unwrap_or_default();
     assert!(netns.is_empty(), "{netns:?}");
     record(
-        "SIGKILL berthd during create and during delete",
-        "the call fails; after restart the bot is reported as it is (or gone) and deleting it leaves nothing",
+        "SIGKILL berthd during create, start and delete",
+        "the call fails; after restart the bot is reported as it is (or gone), starting it works, and deleting it leaves nothing",
         None,
         "none",
     );

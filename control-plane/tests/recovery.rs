@@ -121,9 +121,17 @@ async fn a_container_deleted_behind_berthds_back_gets_its_data_back() {
     ctr(&["containers", "rm", "--keep-snapshot", "bot-lost"]);
     assert!(!ctr(&["containers", "ls"]).contains("bot-lost"));
     b.spawn();
-    let bot: serde_json::Value = serde_json::from_str(&b.cli(&["bot", "get", "lost", "--json"])).unwrap();
-    assert_eq!(bot["state"], "stopped", "{bot}\n{}", b.log());
-    b.cli(&["bot", "start", "lost"]);
+    // Recreated on its data; the reconciler then starts it, as its user wanted it running.
+    let t = Instant::now();
+    loop {
+        let bot: serde_json::Value = serde_json::from_str(&b.cli(&["bot", "get", "lost", "--json"])).unwrap();
+        if bot["state"] == "running" {
+            break;
+        }
+        assert!(t.elapsed() < Duration::from_secs(20), "not running again: {bot}\n{}", b.log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(b.log().contains("recreated a lost container on the bot's existing data"));
     assert_eq!(b.fingerprint("lost").await, fp, "the data did not come back");
     assert!(b.cli(&["snapshot", "ls", "lost"]).contains("s1 "));
 }

@@ -71,6 +71,13 @@ pub fn spawn(registry: &Registry, req: &SpawnRequest) -> Result<Spawned> {
     let (spawned, pid) = match req.pty {
         None => {
             cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).process_group(0);
+            // SAFETY: only async-signal-safe calls (open, write, close) between fork and exec.
+            unsafe {
+                cmd.pre_exec(|| {
+                    demote_oom_score();
+                    Ok(())
+                });
+            }
             registry.spawn_tracked(|| {
                 let mut child = cmd.spawn()?;
                 let pid = child.id().unwrap_or(0);
@@ -93,6 +100,7 @@ pub fn spawn(registry: &Registry, req: &SpawnRequest) -> Result<Spawned> {
             // SAFETY: only async-signal-safe calls (setsid, ioctl) between fork and exec.
             unsafe {
                 cmd.pre_exec(|| {
+                    demote_oom_score();
                     if libc::setsid() < 0 {
                         return Err(std::io::Error::last_os_error());
                     }
@@ -117,6 +125,25 @@ pub fn spawn(registry: &Registry, req: &SpawnRequest) -> Result<Spawned> {
     .map_err(|e| spawn_error(program, e))?;
     let (child, io) = spawned;
     Ok(Spawned { child, pid, io })
+}
+
+/// What the agent's children add to their OOM score: when a bot runs out of memory, the kernel kills one
+/// of them, never the agent serving every session.
+const CHILD_OOM_SCORE_ADJ: &[u8] = b"500";
+
+/// Between fork and exec: marks the child as the OOM killer's first choice (see [`CHILD_OOM_SCORE_ADJ`]).
+/// Raising one's own score needs no privilege (and undoes the -1000 berthd gives the agent where it may).
+/// Best effort: a failure leaves the inherited score.
+fn demote_oom_score() {
+    const PATH: &[u8] = b"/proc/self/oom_score_adj\0";
+    // SAFETY: async-signal-safe syscalls on a NUL-terminated constant path and a static buffer.
+    unsafe {
+        let fd = libc::open(PATH.as_ptr().cast(), libc::O_WRONLY | libc::O_CLOEXEC);
+        if fd >= 0 {
+            let _ = libc::write(fd, CHILD_OOM_SCORE_ADJ.as_ptr().cast(), CHILD_OOM_SCORE_ADJ.len());
+            libc::close(fd);
+        }
+    }
 }
 
 fn missing_pipe() -> std::io::Error {

@@ -61,7 +61,7 @@ impl<R: ContainerRuntime, N: Network> BotManager<R, N> {
             token: format!("{}{}", uuid::Uuid::new_v4().simple(), uuid::Uuid::new_v4().simple()),
             last_error: String::new(),
             restart_count: 0,
-            desired_running: false,
+            desired_running: req.start,
             last_exit: String::new(),
             created_at_ms: now,
             updated_at_ms: now,

@@ -4,6 +4,7 @@
 //! mounts are detached, and partial archives are deleted. The bot's data is never touched.
 
 use super::BotManager;
+use super::model::BotState;
 use super::ops::{OpState, Operation};
 use crate::error::Result;
 use crate::network::Network;
@@ -66,6 +67,16 @@ impl<R: ContainerRuntime, N: Network> BotManager<R, N> {
                     }
                     if op.kind == "import" {
                         self.remove_leftover(&op.bot, &snap_key).await;
+                    }
+                    if op.kind == "restore" {
+                        // A bot whose restore never finished must not pass for one with its data.
+                        if let Ok(bot) = self.store.get_bot(&op.bot).await {
+                            let reason = "restoring its kept data was interrupted by a berthd restart; the kept \
+                                          archive is untouched: delete the bot and create it again with restore";
+                            if let Err(e) = self.transition(&bot, BotState::Error, "error", reason).await {
+                                tracing::warn!(bot.name = %op.bot, error = %crate::error::chain(&e), "failed to mark an unrestored bot");
+                            }
+                        }
                     }
                     (OpState::Failed, format!("{interrupted}; it had not taken effect and the bot's data is unchanged"))
                 }

@@ -18,7 +18,7 @@ impl<R: ContainerRuntime, N: Network> BotManager<R, N> {
         let _guard = bot_lock.lock().await;
         let bot = self.store.get_bot(name).await?;
         // The user wants it running from now on: if this start fails, the reconciler retries with backoff.
-        if matches!(bot.state, BotState::Stopped | BotState::Error | BotState::Running) {
+        if !bot.desired_running && matches!(bot.state, BotState::Stopped | BotState::Error | BotState::Running) {
             self.store.set_desired(name, true).await?;
         }
         match bot.state {
@@ -41,7 +41,8 @@ impl<R: ContainerRuntime, N: Network> BotManager<R, N> {
         self.transition(bot, BotState::Starting, "starting", "").await?;
         self.evict_agent(name);
         let started = async {
-            self.runtime.start(&bot.container_id).await?;
+            let pid = self.runtime.start(&bot.container_id).await?;
+            protect_agent(name, pid);
             self.wait_ready(bot).await
         }
         .await;
@@ -78,5 +79,14 @@ impl<R: ContainerRuntime, N: Network> BotManager<R, N> {
             bot.name,
             self.config.agent_ready_timeout.as_millis()
         )))
+    }
+}
+
+/// Exempts the agent (the bot's PID 1) from the kernel's OOM killer where berthd may (it needs
+/// CAP_SYS_RESOURCE). Either way the agent raises the OOM score of everything it spawns, so in a bot out of
+/// memory a user process dies, not the agent serving every session.
+fn protect_agent(bot: &str, pid: u32) {
+    if let Err(e) = std::fs::write(format!("/proc/{pid}/oom_score_adj"), "-1000") {
+        tracing::debug!(bot.name = bot, pid, error = %e, "cannot exempt the agent from the OOM killer");
     }
 }

@@ -201,8 +201,12 @@ impl Cni {
 
     fn detach_blocking(&self, bot: &str, prev: Option<&Value>) -> Result<(), NetworkError> {
         let netns = self.netns_path(bot);
-        if netns.exists() {
+        if netns::is_mounted(&netns) {
             self.del(bot, &netns, prev)?;
+        } else if netns.exists() || prev.is_some() {
+            // A namespace file never mounted (berthd died half-way through creating it) or already gone:
+            // DEL without a namespace still releases the address and the host side, as CNI specifies.
+            self.del(bot, Path::new(""), prev)?;
         }
         netns::delete(&netns)
             .map_err(|source| NetworkError::Io { op: format!("remove the network namespace of `{bot}`"), source })

@@ -47,6 +47,14 @@ impl Store {
             .connect(url)
             .await
             .map_err(|source| StoreError::Unavailable { op: "connect".into(), source })?;
+        if url.starts_with("sqlite:") {
+            // Write-ahead logging: one fsync per commit instead of several (synchronous stays FULL, so a
+            // committed write survives a crash of berthd or of the machine), and readers never block it.
+            sqlx::query("PRAGMA journal_mode = WAL")
+                .execute(&pool)
+                .await
+                .map_err(|source| StoreError::Unavailable { op: "enable write-ahead logging".into(), source })?;
+        }
         MIGRATOR.run(&pool).await.map_err(StoreError::Migrate)?;
         Ok(Store { pool })
     }

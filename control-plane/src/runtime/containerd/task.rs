@@ -22,8 +22,17 @@ pub fn log_uri(path: &std::path::Path) -> String {
     format!("file://{}", path.display())
 }
 
-/// Creates and starts the task; returns its pid.
+/// Creates and starts the task; returns its pid. A task left by an interrupted earlier start (created but
+/// never started, or dead) is removed first; one that is already running is adopted.
 pub async fn start(ctd: &Containerd, id: &str) -> Result<u32, RuntimeError> {
+    match status(ctd, id).await? {
+        None => {}
+        Some((Status::Running, pid)) => return Ok(pid),
+        Some((s, _)) => {
+            tracing::warn!(container.id = id, status = ?s, "removing a task left by an interrupted start");
+            remove(ctd, id).await?;
+        }
+    }
     let key = super::snapshot::container_snapshot(ctd, id).await?;
     let mut snaps = SnapshotsClient::new(ctd.channel.clone());
     let mounts = MountsRequest { snapshotter: SNAPSHOTTER.into(), key: key.clone() };
@@ -53,6 +62,20 @@ pub async fn start(ctd: &Containerd, id: &str) -> Result<u32, RuntimeError> {
             remove(ctd, id).await?;
             Err(e)
         }
+    }
+}
+
+/// The task's raw status and pid; `None` if there is no task.
+async fn status(ctd: &Containerd, id: &str) -> Result<Option<(Status, u32)>, RuntimeError> {
+    let mut tasks = TasksClient::new(ctd.channel.clone());
+    let req = GetRequest { container_id: id.to_string(), exec_id: String::new() };
+    match ctd.call("get the task", format!("task {id}"), tasks.get(ctd.request(req, None))).await {
+        Ok(r) => {
+            let p = r.process.unwrap_or_default();
+            Ok(Some((Status::try_from(p.status).unwrap_or(Status::Unknown), p.pid)))
+        }
+        Err(RuntimeError::NotFound { .. }) => Ok(None),
+        Err(e) => Err(e),
     }
 }
 
