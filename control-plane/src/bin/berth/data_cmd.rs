@@ -1,14 +1,14 @@
 //! `berth snapshot …`, `berth data export|import` and `berth ops ls`: a bot's data through berthd's
 //! `DataService`, with a progress line on a terminal for transfers.
 
-use std::io::{IsTerminal, Read, Write};
-use std::time::Instant;
+use std::io::{Read, Write};
 
 use anyhow::Context;
 use berth_proto::controlplane::v1 as pb;
 use pb::data_service_client::DataServiceClient;
 
 use crate::daemon::{Conn, status_err};
+use crate::progress::Progress;
 
 #[derive(Debug, clap::Subcommand)]
 pub enum SnapshotCommand {
@@ -136,57 +136,6 @@ pub async fn snapshot(conn: &Conn, cmd: SnapshotCommand) -> anyhow::Result<i32> 
         }
     }
     Ok(0)
-}
-
-/// A one-line progress display on stderr, shown only on a terminal.
-struct Progress {
-    what: &'static str,
-    total: Option<u64>,
-    done: u64,
-    start: Instant,
-    last: Instant,
-    shown: bool,
-}
-
-impl Progress {
-    fn new(what: &'static str, total: Option<u64>) -> Progress {
-        let now = Instant::now();
-        Progress { what, total, done: 0, start: now, last: now, shown: std::io::stderr().is_terminal() }
-    }
-
-    fn add(&mut self, n: u64) {
-        self.done += n;
-        if self.shown && self.last.elapsed().as_millis() >= 200 {
-            self.last = Instant::now();
-            self.draw();
-        }
-    }
-
-    fn draw(&self) {
-        let mib = self.done as f64 / (1 << 20) as f64;
-        let rate = mib / self.start.elapsed().as_secs_f64().max(0.001);
-        let line = match self.total {
-            Some(t) if t > 0 => {
-                let pct = (self.done as f64 * 100.0 / t as f64).min(100.0);
-                let filled = (pct / 5.0) as usize;
-                format!(
-                    "{} [{}{}] {pct:5.1}% {mib:.1} MiB {rate:.1} MiB/s",
-                    self.what,
-                    "#".repeat(filled),
-                    " ".repeat(20 - filled)
-                )
-            }
-            _ => format!("{} {mib:.1} MiB {rate:.1} MiB/s", self.what),
-        };
-        eprint!("\r{line}\x1b[K");
-    }
-
-    fn finish(&self) {
-        if self.shown {
-            self.draw();
-            eprintln!();
-        }
-    }
 }
 
 pub async fn data(conn: &Conn, cmd: DataCommand) -> anyhow::Result<i32> {

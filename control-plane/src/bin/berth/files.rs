@@ -50,11 +50,14 @@ pub async fn cp(client: AgentClient, a: CpArgs) -> anyhow::Result<()> {
 }
 
 async fn upload(mut client: AgentClient, local: &str, remote: &str, mode: u32, parents: bool) -> anyhow::Result<()> {
-    let mut reader: Box<dyn tokio::io::AsyncRead + Unpin + Send> = if local == "-" {
-        Box::new(tokio::io::stdin())
+    let (mut reader, total): (Box<dyn tokio::io::AsyncRead + Unpin + Send>, Option<u64>) = if local == "-" {
+        (Box::new(tokio::io::stdin()), None)
     } else {
-        Box::new(tokio::fs::File::open(local).await.with_context(|| format!("cannot open `{local}`"))?)
+        let f = tokio::fs::File::open(local).await.with_context(|| format!("cannot open `{local}`"))?;
+        let len = f.metadata().await.ok().map(|m| m.len());
+        (Box::new(f), len)
     };
+    let mut progress = crate::progress::Progress::new("upload", total);
     let (tx, rx) = mpsc::channel(4);
     let open = pb::UploadOpen { path: remote.to_string(), mode, create_parents: parents, no_overwrite: false };
     tx.send(pb::UploadRequest { frame: Some(Up::Open(open)) }).await?;
@@ -68,10 +71,12 @@ async fn upload(mut client: AgentClient, local: &str, remote: &str, mode: u32, p
         }
         buf.truncate(n);
         hasher.update(&buf);
+        progress.add(n as u64);
         if tx.send(pb::UploadRequest { frame: Some(Up::Data(buf)) }).await.is_err() {
             break; // the call failed; its status says why
         }
     }
+    progress.finish();
     let expected_sha256 = hex::encode(hasher.finalize());
     let _ = tx.send(pb::UploadRequest { frame: Some(Up::Commit(pb::UploadCommit { expected_sha256 })) }).await;
     drop(tx);
@@ -101,6 +106,7 @@ async fn download(mut client: AgentClient, remote: &str, local: &str) -> anyhow:
         .into_inner();
     let mut sink = LocalSink::create(local)?;
     let mut hasher = Sha256::new();
+    let mut progress: Option<crate::progress::Progress> = None;
     loop {
         let chunk = stream
             .message()
@@ -109,7 +115,13 @@ async fn download(mut client: AgentClient, remote: &str, local: &str) -> anyhow:
             .ok_or_else(|| anyhow::anyhow!("download of `{remote}` ended early"))?;
         hasher.update(&chunk.data);
         sink.write(&chunk.data)?;
+        progress
+            .get_or_insert_with(|| crate::progress::Progress::new("download", Some(chunk.file_size_bytes)))
+            .add(chunk.data.len() as u64);
         if chunk.eof {
+            if let Some(p) = &progress {
+                p.finish();
+            }
             let got = hex::encode(hasher.finalize());
             if got != chunk.sha256 {
                 bail!("download of `{remote}` is corrupt: sha256 {got}, agent sent {}", chunk.sha256);

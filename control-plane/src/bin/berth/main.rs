@@ -7,6 +7,7 @@ mod data_cmd;
 mod exec;
 mod files;
 mod mcp;
+mod progress;
 mod tty;
 
 use clap::Parser;
