@@ -87,7 +87,9 @@ struct Args {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt().with_writer(std::io::stderr).init();
+    // Colours only on a terminal: log files and journald get plain text.
+    use std::io::IsTerminal;
+    tracing_subscriber::fmt().with_writer(std::io::stderr).with_ansi(std::io::stderr().is_terminal()).init();
     let args = Args::parse();
     let tokens = match &args.api_token_file {
         Some(p) => {

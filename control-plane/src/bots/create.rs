@@ -69,24 +69,37 @@ impl<R: ContainerRuntime, N: Network> BotManager<R, N> {
         };
         self.store.insert_bot(&bot).await?;
         self.announce(&bot.name, BotState::Creating, "creating", "").await;
-        let attachment = match self.network.attach(&bot.name).await {
-            Ok(a) => a,
-            Err(e) => {
-                let reason = format!("network setup failed: {}", crate::error::chain(&e));
+        // The network and the container do not depend on each other (the container only records where its
+        // namespace will be): make both at once, and undo whichever succeeded if the other failed.
+        let netns = self.network.netns_path(&bot.name);
+        let (attached, made) =
+            tokio::join!(self.network.attach(&bot.name), self.make_container(&bot, &image, &netns, None));
+        let attachment = match (attached, made) {
+            (Ok(a), Ok(())) => a,
+            (Err(e), made) => {
+                let mut reason = format!("network setup failed: {}", crate::error::chain(&e));
+                if made.is_ok()
+                    && let Err(d) = self.runtime.delete(&bot.container_id).await
+                {
+                    reason.push_str(&format!("; removing its container also failed: {}", crate::error::chain(&d)));
+                }
                 self.transition(&bot, BotState::Error, "error", &reason).await?;
                 return Err(Error::Unavailable(reason));
             }
+            (Ok(a), Err(e)) => {
+                let mut reason = format!("create failed: {}", crate::error::chain(&e));
+                match self.network.detach(&bot.name, Some(&a)).await {
+                    Ok(()) => {}
+                    Err(d) => {
+                        self.store.set_network(&bot.name, Some(&a)).await?;
+                        reason.push_str(&format!("; removing its network also failed: {}", crate::error::chain(&d)))
+                    }
+                }
+                self.transition(&bot, BotState::Error, "error", &reason).await?;
+                return Err(e);
+            }
         };
         self.store.set_network(&bot.name, Some(&attachment)).await?;
-        if let Err(e) = self.make_container(&bot, &image, &attachment.netns, None).await {
-            let mut reason = format!("create failed: {}", crate::error::chain(&e));
-            match self.network.detach(&bot.name, Some(&attachment)).await {
-                Ok(()) => self.store.set_network(&bot.name, None).await?,
-                Err(d) => reason.push_str(&format!("; removing its network also failed: {}", crate::error::chain(&d))),
-            }
-            self.transition(&bot, BotState::Error, "error", &reason).await?;
-            return Err(e);
-        }
         if req.restore {
             let op = self.begin_op(&bot.name, "restore", &kept.display().to_string(), serde_json::json!({})).await?;
             let restored = async {

@@ -26,6 +26,10 @@ impl FakeNetwork {
 }
 
 impl Network for FakeNetwork {
+    fn netns_path(&self, bot: &str) -> PathBuf {
+        PathBuf::from(format!("/fake/netns/{bot}"))
+    }
+
     async fn attach(&self, bot: &str) -> Result<Attachment, NetworkError> {
         if self.fail.load(Ordering::SeqCst) {
             return Err(NetworkError::Plugin {
@@ -37,7 +41,7 @@ impl Network for FakeNetwork {
         let mut m = self.attached.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let ip = format!("10.0.0.{}", m.len() + 2);
         let a = Attachment {
-            netns: PathBuf::from(format!("/fake/netns/{bot}")),
+            netns: self.netns_path(bot),
             ip: ip.clone(),
             result: json!({"ips": [{"address": format!("{ip}/24")}]}),
         };

@@ -63,6 +63,8 @@ pub enum NetworkError {
 
 /// What the lifecycle needs from networking.
 pub trait Network: Send + Sync + 'static {
+    /// Where the bot's named namespace is (or will be once attached).
+    fn netns_path(&self, bot: &str) -> PathBuf;
     /// Creates the bot's namespace and attaches it; on failure nothing is left behind.
     fn attach(&self, bot: &str) -> impl Future<Output = Result<Attachment, NetworkError>> + Send;
     /// Detaches (DEL with the ADD result) and removes the namespace; what is gone is skipped.
@@ -117,10 +119,6 @@ impl Cni {
         json!({"name": "berth-lo", "plugins": [{"type": "loopback"}]})
     }
 
-    fn netns_path(&self, bot: &str) -> PathBuf {
-        self.config.netns_dir.join(bot)
-    }
-
     fn add(&self, bot: &str, netns: &Path) -> Result<Value, NetworkError> {
         let inv = cni::Invocation { bin_dir: &self.config.cni_bin_dir, container_id: bot, netns, ifname: "eth0" };
         let result = cni::run_list(&inv, "ADD", &self.list(), None)?;
@@ -138,6 +136,10 @@ impl Cni {
 }
 
 impl Network for Cni {
+    fn netns_path(&self, bot: &str) -> PathBuf {
+        self.config.netns_dir.join(bot)
+    }
+
     async fn attach(&self, bot: &str) -> Result<Attachment, NetworkError> {
         let this = self.clone();
         let bot = bot.to_string();
