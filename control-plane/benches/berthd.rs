@@ -386,6 +386,7 @@ async fn restart_with_bots(b: &mut TestBerthd, report: &mut Report) {
         before.push(bots.get_bot(pb::GetBotRequest { name: n.clone() }).await.unwrap().into_inner().bot.unwrap());
     }
     let before = pids(before);
+    idle_memory(b, &before, report);
     let mut full = Vec::new();
     for _ in 0..3 {
         b.halt(libc::SIGKILL);
@@ -409,4 +410,37 @@ async fn restart_with_bots(b: &mut TestBerthd, report: &mut Report) {
     for n in names {
         bots.delete_bot(pb::DeleteBotRequest { name: n, keep_data: false }).await.unwrap();
     }
+}
+
+/// Proportional set size (shared pages split among sharers) of a process, in KiB.
+fn pss_kib(pid: u32) -> u64 {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).unwrap_or_default();
+    text.lines()
+        .find_map(|l| l.strip_prefix("Pss:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// Host memory of idle bots: each bot's containerd shim plus everything in its container (the agent),
+/// by PSS, averaged over the running bots; and how many such bots fit in a GiB.
+fn idle_memory(b: &TestBerthd, bots: &[(String, u32)], report: &mut Report) {
+    std::thread::sleep(Duration::from_secs(2));
+    let mut total_kib = 0;
+    for (name, pid) in bots {
+        let shim = Command::new("pgrep")
+            .args(["-f", "--", &format!("-namespace {} -id bot-{name} ", b.containerd.namespace)])
+            .output()
+            .unwrap();
+        let shim: u32 = String::from_utf8_lossy(&shim.stdout).split_whitespace().next().unwrap().parse().unwrap();
+        total_kib += pss_kib(shim) + pss_kib(*pid);
+    }
+    let per_bot_mib = total_kib as f64 / bots.len() as f64 / 1024.0;
+    let line = format!(
+        "{per_bot_mib:.2} MiB per bot (shim + agent, PSS, {} idle bots); {:.0} bots per GiB",
+        bots.len(),
+        1024.0 / per_bot_mib
+    );
+    println!("host memory per idle bot: {line}");
+    report.md.push_str(&format!("| host memory per idle bot | {line} | - | - |\n"));
+    report.json.push(format!(r#"{{"name":"host memory per idle bot","mib":{per_bot_mib:.3},"bots":{}}}"#, bots.len()));
 }

@@ -70,9 +70,27 @@ async fn two_hundred_create_delete_cycles_leak_nothing() {
     assert!(!snaps.contains("bot-") && !snaps.contains("berth."), "snapshots leaked:\n{snaps}");
     let leases = ctd.ctr(&["leases", "ls"]);
     assert!(!leases.contains("berth-"), "leases leaked:\n{leases}");
-    let shims =
-        std::process::Command::new("pgrep").args(["-f", &format!("-namespace {} ", ctd.namespace)]).output().unwrap();
-    assert!(String::from_utf8_lossy(&shims.stdout).trim().is_empty(), "shims leaked");
+    let shims = std::process::Command::new("pgrep")
+        .args(["-f", "--", &format!("containerd-shim.* -namespace {} ", ctd.namespace)])
+        .output()
+        .unwrap();
+    // pgrep exits 1 when nothing matches; anything else (2: bad usage) would make this check vacuous.
+    let listed = String::from_utf8_lossy(&shims.stdout).into_owned();
+    let described: Vec<String> = listed
+        .split_whitespace()
+        .map(|pid| std::fs::read_to_string(format!("/proc/{pid}/cmdline")).unwrap_or_default().replace('\0', " "))
+        .collect();
+    assert_eq!(shims.status.code(), Some(1), "shims leaked: {described:?}");
+    let agents = std::process::Command::new("pgrep").args(["-f", "--", "^/sbin/berth-agent "]).output().unwrap();
+    let ours: Vec<String> = String::from_utf8_lossy(&agents.stdout)
+        .split_whitespace()
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
+                .is_ok_and(|c| c.contains(&format!("/berth/{}/", ctd.namespace)))
+        })
+        .map(String::from)
+        .collect();
+    assert!(ours.is_empty(), "bot processes leaked: {ours:?}");
     let netns: Vec<_> =
         std::fs::read_dir(b.dir.path().join("run/netns")).map(|d| d.flatten().collect()).unwrap_or_default();
     assert!(netns.is_empty(), "network namespaces leaked: {netns:?}");

@@ -105,7 +105,9 @@ impl PrivateContainerd {
 
 impl Drop for PrivateContainerd {
     fn drop(&mut self) {
-        // Shims of this namespace outlive containerd by design; a test that failed half-way leaves them.
+        // Bots' processes first (killing a shim leaves its container's processes running, reparented),
+        // then the shims of this namespace, which outlive containerd by design.
+        kill_bot_processes(&self.namespace);
         let _ = Command::new("pkill").args(["-f", "--", &format!("-namespace {} ", self.namespace)]).status();
         if let Some(mut c) = self.child.take() {
             super::stop_child(&mut c, libc::SIGTERM);
@@ -123,6 +125,19 @@ impl Drop for PrivateContainerd {
         remove_cgroups(&self.namespace);
         // The shims' runc state root is per namespace and shared by every containerd on the host.
         let _ = std::fs::remove_dir(Path::new("/run/containerd/runc").join(&self.namespace));
+    }
+}
+
+/// SIGKILLs every process in a cgroup of this namespace's containers (`…/berth/<namespace>/…`).
+pub fn kill_bot_processes(namespace: &str) {
+    let marker = format!("/berth/{namespace}/");
+    let Ok(procs) = std::fs::read_dir("/proc") else { return };
+    for p in procs.flatten() {
+        let Ok(pid) = p.file_name().to_string_lossy().parse::<i32>() else { continue };
+        if std::fs::read_to_string(p.path().join("cgroup")).is_ok_and(|c| c.contains(&marker)) {
+            // SAFETY: kill(2) on a process of this test's own containers.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
     }
 }
 
