@@ -7,8 +7,8 @@ deps="$root/.deps"
 mkdir -p "$deps"
 
 # containerd, runc and the CNI plugins run bots; busybox-static goes into the minimal image; the tests
-# start private PostgreSQL servers and OCI registries (docker-registry, htpasswd from apache2-utils).
-apt_pkgs=(protobuf-compiler python3-venv containerd runc containernetworking-plugins busybox-static postgresql docker-registry apache2-utils iproute2)
+# start private PostgreSQL servers and OCI registries (docker-registry, htpasswd from apache2-utils, certificates from openssl); debootstrap builds the full image; iptables is what the CNI bridge plugin uses for NAT.
+apt_pkgs=(protobuf-compiler python3-venv containerd runc containernetworking-plugins busybox-static postgresql docker-registry apache2-utils openssl debootstrap iptables iproute2)
 missing=()
 for p in "${apt_pkgs[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 if [ "${#missing[@]}" -gt 0 ]; then
@@ -24,6 +24,11 @@ if ! "$deps/venv/bin/python" -c 'import mcp' >/dev/null 2>&1; then
   echo "install-deps: python venv with mcp==2.3.0"
   python3 -m venv "$deps/venv"
   "$deps/venv/bin/pip" install -q 'mcp[cli]==2.3.0'
+fi
+# The registry token service of the tests signs JWTs (pyjwt comes with mcp; its crypto extra may not).
+if ! "$deps/venv/bin/python" -c 'import jwt, cryptography' >/dev/null 2>&1; then
+  echo "install-deps: pyjwt[crypto] for the test registry's token service"
+  "$deps/venv/bin/pip" install -q 'pyjwt[crypto]>=2.8'
 fi
 everything="$deps/node/node_modules/@modelcontextprotocol/server-everything/dist/index.js"
 if [ ! -f "$everything" ]; then

@@ -534,3 +534,42 @@ async fn masquerade_installs_nat_for_each_bot_and_removes_it_on_delete() {
         .ip;
     assert!(!nat_rules().contains(&format!("-s {ip}/32")));
 }
+
+#[tokio::test]
+async fn images_are_pulled_over_tls_with_bearer_token_auth() {
+    let reg = support::registry::PrivateRegistry::start_tls_token("berth", "t0ken-pass");
+    reg.push_archive(&support::containerd::minimal_image(), "bots/minimal", "v3").await;
+    let ca = reg.ca.clone().unwrap();
+    let b = TestBerthd::start_with(None, &["--registry-ca", ca.to_str().unwrap()]);
+    let reference = format!("{}/bots/minimal:v3", reg.addr);
+    // The registry answers 401 with a Bearer challenge; without credentials the token service refuses.
+    let (rc, _, err) = out(b.berth(&["image", "pull", &reference]));
+    assert_eq!(rc, 1, "{err}");
+    assert!(err.contains("authentication failed"), "{err}");
+    let pull = |b: &TestBerthd| {
+        let mut c = b.berth(&["image", "pull", &reference, "--username", "berth"]);
+        c.env("BERTH_REGISTRY_PASSWORD", "t0ken-pass");
+        out(c)
+    };
+    let (rc, stdout, err) = pull(&b);
+    assert_eq!(rc, 0, "{err}\n{}", b.log());
+    assert!(stdout.starts_with(&reference), "{stdout}");
+    let (rc, _, err) = out(b.berth(&["bot", "create", "tls", "--image", &reference]));
+    assert_eq!(rc, 0, "{err}");
+    let (rc, stdout, _) = out(b.berth(&["exec", "tls", "--", "cat", "/proc/1/comm"]));
+    assert_eq!((rc, stdout.trim()), (0, "berth-agent"));
+    // A berthd that does not trust the registry's CA refuses the connection, and says so.
+    let untrusting = TestBerthd::start(None);
+    let (rc, _, err) = pull(&untrusting);
+    assert_eq!(rc, 1);
+    assert!(err.contains("unavailable") || err.contains("certificate") || err.contains("reach"), "{err}");
+    // A CA file that is not a certificate stops berthd at start, naming the flag.
+    let bad = b.dir.path().join("bad.pem");
+    std::fs::write(&bad, "not a certificate").unwrap();
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_berthd"))
+        .args(["--registry-ca", bad.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("--registry-ca"), "{}", String::from_utf8_lossy(&o.stderr));
+}

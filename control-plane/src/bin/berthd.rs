@@ -73,6 +73,9 @@ struct Args {
     /// Registries (HOST[:PORT]) to pull from over plain HTTP instead of HTTPS (repeatable).
     #[arg(long = "insecure-registry", env = "BERTH_INSECURE_REGISTRIES", value_delimiter = ',')]
     insecure_registries: Vec<String>,
+    /// PEM files of CA certificates to trust for registries besides the public roots (repeatable).
+    #[arg(long = "registry-ca", env = "BERTH_REGISTRY_CAS", value_delimiter = ',')]
+    registry_cas: Vec<PathBuf>,
     /// Network setup attempts before a create fails.
     #[arg(long, default_value_t = 4)]
     cni_attempts: u32,
@@ -101,6 +104,20 @@ async fn main() -> anyhow::Result<()> {
     if args.listen_tcp.is_some() && args.api_token_file.is_none() {
         anyhow::bail!("--listen-tcp needs --api-token-file: TCP is never served without authentication");
     }
+    // Checked before anything else starts, so a bad file is reported at once and by its flag.
+    let registry_cas: Vec<Vec<u8>> = args
+        .registry_cas
+        .iter()
+        .map(|p| {
+            let pem = std::fs::read(p).with_context(|| format!("cannot read --registry-ca {}", p.display()))?;
+            let certs = reqwest::Certificate::from_pem_bundle(&pem)
+                .with_context(|| format!("--registry-ca {} is not PEM", p.display()))?;
+            if certs.is_empty() {
+                anyhow::bail!("--registry-ca {} holds no PEM certificate", p.display());
+            }
+            Ok(pem)
+        })
+        .collect::<anyhow::Result<_>>()?;
     for d in [&args.state_dir, &args.run_dir] {
         std::fs::create_dir_all(d).with_context(|| format!("cannot create {}", d.display()))?;
     }
@@ -118,6 +135,7 @@ async fn main() -> anyhow::Result<()> {
         stop_timeout: Duration::from_millis(args.stop_timeout_ms),
         agent_ready_timeout: Duration::from_millis(args.agent_ready_timeout_ms),
         insecure_registries: args.insecure_registries.clone(),
+        registry_cas,
         state_dir: args.state_dir.clone(),
         import_max_bytes: args.import_max_bytes,
     };

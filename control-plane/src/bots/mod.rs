@@ -47,6 +47,8 @@ pub struct ManagerConfig {
     pub agent_ready_timeout: Duration,
     /// Registries (HOST[:PORT]) spoken to over plain HTTP.
     pub insecure_registries: Vec<String>,
+    /// PEM certificates trusted for registries besides the public roots (private CAs).
+    pub registry_cas: Vec<Vec<u8>>,
     /// Durable state of berthd: kept archives (`archives/`) and mount points for work on snapshots (`mnt/`).
     pub state_dir: PathBuf,
     /// Largest expanded size of an imported archive, in bytes.
@@ -107,7 +109,7 @@ impl<R: ContainerRuntime, N: Network> BotManager<R, N> {
     ) -> Result<Image> {
         let host = reference.split('/').next().unwrap_or("");
         let plain = self.config.insecure_registries.iter().any(|r| r == host);
-        let source = crate::runtime::registry::fetch(reference, creds, plain).await?;
+        let source = crate::runtime::registry::fetch(reference, creds, plain, &self.config.registry_cas).await?;
         let image = self.runtime.install_image(&source).await?;
         lock(&self.images).insert(image.name.clone(), image.clone());
         tracing::info!(image = %image.name, "image pulled");

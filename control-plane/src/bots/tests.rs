@@ -20,6 +20,7 @@ async fn manager() -> (Arc<BotManager<FakeRuntime, FakeNetwork>>, tempfile::Temp
         stop_timeout: Duration::from_millis(100),
         agent_ready_timeout: Duration::from_millis(100),
         insecure_registries: vec![],
+        registry_cas: vec![],
         state_dir: dir.path().join("state"),
         import_max_bytes: 1 << 30,
     };

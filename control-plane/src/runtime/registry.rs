@@ -208,18 +208,22 @@ const MANIFEST_ACCEPT: &str = "application/vnd.oci.image.manifest.v1+json, appli
                                application/vnd.oci.image.index.v1+json, application/vnd.docker.distribution.manifest.list.v2+json";
 
 /// Pulls `reference` (linux/amd64) and verifies every blob.
+/// `extra_roots` are PEM certificates trusted besides the public roots (a private registry's CA).
 pub async fn fetch(
     reference: &str,
     creds: Option<Credentials>,
     plain_http: bool,
+    extra_roots: &[Vec<u8>],
 ) -> Result<ImageSource, RegistryError> {
     let r = Reference::parse(reference)?;
     let scheme = if plain_http { "http" } else { "https" };
-    let client = Client::builder()
-        .connect_timeout(Duration::from_secs(10))
-        .timeout(Duration::from_secs(600))
-        .build()
-        .map_err(|source| RegistryError::Unreachable { url: r.registry.clone(), source })?;
+    let mut builder = Client::builder().connect_timeout(Duration::from_secs(10)).timeout(Duration::from_secs(600));
+    for pem in extra_roots {
+        let cert = reqwest::Certificate::from_pem(pem)
+            .map_err(|e| RegistryError::Invalid(format!("a configured registry CA certificate is invalid: {e}")))?;
+        builder = builder.add_root_certificate(cert);
+    }
+    let client = builder.build().map_err(|source| RegistryError::Unreachable { url: r.registry.clone(), source })?;
     let mut s = Session { client, base: format!("{scheme}://{}/v2/{}", r.registry, r.repository), creds, auth: None };
     let (mut body, mut headers) = s.get(&format!("/manifests/{}", r.reference), MANIFEST_ACCEPT).await?;
     let mut media = content_type(&headers);
