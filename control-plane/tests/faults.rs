@@ -347,3 +347,36 @@ async fn sigkill_berthd_during_create_and_delete_leaves_truth_and_no_leaks() {
         "none",
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_address_leased_to_no_bot_is_released() {
+    let b = berthd();
+    let bot = create(&b, "tenant", None).await;
+    let dir = b.dir.path().join("state/ipam/berth");
+    let hour_ago = std::time::SystemTime::now() - Duration::from_secs(3600);
+    let age =
+        |p: &std::path::Path| std::fs::File::options().write(true).open(p).unwrap().set_modified(hour_ago).unwrap();
+    // An old lease of a bot that exists stays; an old one of a bot that does not is released; a fresh
+    // one of an unknown bot (a create in progress) is left alone.
+    age(&dir.join(&bot.ip));
+    let ghost = dir.join(format!("{}.250", &b.subnet[..b.subnet.rfind('.').unwrap()]));
+    std::fs::write(&ghost, "ghost\neth0").unwrap();
+    age(&ghost);
+    let fresh = dir.join(format!("{}.251", &b.subnet[..b.subnet.rfind('.').unwrap()]));
+    std::fs::write(&fresh, "newcomer\neth0").unwrap();
+    let t = Instant::now();
+    while ghost.exists() {
+        assert!(t.elapsed() < Duration::from_secs(20), "the leaked lease was not released: {}", b.log());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let took = t.elapsed();
+    assert!(dir.join(&bot.ip).exists(), "a live bot's lease was released");
+    assert!(fresh.exists(), "a fresh lease (a create in progress) was released");
+    assert!(b.log().contains("released an address leased to no bot"));
+    record(
+        "an address lease held for no bot (older than 5 min)",
+        "nothing; the reconciler releases it so the address can be used again; live and fresh leases are kept",
+        Some(took),
+        "none",
+    );
+}

@@ -82,12 +82,14 @@ impl<R: ContainerRuntime, N: Network> BotManager<R, N> {
         })
     }
 
-    /// One pass over every bot.
+    /// One pass over every bot, then over the address leases.
     pub async fn reconcile(&self) -> Result<ReconcileReport> {
         let mut report = ReconcileReport::default();
         let mut after = String::new();
+        let mut known = Vec::new();
         loop {
             let page = self.store.list_bots(&after, 500).await?;
+            known.extend(page.iter().map(|b| b.name.clone()));
             for bot in &page {
                 if !bot.desired_running {
                     continue;
@@ -105,9 +107,19 @@ impl<R: ContainerRuntime, N: Network> BotManager<R, N> {
             }
             match page.last() {
                 Some(b) if page.len() == 500 => after = b.name.clone(),
-                _ => return Ok(report),
+                _ => break,
             }
         }
+        match self.network.release_leaked(&known).await {
+            Ok(released) => {
+                for r in released {
+                    tracing::warn!(lease = %r, "released an address leased to no bot");
+                    report.repaired.push(format!("released address {r}"));
+                }
+            }
+            Err(e) => tracing::warn!(error = %crate::error::chain(&e), "could not sweep address leases"),
+        }
+        Ok(report)
     }
 
     /// Converges one bot the user wants running; the caller holds its lock.

@@ -57,4 +57,8 @@ impl Network for FakeNetwork {
     async fn repair(&self, _bot: &str, _attachment: &Attachment, _pid: u32) -> Result<Vec<String>, NetworkError> {
         Ok(Vec::new())
     }
+
+    async fn release_leaked(&self, _known: &[String]) -> Result<Vec<String>, NetworkError> {
+        Ok(Vec::new())
+    }
 }

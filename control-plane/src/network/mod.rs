@@ -83,7 +83,14 @@ pub trait Network: Send + Sync + 'static {
         attachment: &Attachment,
         pid: u32,
     ) -> impl Future<Output = Result<Vec<String>, NetworkError>> + Send;
+    /// Releases address leases held for bots not in `known` (left by a crash between an ADD and its
+    /// record, or by hand). Only leases older than a few minutes are touched, so a create in progress
+    /// never loses its address. Returns the released addresses.
+    fn release_leaked(&self, known: &[String]) -> impl Future<Output = Result<Vec<String>, NetworkError>> + Send;
 }
+
+/// How old a lease must be before [`Network::release_leaked`] may release it.
+pub const LEASE_GRACE: Duration = Duration::from_secs(300);
 
 /// CNI networking on the host.
 #[derive(Debug, Clone)]
@@ -155,6 +162,36 @@ impl Network for Cni {
         tokio::task::spawn_blocking(move || this.detach_blocking(&bot, prev.as_ref()))
             .await
             .map_err(|e| NetworkError::Io { op: "run network teardown".into(), source: std::io::Error::other(e) })?
+    }
+
+    async fn release_leaked(&self, known: &[String]) -> Result<Vec<String>, NetworkError> {
+        // host-local keeps one file per address, named by it, holding the container id (ours: the bot's name).
+        let dir = self.config.ipam_dir.join("berth");
+        let known: std::collections::HashSet<String> = known.iter().cloned().collect();
+        tokio::task::spawn_blocking(move || {
+            let mut released = Vec::new();
+            let Ok(entries) = std::fs::read_dir(&dir) else { return Ok(released) };
+            for e in entries.flatten() {
+                let name = e.file_name().to_string_lossy().into_owned();
+                if name.parse::<std::net::IpAddr>().is_err() {
+                    continue;
+                }
+                let old = e.metadata().and_then(|m| m.modified()).ok().and_then(|t| t.elapsed().ok());
+                if old.is_none_or(|age| age < LEASE_GRACE) {
+                    continue;
+                }
+                let owner = std::fs::read_to_string(e.path()).unwrap_or_default();
+                let owner = owner.lines().next().unwrap_or("").trim().to_string();
+                if !known.contains(&owner) {
+                    std::fs::remove_file(e.path())
+                        .map_err(|source| NetworkError::Io { op: format!("release lease {name}"), source })?;
+                    released.push(format!("{name} (held for `{owner}`)"));
+                }
+            }
+            Ok(released)
+        })
+        .await
+        .map_err(|e| NetworkError::Io { op: "sweep leases".into(), source: std::io::Error::other(e) })?
     }
 
     async fn repair(&self, bot: &str, attachment: &Attachment, pid: u32) -> Result<Vec<String>, NetworkError> {
