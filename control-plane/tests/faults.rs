@@ -327,7 +327,9 @@ async fn sigkill_berthd_during_create_and_delete_leaves_truth_and_no_leaks() {
         if bot.state == pb::BotState::Running as i32 {
             break;
         }
-        assert!(t.elapsed() < Duration::from_secs(30), "not running again: {bot:?}\n{}", b.log());
+        // Generous: containerd may keep the bundle of the task create that berthd's death cancelled for a
+        // while ("file exists"), and the reconciler retries with exponential backoff until it is gone.
+        assert!(t.elapsed() < Duration::from_secs(120), "not running again: {bot:?}\n{}", b.log());
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert_eq!(b.sh("starter", "echo ok").await, "ok\n");
