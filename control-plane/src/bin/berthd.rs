@@ -160,9 +160,13 @@ async fn main() -> anyhow::Result<()> {
     if settled > 0 {
         tracing::warn!(operations = settled, "settled operations interrupted by a restart");
     }
-    let orphans = manager.recover_orphans().await.context("cannot look for orphaned bot data")?;
-    if orphans != Default::default() {
-        tracing::warn!(?orphans, "recovered orphaned bot data");
+    // Never a reason not to start: what could not be recovered is logged and left as it is.
+    match manager.recover_orphans().await {
+        Ok(orphans) if orphans != Default::default() => tracing::warn!(?orphans, "recovered orphaned bot data"),
+        Ok(_) => {}
+        Err(e) => {
+            tracing::error!(error = %berth_control_plane::error::chain(&e), "could not look for orphaned bot data")
+        }
     }
     let fixed = manager.recover().await.context("cannot check bots against containerd")?;
     if fixed > 0 {

@@ -70,10 +70,29 @@ impl<R: ContainerRuntime, N: Network> BotManager<R, N> {
             let orphans = match self.store.get_bot(&name).await {
                 Ok(bot) => match self.runtime.container_snapshot(&bot.container_id).await {
                     Ok(current) => snaps.into_iter().filter(|s| s.key != current).collect(),
+                    Err(RuntimeError::NotFound { .. }) if bot.state == BotState::Creating => {
+                        // Its create was interrupted before the container was made: there is no user data
+                        // yet, and nothing to adopt. Say so; deleting the bot removes what was made.
+                        let reason = "its create was interrupted before its container was made; delete the bot \
+                                      and create it again";
+                        self.transition(&bot, BotState::Error, "error", reason).await?;
+                        continue;
+                    }
                     Err(RuntimeError::NotFound { .. }) => {
                         let newest = snaps.remove(0);
-                        self.adopt(&bot, &newest.key).await?;
-                        report.adopted.push(name.clone());
+                        match self.adopt(&bot, &newest.key).await {
+                            Ok(()) => report.adopted.push(name.clone()),
+                            Err(e) => {
+                                let why = format!(
+                                    "bot `{name}` could not be recreated on {}: {}",
+                                    newest.key,
+                                    crate::error::chain(&e)
+                                );
+                                tracing::error!(bot.name = %name, error = %why, "kept a lost bot's data as it is");
+                                report.kept.push(why);
+                                continue;
+                            }
+                        }
                         snaps
                     }
                     Err(e) => return Err(e.into()),
