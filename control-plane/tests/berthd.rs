@@ -336,6 +336,18 @@ fn tcp_without_tokens_is_refused_at_start() {
     assert!(String::from_utf8_lossy(&o.stderr).contains("--listen-tcp needs --api-token-file"));
 }
 
+#[test]
+fn a_second_berthd_on_the_same_state_refuses_to_start_and_leaves_the_first_serving() {
+    let b = TestBerthd::start(None);
+    let o = b.second_instance().output().unwrap();
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("another berthd is already running on the state directory"), "{err}");
+    // The first one still owns its socket and answers.
+    b.cli(&["bot", "create", "still-here", "--no-start"]);
+    assert!(b.cli(&["bot", "ls"]).contains("still-here"));
+}
+
 /// The bridge's gateway address for a /24 subnet like 10.1.2.0/24.
 fn gateway(subnet: &str) -> String {
     let base = subnet.split('/').next().unwrap();

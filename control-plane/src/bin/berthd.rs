@@ -121,6 +121,8 @@ async fn main() -> anyhow::Result<()> {
     for d in [&args.state_dir, &args.run_dir] {
         std::fs::create_dir_all(d).with_context(|| format!("cannot create {}", d.display()))?;
     }
+    // One berthd per state directory: two would fight over the same bots. Held until the process exits.
+    let _lock = lock_state_dir(&args.state_dir)?;
     let url = args
         .database_url
         .clone()
@@ -187,12 +189,7 @@ async fn main() -> anyhow::Result<()> {
         tracing::info!(%addr, "berthd listening");
     }
     let unix_path = args.listen_unix.clone().unwrap_or_else(|| args.run_dir.join("berthd.sock"));
-    if unix_path.exists() {
-        std::fs::remove_file(&unix_path).with_context(|| format!("cannot replace {}", unix_path.display()))?;
-    }
-    let unix = UnixListener::bind(&unix_path).with_context(|| format!("cannot listen on {}", unix_path.display()))?;
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(&unix_path, std::fs::Permissions::from_mode(0o600))?;
+    let unix = listen_unix(&unix_path)?;
     let r = router(manager.clone(), tokens.clone()).await;
     servers.push(tokio::spawn(r.serve_with_incoming_shutdown(UnixListenerStream::new(unix), wait(stop_rx.clone()))));
     tracing::info!(socket = %unix_path.display(), "berthd listening");
@@ -213,4 +210,42 @@ async fn main() -> anyhow::Result<()> {
     }
     let _ = std::fs::remove_file(&unix_path);
     Ok(())
+}
+
+/// Listens on `path` so that the socket appears only when it accepts connections, already 0600: bound and
+/// chmod-ed under a temporary name, then renamed into place. A live berthd already on `path` is an error;
+/// a stale socket (a crash) is replaced.
+fn listen_unix(path: &std::path::Path) -> anyhow::Result<UnixListener> {
+    use std::os::unix::fs::PermissionsExt;
+    if std::os::unix::net::UnixStream::connect(path).is_ok() {
+        anyhow::bail!("another berthd is already listening on {}", path.display());
+    }
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(format!(".{}.tmp", std::process::id()));
+    let tmp = std::path::PathBuf::from(tmp);
+    let _ = std::fs::remove_file(&tmp);
+    let unix = UnixListener::bind(&tmp).with_context(|| format!("cannot listen on {}", tmp.display()))?;
+    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600))
+        .with_context(|| format!("cannot restrict {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("cannot move the socket into place at {}", path.display()))?;
+    Ok(unix)
+}
+
+/// Takes an exclusive lock on `<state-dir>/berthd.lock` (released by the kernel when berthd exits, however
+/// it exits), so a second berthd on the same state refuses to start instead of racing the first.
+fn lock_state_dir(dir: &std::path::Path) -> anyhow::Result<std::fs::File> {
+    let path = dir.join("berthd.lock");
+    let file = std::fs::File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("cannot open {}", path.display()))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => {
+            anyhow::bail!("another berthd is already running on the state directory {}", dir.display())
+        }
+        Err(std::fs::TryLockError::Error(e)) => Err(e).with_context(|| format!("cannot lock {}", path.display())),
+    }
 }

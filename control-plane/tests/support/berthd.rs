@@ -71,8 +71,13 @@ impl TestBerthd {
             .spawn()
             .expect("start berthd");
         self.child = Some(child);
+        // berthd renames its socket into place once it listens; a connection proves it.
         let deadline = Instant::now() + Duration::from_secs(60);
-        while !self.socket.exists() {
+        while std::os::unix::net::UnixStream::connect(&self.socket).is_err() {
+            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+                self.child = None;
+                panic!("berthd exited ({status}) before listening:\n{}", self.log());
+            }
             assert!(Instant::now() < deadline, "berthd did not listen within 60 s: {}", self.log());
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -85,6 +90,13 @@ impl TestBerthd {
         }
         // A killed berthd leaves its socket behind; the next one replaces it.
         let _ = std::fs::remove_file(&self.socket);
+    }
+
+    /// A second berthd command on this instance's state and socket (to test that it refuses to start).
+    pub fn second_instance(&self) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_berthd"));
+        c.args(&self.args).stdin(Stdio::null());
+        c
     }
 
     /// berthd's pid, while it runs.
