@@ -27,6 +27,10 @@ pub struct Config {
     /// Largest MCP message (one line of a server's stdout) relayed, in bytes.
     #[arg(long, default_value_t = crate::state::MAX_MCP_MESSAGE_BYTES)]
     pub max_mcp_message_bytes: usize,
+    /// Directory holding the user cgroup's `*.procs` files: every child joins that cgroup (see
+    /// `process::cgroup`). Without it, children stay in the agent's cgroup.
+    #[arg(long)]
+    pub user_cgroup: Option<PathBuf>,
     /// Log format.
     #[arg(long, value_enum, default_value = "text")]
     pub log_format: LogFormat,

@@ -50,6 +50,12 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     let token = Token::from_file(&config.token_file).map_err(ServeError::Config)?;
     let root = Root::new(&config.root, &config.data_dir)
         .map_err(|e| ServeError::Config(format!("cannot open root `{}`: {e}", config.root.display())))?;
+    if let Some(dir) = &config.user_cgroup {
+        let n = crate::process::cgroup::init(dir).map_err(|e| {
+            ServeError::Config(format!("cannot open the user cgroup's files in `{}`: {e}", dir.display()))
+        })?;
+        tracing::info!(dir = %dir.display(), hierarchies = n, "children run in the user cgroup");
+    }
     let registry = Arc::new(Registry::default());
     let reaped = Arc::new(ReaperStats::default());
     reaper::start(registry.clone(), reaped.clone())

@@ -106,6 +106,7 @@ async fn async_main() {
             hostname: id.clone(),
             labels: HashMap::new(),
             snapshot: None,
+            user_cgroup: None,
         };
         ctd.create(&c).await.unwrap();
         let t = Instant::now();

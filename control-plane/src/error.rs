@@ -60,6 +60,12 @@ impl From<RuntimeError> for Error {
     }
 }
 
+impl From<crate::network::NetworkError> for Error {
+    fn from(e: crate::network::NetworkError) -> Error {
+        Error::internal("bot network failure", e)
+    }
+}
+
 impl From<StoreError> for Error {
     fn from(e: StoreError) -> Error {
         match e {

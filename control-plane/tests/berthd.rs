@@ -512,39 +512,37 @@ fn nat_rules() -> String {
 }
 
 #[tokio::test]
-async fn masquerade_installs_nat_for_each_bot_and_removes_it_on_delete() {
-    let b = TestBerthd::start_with(None, &["--masquerade"]);
-    let mut c = bots(&b).await;
-    let bot = c
+async fn masquerade_is_installed_restored_when_deleted_and_removed_when_turned_off() {
+    let mut b = TestBerthd::start_with(None, &["--masquerade", "--reconcile-interval-ms", "300"]);
+    let rule =
+        format!("-A POSTROUTING -s {0} ! -d {0} -m comment --comment \"berth:{1}\" -j MASQUERADE", b.subnet, b.bridge);
+    let count = |rule: &str| nat_rules().lines().filter(|l| *l == rule).count();
+    assert_eq!(count(&rule), 1, "{}", nat_rules());
+    bots(&b)
+        .await
         .create_bot(pb::CreateBotRequest { name: "out".into(), start: true, ..Default::default() })
         .await
-        .unwrap()
-        .into_inner()
-        .bot
         .unwrap();
-    let rules = nat_rules();
-    let chain = rules
-        .lines()
-        .find(|l| l.starts_with("-A POSTROUTING") && l.contains(&format!("-s {}/32", bot.ip)))
-        .and_then(|l| l.split(" -j ").nth(1))
-        .unwrap_or_else(|| panic!("no POSTROUTING rule for {}:\n{rules}", bot.ip))
-        .to_string();
-    assert!(rules.lines().any(|l| l.starts_with(&format!("-A {chain}")) && l.contains("MASQUERADE")), "{rules}");
-    c.delete_bot(pb::DeleteBotRequest { name: "out".into(), keep_data: false }).await.unwrap();
-    let rules = nat_rules();
-    assert!(!rules.contains(&format!("-s {}/32", bot.ip)) && !rules.contains(&chain), "NAT left behind:\n{rules}");
-    // Without the flag, no NAT at all.
-    let plain = TestBerthd::start(None);
-    let ip = bots(&plain)
-        .await
-        .create_bot(pb::CreateBotRequest { name: "in".into(), start: true, ..Default::default() })
-        .await
-        .unwrap()
-        .into_inner()
-        .bot
-        .unwrap()
-        .ip;
-    assert!(!nat_rules().contains(&format!("-s {ip}/32")));
+    // Deleted by hand (or by a firewall reload): the reconciler puts it back, and says so.
+    let delete = rule.replacen("-A", "-D", 1).replace('"', "");
+    let o = std::process::Command::new("iptables").args(["-t", "nat"]).args(delete.split(' ')).output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let t = std::time::Instant::now();
+    while count(&rule) == 0 {
+        assert!(t.elapsed() < std::time::Duration::from_secs(10), "not restored:\n{}", b.log());
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(count(&rule), 1);
+    assert!(b.log().contains("restored the bots' firewall rules"), "{}", b.log());
+    // No per-bot NAT chains: one rule per network.
+    assert!(!nat_rules().contains("CNI-"), "{}", nat_rules());
+    // Restarted without the flag: the rule goes (the bot keeps running).
+    b.halt(libc::SIGTERM);
+    let pos = b.args_mut().iter().position(|a| a == "--masquerade").unwrap();
+    b.args_mut().remove(pos);
+    b.spawn();
+    assert_eq!(count(&rule), 0, "{}", nat_rules());
+    assert!(b.cli(&["bot", "ls"]).contains("running"));
 }
 
 #[tokio::test]

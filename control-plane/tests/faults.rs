@@ -192,6 +192,29 @@ async fn oom_and_fork_bomb_hit_the_offender_not_the_agent() {
     let agent_adj: i32 = std::fs::read_to_string(format!("/proc/{pid}/oom_score_adj")).unwrap().trim().parse().unwrap();
     assert!(agent_adj <= 1, "the agent's OOM score adjustment is {agent_adj}");
     assert_eq!(b.sh("greedy", "cat /proc/self/oom_score_adj").await.trim(), "500");
+    // What the agent starts runs in the user cgroup, limited a reserve (an eighth) below the container.
+    let cgroup = |controller: &str| -> std::path::PathBuf {
+        let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
+        let v1 = text.lines().find_map(|l| l.split_once(&format!(":{controller}:")).map(|(_, p)| p.to_string()));
+        match v1 {
+            Some(p) => std::path::PathBuf::from(format!("/sys/fs/cgroup/{controller}{p}")),
+            None => {
+                let p = text.lines().find_map(|l| l.strip_prefix("0::")).unwrap();
+                std::path::PathBuf::from(format!("/sys/fs/cgroup{}", p.trim_end_matches("/agent")))
+            }
+        }
+    };
+    let (mem_cg, pids_cg) = (cgroup("memory"), cgroup("pids"));
+    let inside = b.sh("greedy", "cat /proc/self/cgroup").await;
+    let legacy: Vec<&str> = inside.lines().filter(|l| l.contains(":memory:") || l.contains(":pids:")).collect();
+    let ours = if legacy.is_empty() { inside.lines().filter(|l| l.starts_with("0::")).collect() } else { legacy };
+    assert!(!ours.is_empty() && ours.iter().all(|l| l.ends_with("/user")), "{inside}");
+    let user_limit = |cg: &std::path::Path, v1: &str, v2: &str| -> u64 {
+        let f = if cg.join("user").join(v1).exists() { cg.join("user").join(v1) } else { cg.join("user").join(v2) };
+        std::fs::read_to_string(f).unwrap().trim().parse().unwrap()
+    };
+    assert_eq!(user_limit(&mem_cg, "memory.limit_in_bytes", "memory.max"), 56 << 20);
+    assert_eq!(user_limit(&pids_cg, "pids.max", "pids.max"), 56);
     // Memory: a shell holding 200 MB in a variable, in a 64 MiB bot.
     let r = run(
         &mut b.agent("greedy").await,
@@ -201,10 +224,21 @@ async fn oom_and_fork_bomb_hit_the_offender_not_the_agent() {
     .unwrap();
     assert_ne!(r.code(), Some(0), "the hog was not stopped: {}", r.stdout_str());
     assert!(!r.stdout_str().contains("survived"));
-    // Processes: 200 sleepers in a bot limited to 64 pids, killed by the exec's timeout.
+    // Processes: 200 sleepers in a bot limited to 64 pids. While the bomb holds every pid the user cgroup
+    // allows, the agent still starts new work (from its reserve); the exec's timeout then kills the bomb.
     let mut bomb = argv(&["sh", "-c", "for i in $(seq 200); do sleep 30 & done; wait"]);
-    bomb.timeout_ms = 3000;
-    let r = run(&mut b.agent("greedy").await, bomb).await.unwrap();
+    bomb.timeout_ms = 8000;
+    let mut client = b.agent("greedy").await;
+    let bomb = tokio::spawn(async move { run(&mut client, bomb).await.unwrap() });
+    let full = Instant::now();
+    // Full: the kernel has refused the bomb a fork (pids.events counts those).
+    let refused = || std::fs::read_to_string(pids_cg.join("user/pids.events")).unwrap().trim().to_string();
+    while refused() == "max 0" {
+        assert!(full.elapsed() < Duration::from_secs(5), "the bomb did not fill the user cgroup: {}", refused());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(b.sh("greedy", "echo still-serving").await, "still-serving\n");
+    let r = bomb.await.unwrap();
     assert!(r.code() != Some(0), "the fork bomb was not contained");
     // The agent (PID 1) was never touched: same task, no restart, and it still serves.
     let after = get(&b, "greedy").await;
@@ -212,7 +246,7 @@ async fn oom_and_fork_bomb_hit_the_offender_not_the_agent() {
     let lost = check_marker(&b, "greedy", &sum).await;
     record(
         "OOM and a fork bomb in a bot (64 MiB, 64 pids)",
-        "the offending command is killed (its exec ends with a signal / fork errors); the agent (its children carry OOM score +500) and other sessions live on",
+        "the offending command is killed (its exec ends with a signal / fork errors); the agent keeps a reserve (user work runs in a child cgroup an eighth below the limits) and still starts commands during the bomb",
         None,
         lost,
     );

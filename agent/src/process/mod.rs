@@ -1,6 +1,7 @@
 //! Child processes: spawning (pipes or a pty, always in their own process group), the session registry,
 //! output pumps, exit reports, and PID 1 reaping. Exec and MCP sessions are built from these parts.
 
+pub mod cgroup;
 pub mod exit;
 pub mod pty;
 pub mod pump;

@@ -75,7 +75,7 @@ pub fn spawn(registry: &Registry, req: &SpawnRequest) -> Result<Spawned> {
             unsafe {
                 cmd.pre_exec(|| {
                     demote_oom_score();
-                    Ok(())
+                    super::cgroup::join()
                 });
             }
             registry.spawn_tracked(|| {
@@ -101,6 +101,7 @@ pub fn spawn(registry: &Registry, req: &SpawnRequest) -> Result<Spawned> {
             unsafe {
                 cmd.pre_exec(|| {
                     demote_oom_score();
+                    super::cgroup::join()?;
                     if libc::setsid() < 0 {
                         return Err(std::io::Error::last_os_error());
                     }

@@ -170,6 +170,9 @@ async fn main() -> anyhow::Result<()> {
             tracing::error!(error = %berth_control_plane::error::chain(&e), "could not look for orphaned bot data")
         }
     }
+    for change in manager.ensure_network_rules().await.context("cannot set up the bots' firewall rules")? {
+        tracing::info!(%change, "firewall");
+    }
     let fixed = manager.recover().await.context("cannot check bots against containerd")?;
     if fixed > 0 {
         tracing::info!(bots = fixed, "corrected bot states at start-up");

@@ -141,10 +141,13 @@ impl<R: ContainerRuntime, N: Network> BotManager<R, N> {
             .map_err(|e| io("secure the agent token", e))?;
         let sock = format!("{AGENT_DIR}/agent.sock");
         let token = format!("{AGENT_DIR}/token");
+        let user_cgroup = format!("{AGENT_DIR}/cgroup");
         let config = ContainerConfig {
             id: bot.container_id.clone(),
             image: image.clone(),
-            args: vec!["/sbin/berth-agent".into(), "--socket".into(), sock, "--token-file".into(), token],
+            args: ["/sbin/berth-agent", "--socket", &sock, "--token-file", &token, "--user-cgroup", &user_cgroup]
+                .map(String::from)
+                .to_vec(),
             env: bot.env.iter().map(|(k, v)| format!("{k}={v}")).collect(),
             mounts: vec![BindMount { source: dir, destination: AGENT_DIR.into(), readonly: false }],
             limits: bot.limits,
@@ -152,6 +155,7 @@ impl<R: ContainerRuntime, N: Network> BotManager<R, N> {
             hostname: bot.name.clone(),
             labels: [(crate::runtime::LABEL_BOT.to_string(), bot.name.clone())].into(),
             snapshot,
+            user_cgroup: Some(user_cgroup),
         };
         match self.runtime.create(&config).await {
             // A container left by an earlier, interrupted create of the same bot: replace it.

@@ -110,6 +110,15 @@ impl<R: ContainerRuntime, N: Network> BotManager<R, N> {
                 _ => break,
             }
         }
+        match self.network.ensure_rules().await {
+            Ok(changed) => {
+                for c in changed {
+                    tracing::warn!(change = %c, "restored the bots' firewall rules");
+                    report.repaired.push(c);
+                }
+            }
+            Err(e) => tracing::warn!(error = %crate::error::chain(&e), "could not check the firewall rules"),
+        }
         match self.network.release_leaked(&known).await {
             Ok(released) => {
                 for r in released {

@@ -1,4 +1,4 @@
-//! Start-up recovery (the minimal part; the reconcile loop is a later piece of work): a bot recorded as
+//! Start-up recovery (the reconcile loop, reconcile.rs, does the rest): a bot recorded as
 //! running or in transition whose task is not running is recorded as stopped, with the reason, so the
 //! state berthd reports is never a lie.
 
@@ -9,6 +9,12 @@ use crate::network::Network;
 use crate::runtime::{ContainerRuntime, TaskState};
 
 impl<R: ContainerRuntime, N: Network> BotManager<R, N> {
+    /// Installs the host firewall rules the bots' network needs (at start: an error here stops berthd,
+    /// since bots would run without what the operator asked for). Returns what was changed.
+    pub async fn ensure_network_rules(&self) -> Result<Vec<String>> {
+        Ok(self.network.ensure_rules().await?)
+    }
+
     /// Checks every bot against its task. Returns how many records were corrected.
     pub async fn recover(&self) -> Result<usize> {
         let mut fixed = 0;

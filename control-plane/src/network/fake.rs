@@ -61,4 +61,8 @@ impl Network for FakeNetwork {
     async fn release_leaked(&self, _known: &[String]) -> Result<Vec<String>, NetworkError> {
         Ok(Vec::new())
     }
+
+    async fn ensure_rules(&self) -> Result<Vec<String>, NetworkError> {
+        Ok(Vec::new())
+    }
 }

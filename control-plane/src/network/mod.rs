@@ -5,6 +5,7 @@
 
 pub mod cni;
 pub mod fake;
+pub mod firewall;
 pub mod netns;
 
 use std::future::Future;
@@ -87,6 +88,9 @@ pub trait Network: Send + Sync + 'static {
     /// record, or by hand). Only leases older than a few minutes are touched, so a create in progress
     /// never loses its address. Returns the released addresses.
     fn release_leaked(&self, known: &[String]) -> impl Future<Output = Result<Vec<String>, NetworkError>> + Send;
+    /// Brings the host's firewall rules for the bots' network (NAT) to what the configuration asks,
+    /// re-adding any that were deleted. Returns what was changed.
+    fn ensure_rules(&self) -> impl Future<Output = Result<Vec<String>, NetworkError>> + Send;
 }
 
 /// How old a lease must be before [`Network::release_leaked`] may release it.
@@ -110,7 +114,8 @@ impl Cni {
                 "type": "bridge",
                 "bridge": self.config.bridge,
                 "isGateway": true,
-                "ipMasq": self.config.masquerade,
+                // NAT is firewall.rs's, one rule per network, kept converged by the reconciler.
+                "ipMasq": false,
                 "hairpinMode": false,
                 "ipam": {
                     "type": "host-local",
@@ -150,25 +155,21 @@ impl Network for Cni {
     async fn attach(&self, bot: &str) -> Result<Attachment, NetworkError> {
         let this = self.clone();
         let bot = bot.to_string();
-        tokio::task::spawn_blocking(move || this.attach_blocking(&bot))
-            .await
-            .map_err(|e| NetworkError::Io { op: "run network setup".into(), source: std::io::Error::other(e) })?
+        blocking(move || this.attach_blocking(&bot)).await
     }
 
     async fn detach(&self, bot: &str, attachment: Option<&Attachment>) -> Result<(), NetworkError> {
         let this = self.clone();
         let bot = bot.to_string();
         let prev = attachment.map(|a| a.result.clone());
-        tokio::task::spawn_blocking(move || this.detach_blocking(&bot, prev.as_ref()))
-            .await
-            .map_err(|e| NetworkError::Io { op: "run network teardown".into(), source: std::io::Error::other(e) })?
+        blocking(move || this.detach_blocking(&bot, prev.as_ref())).await
     }
 
     async fn release_leaked(&self, known: &[String]) -> Result<Vec<String>, NetworkError> {
         // host-local keeps one file per address, named by it, holding the container id (ours: the bot's name).
         let dir = self.config.ipam_dir.join("berth");
         let known: std::collections::HashSet<String> = known.iter().cloned().collect();
-        tokio::task::spawn_blocking(move || {
+        blocking(move || {
             let mut released = Vec::new();
             let Ok(entries) = std::fs::read_dir(&dir) else { return Ok(released) };
             for e in entries.flatten() {
@@ -191,16 +192,18 @@ impl Network for Cni {
             Ok(released)
         })
         .await
-        .map_err(|e| NetworkError::Io { op: "sweep leases".into(), source: std::io::Error::other(e) })?
+    }
+
+    async fn ensure_rules(&self) -> Result<Vec<String>, NetworkError> {
+        let want = firewall::rules(&self.config.bridge, &self.config.subnet, self.config.masquerade);
+        blocking(move || firewall::ensure(&want)).await
     }
 
     async fn repair(&self, bot: &str, attachment: &Attachment, pid: u32) -> Result<Vec<String>, NetworkError> {
         let this = self.clone();
         let bot = bot.to_string();
         let a = attachment.clone();
-        tokio::task::spawn_blocking(move || this.repair_blocking(&bot, &a, pid))
-            .await
-            .map_err(|e| NetworkError::Io { op: "run network repair".into(), source: std::io::Error::other(e) })?
+        blocking(move || this.repair_blocking(&bot, &a, pid)).await
     }
 }
 
@@ -316,6 +319,15 @@ impl Cni {
         }
         Ok(repaired)
     }
+}
+
+/// Runs blocking network work (plugins, `ip`, iptables) off the async threads.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, NetworkError> + Send + 'static,
+) -> Result<T, NetworkError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| NetworkError::Io { op: "run a network task".into(), source: std::io::Error::other(e) })?
 }
 
 /// Runs `ip ARGS`, naming the command and its error on failure.

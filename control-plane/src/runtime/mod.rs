@@ -2,6 +2,7 @@
 //! system that runs containers; `containerd/` is the only module that talks to containerd. Domain types
 //! here say what a bot's container is, not how containerd stores it.
 
+pub mod cgroup;
 pub mod containerd;
 pub mod fake;
 pub mod mount;
@@ -70,6 +71,9 @@ pub struct ContainerConfig {
     /// Run on this existing writable snapshot (a bot's data found again after its container was lost)
     /// instead of a new one on the image.
     pub snapshot: Option<String>,
+    /// A directory inside the container where the user cgroup's `cgroup.procs` files are mounted (see
+    /// [`cgroup`]); `None` = no user cgroup, everything runs in the container's.
+    pub user_cgroup: Option<String>,
 }
 
 /// A task's state as the runtime reports it.

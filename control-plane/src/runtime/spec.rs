@@ -66,6 +66,12 @@ pub fn build(c: &ContainerConfig, namespace: &str) -> Value {
         json!({"destination": "/sys/fs/cgroup", "type": "cgroup", "source": "cgroup", "options": ["ro", "nosuid", "noexec", "nodev"]}),
     ];
     mounts.extend(c.mounts.iter().map(bind));
+    if let Some(dir) = &c.user_cgroup {
+        for (source, name) in super::cgroup::user_procs_files(namespace, &c.id) {
+            let destination = format!("{dir}/{name}");
+            mounts.push(bind(&BindMount { source, destination, readonly: false }));
+        }
+    }
     let mut namespaces =
         vec![json!({"type": "pid"}), json!({"type": "ipc"}), json!({"type": "uts"}), json!({"type": "mount"})];
     namespaces.push(match &c.netns {
@@ -98,7 +104,7 @@ pub fn build(c: &ContainerConfig, namespace: &str) -> Value {
         "mounts": mounts,
         "linux": {
             "namespaces": namespaces,
-            "cgroupsPath": format!("/berth/{namespace}/{}", c.id),
+            "cgroupsPath": format!("/{}", super::cgroup::container_path(namespace, &c.id)),
             "resources": resources,
             "maskedPaths": MASKED_PATHS,
             "readonlyPaths": READONLY_PATHS

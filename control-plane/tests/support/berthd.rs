@@ -99,6 +99,11 @@ impl TestBerthd {
         c
     }
 
+    /// berthd's arguments, to change before the next [`spawn`](Self::spawn).
+    pub fn args_mut(&mut self) -> &mut Vec<std::ffi::OsString> {
+        &mut self.args
+    }
+
     /// berthd's pid, while it runs.
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(Child::id)
@@ -129,6 +134,15 @@ impl Drop for TestBerthd {
             }
         }
         let _ = Command::new("ip").args(["link", "del", &self.bridge]).stderr(Stdio::null()).status();
+        // Firewall rules berthd installed for this network (they outlive berthd on purpose).
+        let tag = format!("berth:{}", self.bridge);
+        for table in ["nat", "filter"] {
+            let Ok(o) = Command::new("iptables").args(["-t", table, "-S"]).output() else { continue };
+            for rule in String::from_utf8_lossy(&o.stdout).lines().filter(|l| l.contains(&tag)) {
+                let args: Vec<String> = rule.replacen("-A", "-D", 1).replace('"', "").split(' ').map(String::from).collect();
+                let _ = Command::new("iptables").args(["-t", table]).args(&args).status();
+            }
+        }
     }
 }
 

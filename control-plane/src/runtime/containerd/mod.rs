@@ -213,7 +213,7 @@ impl ContainerRuntime for Containerd {
 
     async fn oom_kills(&self, id: &str) -> Option<u64> {
         // The cgroup path is the one spec.rs gives runc; v2 (unified) or v1 (the memory controller).
-        let rel = format!("berth/{}/{id}", self.namespace);
+        let rel = crate::runtime::cgroup::container_path(&self.namespace, id);
         let read = |path: String| -> Option<u64> {
             let text = std::fs::read_to_string(path).ok()?;
             text.lines().find_map(|l| l.strip_prefix("oom_kill ")).and_then(|n| n.trim().parse().ok())

@@ -45,6 +45,8 @@ pub async fn start(ctd: &Containerd, id: &str) -> Result<u32, RuntimeError> {
         std::fs::create_dir_all(dir)
             .map_err(|source| RuntimeError::Io { op: format!("create {}", dir.display()), source })?;
     }
+    // The user cgroup's files are bind-mounted into the container, so they must exist first.
+    crate::runtime::cgroup::prepare(ctd.namespace(), id)?;
     let mut tasks = TasksClient::new(ctd.channel.clone());
     let create = CreateTaskRequest {
         container_id: id.to_string(),
@@ -57,7 +59,13 @@ pub async fn start(ctd: &Containerd, id: &str) -> Result<u32, RuntimeError> {
     ctd.call("create the task", &what, tasks.create(ctd.request(create, None))).await?;
     let start = StartRequest { container_id: id.to_string(), exec_id: String::new() };
     match ctd.call("start the task", &what, tasks.start(ctd.request(start, None))).await {
-        Ok(r) => Ok(r.pid),
+        Ok(r) => {
+            if let Err(e) = crate::runtime::cgroup::apply(ctd.namespace(), id, r.pid) {
+                // The bot runs, only without the agent's reserve: worth an error in the log, not a failed start.
+                tracing::error!(container.id = id, error = %crate::error::chain(&e), "cannot limit the user cgroup");
+            }
+            Ok(r.pid)
+        }
         Err(e) => {
             remove(ctd, id).await?;
             Err(e)
