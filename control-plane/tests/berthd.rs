@@ -134,6 +134,23 @@ async fn lifecycle_on_sqlite() {
 }
 
 #[tokio::test]
+async fn an_agent_that_exits_at_start_is_reported_at_once_with_what_it_said() {
+    let b = TestBerthd::start(None);
+    b.cli(&["bot", "create", "broken"]);
+    // Replace the bot's agent with one that refuses to run, as an image with an old agent would.
+    let script = "mv /sbin/berth-agent /sbin/berth-agent.real && printf '#!/bin/sh\\necho \"agent refused: unknown flag\" >&2\\nexit 3\\n' > /sbin/berth-agent && chmod +x /sbin/berth-agent";
+    b.sh("broken", script).await;
+    b.cli(&["bot", "stop", "broken"]);
+    let (rc, _, err) = out(b.berth(&["bot", "start", "broken"]));
+    assert_ne!(rc, 0);
+    // Not "did not answer within 15000 ms": the exit and the agent's own words.
+    assert!(err.contains("exited (status 3) instead of serving") && err.contains("agent refused: unknown flag"), "{err}");
+    let bot = bots(&b).await.get_bot(pb::GetBotRequest { name: "broken".into() }).await.unwrap().into_inner().bot.unwrap();
+    assert_eq!(bot.state, pb::BotState::Error as i32);
+    assert!(bot.last_error.contains("agent refused: unknown flag"), "{bot:?}");
+}
+
+#[tokio::test]
 async fn lifecycle_on_postgres() {
     let pg = PrivatePostgres::start();
     let b = TestBerthd::start(Some(pg.database("berth")));

@@ -9,7 +9,7 @@ use super::BotManager;
 use super::model::{BotRecord, BotState};
 use crate::error::{Error, Result};
 use crate::network::Network;
-use crate::runtime::ContainerRuntime;
+use crate::runtime::{ContainerRuntime, TaskState};
 
 impl<R: ContainerRuntime, N: Network> BotManager<R, N> {
     #[tracing::instrument(skip_all, fields(bot.name = %name))]
@@ -57,10 +57,12 @@ impl<R: ContainerRuntime, N: Network> BotManager<R, N> {
         self.transition(bot, BotState::Running, "started", "").await
     }
 
-    /// Waits until the agent answers `Version`, up to the configured deadline.
+    /// Waits until the agent answers `Version`, up to the configured deadline. An agent that exits instead
+    /// (a bad image, an agent too old for its flags) ends the wait at once, with what it printed.
     async fn wait_ready(&self, bot: &BotRecord) -> Result<()> {
         let deadline = Instant::now() + self.config.agent_ready_timeout;
         let mut last = String::from("no answer yet");
+        let mut next_check = Instant::now();
         while Instant::now() < deadline {
             match self.connect_agent(bot).await {
                 Ok(mut c) => match c.version(VersionRequest {}).await {
@@ -71,6 +73,17 @@ impl<R: ContainerRuntime, N: Network> BotManager<R, N> {
                     Err(s) => last = s.message().to_string(),
                 },
                 Err(e) => last = e.to_string(),
+            }
+            if Instant::now() >= next_check {
+                next_check = Instant::now() + std::time::Duration::from_millis(100);
+                if let TaskState::Stopped { exit_status } = self.runtime.state(&bot.container_id).await? {
+                    let said = self.runtime.task_log_tail(&bot.container_id, 2048);
+                    return Err(Error::FailedPrecondition(format!(
+                        "the agent of bot `{}` exited (status {exit_status}) instead of serving; it said: {}",
+                        bot.name,
+                        said.as_deref().unwrap_or("nothing")
+                    )));
+                }
             }
             tokio::time::sleep(std::time::Duration::from_millis(5)).await;
         }

@@ -232,4 +232,8 @@ impl ContainerRuntime for FakeRuntime {
     async fn oom_kills(&self, _id: &str) -> Option<u64> {
         None
     }
+
+    fn task_log_tail(&self, _id: &str, _max_bytes: u64) -> Option<String> {
+        None
+    }
 }

@@ -211,6 +211,20 @@ impl ContainerRuntime for Containerd {
         snapshot::resume(self, id).await
     }
 
+    fn task_log_tail(&self, id: &str, max_bytes: u64) -> Option<String> {
+        use std::io::{Read, Seek, SeekFrom};
+        let mut f = std::fs::File::open(self.log_path(id)).ok()?;
+        let len = f.metadata().ok()?.len();
+        f.seek(SeekFrom::Start(len.saturating_sub(max_bytes))).ok()?;
+        let mut buf = Vec::new();
+        f.read_to_end(&mut buf).ok()?;
+        let text = String::from_utf8_lossy(&buf);
+        // Whole lines only, unless one line is all there is.
+        let text = if len > max_bytes { text.split_once('\n').map_or(&*text, |(_, rest)| rest) } else { &text };
+        let text = text.trim();
+        (!text.is_empty()).then(|| text.to_string())
+    }
+
     async fn oom_kills(&self, id: &str) -> Option<u64> {
         // The cgroup path is the one spec.rs gives runc; v2 (unified) or v1 (the memory controller).
         let rel = crate::runtime::cgroup::container_path(&self.namespace, id);
