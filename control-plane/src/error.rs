@@ -15,6 +15,9 @@ pub enum Error {
     /// The bot is in the wrong state for the request; the message names the state.
     #[error("{0}")]
     FailedPrecondition(String),
+    /// A limit or the host's disk is exhausted; freeing space (or raising the limit) helps.
+    #[error("{0}")]
+    ResourceExhausted(String),
     /// containerd, the database or an agent is down or slow; retrying may help.
     #[error("{0}")]
     Unavailable(String),
@@ -55,6 +58,7 @@ impl From<RuntimeError> for Error {
             }
             e @ (RuntimeError::Unavailable { .. } | RuntimeError::Timeout { .. }) => Error::Unavailable(chain(&e)),
             e @ RuntimeError::InvalidImage { .. } => Error::InvalidArgument(e.to_string()),
+            e @ RuntimeError::NoSpace { .. } => Error::ResourceExhausted(e.to_string()),
             e => Error::internal("container runtime failure", e),
         }
     }

@@ -144,8 +144,12 @@ async fn an_agent_that_exits_at_start_is_reported_at_once_with_what_it_said() {
     let (rc, _, err) = out(b.berth(&["bot", "start", "broken"]));
     assert_ne!(rc, 0);
     // Not "did not answer within 15000 ms": the exit and the agent's own words.
-    assert!(err.contains("exited (status 3) instead of serving") && err.contains("agent refused: unknown flag"), "{err}");
-    let bot = bots(&b).await.get_bot(pb::GetBotRequest { name: "broken".into() }).await.unwrap().into_inner().bot.unwrap();
+    assert!(
+        err.contains("exited (status 3) instead of serving") && err.contains("agent refused: unknown flag"),
+        "{err}"
+    );
+    let bot =
+        bots(&b).await.get_bot(pb::GetBotRequest { name: "broken".into() }).await.unwrap().into_inner().bot.unwrap();
     assert_eq!(bot.state, pb::BotState::Error as i32);
     assert!(bot.last_error.contains("agent refused: unknown flag"), "{bot:?}");
 }

@@ -416,3 +416,45 @@ async fn an_address_leased_to_no_bot_is_released() {
         "none",
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_fails_writes_not_the_bot() {
+    // containerd's root (the bots' writable layers) on a 128 MiB tmpfs: the bot can fill it, the host stays.
+    let ctd = support::containerd::PrivateContainerd::start_with_disk(Some(128));
+    let b = TestBerthd::start_on(ctd, None, &["--reconcile-interval-ms", "300"]);
+    create(&b, "hoarder", None).await;
+    let sum = write_marker(&b, "hoarder").await;
+    let pid = get(&b, "hoarder").await.pid;
+    let r = run(&mut b.agent("hoarder").await, argv(&["dd", "if=/dev/zero", "of=/data/fill", "bs=1M"])).await.unwrap();
+    assert_ne!(r.code(), Some(0));
+    assert!(String::from_utf8_lossy(&r.stderr).contains("No space left on device"), "{r:?}");
+    // The agent serves on a full disk; writes fail with a clear error.
+    assert_eq!(b.sh("hoarder", "echo still-here").await, "still-here\n");
+    let r = run(&mut b.agent("hoarder").await, argv(&["sh", "-c", "echo more > /data/more"])).await.unwrap();
+    assert_ne!(r.code(), Some(0));
+    // A snapshot needs room for its copy: it fails, saying why, and the bot is thawed and unchanged.
+    let (rc, _, err) = {
+        let o = b.berth(&["snapshot", "create", "hoarder", "--name", "s1"]).output().unwrap();
+        (
+            o.status.code(),
+            String::from_utf8_lossy(&o.stdout).into_owned(),
+            String::from_utf8_lossy(&o.stderr).into_owned(),
+        )
+    };
+    assert_ne!(rc, Some(0));
+    assert!(err.contains("no space left"), "{err}");
+    assert!(err.contains("space"), "{err}");
+    assert_eq!(b.sh("hoarder", "echo thawed").await, "thawed\n");
+    // Room again: everything works, nothing was lost, and the bot was never restarted.
+    b.sh("hoarder", "rm /data/fill").await;
+    b.cli(&["snapshot", "create", "hoarder", "--name", "s1"]);
+    let lost = check_marker(&b, "hoarder", &sum).await;
+    let after = get(&b, "hoarder").await;
+    assert_eq!((after.pid, after.restart_count), (pid, 0), "{after:?}");
+    record(
+        "a bot fills its disk",
+        "its writes fail with ENOSPC; the agent keeps serving; a snapshot fails RESOURCE_EXHAUSTED (no room for the copy) and leaves the bot running and unchanged; after freeing space all works",
+        None,
+        lost,
+    );
+}

@@ -38,6 +38,7 @@ impl From<Error> for Status {
             Error::InvalidArgument(m) => Status::invalid_argument(m),
             Error::FailedPrecondition(m) => Status::failed_precondition(m),
             Error::Unavailable(m) => Status::unavailable(m),
+            Error::ResourceExhausted(m) => Status::resource_exhausted(m),
             e @ Error::Internal { .. } => {
                 let id = uuid::Uuid::new_v4();
                 tracing::error!(error.id = %id, error = %crate::error::chain(&e), "internal error");

@@ -120,6 +120,20 @@ pub fn apply(namespace: &str, id: &str, pid: u32) -> Result<(), RuntimeError> {
     Ok(())
 }
 
+/// Removes the container's cgroups once its task is gone (children first; what is already gone is
+/// skipped). A cgroup that still holds processes stays, with a warning.
+pub fn remove(namespace: &str, id: &str) {
+    for dir in container_dirs(namespace, id) {
+        for d in [dir.join("user"), dir.join("agent"), dir] {
+            match std::fs::remove_dir(&d) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => tracing::warn!(cgroup = %d.display(), error = %e, "cannot remove a bot's cgroup"),
+            }
+        }
+    }
+}
+
 fn memory_reserve(limit: u64) -> u64 {
     (limit / 8).clamp(MEMORY_RESERVE_MIN, MEMORY_RESERVE_MAX)
 }

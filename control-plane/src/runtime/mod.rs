@@ -140,6 +140,9 @@ pub enum RuntimeError {
     },
     #[error("timed out after {after:?} while trying to {op}")]
     Timeout { op: String, after: Duration },
+    /// The host's file system for bots' data is full.
+    #[error("no space left on the host's disk for bots' data while trying to {op}: {detail}")]
+    NoSpace { op: String, detail: String },
     /// The object is in a state that forbids the call (e.g. a snapshot that others are layered on).
     #[error("cannot {op}: {reason}")]
     Conflict { op: String, reason: String },

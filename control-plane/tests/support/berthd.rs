@@ -28,7 +28,11 @@ impl TestBerthd {
 
     /// Starts berthd with extra arguments.
     pub fn start_with(database_url: Option<String>, extra: &[&str]) -> TestBerthd {
-        let containerd = PrivateContainerd::start();
+        Self::start_on(PrivateContainerd::start(), database_url, extra)
+    }
+
+    /// Starts berthd on the given containerd, with extra arguments.
+    pub fn start_on(containerd: PrivateContainerd, database_url: Option<String>, extra: &[&str]) -> TestBerthd {
         let dir = tempfile::tempdir().expect("tempdir");
         let socket = dir.path().join("run/berthd.sock");
         let id = uuid::Uuid::new_v4();
@@ -139,7 +143,8 @@ impl Drop for TestBerthd {
         for table in ["nat", "filter"] {
             let Ok(o) = Command::new("iptables").args(["-t", table, "-S"]).output() else { continue };
             for rule in String::from_utf8_lossy(&o.stdout).lines().filter(|l| l.contains(&tag)) {
-                let args: Vec<String> = rule.replacen("-A", "-D", 1).replace('"', "").split(' ').map(String::from).collect();
+                let args: Vec<String> =
+                    rule.replacen("-A", "-D", 1).replace('"', "").split(' ').map(String::from).collect();
                 let _ = Command::new("iptables").args(["-t", table]).args(&args).status();
             }
         }

@@ -19,9 +19,24 @@ pub struct PrivateContainerd {
 
 impl PrivateContainerd {
     pub fn start() -> PrivateContainerd {
+        Self::start_with_disk(None)
+    }
+
+    /// Starts containerd with its root (images and bots' writable layers) on a tmpfs of `mib` MiB, so a
+    /// bot can fill its disk without filling the host's.
+    pub fn start_with_disk(mib: Option<u64>) -> PrivateContainerd {
         let bin = which("containerd").expect("containerd is not installed: run scripts/install-deps.sh");
         let dir = tempfile::tempdir().expect("tempdir");
         let d = dir.path();
+        if let Some(mib) = mib {
+            std::fs::create_dir_all(d.join("root")).expect("containerd root");
+            let st = Command::new("mount")
+                .args(["-t", "tmpfs", "-o", &format!("size={mib}m"), "tmpfs"])
+                .arg(d.join("root"))
+                .status()
+                .expect("mount");
+            assert!(st.success(), "cannot mount a {mib} MiB tmpfs for containerd's root");
+        }
         let socket = d.join("containerd.sock");
         let config = format!(
             "version = 2\nroot = \"{root}\"\nstate = \"{state}\"\ndisabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n\
@@ -44,7 +59,7 @@ impl PrivateContainerd {
         let namespace = format!("berth-test-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
         let ctd = PrivateContainerd { dir, socket, namespace, child: Some(child) };
         let deadline = Instant::now() + Duration::from_secs(20);
-        while !ctd.socket.exists() {
+        while std::os::unix::net::UnixStream::connect(&ctd.socket).is_err() {
             assert!(
                 Instant::now() < deadline,
                 "containerd did not create its socket within 20 s; see {}",
@@ -73,7 +88,7 @@ impl PrivateContainerd {
             .expect("restart containerd");
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(20);
-        while !self.socket.exists() {
+        while std::os::unix::net::UnixStream::connect(&self.socket).is_err() {
             assert!(Instant::now() < deadline, "containerd did not come back within 20 s");
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -141,18 +156,22 @@ pub fn kill_bot_processes(namespace: &str) {
     }
 }
 
-/// Removes the (empty) cgroup directories runc leaves behind for a namespace on cgroup v1.
+/// Removes the (empty) cgroup directories a namespace's containers left (a failed test's), deepest first.
 pub fn remove_cgroups(namespace: &str) {
-    let Ok(controllers) = std::fs::read_dir("/sys/fs/cgroup") else { return };
-    for c in controllers.flatten() {
-        let ns_dir = c.path().join("berth").join(namespace);
-        if let Ok(children) = std::fs::read_dir(&ns_dir) {
+    fn remove_tree(dir: &Path) {
+        if let Ok(children) = std::fs::read_dir(dir) {
             for child in children.flatten().filter(|e| e.path().is_dir()) {
-                let _ = std::fs::remove_dir(child.path());
+                remove_tree(&child.path());
             }
         }
-        let _ = std::fs::remove_dir(&ns_dir);
+        let _ = std::fs::remove_dir(dir);
     }
+    let Ok(controllers) = std::fs::read_dir("/sys/fs/cgroup") else { return };
+    for c in controllers.flatten() {
+        remove_tree(&c.path().join("berth").join(namespace));
+    }
+    // cgroup v2: the hierarchy is /sys/fs/cgroup itself.
+    remove_tree(&Path::new("/sys/fs/cgroup/berth").join(namespace));
 }
 
 fn which(name: &str) -> Option<PathBuf> {

@@ -125,6 +125,10 @@ fn classify(op: String, what: String, s: tonic::Status) -> RuntimeError {
         tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Cancelled => {
             RuntimeError::Unavailable { op, source: s }
         }
+        // containerd passes the OS error on as text: its own disk (metadata, snapshots) is full.
+        _ if s.message().contains("no space left on device") => {
+            RuntimeError::NoSpace { op, detail: s.message().to_string() }
+        }
         _ => RuntimeError::Failed { op, source: s },
     }
 }

@@ -231,9 +231,13 @@ async fn copy_layer(from: &Path, to: &Path) -> Result<(), RuntimeError> {
         .map_err(|_| RuntimeError::Timeout { op: "copy a snapshot".into(), after: COPY_TIMEOUT })?
         .map_err(io("run cp".into()))?;
     if !out.status.success() {
+        let detail = String::from_utf8_lossy(&out.stderr).trim().to_string();
+        if detail.contains("No space left on device") || detail.contains("Disk quota exceeded") {
+            return Err(RuntimeError::NoSpace { op: "copy the bot's files into the snapshot".into(), detail });
+        }
         return Err(RuntimeError::Io {
             op: format!("copy {} to {}", from.display(), to.display()),
-            source: std::io::Error::other(String::from_utf8_lossy(&out.stderr).trim().to_string()),
+            source: std::io::Error::other(detail),
         });
     }
     let dir = to.to_path_buf();

@@ -163,7 +163,11 @@ async fn delete_task(ctd: &Containerd, id: &str) -> Result<(), RuntimeError> {
     let mut tasks = TasksClient::new(ctd.channel.clone());
     let req = DeleteTaskRequest { container_id: id.to_string() };
     match ctd.call("delete the task", format!("task {id}"), tasks.delete(ctd.request(req, None))).await {
-        Ok(_) | Err(RuntimeError::NotFound { .. }) => Ok(()),
+        Ok(_) | Err(RuntimeError::NotFound { .. }) => {
+            // runc removes the cgroups it made; the user cgroup's are berthd's to remove.
+            crate::runtime::cgroup::remove(ctd.namespace(), id);
+            Ok(())
+        }
         Err(e) => Err(e),
     }
 }
