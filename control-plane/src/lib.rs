@@ -1,11 +1,12 @@
-//! Berth's control plane.
+//! Berth's control plane: the library behind the `berthd` daemon and the `berth` CLI.
 //!
 //! # Layout
-//! - [`agent_client`]: connecting to a bot's `berth-agent` (Unix socket, bearer token, raised message
-//!   limits). The control plane acts inside a container only through this client.
-//!
-//! The `berthd` daemon (containerd runtime, networking, store, API) arrives with the control-plane issue;
-//! today this crate holds the client and the `berth` CLI's direct-to-agent mode.
+//! - [`api`]: the gRPC services and the HTTP endpoint (metrics, health), thin handlers over [`bots`].
+//! - [`bots`]: the domain: lifecycle, data operations, reconciliation.
+//! - [`runtime`], [`network`], [`store`]: containerd, CNI and the firewall, the database.
+//! - [`agent_client`]: connecting to a bot's `berth-agent`. The control plane acts inside a container
+//!   only through this client.
+//! - [`archive`]: the data archive format; [`metrics`]: Prometheus series; [`error`]: the boundary error.
 #![forbid(unsafe_code)]
 
 pub mod agent_client;
@@ -13,6 +14,7 @@ pub mod api;
 pub mod archive;
 pub mod bots;
 pub mod error;
+pub mod metrics;
 pub mod network;
 pub mod runtime;
 pub mod store;

@@ -5,6 +5,7 @@
 mod bots;
 mod convert;
 mod data;
+pub mod http;
 mod images;
 mod proxy;
 
@@ -80,11 +81,13 @@ impl ApiTokens {
     }
 }
 
-/// The router serving both services.
-pub async fn router<R: ContainerRuntime, N: Network>(
-    manager: Arc<BotManager<R, N>>,
-    tokens: ApiTokens,
-) -> tonic::transport::server::Router {
+/// The API's router: every service, behind the RPC latency layer.
+pub type ApiRouter = tonic::transport::server::Router<
+    tower::layer::util::Stack<crate::metrics::RpcLatencyLayer, tower::layer::util::Identity>,
+>;
+
+/// The router serving every service.
+pub async fn router<R: ContainerRuntime, N: Network>(manager: Arc<BotManager<R, N>>, tokens: ApiTokens) -> ApiRouter {
     let (health, health_service) = tonic_health::server::health_reporter();
     // Reflection (grpcurl and friends); the descriptors come from the proto crate, so this cannot fail
     // unless the build is broken, in which case berthd serves without it and says so.
@@ -105,6 +108,7 @@ pub async fn router<R: ContainerRuntime, N: Network>(
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
     let router = Server::builder()
+        .layer(crate::metrics::RpcLatencyLayer)
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
         .initial_stream_window_size(Some(crate::agent_client::STREAM_WINDOW_BYTES))

@@ -116,7 +116,13 @@ impl<R: ContainerRuntime, N: Network> ContainerService for Proxy<R, N> {
 
     async fn mcp_session(&self, r: Request<Streaming<pb::McpSessionRequest>>) -> Res<Self::McpSessionStream> {
         let mut c = self.agent(&r).await?;
-        Ok(down(c.mcp_session(upstream(r.into_inner())).await?))
+        // Open (in the metrics) until the response stream is dropped.
+        let guard = crate::metrics::metrics().mcp_session();
+        let stream = c.mcp_session(upstream(r.into_inner())).await?.into_inner();
+        Ok(Response::new(Box::pin(stream.map(move |item| {
+            let _open = &guard;
+            item
+        }))))
     }
 
     async fn list_sessions(&self, r: Request<pb::ListSessionsRequest>) -> Res<pb::ListSessionsResponse> {

@@ -83,6 +83,10 @@ struct Args {
     /// 0 turns it off.
     #[arg(long, env = "BERTH_RECONCILE_INTERVAL_MS", default_value_t = 5_000)]
     reconcile_interval_ms: u64,
+    /// Serve Prometheus metrics (`/metrics`) and health (`/healthz`, `/readyz`) over HTTP on this address;
+    /// `off` turns it off. Port 0 picks a free port (logged).
+    #[arg(long, env = "BERTH_METRICS_LISTEN", default_value = "127.0.0.1:9464")]
+    metrics_listen: String,
     /// Largest expanded size of an imported data archive, in bytes (guards against decompression bombs).
     #[arg(long, env = "BERTH_IMPORT_MAX_BYTES", default_value_t = 64 << 30)]
     import_max_bytes: u64,
@@ -101,6 +105,10 @@ async fn main() -> anyhow::Result<()> {
         None => String::new(),
     };
     let tokens = ApiTokens::new(tokens.lines().map(String::from).collect());
+    let metrics_addr: Option<SocketAddr> = match args.metrics_listen.as_str() {
+        "off" | "" => None,
+        a => Some(a.parse().with_context(|| format!("--metrics-listen {a:?} is not an IP:PORT (or `off`)"))?),
+    };
     if args.listen_tcp.is_some() && args.api_token_file.is_none() {
         anyhow::bail!("--listen-tcp needs --api-token-file: TCP is never served without authentication");
     }
@@ -184,6 +192,13 @@ async fn main() -> anyhow::Result<()> {
     let mut servers = Vec::new();
     let reconciler = (args.reconcile_interval_ms > 0)
         .then(|| manager.spawn_reconciler(Duration::from_millis(args.reconcile_interval_ms), stop_rx.clone()));
+    let mut metrics_server = None;
+    if let Some(addr) = metrics_addr {
+        let l = TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr} for metrics"))?;
+        let bound = l.local_addr().with_context(|| "metrics listener")?;
+        metrics_server = Some(tokio::spawn(berth_control_plane::api::http::serve(l, manager.clone(), stop_rx.clone())));
+        tracing::info!(addr = %bound, "metrics listening");
+    }
     // TCP first: the Unix socket appearing is the signal that berthd is fully up.
     if let Some(addr) = args.listen_tcp {
         let l = TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr}"))?;
@@ -207,6 +222,9 @@ async fn main() -> anyhow::Result<()> {
     for s in servers {
         // Open client streams would hold a graceful shutdown forever; bots are unaffected either way.
         let _ = tokio::time::timeout(Duration::from_secs(2), s).await;
+    }
+    if let Some(m) = metrics_server {
+        let _ = tokio::time::timeout(Duration::from_secs(2), m).await;
     }
     if let Some(r) = reconciler {
         let _ = tokio::time::timeout(Duration::from_secs(5), r).await;

@@ -95,6 +95,7 @@ impl<R: ContainerRuntime, N: Network> BotManager<R, N> {
             }
         }
         tracing::info!(op.id = %op.id, op.kind = %op.kind, bot.name = %op.bot, state = state.as_str(), error, "operation ended");
+        crate::metrics::metrics().operation_ended(&op.kind, state.as_str());
         result
     }
 

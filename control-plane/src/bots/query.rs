@@ -23,6 +23,33 @@ impl<R: ContainerRuntime, N: Network> BotManager<R, N> {
     }
 
     /// A page of bots whose labels include `selector`, after `page_token` (a bot name).
+    /// Ready to serve: the database and the runtime answer.
+    pub async fn ready(&self) -> Result<()> {
+        self.store.list_bots("", 1).await?;
+        self.runtime.ping().await?;
+        Ok(())
+    }
+
+    /// How many bots are in each state (every state, zero included).
+    pub async fn count_by_state(&self) -> Result<Vec<(&'static str, i64)>> {
+        use super::model::BotState as S;
+        let states = [S::Creating, S::Stopped, S::Starting, S::Running, S::Stopping, S::Deleting, S::Error];
+        let mut counts: Vec<(&'static str, i64)> = states.iter().map(|s| (s.as_str(), 0)).collect();
+        let mut after = String::new();
+        loop {
+            let page = self.store.list_bots(&after, 500).await?;
+            for b in &page {
+                if let Some(c) = counts.iter_mut().find(|(s, _)| *s == b.state.as_str()) {
+                    c.1 += 1;
+                }
+            }
+            match page.last() {
+                Some(b) if page.len() == 500 => after = b.name.clone(),
+                _ => return Ok(counts),
+            }
+        }
+    }
+
     pub async fn list(
         &self,
         selector: &BTreeMap<String, String>,

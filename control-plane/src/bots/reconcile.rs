@@ -71,7 +71,11 @@ impl<R: ContainerRuntime, N: Network> BotManager<R, N> {
                     _ = tick.tick() => {}
                     _ = stop.wait_for(|v| *v) => return,
                 }
-                match m.reconcile().await {
+                let pass = m.reconcile().await;
+                if pass.is_ok() {
+                    crate::metrics::metrics().reconcile_passes.inc();
+                }
+                match pass {
                     Ok(r) if !r.restarted.is_empty() || !r.repaired.is_empty() => {
                         tracing::info!(restarted = ?r.restarted, repaired = ?r.repaired, "reconciled");
                     }
@@ -114,6 +118,7 @@ impl<R: ContainerRuntime, N: Network> BotManager<R, N> {
             Ok(changed) => {
                 for c in changed {
                     tracing::warn!(change = %c, "restored the bots' firewall rules");
+                    crate::metrics::metrics().repaired("firewall");
                     report.repaired.push(c);
                 }
             }
@@ -123,6 +128,7 @@ impl<R: ContainerRuntime, N: Network> BotManager<R, N> {
             Ok(released) => {
                 for r in released {
                     tracing::warn!(lease = %r, "released an address leased to no bot");
+                    crate::metrics::metrics().repaired("lease");
                     report.repaired.push(format!("released address {r}"));
                 }
             }
@@ -144,6 +150,7 @@ impl<R: ContainerRuntime, N: Network> BotManager<R, N> {
                         Ok(done) => {
                             let what = done.join("; ");
                             tracing::warn!(bot.name = %bot.name, repairs = %what, "repaired the bot's network");
+                            crate::metrics::metrics().repaired("network");
                             self.announce(&bot.name, bot.state, "repaired", &what).await;
                             report.repaired.push(format!("{}: {what}", bot.name));
                         }
@@ -178,6 +185,7 @@ impl<R: ContainerRuntime, N: Network> BotManager<R, N> {
                         if misses >= AGENT_MISSES {
                             let reason =
                                 format!("its agent missed {misses} health checks ({})", crate::error::chain(&e));
+                            crate::metrics::metrics().restarted("agent_unresponsive");
                             self.restart(bot, &reason, report).await?;
                         }
                     }
@@ -216,7 +224,10 @@ impl<R: ContainerRuntime, N: Network> BotManager<R, N> {
                 }
                 Ok(())
             }
-            None => self.restart(bot, reason, report).await,
+            None => {
+                crate::metrics::metrics().restarted("task_exited");
+                self.restart(bot, reason, report).await
+            }
         }
     }
 

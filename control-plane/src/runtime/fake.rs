@@ -144,6 +144,10 @@ impl ContainerRuntime for FakeRuntime {
         Ok(())
     }
 
+    async fn ping(&self) -> Result<(), RuntimeError> {
+        Ok(())
+    }
+
     async fn state(&self, id: &str) -> Result<TaskState, RuntimeError> {
         self.lock().get(id).copied().ok_or_else(|| RuntimeError::NotFound { what: format!("container {id}") })
     }

@@ -174,6 +174,9 @@ pub trait ContainerRuntime: Send + Sync + 'static {
     fn delete(&self, id: &str) -> impl Future<Output = Result<(), RuntimeError>> + Send;
     fn state(&self, id: &str) -> impl Future<Output = Result<TaskState, RuntimeError>> + Send;
 
+    /// Answers when the runtime does (containerd's version), for readiness checks.
+    fn ping(&self) -> impl Future<Output = Result<(), RuntimeError>> + Send;
+
     /// The key of the writable snapshot container `id` runs on.
     fn container_snapshot(&self, id: &str) -> impl Future<Output = Result<String, RuntimeError>> + Send;
     /// Points container `id` (which must have no task) at another writable snapshot.

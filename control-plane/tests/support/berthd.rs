@@ -50,6 +50,7 @@ impl TestBerthd {
             .arg("--image-archive")
             .arg(minimal_image())
             .args(["--stop-timeout-ms", "5000", "--bridge", &bridge, "--subnet", &subnet])
+            .args(["--metrics-listen", "127.0.0.1:0"])
             .args(extra);
         if let Some(url) = database_url {
             cmd.args(["--database-url", &url]);
@@ -106,6 +107,13 @@ impl TestBerthd {
     /// berthd's arguments, to change before the next [`spawn`](Self::spawn).
     pub fn args_mut(&mut self) -> &mut Vec<std::ffi::OsString> {
         &mut self.args
+    }
+
+    /// Where this berthd serves metrics (read from its log: it listens on a free port).
+    pub fn metrics_addr(&self) -> String {
+        let log = self.log();
+        let line = log.lines().rev().find(|l| l.contains("metrics listening")).expect("no metrics listener in the log");
+        line.split("addr=").nth(1).expect("addr field").split_whitespace().next().expect("address").to_string()
     }
 
     /// berthd's pid, while it runs.

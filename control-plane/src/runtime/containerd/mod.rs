@@ -160,6 +160,12 @@ impl ContainerRuntime for Containerd {
         task::state(self, id).await
     }
 
+    async fn ping(&self) -> Result<(), RuntimeError> {
+        let mut c = containerd_client::services::v1::version_client::VersionClient::new(self.channel.clone());
+        self.call("read containerd's version", "containerd", c.version(self.request((), None))).await?;
+        Ok(())
+    }
+
     async fn container_snapshot(&self, id: &str) -> Result<String, RuntimeError> {
         snapshot::container_snapshot(self, id).await
     }

@@ -1,0 +1,109 @@
+//! What operators see: the metrics endpoint's series follow bots, operations, RPCs, MCP sessions and
+//! supervisor restarts; the health endpoints answer.
+
+#![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
+
+#[path = "../../agent/tests/common/mod.rs"]
+mod common;
+#[path = "support/mod.rs"]
+mod support;
+
+use std::io::Write;
+use std::time::{Duration, Instant};
+
+use support::berthd::TestBerthd;
+
+async fn get(b: &TestBerthd, path: &str) -> (u16, String) {
+    let r = reqwest::get(format!("http://{}{path}", b.metrics_addr())).await.unwrap();
+    (r.status().as_u16(), r.text().await.unwrap())
+}
+
+/// The value of one series (exact name and labels), or None if absent.
+fn value(text: &str, series: &str) -> Option<f64> {
+    text.lines().find_map(|l| l.strip_prefix(series).and_then(|v| v.strip_prefix(' '))).map(|v| v.parse().unwrap())
+}
+
+async fn series(b: &TestBerthd, series: &str) -> f64 {
+    let (code, text) = get(b, "/metrics").await;
+    assert_eq!(code, 200);
+    value(&text, series).unwrap_or_else(|| panic!("no {series} in:\n{text}"))
+}
+
+/// Waits until `series` has value `want`.
+async fn until(b: &TestBerthd, s: &str, want: f64) {
+    let t = Instant::now();
+    loop {
+        let (_, text) = get(b, "/metrics").await;
+        if value(&text, s) == Some(want) {
+            return;
+        }
+        assert!(t.elapsed() < Duration::from_secs(20), "{s} never became {want}:\n{text}\n{}", b.log());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_follow_bots_operations_sessions_and_restarts() {
+    let b = TestBerthd::start_with(None, &["--reconcile-interval-ms", "300"]);
+    assert_eq!(get(&b, "/healthz").await, (200, "ok\n".to_string()));
+    assert_eq!(get(&b, "/readyz").await, (200, "ready\n".to_string()));
+    assert_eq!(get(&b, "/nothing").await.0, 404);
+    let (_, text) = get(&b, "/metrics").await;
+    assert!(text.ends_with("# EOF\n"), "{text}");
+    for state in ["creating", "stopped", "starting", "running", "stopping", "deleting", "error"] {
+        assert_eq!(value(&text, &format!("berth_bots{{state=\"{state}\"}}")), Some(0.0), "{text}");
+    }
+
+    b.cli(&["bot", "create", "m1"]);
+    b.cli(&["bot", "create", "m2"]);
+    assert_eq!(series(&b, "berth_bots{state=\"running\"}").await, 2.0);
+    b.cli(&["bot", "stop", "m2"]);
+    assert_eq!(series(&b, "berth_bots{state=\"running\"}").await, 1.0);
+    assert_eq!(series(&b, "berth_bots{state=\"stopped\"}").await, 1.0);
+    let created =
+        series(&b, "berth_rpc_duration_seconds_count{method=\"/berth.controlplane.v1.BotService/CreateBot\"}");
+    assert_eq!(created.await, 2.0);
+
+    b.cli(&["snapshot", "create", "m1", "--name", "s1"]);
+    assert_eq!(series(&b, "berth_operations_total{kind=\"snapshot\",result=\"succeeded\"}").await, 1.0);
+    b.cli(&["snapshot", "rollback", "m1", "s1"]);
+    assert_eq!(series(&b, "berth_operations_total{kind=\"rollback\",result=\"succeeded\"}").await, 1.0);
+
+    // An MCP session (a line relay to `cat`) is counted while open.
+    let mut mcp = b
+        .berth(&["mcp", "m1", "--quiet", "--", "cat"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = mcp.stdin.take().unwrap();
+    stdin.write_all(b"{\"jsonrpc\":\"2.0\",\"method\":\"ping\",\"id\":1}\n").unwrap();
+    until(&b, "berth_mcp_sessions", 1.0).await;
+    drop(stdin);
+    assert!(mcp.wait().unwrap().success());
+    until(&b, "berth_mcp_sessions", 0.0).await;
+    assert_eq!(series(&b, "berth_mcp_sessions_opened_total").await, 1.0);
+
+    // The supervisor's restart of a killed agent is counted by reason.
+    let bot: serde_json::Value = serde_json::from_str(&b.cli(&["bot", "get", "m1", "--json"])).unwrap();
+    let pid = bot["pid"].as_u64().unwrap() as u32;
+    // SAFETY: kill(2) on the bot's task pid, read from berthd.
+    unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+    until(&b, "berth_bot_restarts_total{reason=\"task_exited\"}", 1.0).await;
+    assert!(series(&b, "berth_reconcile_passes_total").await >= 1.0);
+
+    b.cli(&["bot", "rm", "m1"]);
+    b.cli(&["bot", "rm", "m2"]);
+    assert_eq!(series(&b, "berth_bots{state=\"running\"}").await, 0.0);
+    assert_eq!(series(&b, "berth_bots{state=\"stopped\"}").await, 0.0);
+}
+
+#[test]
+fn a_bad_metrics_address_is_refused_at_start_naming_the_flag() {
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_berthd"))
+        .args(["--metrics-listen", "nowhere"])
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("--metrics-listen \"nowhere\" is not an IP:PORT"));
+}
