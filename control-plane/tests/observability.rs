@@ -107,3 +107,55 @@ fn a_bad_metrics_address_is_refused_at_start_naming_the_flag() {
     assert!(!o.status.success());
     assert!(String::from_utf8_lossy(&o.stderr).contains("--metrics-listen \"nowhere\" is not an IP:PORT"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_health_reports_berthd_and_each_bot() {
+    use tonic_health::pb::health_check_response::ServingStatus;
+    use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+    let b = TestBerthd::start(None);
+    let ch = berth_control_plane::agent_client::channel(b.socket.to_str().unwrap()).await.unwrap();
+    let mut h = HealthClient::new(ch);
+    let check = |service: &str| HealthCheckRequest { service: service.into() };
+    let status = |r: tonic_health::pb::HealthCheckResponse| ServingStatus::try_from(r.status).unwrap();
+    assert_eq!(status(h.check(check("")).await.unwrap().into_inner()), ServingStatus::Serving);
+    let svc = "berth.controlplane.v1.BotService";
+    assert_eq!(status(h.check(check(svc)).await.unwrap().into_inner()), ServingStatus::Serving);
+    assert_eq!(h.check(check("bot/hb")).await.unwrap_err().code(), tonic::Code::NotFound);
+
+    b.cli(&["bot", "create", "hb"]);
+    assert_eq!(status(h.check(check("bot/hb")).await.unwrap().into_inner()), ServingStatus::Serving);
+    // A watcher sees the bot stop.
+    let mut watch = h.watch(check("bot/hb")).await.unwrap().into_inner();
+    assert_eq!(status(watch.message().await.unwrap().unwrap()), ServingStatus::Serving);
+    b.cli(&["bot", "stop", "hb"]);
+    let t = Instant::now();
+    loop {
+        let next = tokio::time::timeout(Duration::from_secs(10), watch.message()).await.unwrap().unwrap().unwrap();
+        if status(next) == ServingStatus::NotServing {
+            break;
+        }
+        assert!(t.elapsed() < Duration::from_secs(10));
+    }
+    assert_eq!(status(h.check(check("bot/hb")).await.unwrap().into_inner()), ServingStatus::NotServing);
+    b.cli(&["bot", "rm", "hb"]);
+    let t = Instant::now();
+    while h.check(check("bot/hb")).await.is_ok() {
+        assert!(t.elapsed() < Duration::from_secs(10), "a deleted bot still has a health status");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // A bot that existed before berthd started is known at once.
+    b.cli(&["bot", "create", "early"]);
+    let mut b = b;
+    b.halt(libc::SIGTERM);
+    b.spawn();
+    let ch = berth_control_plane::agent_client::channel(b.socket.to_str().unwrap()).await.unwrap();
+    let mut h = HealthClient::new(ch);
+    let t = Instant::now();
+    loop {
+        match h.check(check("bot/early")).await {
+            Ok(r) if status(r.get_ref().clone()) == ServingStatus::Serving => break,
+            other => assert!(t.elapsed() < Duration::from_secs(10), "{other:?}"),
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

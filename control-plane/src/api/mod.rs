@@ -5,6 +5,7 @@
 mod bots;
 mod convert;
 mod data;
+pub mod health;
 pub mod http;
 mod images;
 mod proxy;
@@ -87,8 +88,12 @@ pub type ApiRouter = tonic::transport::server::Router<
 >;
 
 /// The router serving every service.
-pub async fn router<R: ContainerRuntime, N: Network>(manager: Arc<BotManager<R, N>>, tokens: ApiTokens) -> ApiRouter {
-    let (health, health_service) = tonic_health::server::health_reporter();
+pub async fn router<R: ContainerRuntime, N: Network>(
+    manager: Arc<BotManager<R, N>>,
+    tokens: ApiTokens,
+    health: &tonic_health::server::HealthReporter,
+) -> ApiRouter {
+    let health_service = health::service(health);
     // Reflection (grpcurl and friends); the descriptors come from the proto crate, so this cannot fail
     // unless the build is broken, in which case berthd serves without it and says so.
     let reflection = tonic_reflection::server::Builder::configure()
@@ -98,6 +103,7 @@ pub async fn router<R: ContainerRuntime, N: Network>(manager: Arc<BotManager<R, 
         .ok();
     health.set_serving::<BotServiceServer<bots::Bots<R, N>>>().await;
     health.set_serving::<DataServiceServer<data::Data<R, N>>>().await;
+    health.set_serving::<ImageServiceServer<images::Images<R, N>>>().await;
     let auth = move |req| tokens.check(req);
     let bots = BotServiceServer::new(bots::Bots::new(manager.clone()));
     let images = ImageServiceServer::new(images::Images::new(manager.clone()));

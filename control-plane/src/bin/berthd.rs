@@ -192,6 +192,7 @@ async fn main() -> anyhow::Result<()> {
     let mut servers = Vec::new();
     let reconciler = (args.reconcile_interval_ms > 0)
         .then(|| manager.spawn_reconciler(Duration::from_millis(args.reconcile_interval_ms), stop_rx.clone()));
+    let health = berth_control_plane::api::health::track(manager.clone(), stop_rx.clone());
     let mut metrics_server = None;
     if let Some(addr) = metrics_addr {
         let l = TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr} for metrics"))?;
@@ -202,13 +203,13 @@ async fn main() -> anyhow::Result<()> {
     // TCP first: the Unix socket appearing is the signal that berthd is fully up.
     if let Some(addr) = args.listen_tcp {
         let l = TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr}"))?;
-        let r = router(manager.clone(), tokens.clone()).await;
+        let r = router(manager.clone(), tokens.clone(), &health).await;
         servers.push(tokio::spawn(r.serve_with_incoming_shutdown(TcpListenerStream::new(l), wait(stop_rx.clone()))));
         tracing::info!(%addr, "berthd listening");
     }
     let unix_path = args.listen_unix.clone().unwrap_or_else(|| args.run_dir.join("berthd.sock"));
     let unix = listen_unix(&unix_path)?;
-    let r = router(manager.clone(), tokens.clone()).await;
+    let r = router(manager.clone(), tokens.clone(), &health).await;
     servers.push(tokio::spawn(r.serve_with_incoming_shutdown(UnixListenerStream::new(unix), wait(stop_rx.clone()))));
     tracing::info!(socket = %unix_path.display(), "berthd listening");
     let mut term = signal(SignalKind::terminate())?;

@@ -30,24 +30,34 @@ impl<R: ContainerRuntime, N: Network> BotManager<R, N> {
         Ok(())
     }
 
+    /// Every bot (for counts and health; the API pages with [`list`](Self::list)).
+    pub async fn all_bots(&self) -> Result<Vec<BotRecord>> {
+        let mut all = Vec::new();
+        let mut after = String::new();
+        loop {
+            let page = self.store.list_bots(&after, 500).await?;
+            let done = page.len() < 500;
+            if let Some(b) = page.last() {
+                after = b.name.clone();
+            }
+            all.extend(page);
+            if done {
+                return Ok(all);
+            }
+        }
+    }
+
     /// How many bots are in each state (every state, zero included).
     pub async fn count_by_state(&self) -> Result<Vec<(&'static str, i64)>> {
         use super::model::BotState as S;
         let states = [S::Creating, S::Stopped, S::Starting, S::Running, S::Stopping, S::Deleting, S::Error];
         let mut counts: Vec<(&'static str, i64)> = states.iter().map(|s| (s.as_str(), 0)).collect();
-        let mut after = String::new();
-        loop {
-            let page = self.store.list_bots(&after, 500).await?;
-            for b in &page {
-                if let Some(c) = counts.iter_mut().find(|(s, _)| *s == b.state.as_str()) {
-                    c.1 += 1;
-                }
-            }
-            match page.last() {
-                Some(b) if page.len() == 500 => after = b.name.clone(),
-                _ => return Ok(counts),
+        for b in self.all_bots().await? {
+            if let Some(c) = counts.iter_mut().find(|(s, _)| *s == b.state.as_str()) {
+                c.1 += 1;
             }
         }
+        Ok(counts)
     }
 
     pub async fn list(
