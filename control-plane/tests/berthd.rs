@@ -354,7 +354,7 @@ fn tcp_without_tokens_is_refused_at_start() {
         .output()
         .unwrap();
     assert!(!o.status.success());
-    assert!(String::from_utf8_lossy(&o.stderr).contains("--listen-tcp needs --api-token-file"));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("listen_tcp needs api_token_file"));
 }
 
 #[test]
@@ -602,5 +602,39 @@ async fn images_are_pulled_over_tls_with_bearer_token_auth() {
         .output()
         .unwrap();
     assert!(!o.status.success());
-    assert!(String::from_utf8_lossy(&o.stderr).contains("--registry-ca"), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("registry_cas:"), "{}", String::from_utf8_lossy(&o.stderr));
+}
+
+#[test]
+fn configuration_comes_from_file_then_environment_then_flags() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("berthd.toml");
+    std::fs::write(&file, "bridge = \"fromfile\"\nstop_timeout_ms = 1234\nsubnet = \"10.9.0.0/24\"\n").unwrap();
+    let effective = |env: &[(&str, &str)], flags: &[&str]| -> String {
+        let o = std::process::Command::new(env!("CARGO_BIN_EXE_berthd"))
+            .env("BERTH_CONFIG", &file)
+            .envs(env.iter().copied())
+            .arg("--print-config")
+            .args(flags)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
+    let c = effective(&[], &[]);
+    assert!(c.contains("bridge = \"fromfile\"") && c.contains("stop_timeout_ms = 1234"), "{c}");
+    let c = effective(&[("BERTH_BRIDGE", "fromenv"), ("BERTH_MASQUERADE", "yes")], &[]);
+    assert!(c.contains("bridge = \"fromenv\"") && c.contains("masquerade = true"), "{c}");
+    let c = effective(&[("BERTH_BRIDGE", "fromenv")], &["--bridge", "fromflag"]);
+    assert!(c.contains("bridge = \"fromflag\"") && c.contains("subnet = \"10.9.0.0/24\""), "{c}");
+    // A wrong key in the file is refused, naming it and the file.
+    std::fs::write(&file, "bridg = \"typo\"\n").unwrap();
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_berthd")).arg("--config").arg(&file).output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && err.contains("bridg") && err.contains("berthd.toml"), "{err}");
+    // The documented defaults are a valid configuration file.
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_berthd")).arg("--print-default-config").output().unwrap();
+    std::fs::write(&file, &o.stdout).unwrap();
+    let c = effective(&[], &[]);
+    assert!(c.contains("bridge = \"berth0\""), "{c}");
 }

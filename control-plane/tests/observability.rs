@@ -105,7 +105,7 @@ fn a_bad_metrics_address_is_refused_at_start_naming_the_flag() {
         .output()
         .unwrap();
     assert!(!o.status.success());
-    assert!(String::from_utf8_lossy(&o.stderr).contains("--metrics-listen \"nowhere\" is not an IP:PORT"));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("metrics_listen: \"nowhere\" is not an IP:PORT"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -153,7 +153,7 @@ async fn grpc_health_reports_berthd_and_each_bot() {
     let t = Instant::now();
     loop {
         match h.check(check("bot/early")).await {
-            Ok(r) if status(r.get_ref().clone()) == ServingStatus::Serving => break,
+            Ok(r) if status(*r.get_ref()) == ServingStatus::Serving => break,
             other => assert!(t.elapsed() < Duration::from_secs(10), "{other:?}"),
         }
         tokio::time::sleep(Duration::from_millis(20)).await;

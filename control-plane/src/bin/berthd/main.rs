@@ -1,9 +1,7 @@
-//! `berthd`: the Berth control plane daemon. Connects to containerd, opens the database, imports the
-//! configured image archives, and serves the API on a Unix socket (and optionally TCP) until SIGTERM or
-//! SIGINT.
+//! `berthd`: the Berth control plane daemon. Loads its configuration (`config.rs`), connects to
+//! containerd, opens the database, imports the configured image archives, settles what a crash left,
+//! and serves the API on a Unix socket (and optionally TCP) and metrics over HTTP until SIGTERM or SIGINT.
 
-use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,90 +12,32 @@ use berth_control_plane::network::{Cni, NetworkConfig};
 use berth_control_plane::runtime::containerd::Containerd;
 use berth_control_plane::store::Store;
 use clap::Parser;
+use config::{Args, Config, LogFormat};
 use tokio::net::{TcpListener, UnixListener};
 use tokio::signal::unix::{SignalKind, signal};
 use tokio_stream::wrappers::{TcpListenerStream, UnixListenerStream};
 
-/// berthd: runs one container per bot through containerd and serves Berth's API.
-#[derive(Debug, Parser)]
-#[command(name = "berthd", version)]
-struct Args {
-    /// containerd's socket.
-    #[arg(long, env = "BERTH_CONTAINERD_SOCKET", default_value = "/run/containerd/containerd.sock")]
-    containerd_socket: PathBuf,
-    /// containerd namespace holding Berth's bots and images.
-    #[arg(long, env = "BERTH_NAMESPACE", default_value = "berth")]
-    namespace: String,
-    /// Durable state (the SQLite database by default, task logs).
-    #[arg(long, env = "BERTH_STATE_DIR", default_value = "/var/lib/berth")]
-    state_dir: PathBuf,
-    /// Runtime directory: one subdirectory per bot with its agent socket and token.
-    #[arg(long, env = "BERTH_RUN_DIR", default_value = "/run/berth")]
-    run_dir: PathBuf,
-    /// Database URL: `sqlite://PATH?mode=rwc` or `postgres://…`; default: SQLite in the state directory.
-    #[arg(long, env = "BERTH_DATABASE_URL")]
-    database_url: Option<String>,
-    /// Unix socket to serve the API on (default: <run-dir>/berthd.sock).
-    #[arg(long, env = "BERTH_LISTEN_UNIX")]
-    listen_unix: Option<PathBuf>,
-    /// Also serve on this TCP address (an IP and port).
-    #[arg(long, env = "BERTH_LISTEN_TCP")]
-    listen_tcp: Option<SocketAddr>,
-    /// OCI image archives to import at start (repeatable).
-    #[arg(long = "image-archive", env = "BERTH_IMAGE_ARCHIVES", value_delimiter = ',')]
-    image_archives: Vec<PathBuf>,
-    /// Image used when a create names none.
-    #[arg(long, env = "BERTH_DEFAULT_IMAGE", default_value = "berth/minimal:latest")]
-    default_image: String,
-    /// File with API tokens clients must present, one per line; none = no auth (Unix socket only).
-    #[arg(long, env = "BERTH_API_TOKEN_FILE")]
-    api_token_file: Option<PathBuf>,
-    /// Default grace period of a stop, in milliseconds.
-    #[arg(long, default_value_t = 10_000)]
-    stop_timeout_ms: u64,
-    /// How long a start waits for the agent to answer, in milliseconds.
-    #[arg(long, default_value_t = 15_000)]
-    agent_ready_timeout_ms: u64,
-    /// The bots' bridge (at most 15 characters).
-    #[arg(long, env = "BERTH_BRIDGE", default_value = "berth0")]
-    bridge: String,
-    /// The bots' subnet; the bridge takes its first address.
-    #[arg(long, env = "BERTH_SUBNET", default_value = "10.213.0.0/16")]
-    subnet: String,
-    /// NAT the bots' outbound traffic (MASQUERADE), giving them access beyond the host.
-    #[arg(long, env = "BERTH_MASQUERADE")]
-    masquerade: bool,
-    /// Where the CNI plugins are.
-    #[arg(long, env = "BERTH_CNI_BIN_DIR", default_value = "/usr/lib/cni")]
-    cni_bin_dir: PathBuf,
-    /// Registries (HOST[:PORT]) to pull from over plain HTTP instead of HTTPS (repeatable).
-    #[arg(long = "insecure-registry", env = "BERTH_INSECURE_REGISTRIES", value_delimiter = ',')]
-    insecure_registries: Vec<String>,
-    /// PEM files of CA certificates to trust for registries besides the public roots (repeatable).
-    #[arg(long = "registry-ca", env = "BERTH_REGISTRY_CAS", value_delimiter = ',')]
-    registry_cas: Vec<PathBuf>,
-    /// Network setup attempts before a create fails.
-    #[arg(long, default_value_t = 4)]
-    cni_attempts: u32,
-    /// How often the reconciler checks every bot (restarts dead tasks, repairs networks), in milliseconds;
-    /// 0 turns it off.
-    #[arg(long, env = "BERTH_RECONCILE_INTERVAL_MS", default_value_t = 5_000)]
-    reconcile_interval_ms: u64,
-    /// Serve Prometheus metrics (`/metrics`) and health (`/healthz`, `/readyz`) over HTTP on this address;
-    /// `off` turns it off. Port 0 picks a free port (logged).
-    #[arg(long, env = "BERTH_METRICS_LISTEN", default_value = "127.0.0.1:9464")]
-    metrics_listen: String,
-    /// Largest expanded size of an imported data archive, in bytes (guards against decompression bombs).
-    #[arg(long, env = "BERTH_IMPORT_MAX_BYTES", default_value_t = 64 << 30)]
-    import_max_bytes: u64,
-}
+mod config;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    let cli = Args::parse();
+    if cli.print_default_config {
+        print!("{}", config::default_config_text());
+        return Ok(());
+    }
+    let args = Config::load(&cli)?;
+    if cli.print_config {
+        print!("{}", toml::to_string(&args).context("cannot print the configuration")?);
+        return Ok(());
+    }
     // Colours only on a terminal: log files and journald get plain text.
     use std::io::IsTerminal;
-    tracing_subscriber::fmt().with_writer(std::io::stderr).with_ansi(std::io::stderr().is_terminal()).init();
-    let args = Args::parse();
+    let log = tracing_subscriber::fmt().with_writer(std::io::stderr);
+    match args.log_format {
+        LogFormat::Text => log.with_ansi(std::io::stderr().is_terminal()).init(),
+        LogFormat::Json => log.json().with_current_span(true).with_span_list(false).init(),
+    }
     let tokens = match &args.api_token_file {
         Some(p) => {
             std::fs::read_to_string(p).with_context(|| format!("cannot read API tokens from {}", p.display()))?
@@ -105,23 +45,17 @@ async fn main() -> anyhow::Result<()> {
         None => String::new(),
     };
     let tokens = ApiTokens::new(tokens.lines().map(String::from).collect());
-    let metrics_addr: Option<SocketAddr> = match args.metrics_listen.as_str() {
-        "off" | "" => None,
-        a => Some(a.parse().with_context(|| format!("--metrics-listen {a:?} is not an IP:PORT (or `off`)"))?),
-    };
-    if args.listen_tcp.is_some() && args.api_token_file.is_none() {
-        anyhow::bail!("--listen-tcp needs --api-token-file: TCP is never served without authentication");
-    }
+    let metrics_addr = args.metrics_addr()?;
     // Checked before anything else starts, so a bad file is reported at once and by its flag.
     let registry_cas: Vec<Vec<u8>> = args
         .registry_cas
         .iter()
         .map(|p| {
-            let pem = std::fs::read(p).with_context(|| format!("cannot read --registry-ca {}", p.display()))?;
+            let pem = std::fs::read(p).with_context(|| format!("registry_cas: cannot read {}", p.display()))?;
             let certs = reqwest::Certificate::from_pem_bundle(&pem)
-                .with_context(|| format!("--registry-ca {} is not PEM", p.display()))?;
+                .with_context(|| format!("registry_cas: {} is not PEM", p.display()))?;
             if certs.is_empty() {
-                anyhow::bail!("--registry-ca {} holds no PEM certificate", p.display());
+                anyhow::bail!("registry_cas: {} holds no PEM certificate", p.display());
             }
             Ok(pem)
         })
@@ -131,11 +65,7 @@ async fn main() -> anyhow::Result<()> {
     }
     // One berthd per state directory: two would fight over the same bots. Held until the process exits.
     let _lock = lock_state_dir(&args.state_dir)?;
-    let url = args
-        .database_url
-        .clone()
-        .unwrap_or_else(|| format!("sqlite://{}?mode=rwc", args.state_dir.join("berth.db").display()));
-    let store = Store::open(&url).await.with_context(|| "cannot open the database")?;
+    let store = Store::open(&args.database()).await.with_context(|| "cannot open the database")?;
     let runtime = Containerd::connect(&args.containerd_socket, &args.namespace, &args.state_dir.join("logs"))
         .await
         .with_context(|| format!("cannot reach containerd at {}", args.containerd_socket.display()))?;
@@ -149,9 +79,6 @@ async fn main() -> anyhow::Result<()> {
         state_dir: args.state_dir.clone(),
         import_max_bytes: args.import_max_bytes,
     };
-    if args.bridge.is_empty() || args.bridge.len() > 15 {
-        anyhow::bail!("--bridge {:?} must be 1-15 characters (a Linux interface name)", args.bridge);
-    }
     let network = Cni::new(NetworkConfig {
         cni_bin_dir: args.cni_bin_dir.clone(),
         netns_dir: args.run_dir.join("netns"),
@@ -207,7 +134,7 @@ async fn main() -> anyhow::Result<()> {
         servers.push(tokio::spawn(r.serve_with_incoming_shutdown(TcpListenerStream::new(l), wait(stop_rx.clone()))));
         tracing::info!(%addr, "berthd listening");
     }
-    let unix_path = args.listen_unix.clone().unwrap_or_else(|| args.run_dir.join("berthd.sock"));
+    let unix_path = args.unix_socket();
     let unix = listen_unix(&unix_path)?;
     let r = router(manager.clone(), tokens.clone(), &health).await;
     servers.push(tokio::spawn(r.serve_with_incoming_shutdown(UnixListenerStream::new(unix), wait(stop_rx.clone()))));

@@ -1,0 +1,368 @@
+//! berthd's configuration: one TOML file (`--config`), environment variables (`BERTH_…`) and flags, in
+//! rising precedence over the built-in defaults. Every setting has the same name everywhere: the TOML key
+//! `stop_timeout_ms` is the flag `--stop-timeout-ms` and the variable `BERTH_STOP_TIMEOUT_MS`. The flags'
+//! help texts are the documentation, printed with each default by `--print-default-config`. Everything is
+//! validated before berthd touches anything, and an error names the setting.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{CommandFactory, Parser};
+use serde::{Deserialize, Serialize};
+
+/// How berthd writes its log (to stderr).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines (coloured on a terminal).
+    Text,
+    /// One JSON object per line, with span fields (bot name, operation id).
+    Json,
+}
+
+/// berthd: runs one container per bot through containerd and serves Berth's API.
+///
+/// Settings come from defaults, then the --config file, then BERTH_* environment variables, then flags.
+#[derive(Debug, Parser, Serialize)]
+#[command(name = "berthd", version)]
+pub struct Args {
+    /// Read settings from this TOML file (keys as printed by --print-default-config).
+    #[arg(long, env = "BERTH_CONFIG")]
+    #[serde(skip)]
+    pub config: Option<PathBuf>,
+    /// Print every setting with its documentation and default, as a TOML file, and exit.
+    #[arg(long)]
+    #[serde(skip)]
+    pub print_default_config: bool,
+    /// Check the configuration, print the effective settings (defaults, file, environment, flags merged)
+    /// as TOML, and exit.
+    #[arg(long)]
+    #[serde(skip)]
+    pub print_config: bool,
+
+    /// containerd's socket.
+    #[arg(long, env = "BERTH_CONTAINERD_SOCKET")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    containerd_socket: Option<PathBuf>,
+    /// containerd namespace holding Berth's bots and images.
+    #[arg(long, env = "BERTH_NAMESPACE")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    namespace: Option<String>,
+    /// Durable state: the SQLite database (by default), task logs, address leases, kept archives.
+    #[arg(long, env = "BERTH_STATE_DIR")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    state_dir: Option<PathBuf>,
+    /// Runtime directory: one subdirectory per bot with its agent socket and token, network namespaces.
+    #[arg(long, env = "BERTH_RUN_DIR")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    run_dir: Option<PathBuf>,
+    /// Database URL: `sqlite://PATH?mode=rwc` or `postgres://…`; unset = SQLite in the state directory.
+    #[arg(long, env = "BERTH_DATABASE_URL")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    database_url: Option<String>,
+    /// Unix socket to serve the API on (mode 0600); unset = <run_dir>/berthd.sock.
+    #[arg(long, env = "BERTH_LISTEN_UNIX")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    listen_unix: Option<PathBuf>,
+    /// Also serve the API on this TCP address (IP:PORT); needs api_token_file.
+    #[arg(long, env = "BERTH_LISTEN_TCP")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    listen_tcp: Option<SocketAddr>,
+    /// OCI image archives to import at start (flag repeatable; variable comma-separated).
+    #[arg(long = "image-archive", env = "BERTH_IMAGE_ARCHIVES", value_delimiter = ',')]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    image_archives: Option<Vec<PathBuf>>,
+    /// Image used when a create names none.
+    #[arg(long, env = "BERTH_DEFAULT_IMAGE")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    default_image: Option<String>,
+    /// File with the API tokens clients must present, one per line; unset = no auth (Unix socket only).
+    #[arg(long, env = "BERTH_API_TOKEN_FILE")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    api_token_file: Option<PathBuf>,
+    /// Default grace period of a stop before SIGKILL, in milliseconds.
+    #[arg(long, env = "BERTH_STOP_TIMEOUT_MS")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    stop_timeout_ms: Option<u64>,
+    /// How long a start waits for the bot's agent to answer, in milliseconds.
+    #[arg(long, env = "BERTH_AGENT_READY_TIMEOUT_MS")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    agent_ready_timeout_ms: Option<u64>,
+    /// The bots' bridge interface (1-15 characters).
+    #[arg(long, env = "BERTH_BRIDGE")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    bridge: Option<String>,
+    /// The bots' IPv4 subnet (CIDR); the bridge takes its first address.
+    #[arg(long, env = "BERTH_SUBNET")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    subnet: Option<String>,
+    /// NAT the bots' outbound traffic (MASQUERADE), giving them access beyond the host.
+    #[arg(long, env = "BERTH_MASQUERADE", num_args = 0..=1, default_missing_value = "true",
+          value_parser = clap::builder::BoolishValueParser::new())]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    masquerade: Option<bool>,
+    /// Where the CNI plugins are.
+    #[arg(long, env = "BERTH_CNI_BIN_DIR")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cni_bin_dir: Option<PathBuf>,
+    /// Network setup attempts (with backoff) before a create fails.
+    #[arg(long, env = "BERTH_CNI_ATTEMPTS")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cni_attempts: Option<u32>,
+    /// Registries (HOST[:PORT]) to pull from over plain HTTP instead of HTTPS.
+    #[arg(long = "insecure-registry", env = "BERTH_INSECURE_REGISTRIES", value_delimiter = ',')]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    insecure_registries: Option<Vec<String>>,
+    /// PEM files of CA certificates to trust for registries besides the public roots.
+    #[arg(long = "registry-ca", env = "BERTH_REGISTRY_CAS", value_delimiter = ',')]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    registry_cas: Option<Vec<PathBuf>>,
+    /// How often the reconciler checks every bot, in milliseconds; 0 turns it off.
+    #[arg(long, env = "BERTH_RECONCILE_INTERVAL_MS")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reconcile_interval_ms: Option<u64>,
+    /// Largest expanded size of an imported data archive, in bytes (guards against decompression bombs).
+    #[arg(long, env = "BERTH_IMPORT_MAX_BYTES")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    import_max_bytes: Option<u64>,
+    /// HTTP address (IP:PORT) for /metrics, /healthz and /readyz; `off` turns it off; port 0 picks one.
+    #[arg(long, env = "BERTH_METRICS_LISTEN")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    metrics_listen: Option<String>,
+    /// Log format: text or json.
+    #[arg(long, env = "BERTH_LOG_FORMAT")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    log_format: Option<LogFormat>,
+}
+
+/// The effective settings (see [`Args`] for what each one means).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub containerd_socket: PathBuf,
+    pub namespace: String,
+    pub state_dir: PathBuf,
+    pub run_dir: PathBuf,
+    pub database_url: Option<String>,
+    pub listen_unix: Option<PathBuf>,
+    pub listen_tcp: Option<SocketAddr>,
+    pub image_archives: Vec<PathBuf>,
+    pub default_image: String,
+    pub api_token_file: Option<PathBuf>,
+    pub stop_timeout_ms: u64,
+    pub agent_ready_timeout_ms: u64,
+    pub bridge: String,
+    pub subnet: String,
+    pub masquerade: bool,
+    pub cni_bin_dir: PathBuf,
+    pub cni_attempts: u32,
+    pub insecure_registries: Vec<String>,
+    pub registry_cas: Vec<PathBuf>,
+    pub reconcile_interval_ms: u64,
+    pub import_max_bytes: u64,
+    pub metrics_listen: String,
+    pub log_format: LogFormat,
+}
+
+impl Default for Config {
+    fn default() -> Config {
+        Config {
+            containerd_socket: "/run/containerd/containerd.sock".into(),
+            namespace: "berth".into(),
+            state_dir: "/var/lib/berth".into(),
+            run_dir: "/run/berth".into(),
+            database_url: None,
+            listen_unix: None,
+            listen_tcp: None,
+            image_archives: Vec::new(),
+            default_image: "berth/minimal:latest".into(),
+            api_token_file: None,
+            stop_timeout_ms: 10_000,
+            agent_ready_timeout_ms: 15_000,
+            bridge: "berth0".into(),
+            subnet: "10.213.0.0/16".into(),
+            masquerade: false,
+            cni_bin_dir: "/usr/lib/cni".into(),
+            cni_attempts: 4,
+            insecure_registries: Vec::new(),
+            registry_cas: Vec::new(),
+            reconcile_interval_ms: 5_000,
+            import_max_bytes: 64 << 30,
+            metrics_listen: "127.0.0.1:9464".into(),
+            log_format: LogFormat::Text,
+        }
+    }
+}
+
+impl Config {
+    /// Defaults, then the file, then environment and flags (both already in `args`); validated.
+    pub fn load(args: &Args) -> anyhow::Result<Config> {
+        let mut table = toml::Table::try_from(Config::default()).context("cannot represent the defaults")?;
+        if let Some(path) = &args.config {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read the configuration file {}", path.display()))?;
+            let file: toml::Table = text.parse().with_context(|| format!("{} is not valid TOML", path.display()))?;
+            table.extend(file);
+            Config::deserialize(table.clone()).with_context(|| format!("invalid setting in {}", path.display()))?;
+        }
+        table.extend(toml::Table::try_from(args).context("cannot represent the flags")?);
+        let config = Config::deserialize(table).context("invalid setting in the environment or flags")?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks what types alone do not; each error names the setting.
+    fn validate(&self) -> anyhow::Result<()> {
+        if self.namespace.is_empty() {
+            anyhow::bail!("namespace: must not be empty");
+        }
+        if self.bridge.is_empty() || self.bridge.len() > 15 {
+            anyhow::bail!("bridge: {:?} must be 1-15 characters (a Linux interface name)", self.bridge);
+        }
+        check_subnet(&self.subnet).with_context(|| format!("subnet: {:?} is not an IPv4 subnet", self.subnet))?;
+        if self.cni_attempts == 0 {
+            anyhow::bail!("cni_attempts: must be at least 1");
+        }
+        if self.agent_ready_timeout_ms < 100 {
+            anyhow::bail!("agent_ready_timeout_ms: {} is too short (at least 100 ms)", self.agent_ready_timeout_ms);
+        }
+        if self.listen_tcp.is_some() && self.api_token_file.is_none() {
+            anyhow::bail!("listen_tcp needs api_token_file: TCP is never served without authentication");
+        }
+        self.metrics_addr()?;
+        Ok(())
+    }
+
+    /// The metrics address; `None` when turned off.
+    pub fn metrics_addr(&self) -> anyhow::Result<Option<SocketAddr>> {
+        match self.metrics_listen.as_str() {
+            "off" | "" => Ok(None),
+            a => Ok(Some(a.parse().with_context(|| format!("metrics_listen: {a:?} is not an IP:PORT (or `off`)"))?)),
+        }
+    }
+
+    /// The Unix socket the API is served on.
+    pub fn unix_socket(&self) -> PathBuf {
+        self.listen_unix.clone().unwrap_or_else(|| self.run_dir.join("berthd.sock"))
+    }
+
+    /// The database URL (SQLite in the state directory unless set).
+    pub fn database(&self) -> String {
+        self.database_url
+            .clone()
+            .unwrap_or_else(|| format!("sqlite://{}?mode=rwc", self.state_dir.join("berth.db").display()))
+    }
+}
+
+fn check_subnet(s: &str) -> anyhow::Result<()> {
+    let (ip, len) = s.split_once('/').context("no /prefix length")?;
+    let _: std::net::Ipv4Addr = ip.parse().context("not an IPv4 address")?;
+    let len: u8 = len.parse().context("the prefix length is not a number")?;
+    if !(8..=30).contains(&len) {
+        anyhow::bail!("the prefix length must be 8-30");
+    }
+    Ok(())
+}
+
+/// Every setting as a commented TOML file: its help text, environment variable and default.
+pub fn default_config_text() -> String {
+    let defaults = toml::Table::try_from(Config::default()).unwrap_or_default();
+    let mut out = String::from(
+        "# berthd configuration. Precedence: built-in defaults < this file < BERTH_* environment < flags.\n\
+         # Every key is also a flag (--key-with-dashes) and an environment variable (shown below).\n",
+    );
+    for arg in Args::command().get_arguments() {
+        let key = arg.get_id().as_str();
+        if matches!(key, "config" | "print_default_config" | "print_config" | "help" | "version") {
+            continue;
+        }
+        out.push('\n');
+        for line in arg.get_help().map(|h| h.to_string()).unwrap_or_default().lines() {
+            out.push_str(&format!("# {line}\n"));
+        }
+        if let Some(env) = arg.get_env() {
+            out.push_str(&format!("# Environment: {}\n", env.to_string_lossy()));
+        }
+        match defaults.get(key) {
+            Some(v) => out.push_str(&format!("{key} = {v}\n")),
+            None => out.push_str(&format!("# {key} = (unset)\n")),
+        }
+    }
+    out
+}
+
+/// Loads the configuration file at `path` alone over the defaults (for tests and `--check`).
+#[cfg(test)]
+fn load_file(path: &std::path::Path) -> anyhow::Result<Config> {
+    let args = Args::parse_from(["berthd", "--config", path.to_str().unwrap_or_default()]);
+    Config::load(&args)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_printed_defaults_document_every_setting_and_read_back_as_the_defaults() {
+        let text = default_config_text();
+        let table: toml::Table = text.parse().unwrap();
+        let back = Config::deserialize(table).unwrap();
+        assert_eq!(toml::Table::try_from(back).unwrap(), toml::Table::try_from(Config::default()).unwrap());
+        // Every field of Config appears, set or commented, with a help line above it.
+        let all = toml::Table::try_from(Config {
+            database_url: Some(String::new()),
+            listen_unix: Some(PathBuf::new()),
+            listen_tcp: Some("127.0.0.1:1".parse().unwrap()),
+            api_token_file: Some(PathBuf::new()),
+            ..Config::default()
+        })
+        .unwrap();
+        for key in all.keys() {
+            let at = text
+                .find(&format!("\n{key} = "))
+                .or_else(|| text.find(&format!("\n# {key} = (unset)")))
+                .unwrap_or_else(|| panic!("{key} is not in the printed configuration"));
+            let before = &text[..at];
+            let help = before.rsplit("\n\n").next().unwrap();
+            assert!(help.lines().count() >= 2, "{key} has no documentation:\n{help}");
+        }
+    }
+
+    #[test]
+    fn precedence_is_defaults_file_environment_flags() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("berthd.toml");
+        std::fs::write(&file, "stop_timeout_ms = 1234\nbridge = \"fromfile\"\nmasquerade = true\n").unwrap();
+        let c = load_file(&file).unwrap();
+        assert_eq!((c.stop_timeout_ms, c.bridge.as_str(), c.masquerade), (1234, "fromfile", true));
+        assert_eq!(c.namespace, "berth");
+        let args = Args::parse_from(["berthd", "--config", file.to_str().unwrap(), "--bridge", "fromflag"]);
+        let c = Config::load(&args).unwrap();
+        assert_eq!((c.stop_timeout_ms, c.bridge.as_str()), (1234, "fromflag"));
+        let args = Args::parse_from(["berthd", "--config", file.to_str().unwrap(), "--masquerade", "false"]);
+        assert!(!Config::load(&args).unwrap().masquerade);
+    }
+
+    #[test]
+    fn errors_name_the_setting() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("berthd.toml");
+        let cases = [
+            ("stop_timout_ms = 5\n", "stop_timout_ms"),
+            ("stop_timeout_ms = \"soon\"\n", "stop_timeout_ms"),
+            ("subnet = \"10.0.0.0\"\n", "subnet"),
+            ("bridge = \"a-very-long-bridge-name\"\n", "bridge"),
+            ("metrics_listen = \"anywhere\"\n", "metrics_listen"),
+            ("listen_tcp = \"127.0.0.1:7000\"\n", "listen_tcp needs api_token_file"),
+            ("log_format = \"xml\"\n", "log_format"),
+            ("not toml at all", "not valid TOML"),
+        ];
+        for (text, want) in cases {
+            std::fs::write(&file, text).unwrap();
+            let e = format!("{:#}", load_file(&file).unwrap_err());
+            assert!(e.contains(want), "{text:?}: {e}");
+        }
+    }
+}
