@@ -40,6 +40,10 @@ pub struct Args {
     #[arg(long)]
     #[serde(skip)]
     pub print_config: bool,
+    /// Bring the database to the current schema (apply pending migrations) and exit.
+    #[arg(long)]
+    #[serde(skip)]
+    pub migrate: bool,
 
     /// containerd's socket.
     #[arg(long, env = "BERTH_CONTAINERD_SOCKET")]
@@ -274,7 +278,7 @@ pub fn default_config_text() -> String {
     );
     for arg in Args::command().get_arguments() {
         let key = arg.get_id().as_str();
-        if matches!(key, "config" | "print_default_config" | "print_config" | "help" | "version") {
+        if matches!(key, "config" | "print_default_config" | "print_config" | "migrate" | "help" | "version") {
             continue;
         }
         out.push('\n');

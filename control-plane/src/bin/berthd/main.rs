@@ -66,6 +66,10 @@ async fn main() -> anyhow::Result<()> {
     // One berthd per state directory: two would fight over the same bots. Held until the process exits.
     let _lock = lock_state_dir(&args.state_dir)?;
     let store = Store::open(&args.database()).await.with_context(|| "cannot open the database")?;
+    if cli.migrate {
+        tracing::info!("the database schema is current");
+        return Ok(());
+    }
     let runtime = Containerd::connect(&args.containerd_socket, &args.namespace, &args.state_dir.join("logs"))
         .await
         .with_context(|| format!("cannot reach containerd at {}", args.containerd_socket.display()))?;
