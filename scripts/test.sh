@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The whole test suite: installs what it needs, checks formatting and lints, builds the workspace and the
-# static agent, then runs every test with nextest. This is the README's test command and what CI runs.
+# static agent, runs every test with nextest, then the README's tour against scripts/run.sh. This is the README's test command and what CI runs.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
@@ -15,3 +15,4 @@ echo "== images"
 BERTH_TEST_IMAGE="$(BERTH_AGENT_BIN="$BERTH_STATIC_AGENT" bash scripts/build-image.sh minimal)"; export BERTH_TEST_IMAGE
 BERTH_FULL_IMAGE="$(BERTH_AGENT_BIN="$BERTH_STATIC_AGENT" bash scripts/build-image.sh full)"; export BERTH_FULL_IMAGE
 echo "== tests"; cargo nextest run --locked --workspace --no-fail-fast "$@"
+echo "== README tour"; bash scripts/tour.sh
