@@ -93,7 +93,8 @@ fn generate() -> String {
             }
             out.push_str("| method | request | response | meaning |\n|---|---|---|---|\n");
             for (mi, m) in s.method.iter().enumerate() {
-                let stream = |yes: bool, t: &str| if yes { format!("stream `{}`", short(t)) } else { format!("`{}`", short(t)) };
+                let stream =
+                    |yes: bool, t: &str| if yes { format!("stream `{}`", short(t)) } else { format!("`{}`", short(t)) };
                 let c = comment(file, &[6, si as i32, 2, mi as i32]).replace('\n', " ").replace('|', "\\|");
                 out.push_str(&format!(
                     "| `{}` | {} | {} | {c} |\n",
