@@ -176,6 +176,7 @@ impl Drop for Service {
         }
         remove_cgroups(&self.namespace);
         let _ = Command::new("ip").args(["link", "del", &self.bridge]).stderr(Stdio::null()).status();
+        support::remove_firewall(&self.bridge);
         let _ = std::fs::remove_dir(Path::new("/run/containerd/runc").join(&self.namespace));
     }
 }

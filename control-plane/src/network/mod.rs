@@ -29,6 +29,9 @@ pub struct NetworkConfig {
     pub subnet: String,
     /// NAT bots' outbound traffic to the host's addresses.
     pub masquerade: bool,
+    /// Destinations (CIDRs) no bot may reach through the host (besides the host itself and other bots,
+    /// which are always refused).
+    pub egress_denied: Vec<String>,
     /// ADD attempts before giving up.
     pub attempts: u32,
     /// Wait after the first failed attempt; doubled each time.
@@ -137,6 +140,11 @@ impl Cni {
         let lo = cni::Invocation { ifname: "lo", ..inv };
         cni::run_list(&lo, "ADD", &Self::loopback(), None)?;
         repair_bridge_mac(&self.config.bridge);
+        let veth = host_veth(&result, &self.config.bridge).ok_or_else(|| NetworkError::Io {
+            op: format!("isolate the bridge port of `{bot}`"),
+            source: std::io::Error::other("the CNI result names no host-side veth"),
+        })?;
+        set_isolated(&veth)?;
         Ok(result)
     }
 
@@ -195,8 +203,15 @@ impl Network for Cni {
     }
 
     async fn ensure_rules(&self) -> Result<Vec<String>, NetworkError> {
+        let (bridge, denied) = (self.config.bridge.clone(), self.config.egress_denied.clone());
         let want = firewall::rules(&self.config.bridge, &self.config.subnet, self.config.masquerade);
-        blocking(move || firewall::ensure(&want)).await
+        blocking(move || {
+            // The chains first: the jumps into them cannot exist before they do.
+            let mut changed = firewall::ensure_chains(&bridge, &denied)?;
+            changed.extend(firewall::ensure(&want)?);
+            Ok(changed)
+        })
+        .await
     }
 
     async fn repair(&self, bot: &str, attachment: &Attachment, pid: u32) -> Result<Vec<String>, NetworkError> {
@@ -301,24 +316,39 @@ impl Cni {
             repair_bridge_mac(br);
             repaired.push(format!("gave bridge {br} a MAC (it was zero)"));
         }
-        let veth = a.result["interfaces"]
-            .as_array()
-            .and_then(|ifs| {
-                ifs.iter()
-                    .find(|i| i["sandbox"].as_str().unwrap_or("").is_empty() && i["name"].as_str() != Some(br.as_str()))
-            })
-            .and_then(|i| i["name"].as_str());
-        if let Some(veth) = veth {
+        if let Some(veth) = host_veth(&a.result, br) {
             let master = std::fs::read_link(format!("/sys/class/net/{veth}/master")).ok();
             let on_bridge = master.as_ref().and_then(|m| m.file_name()).is_some_and(|n| n == br.as_str());
-            if Path::new("/sys/class/net").join(veth).exists() && !on_bridge {
-                ip(&["link", "set", veth, "master", br])?;
-                ip(&["link", "set", veth, "up"])?;
+            if Path::new("/sys/class/net").join(&veth).exists() && !on_bridge {
+                ip(&["link", "set", &veth, "master", br])?;
+                ip(&["link", "set", &veth, "up"])?;
                 repaired.push(format!("put its veth {veth} back on bridge {br}"));
+            }
+            let flag = std::fs::read_to_string(format!("/sys/class/net/{veth}/brport/isolated")).unwrap_or_default();
+            if flag.trim() == "0" {
+                set_isolated(&veth)?;
+                repaired.push(format!("isolated its bridge port {veth} again"));
             }
         }
         Ok(repaired)
     }
+}
+
+/// The host side of a bot's veth pair, from its CNI result.
+fn host_veth(result: &Value, bridge: &str) -> Option<String> {
+    result["interfaces"]
+        .as_array()?
+        .iter()
+        .find(|i| i["sandbox"].as_str().unwrap_or("").is_empty() && i["name"].as_str() != Some(bridge))
+        .and_then(|i| i["name"].as_str())
+        .map(String::from)
+}
+
+/// Makes a bridge port isolated: it exchanges frames with the bridge (the host) only, never with another
+/// isolated port, so bots cannot reach each other on the wire (ARP included).
+fn set_isolated(veth: &str) -> Result<(), NetworkError> {
+    let path = format!("/sys/class/net/{veth}/brport/isolated");
+    std::fs::write(&path, "1").map_err(|source| NetworkError::Io { op: format!("isolate bridge port {veth}"), source })
 }
 
 /// Runs blocking network work (plugins, `ip`, iptables) off the async threads.

@@ -146,16 +146,7 @@ impl Drop for TestBerthd {
             }
         }
         let _ = Command::new("ip").args(["link", "del", &self.bridge]).stderr(Stdio::null()).status();
-        // Firewall rules berthd installed for this network (they outlive berthd on purpose).
-        let tag = format!("berth:{}", self.bridge);
-        for table in ["nat", "filter"] {
-            let Ok(o) = Command::new("iptables").args(["-t", table, "-S"]).output() else { continue };
-            for rule in String::from_utf8_lossy(&o.stdout).lines().filter(|l| l.contains(&tag)) {
-                let args: Vec<String> =
-                    rule.replacen("-A", "-D", 1).replace('"', "").split(' ').map(String::from).collect();
-                let _ = Command::new("iptables").args(["-t", table]).args(&args).status();
-            }
-        }
+        super::remove_firewall(&self.bridge);
     }
 }
 

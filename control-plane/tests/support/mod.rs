@@ -16,3 +16,21 @@ pub fn stop_child(child: &mut std::process::Child, signal: i32) {
     let _ = child.kill();
     let _ = child.wait();
 }
+
+/// Removes the firewall rules and chains a berthd installed for `bridge` (they outlive berthd on purpose).
+pub fn remove_firewall(bridge: &str) {
+    use std::process::{Command, Stdio};
+    let tag = format!("berth:{bridge}");
+    for table in ["nat", "filter"] {
+        let Ok(o) = Command::new("iptables").args(["-t", table, "-S"]).output() else { continue };
+        for rule in String::from_utf8_lossy(&o.stdout).lines().filter(|l| l.contains(&tag)) {
+            let args: Vec<String> =
+                rule.replacen("-A", "-D", 1).replace('"', "").split(' ').map(String::from).collect();
+            let _ = Command::new("iptables").args(["-t", table]).args(&args).status();
+        }
+    }
+    for chain in [format!("BERTH-IN-{bridge}"), format!("BERTH-FWD-{bridge}")] {
+        let _ = Command::new("iptables").args(["-F", &chain]).stderr(Stdio::null()).status();
+        let _ = Command::new("iptables").args(["-X", &chain]).stderr(Stdio::null()).status();
+    }
+}

@@ -106,6 +106,11 @@ pub struct Args {
           value_parser = clap::builder::BoolishValueParser::new())]
     #[serde(skip_serializing_if = "Option::is_none")]
     masquerade: Option<bool>,
+    /// Destinations (IPv4 CIDRs) no bot may reach, on top of the host itself and other bots (always
+    /// refused). The default blocks link-local addresses, where cloud metadata services answer.
+    #[arg(long = "egress-deny", env = "BERTH_EGRESS_DENY", value_delimiter = ',')]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    egress_deny: Option<Vec<String>>,
     /// Where the CNI plugins are.
     #[arg(long, env = "BERTH_CNI_BIN_DIR")]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -159,6 +164,7 @@ pub struct Config {
     pub bridge: String,
     pub subnet: String,
     pub masquerade: bool,
+    pub egress_deny: Vec<String>,
     pub cni_bin_dir: PathBuf,
     pub cni_attempts: u32,
     pub insecure_registries: Vec<String>,
@@ -187,6 +193,7 @@ impl Default for Config {
             bridge: "berth0".into(),
             subnet: "10.213.0.0/16".into(),
             masquerade: false,
+            egress_deny: vec!["169.254.0.0/16".into()],
             cni_bin_dir: "/usr/lib/cni".into(),
             cni_attempts: 4,
             insecure_registries: Vec::new(),
@@ -225,6 +232,9 @@ impl Config {
             anyhow::bail!("bridge: {:?} must be 1-15 characters (a Linux interface name)", self.bridge);
         }
         check_subnet(&self.subnet).with_context(|| format!("subnet: {:?} is not an IPv4 subnet", self.subnet))?;
+        for cidr in &self.egress_deny {
+            check_cidr(cidr).with_context(|| format!("egress_deny: {cidr:?} is not an IPv4 CIDR"))?;
+        }
         if self.cni_attempts == 0 {
             anyhow::bail!("cni_attempts: must be at least 1");
         }
@@ -257,6 +267,16 @@ impl Config {
             .clone()
             .unwrap_or_else(|| format!("sqlite://{}?mode=rwc", self.state_dir.join("berth.db").display()))
     }
+}
+
+fn check_cidr(s: &str) -> anyhow::Result<()> {
+    let (ip, len) = s.split_once('/').context("no /prefix length")?;
+    let _: std::net::Ipv4Addr = ip.parse().context("not an IPv4 address")?;
+    let len: u8 = len.parse().context("the prefix length is not a number")?;
+    if len > 32 {
+        anyhow::bail!("the prefix length must be 0-32");
+    }
+    Ok(())
 }
 
 fn check_subnet(s: &str) -> anyhow::Result<()> {
@@ -361,6 +381,7 @@ mod tests {
             ("metrics_listen = \"anywhere\"\n", "metrics_listen"),
             ("listen_tcp = \"127.0.0.1:7000\"\n", "listen_tcp needs api_token_file"),
             ("log_format = \"xml\"\n", "log_format"),
+            ("egress_deny = [\"10.0.0.0/33\"]\n", "egress_deny"),
             ("not toml at all", "not valid TOML"),
         ];
         for (text, want) in cases {

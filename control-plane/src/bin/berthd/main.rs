@@ -90,6 +90,7 @@ async fn main() -> anyhow::Result<()> {
         bridge: args.bridge.clone(),
         subnet: args.subnet.clone(),
         masquerade: args.masquerade,
+        egress_denied: args.egress_deny.clone(),
         attempts: args.cni_attempts,
         backoff: Duration::from_millis(200),
     });

@@ -1,0 +1,253 @@
+//! The attack suite: run from inside a real bot, each attempt must be refused and change nothing; each
+//! writes a row of the security table to `target/tmp/security/` (see docs/SECURITY.md). Every refusal is
+//! paired with a control showing the target is really there (a listener the host can reach, an outside
+//! address the bot can reach), so "refused" never just means "the network is broken".
+
+#![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
+
+#[path = "../../agent/tests/common/mod.rs"]
+mod common;
+#[path = "support/mod.rs"]
+mod support;
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::{argv, run};
+use support::berthd::TestBerthd;
+
+/// Appends a row to the security table.
+fn record(attempt: &str, result: &str) {
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("security");
+    std::fs::create_dir_all(&dir).unwrap();
+    let slug: String = attempt.chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '-' }).collect();
+    std::fs::write(dir.join(format!("{slug}.md")), format!("| {attempt} | {result} |\n")).unwrap();
+}
+
+/// Runs a shell script in the bot; returns (exit code, stdout + stderr).
+async fn attempt(b: &TestBerthd, bot: &str, script: &str) -> (i32, String) {
+    let r = run(&mut b.agent(bot).await, argv(&["sh", "-c", script])).await.unwrap();
+    let text = format!("{}{}", r.stdout_str(), String::from_utf8_lossy(&r.stderr));
+    match r.code() {
+        Some(code) => (code, text),
+        None => (-1, format!("{text}[ended without an exit code: {:?}]", r.exited)),
+    }
+}
+
+fn sh(cmd: &str) -> String {
+    let o = Command::new("sh").args(["-c", cmd]).output().unwrap();
+    assert!(o.status.success(), "{cmd}: {}", String::from_utf8_lossy(&o.stderr));
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// A network namespace on the host standing for "the outside": reachable from the host through a veth,
+/// with an HTTP server on port 9000.
+struct Outside {
+    ns: String,
+    veth: String,
+    addr: String,
+    server: std::process::Child,
+}
+
+impl Outside {
+    fn start() -> Outside {
+        let id = &uuid::Uuid::new_v4().simple().to_string()[..6];
+        let (ns, veth, peer) = (format!("out{id}"), format!("vo{id}"), format!("vi{id}"));
+        let n = u8::from_str_radix(&id[..2], 16).unwrap();
+        let (host, addr) = (format!("198.18.{n}.1"), format!("198.18.{n}.2"));
+        sh(&format!(
+            "ip netns add {ns} && ip link add {veth} type veth peer name {peer} && ip link set {peer} netns {ns} \
+             && ip addr add {host}/30 dev {veth} && ip link set {veth} up \
+             && ip netns exec {ns} ip addr add {addr}/30 dev {peer} && ip netns exec {ns} ip link set {peer} up \
+             && ip netns exec {ns} ip link set lo up && ip netns exec {ns} ip route add default via {host}"
+        ));
+        let dir = tempfile::tempdir().unwrap().keep();
+        std::fs::write(dir.join("index.html"), "outside\n").unwrap();
+        let server = Command::new("ip")
+            .args(["netns", "exec", &ns, "busybox", "httpd", "-f", "-p", &format!("{addr}:9000"), "-h"])
+            .arg(&dir)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        // Built first, so a failure below still removes what was made.
+        let outside = Outside { ns, veth, addr, server };
+        let t = Instant::now();
+        while Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &outside.ns,
+                "busybox",
+                "wget",
+                "-q",
+                "-O",
+                "/dev/null",
+                &format!("http://{}:9000/", outside.addr),
+            ])
+            .status()
+            .map(|s| !s.success())
+            .unwrap_or(true)
+        {
+            assert!(t.elapsed() < Duration::from_secs(30), "the outside HTTP server did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        outside
+    }
+}
+
+impl Drop for Outside {
+    fn drop(&mut self) {
+        let _ = self.server.kill();
+        let _ = self.server.wait();
+        let _ = Command::new("ip").args(["link", "del", &self.veth]).status();
+        let _ = Command::new("ip").args(["netns", "del", &self.ns]).status();
+    }
+}
+
+/// A TCP service on every host address (as berthd's TCP port, a database or any daemon would be).
+fn host_service() -> (u16, std::thread::JoinHandle<()>) {
+    let l = std::net::TcpListener::bind("0.0.0.0:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    let h = std::thread::spawn(move || {
+        for s in l.incoming().flatten() {
+            use std::io::Write;
+            let mut s = s;
+            let _ = s.write_all(b"host-secret\n");
+        }
+    });
+    (port, h)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bots_cannot_reach_each_other_the_host_or_metadata_but_can_reach_the_outside() {
+    let b = TestBerthd::start_with(None, &["--masquerade", "--reconcile-interval-ms", "300"]);
+    let outside = Outside::start();
+    b.cli(&["bot", "create", "attacker"]);
+    b.cli(&["bot", "create", "victim"]);
+    let bot =
+        |name: &str| -> serde_json::Value { serde_json::from_str(&b.cli(&["bot", "get", name, "--json"])).unwrap() };
+    let victim_ip = bot("victim")["ip"].as_str().unwrap().to_string();
+    let gateway = format!("{}.1", &b.subnet[..b.subnet.rfind('.').unwrap()]);
+
+    // The victim serves on port 8080; the host reaches it (the control).
+    let mut serving = b.agent("victim").await;
+    let mut listen = argv(&["sh", "-c", "while true; do echo victim-secret | nc -l -p 8080; done"]);
+    listen.timeout_ms = 60_000;
+    let server = tokio::spawn(async move { run(&mut serving, listen).await });
+    let t = Instant::now();
+    loop {
+        let o = Command::new("busybox").args(["nc", "-w", "2", &victim_ip, "8080"]).output().unwrap();
+        if String::from_utf8_lossy(&o.stdout).contains("victim-secret") {
+            break;
+        }
+        assert!(t.elapsed() < Duration::from_secs(10), "the victim's listener is not reachable from the host");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // 1. Another bot's service.
+    let (rc, out) = attempt(&b, "attacker", &format!("nc -w 3 {victim_ip} 8080")).await;
+    assert!(!out.contains("victim-secret"), "a bot reached another bot's port: {out}");
+    assert!(rc > 0, "nc did not run to an exit: {out}");
+    record(
+        "connect to another bot's IP and port (`nc VICTIM_IP 8080`)",
+        &format!("refused (exit {rc}); the host reaches the same port"),
+    );
+    // 2. Another bot's closed port: not even a reset comes back (no frame reaches it: isolated ports).
+    let (rc, out) = attempt(&b, "attacker", &format!("nc -w 2 {victim_ip} 1")).await;
+    assert!(!out.contains("refused") && rc > 0, "another bot answered: {out}");
+    record(
+        "reach another bot at all (a closed port, which would answer with a reset)",
+        &format!("no answer (exit {rc}): isolated bridge ports, ARP included"),
+    );
+
+    // 3. A service on the host, through the gateway and through the host's other addresses.
+    let (port, _svc) = host_service();
+    let host_ips: Vec<String> = sh("ip -4 -o addr show | awk '{print $4}' | cut -d/ -f1")
+        .lines()
+        .filter(|a| !a.starts_with("127.") && !a.starts_with("198.18."))
+        .map(String::from)
+        .collect();
+    for ip in &host_ips {
+        let (rc, out) = attempt(&b, "attacker", &format!("nc -w 3 {ip} {port}")).await;
+        assert!(!out.contains("host-secret"), "a bot reached a host service at {ip}:{port}: {out}");
+        assert!(rc > 0 && out.contains("refused"), "{ip}:{port}: {out}");
+    }
+    let o = Command::new("busybox").args(["nc", "-w", "2", &gateway, &port.to_string()]).output().unwrap();
+    assert!(String::from_utf8_lossy(&o.stdout).contains("host-secret"), "control: the host service is not up");
+    record(
+        "connect to a service on the host (bound to 0.0.0.0: berthd's TCP port, a database) via the gateway and every host address",
+        "refused at once (TCP reset); the host itself reaches it",
+    );
+    // 4. Cloud metadata.
+    // (HTTP by hand with nc: the static busybox's wget needs NSS, which a minimal image lacks.)
+    let http = |addr: &str| format!("printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 5 {addr}");
+    let (rc, out) = attempt(&b, "attacker", &http("169.254.169.254 80")).await;
+    assert!(rc > 0 && out.contains("refused"), "{out}");
+    record(
+        "fetch cloud metadata (169.254.169.254)",
+        &format!("refused (exit {rc}): link-local is in `egress_deny` by default"),
+    );
+    // 5. The outside is reachable (so the refusals above are policy, not a broken network).
+    let (rc, out) = attempt(&b, "attacker", &http(&format!("{} 9000", outside.addr))).await;
+    assert!(
+        rc == 0 && out.contains("200 OK") && out.trim_end().ends_with("outside"),
+        "egress to the outside is broken: {out}\n{}\n{}",
+        sh("iptables -S"),
+        sh("iptables -t nat -S")
+    );
+    // 6. berthd's own socket is not in the bot.
+    let (_, out) = attempt(&b, "attacker", "ls -A /run/berth; ls -A /run").await;
+    assert!(!out.contains("berthd.sock"), "{out}");
+    let (rc, _) = attempt(&b, "attacker", &format!("test -e {}", b.socket.display())).await;
+    assert_ne!(rc, 0);
+    record("reach berthd's Unix socket", "absent: only the bot's own agent socket and token are mounted");
+
+    // 7. Deleting the rules by hand: the reconciler puts them back.
+    sh(&format!("iptables -F BERTH-IN-{}", b.bridge));
+    let t = Instant::now();
+    loop {
+        let (_, out) = attempt(&b, "attacker", &format!("nc -w 2 {gateway} {port}")).await;
+        if !out.contains("host-secret") {
+            break;
+        }
+        assert!(t.elapsed() < Duration::from_secs(10), "the isolation rules were not restored:\n{}", b.log());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    record("the isolation rules flushed by hand", "restored by the reconciler within one interval");
+    server.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn privileged_operations_fail_inside_a_bot() {
+    let b = TestBerthd::start(None);
+    b.cli(&["bot", "create", "probe"]);
+    let gateway = format!("{}.1", &b.subnet[..b.subnet.rfind('.').unwrap()]);
+    let cases: &[(&str, &str)] = &[
+        ("mount a file system (`mount -t tmpfs`)", "mkdir -p /tmp/m && mount -t tmpfs none /tmp/m"),
+        ("a raw socket (`arping`, needs CAP_NET_RAW)", &format!("arping -c 1 -w 2 {gateway}")),
+        ("a raw ICMP socket (busybox `ping`)", &format!("ping -c 1 -W 2 {gateway}")),
+        (
+            "read the host's disk through a device node (`mknod` and read it)",
+            "mknod /tmp/sda b 8 0 && head -c 1 /tmp/sda",
+        ),
+        (
+            "change the hostname of the host (`hostname x` only changes the bot's UTS namespace; write /proc/sys)",
+            "echo evil > /proc/sys/kernel/hostname",
+        ),
+        ("read the host's kernel log (`dmesg`)", "dmesg"),
+        ("create a user namespace (`unshare -U`, the way into most kernel exploits)", "unshare -U true"),
+        ("create a user namespace with `unshare -r` (map root)", "unshare -r true"),
+    ];
+    for (what, script) in cases {
+        let (rc, out) = attempt(&b, "probe", script).await;
+        assert!(rc > 0, "{what} succeeded (or crashed): {out}");
+        record(what, &format!("refused (exit {rc}): {}", out.lines().last().unwrap_or("").trim()));
+    }
+    // The seccomp filter is on for everything in the bot.
+    let (_, out) = attempt(&b, "probe", "grep Seccomp: /proc/self/status").await;
+    assert!(out.contains("Seccomp:\t2"), "{out}");
+    // The network itself works: the host answers (with a reset: nothing on the host is open to bots).
+    let (_, out) = attempt(&b, "probe", &format!("nc -w 2 {gateway} 1")).await;
+    assert!(out.contains("refused"), "{out}");
+}
