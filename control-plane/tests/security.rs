@@ -251,3 +251,58 @@ async fn privileged_operations_fail_inside_a_bot() {
     let (_, out) = attempt(&b, "probe", &format!("nc -w 2 {gateway} 1")).await;
     assert!(out.contains("refused"), "{out}");
 }
+
+#[test]
+fn a_token_scoped_to_one_bot_cannot_touch_another() {
+    let dir = tempfile::tempdir().unwrap();
+    let tokens = dir.path().join("tokens");
+    let (admin, alice) = ("admin-token-0123456789abcdef", "alice-token-0123456789abcdef");
+    std::fs::write(&tokens, format!("# operators\n{admin}\n{alice} bots=alice\n")).unwrap();
+    let b = TestBerthd::start_with(None, &["--api-token-file", tokens.to_str().unwrap()]);
+    let berth = |token: &str, args: &[&str]| -> (i32, String, String) {
+        let o = b.berth(args).env("BERTH_TOKEN", token).output().unwrap();
+        let text = |v: &[u8]| String::from_utf8_lossy(v).into_owned();
+        (o.status.code().unwrap_or(-1), text(&o.stdout), text(&o.stderr))
+    };
+    for bot in ["alice", "bob"] {
+        assert_eq!(berth(admin, &["bot", "create", bot]).0, 0);
+    }
+    assert_eq!(berth(admin, &["exec", "bob", "--", "sh", "-c", "echo bob-secret > /data/secret"]).0, 0);
+    // Alice's token works on alice.
+    let (rc, out, err) = berth(alice, &["exec", "alice", "--", "echo", "mine"]);
+    assert_eq!((rc, out.as_str()), (0, "mine\n"), "{err}");
+    // Everything that names bob is refused, through every service.
+    let copy = dir.path().join("stolen");
+    let attempts: Vec<(&str, Vec<&str>)> = vec![
+        ("exec in it (agent protocol through berthd)", vec!["exec", "bob", "--", "cat", "/data/secret"]),
+        ("read a file (`berth cp`)", vec!["cp", "bob:/data/secret", copy.to_str().unwrap()]),
+        ("list its files", vec!["fs", "ls", "bob:/data"]),
+        ("read its record", vec!["bot", "get", "bob"]),
+        ("stop it", vec!["bot", "stop", "bob"]),
+        ("delete it", vec!["bot", "rm", "bob"]),
+        ("snapshot it", vec!["snapshot", "create", "bob", "--name", "x"]),
+        ("export its data", vec!["data", "export", "bob", "-o", copy.to_str().unwrap()]),
+        ("list its operations", vec!["ops", "ls", "bob"]),
+        ("pull an image (host-wide)", vec!["image", "pull", "127.0.0.1:1/x:y"]),
+    ];
+    for (what, args) in &attempts {
+        let (rc, out, err) = berth(alice, args);
+        assert_ne!(rc, 0, "{what} with alice's token succeeded: {out}");
+        assert!(err.contains("may not"), "{what}: {err}");
+        assert!(!out.contains("bob-secret") && !copy.exists(), "{what} leaked bob's data");
+    }
+    // Listing shows alice's bots only; bob is untouched.
+    let (_, list, _) = berth(alice, &["bot", "ls"]);
+    assert!(list.contains("alice") && !list.contains("bob"), "{list}");
+    let (rc, out, _) = berth(admin, &["exec", "bob", "--", "cat", "/data/secret"]);
+    assert_eq!((rc, out.as_str()), (0, "bob-secret\n"));
+    record(
+        "read or change another bot through any API with a token scoped to this bot (exec, cp, ls, get, stop, delete, snapshot, export, operations)",
+        "PERMISSION_DENIED naming the bot; listings show only the token's bots; the other bot unchanged",
+    );
+    // A token file with a bad line is refused at start, naming the line and not the token.
+    std::fs::write(&tokens, format!("{admin}\n{alice} robots=x\n")).unwrap();
+    let o = b.second_instance().output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && err.contains("line 2") && !err.contains(alice), "{err}");
+}

@@ -9,7 +9,7 @@ use pb::bot_service_server::BotService;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
-use super::convert;
+use super::{Scope, convert};
 use crate::bots::{BotManager, CreateBot};
 use crate::network::Network;
 use crate::runtime::ContainerRuntime;
@@ -29,6 +29,7 @@ type Res<T> = Result<Response<T>, Status>;
 #[tonic::async_trait]
 impl<R: ContainerRuntime, N: Network> BotService for Bots<R, N> {
     async fn create_bot(&self, r: Request<pb::CreateBotRequest>) -> Res<pb::CreateBotResponse> {
+        Scope::of(&r).allow(&r.get_ref().name)?;
         let r = r.into_inner();
         let req = CreateBot {
             name: r.name,
@@ -44,29 +45,35 @@ impl<R: ContainerRuntime, N: Network> BotService for Bots<R, N> {
     }
 
     async fn get_bot(&self, r: Request<pb::GetBotRequest>) -> Res<pb::GetBotResponse> {
+        Scope::of(&r).allow(&r.get_ref().name)?;
         let (b, pid) = self.m.get(&r.get_ref().name).await?;
         Ok(Response::new(pb::GetBotResponse { bot: Some(convert::bot(b, pid)) }))
     }
 
     async fn list_bots(&self, r: Request<pb::ListBotsRequest>) -> Res<pb::ListBotsResponse> {
+        let scope = Scope::of(&r);
         let r = r.into_inner();
         let (bots, next) = self.m.list(&r.label_selector.into_iter().collect(), r.page_size, &r.page_token).await?;
-        let bots = bots.into_iter().map(|b| convert::bot(b, None)).collect();
+        // A scoped token sees its own bots only (a page may then hold fewer than asked).
+        let bots = bots.into_iter().filter(|b| scope.sees(&b.name)).map(|b| convert::bot(b, None)).collect();
         Ok(Response::new(pb::ListBotsResponse { bots, next_page_token: next }))
     }
 
     async fn start_bot(&self, r: Request<pb::StartBotRequest>) -> Res<pb::StartBotResponse> {
+        Scope::of(&r).allow(&r.get_ref().name)?;
         let b = self.m.start(&r.get_ref().name).await?;
         Ok(Response::new(pb::StartBotResponse { bot: Some(convert::bot(b, None)) }))
     }
 
     async fn stop_bot(&self, r: Request<pb::StopBotRequest>) -> Res<pb::StopBotResponse> {
+        Scope::of(&r).allow(&r.get_ref().name)?;
         let timeout = (r.get_ref().timeout_ms > 0).then(|| Duration::from_millis(r.get_ref().timeout_ms));
         let b = self.m.stop(&r.get_ref().name, timeout).await?;
         Ok(Response::new(pb::StopBotResponse { bot: Some(convert::bot(b, None)) }))
     }
 
     async fn delete_bot(&self, r: Request<pb::DeleteBotRequest>) -> Res<pb::DeleteBotResponse> {
+        Scope::of(&r).allow(&r.get_ref().name)?;
         self.m.delete(&r.get_ref().name, r.get_ref().keep_data).await?;
         Ok(Response::new(pb::DeleteBotResponse {}))
     }
@@ -74,12 +81,16 @@ impl<R: ContainerRuntime, N: Network> BotService for Bots<R, N> {
     type WatchEventsStream = Pin<Box<dyn Stream<Item = Result<pb::BotEvent, Status>> + Send>>;
 
     async fn watch_events(&self, r: Request<pb::WatchEventsRequest>) -> Res<Self::WatchEventsStream> {
+        let scope = Scope::of(&r);
         let only = r.into_inner().name;
+        if !only.is_empty() {
+            scope.allow(&only)?;
+        }
         let mut rx = self.m.subscribe();
         let stream = async_stream(move |tx| async move {
             loop {
                 match rx.recv().await {
-                    Ok(e) if only.is_empty() || e.name == only => {
+                    Ok(e) if (only.is_empty() || e.name == only) && scope.sees(&e.name) => {
                         if tx.send(Ok(convert::event(e))).await.is_err() {
                             return;
                         }

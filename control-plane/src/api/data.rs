@@ -11,7 +11,7 @@ use tokio::sync::mpsc;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status, Streaming};
 
-use super::convert;
+use super::{Scope, convert};
 use crate::archive::Compression;
 use crate::archive::pipe::{ChannelReader, ChannelWriter};
 use crate::bots::BotManager;
@@ -33,22 +33,26 @@ type Res<T> = Result<Response<T>, Status>;
 #[tonic::async_trait]
 impl<R: ContainerRuntime, N: Network> DataService for Data<R, N> {
     async fn create_snapshot(&self, r: Request<pb::CreateSnapshotRequest>) -> Res<pb::CreateSnapshotResponse> {
+        Scope::of(&r).allow(&r.get_ref().bot)?;
         let r = r.into_inner();
         let (s, op) = self.m.create_snapshot(&r.bot, Some(r.name)).await?;
         Ok(Response::new(pb::CreateSnapshotResponse { snapshot: Some(convert::snapshot(s)), operation_id: op }))
     }
 
     async fn list_snapshots(&self, r: Request<pb::ListSnapshotsRequest>) -> Res<pb::ListSnapshotsResponse> {
+        Scope::of(&r).allow(&r.get_ref().bot)?;
         let snaps = self.m.list_snapshots(&r.get_ref().bot).await?;
         Ok(Response::new(pb::ListSnapshotsResponse { snapshots: snaps.into_iter().map(convert::snapshot).collect() }))
     }
 
     async fn delete_snapshot(&self, r: Request<pb::DeleteSnapshotRequest>) -> Res<pb::DeleteSnapshotResponse> {
+        Scope::of(&r).allow(&r.get_ref().bot)?;
         self.m.delete_snapshot(&r.get_ref().bot, &r.get_ref().name).await?;
         Ok(Response::new(pb::DeleteSnapshotResponse {}))
     }
 
     async fn rollback(&self, r: Request<pb::RollbackRequest>) -> Res<pb::RollbackResponse> {
+        Scope::of(&r).allow(&r.get_ref().bot)?;
         let (b, op) = self.m.rollback(&r.get_ref().bot, &r.get_ref().snapshot).await?;
         Ok(Response::new(pb::RollbackResponse { bot: Some(convert::bot(b, None)), operation_id: op }))
     }
@@ -56,6 +60,7 @@ impl<R: ContainerRuntime, N: Network> DataService for Data<R, N> {
     type ExportDataStream = Pin<Box<dyn Stream<Item = Result<pb::ExportDataChunk, Status>> + Send>>;
 
     async fn export_data(&self, r: Request<pb::ExportDataRequest>) -> Res<Self::ExportDataStream> {
+        Scope::of(&r).allow(&r.get_ref().bot)?;
         let r = r.into_inner();
         let compression = match pb::Compression::try_from(r.compression) {
             Ok(pb::Compression::Zstd) => Compression::Zstd,
@@ -103,6 +108,7 @@ impl<R: ContainerRuntime, N: Network> DataService for Data<R, N> {
     }
 
     async fn import_data(&self, r: Request<Streaming<pb::ImportDataChunk>>) -> Res<pb::ImportDataResponse> {
+        let scope = Scope::of(&r);
         let mut stream = r.into_inner();
         let first = stream
             .message()
@@ -111,6 +117,7 @@ impl<R: ContainerRuntime, N: Network> DataService for Data<R, N> {
         if first.bot.is_empty() {
             return Err(Status::invalid_argument("the first import message must name the bot"));
         }
+        scope.allow(&first.bot)?;
         let (tx, rx) = mpsc::channel::<Result<Bytes, String>>(8);
         if !first.data.is_empty() {
             let _ = tx.send(Ok(Bytes::from(first.data))).await;
@@ -142,11 +149,18 @@ impl<R: ContainerRuntime, N: Network> DataService for Data<R, N> {
     }
 
     async fn list_operations(&self, r: Request<pb::ListOperationsRequest>) -> Res<pb::ListOperationsResponse> {
+        let scope = Scope::of(&r);
+        if !r.get_ref().bot.is_empty() {
+            scope.allow(&r.get_ref().bot)?;
+        }
         let ops = self.m.operations(&r.get_ref().bot, r.get_ref().limit).await?;
-        Ok(Response::new(pb::ListOperationsResponse { operations: ops.into_iter().map(convert::operation).collect() }))
+        let operations = ops.into_iter().filter(|o| scope.sees(&o.bot)).map(convert::operation).collect();
+        Ok(Response::new(pb::ListOperationsResponse { operations }))
     }
 
     async fn get_operation(&self, r: Request<pb::GetOperationRequest>) -> Res<pb::Operation> {
-        Ok(Response::new(convert::operation(self.m.operation(&r.get_ref().id).await?)))
+        let op = self.m.operation(&r.get_ref().id).await?;
+        Scope::of(&r).allow(&op.bot)?;
+        Ok(Response::new(convert::operation(op)))
     }
 }

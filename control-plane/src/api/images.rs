@@ -35,6 +35,7 @@ impl<R: ContainerRuntime, N: Network> ImageService for Images<R, N> {
     }
 
     async fn pull_image(&self, r: Request<pb::PullImageRequest>) -> Result<Response<pb::PullImageResponse>, Status> {
+        super::Scope::of(&r).admin("pull images")?;
         let r = r.into_inner();
         let creds = (!r.username.is_empty()).then_some(Credentials { username: r.username, password: r.password });
         let i = self.m.pull_image(&r.reference, creds).await?;
@@ -45,6 +46,7 @@ impl<R: ContainerRuntime, N: Network> ImageService for Images<R, N> {
         &self,
         r: Request<pb::ImportImageRequest>,
     ) -> Result<Response<pb::ImportImageResponse>, Status> {
+        super::Scope::of(&r).admin("import images")?;
         let i = self.m.import_image(std::path::Path::new(&r.get_ref().archive_path)).await?;
         Ok(Response::new(pb::ImportImageResponse { image: Some(image(i)) }))
     }

@@ -9,6 +9,7 @@ pub mod health;
 pub mod http;
 mod images;
 mod proxy;
+pub mod scope;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -26,6 +27,7 @@ use crate::bots::BotManager;
 use crate::error::Error;
 use crate::network::Network;
 use crate::runtime::ContainerRuntime;
+pub use scope::Scope;
 
 /// Largest message accepted or sent (matches the agent's).
 pub const MAX_MESSAGE_BYTES: usize = 64 << 20;
@@ -50,9 +52,10 @@ impl From<Error> for Status {
     }
 }
 
-/// Accepted API tokens; empty = no authentication (only for a private Unix socket).
+/// Accepted API tokens, each with its [`Scope`]; none = no authentication (only for a private Unix
+/// socket).
 #[derive(Clone, Default)]
-pub struct ApiTokens(Arc<Vec<Vec<u8>>>);
+pub struct ApiTokens(Arc<Vec<(Vec<u8>, Scope)>>);
 
 impl std::fmt::Debug for ApiTokens {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -61,13 +64,30 @@ impl std::fmt::Debug for ApiTokens {
 }
 
 impl ApiTokens {
-    pub fn new(tokens: Vec<String>) -> ApiTokens {
-        ApiTokens(Arc::new(
-            tokens.into_iter().map(|t| t.trim().as_bytes().to_vec()).filter(|t| !t.is_empty()).collect(),
-        ))
+    /// Parses a token file: one token per line, optionally followed by `bots=NAME,…` (see [`scope`]);
+    /// blank lines and `#` comments are skipped. Errors name the line, never the token.
+    pub fn parse(text: &str) -> Result<ApiTokens, String> {
+        let mut tokens = Vec::new();
+        for (i, line) in text.lines().enumerate() {
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let (token, rest) = line.split_once(char::is_whitespace).unwrap_or((line, ""));
+            if token.len() < 16 {
+                return Err(format!("line {}: the token is shorter than 16 characters", i + 1));
+            }
+            let scope = Scope::parse(rest).map_err(|e| format!("line {}: {e}", i + 1))?;
+            tokens.push((token.as_bytes().to_vec(), scope));
+        }
+        Ok(ApiTokens(Arc::new(tokens)))
     }
 
-    fn check(&self, req: Request<()>) -> Result<Request<()>, Status> {
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    fn check(&self, mut req: Request<()>) -> Result<Request<()>, Status> {
         if self.0.is_empty() {
             return Ok(req);
         }
@@ -76,9 +96,16 @@ impl ApiTokens {
             .get("authorization")
             .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "))
             .ok_or_else(|| Status::unauthenticated("missing `authorization: Bearer <api token>`"))?;
-        // Compare against every token so the time taken does not say which one matched.
-        let ok = self.0.iter().fold(0u8, |acc, t| acc | presented.ct_eq(t).unwrap_u8());
-        if ok == 1 { Ok(req) } else { Err(Status::unauthenticated("invalid API token")) }
+        // Compare against every token (no early exit), so the time taken says nothing about the tokens.
+        let mut matched = None;
+        for (token, scope) in self.0.iter() {
+            if bool::from(presented.ct_eq(token)) && matched.is_none() {
+                matched = Some(scope.clone());
+            }
+        }
+        let scope = matched.ok_or_else(|| Status::unauthenticated("invalid API token"))?;
+        req.extensions_mut().insert(scope);
+        Ok(req)
     }
 }
 

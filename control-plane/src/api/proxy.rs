@@ -33,6 +33,7 @@ impl<R: ContainerRuntime, N: Network> Proxy<R, N> {
             r.metadata().get(BOT_HEADER).and_then(|v| v.to_str().ok()).ok_or_else(|| {
                 Status::invalid_argument(format!("name the bot in the `{BOT_HEADER}` request metadata"))
             })?;
+        super::Scope::of(r).allow(bot)?;
         Ok(self.m.agent(bot).await?)
     }
 }

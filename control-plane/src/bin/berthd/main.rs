@@ -44,7 +44,10 @@ async fn main() -> anyhow::Result<()> {
         }
         None => String::new(),
     };
-    let tokens = ApiTokens::new(tokens.lines().map(String::from).collect());
+    let tokens = ApiTokens::parse(&tokens).map_err(|e| anyhow::anyhow!("api_token_file: {e}"))?;
+    if args.api_token_file.is_some() && tokens.is_empty() {
+        anyhow::bail!("api_token_file: the file holds no token");
+    }
     let metrics_addr = args.metrics_addr()?;
     // Checked before anything else starts, so a bad file is reported at once and by its flag.
     let registry_cas: Vec<Vec<u8>> = args
