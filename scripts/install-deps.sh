@@ -18,6 +18,7 @@ if [ "${#missing[@]}" -gt 0 ]; then
 fi
 
 command -v cargo-nextest >/dev/null 2>&1 || cargo install --locked cargo-nextest
+command -v cargo-fuzz >/dev/null 2>&1 || cargo install --locked cargo-fuzz
 
 # MCP acceptance tooling, pinned (the probe relies on the mcp 2.x Client API).
 if ! "$deps/venv/bin/python" -c 'import mcp' >/dev/null 2>&1; then

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite: installs what it needs, checks formatting and lints, builds the workspace and the
-# static agent, runs every test with nextest, then the README's tour against scripts/run.sh. This is the README's test command and what CI runs.
+# static agent, runs every test with nextest, then the README's tour against scripts/run.sh, then each fuzz
+# target for 30 s (scripts/fuzz.sh). This is the README's test command and what CI runs.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
@@ -16,3 +17,4 @@ BERTH_TEST_IMAGE="$(BERTH_AGENT_BIN="$BERTH_STATIC_AGENT" bash scripts/build-ima
 BERTH_FULL_IMAGE="$(BERTH_AGENT_BIN="$BERTH_STATIC_AGENT" bash scripts/build-image.sh full)"; export BERTH_FULL_IMAGE
 echo "== tests"; cargo nextest run --locked --workspace --no-fail-fast "$@"
 echo "== README tour"; bash scripts/tour.sh
+echo "== fuzz"; bash scripts/fuzz.sh "${BERTH_FUZZ_SECONDS:-30}"
