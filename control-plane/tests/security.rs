@@ -306,3 +306,43 @@ fn a_token_scoped_to_one_bot_cannot_touch_another() {
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(!o.status.success() && err.contains("line 2") && !err.contains(alice), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn per_bot_egress_policies_are_enforced_changed_and_kept() {
+    let mut b = TestBerthd::start_with(None, &["--masquerade", "--reconcile-interval-ms", "300"]);
+    let outside = Outside::start();
+    let target = format!("{} 9000", outside.addr);
+    b.cli(&["bot", "create", "open"]);
+    b.cli(&["bot", "create", "closed", "--egress", "none"]);
+    b.cli(&["bot", "create", "listed", "--egress", "203.0.113.0/24"]);
+    let http = format!("printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 5 {target}");
+    let reaches = async |b: &TestBerthd, bot: &str| {
+        let (rc, out) = attempt(b, bot, &http).await;
+        assert!(rc >= 0, "{bot}: {out}");
+        rc == 0 && out.contains("200 OK")
+    };
+    assert!(reaches(&b, "open").await, "the default policy should reach the outside");
+    assert!(!reaches(&b, "closed").await, "deny-all reached the outside");
+    assert!(!reaches(&b, "listed").await, "an allow-list without the outside reached it");
+    record(
+        "egress from a bot whose policy is `none`, or an allow-list without the destination",
+        "refused (TCP reset); a bot with the default policy reaches the same address",
+    );
+    // Changed live: applied before the call returns.
+    b.cli(&["bot", "egress", "listed", &format!("{}/32", outside.addr)]);
+    assert!(reaches(&b, "listed").await, "the allow-list change was not applied");
+    b.cli(&["bot", "egress", "open", "none"]);
+    assert!(!reaches(&b, "open").await);
+    let got: serde_json::Value = serde_json::from_str(&b.cli(&["bot", "get", "open", "--json"])).unwrap();
+    assert_eq!(got["egress"], "none");
+    // Bad policies are refused, naming the problem.
+    let o = b.berth(&["bot", "egress", "open", "10.0.0.0/33"]).output().unwrap();
+    assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("egress:"), "{o:?}");
+    // Kept across a berthd restart (and re-applied from the database).
+    b.halt(libc::SIGKILL);
+    sh(&format!("iptables -F BERTH-FWD-{}", b.bridge));
+    b.spawn();
+    assert!(!reaches(&b, "open").await, "the policy was lost in a restart");
+    assert!(reaches(&b, "listed").await);
+    assert!(!reaches(&b, "closed").await);
+}

@@ -39,6 +39,7 @@ impl<R: ContainerRuntime, N: Network> BotService for Bots<R, N> {
             limits: convert::limits(r.resources),
             start: r.start,
             restore: r.restore,
+            egress: convert::egress(r.egress)?,
         };
         let b = self.m.create(req).await?;
         Ok(Response::new(pb::CreateBotResponse { bot: Some(convert::bot(b, None)) }))
@@ -76,6 +77,13 @@ impl<R: ContainerRuntime, N: Network> BotService for Bots<R, N> {
         Scope::of(&r).allow(&r.get_ref().name)?;
         self.m.delete(&r.get_ref().name, r.get_ref().keep_data).await?;
         Ok(Response::new(pb::DeleteBotResponse {}))
+    }
+
+    async fn set_egress(&self, r: Request<pb::SetEgressRequest>) -> Res<pb::SetEgressResponse> {
+        Scope::of(&r).allow(&r.get_ref().name)?;
+        let r = r.into_inner();
+        let b = self.m.set_egress(&r.name, convert::egress(r.egress)?).await?;
+        Ok(Response::new(pb::SetEgressResponse { bot: Some(convert::bot(b, None)) }))
     }
 
     type WatchEventsStream = Pin<Box<dyn Stream<Item = Result<pb::BotEvent, Status>> + Send>>;

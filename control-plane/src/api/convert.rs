@@ -37,6 +37,34 @@ pub fn bot(b: BotRecord, pid: Option<u32>) -> pb::Bot {
         restart_count: b.restart_count,
         last_exit: b.last_exit,
         desired_running: b.desired_running,
+        egress: Some(egress_pb(&b.egress)),
+    }
+}
+
+pub fn egress_pb(e: &crate::network::Egress) -> pb::Egress {
+    use crate::network::Egress;
+    use pb::egress::Mode;
+    match e {
+        Egress::AllowAll => pb::Egress { mode: Mode::AllowAll as i32, allow_cidrs: vec![] },
+        Egress::DenyAll => pb::Egress { mode: Mode::DenyAll as i32, allow_cidrs: vec![] },
+        Egress::AllowList(c) => pb::Egress { mode: Mode::AllowList as i32, allow_cidrs: c.clone() },
+    }
+}
+
+/// The domain policy of a request's `Egress` (unset = allow all); INVALID_ARGUMENT names what is wrong.
+pub fn egress(e: Option<pb::Egress>) -> Result<crate::network::Egress, tonic::Status> {
+    use crate::network::Egress;
+    use pb::egress::Mode;
+    let Some(e) = e else { return Ok(Egress::AllowAll) };
+    let bad = |m: String| tonic::Status::invalid_argument(format!("egress: {m}"));
+    match Mode::try_from(e.mode) {
+        Ok(Mode::AllowAll) | Ok(Mode::DenyAll) if !e.allow_cidrs.is_empty() => {
+            Err(bad("allow_cidrs is only for MODE_ALLOW_LIST".into()))
+        }
+        Ok(Mode::AllowAll) => Ok(Egress::AllowAll),
+        Ok(Mode::DenyAll) => Ok(Egress::DenyAll),
+        Ok(Mode::AllowList) => Egress::allow_list(e.allow_cidrs).map_err(bad),
+        Err(_) => Err(bad(format!("unknown mode {}", e.mode))),
     }
 }
 

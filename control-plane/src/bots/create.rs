@@ -22,6 +22,8 @@ pub struct CreateBot {
     pub start: bool,
     /// Restore the data kept when a bot of this name was deleted with `keep_data`.
     pub restore: bool,
+    /// Where it may connect beyond the host.
+    pub egress: crate::network::Egress,
 }
 
 impl<R: ContainerRuntime, N: Network> BotManager<R, N> {
@@ -66,6 +68,7 @@ impl<R: ContainerRuntime, N: Network> BotManager<R, N> {
             created_at_ms: now,
             updated_at_ms: now,
             network: None,
+            egress: req.egress.clone(),
         };
         self.store.insert_bot(&bot).await?;
         self.announce(&bot.name, BotState::Creating, "creating", "").await;
@@ -100,6 +103,15 @@ impl<R: ContainerRuntime, N: Network> BotManager<R, N> {
             }
         };
         self.store.set_network(&bot.name, Some(&attachment)).await?;
+        // A restricted bot never runs a moment without its policy (an unrestricted one is covered by the
+        // chains' default, so its create costs no firewall round).
+        if req.egress != crate::network::Egress::AllowAll
+            && let Err(e) = self.ensure_network_rules().await
+        {
+            let reason = format!("applying its egress policy failed: {}", crate::error::chain(&e));
+            self.transition(&bot, BotState::Error, "error", &reason).await?;
+            return Err(e);
+        }
         if req.restore {
             let op = self.begin_op(&bot.name, "restore", &kept.display().to_string(), serde_json::json!({})).await?;
             let restored = async {

@@ -66,6 +66,8 @@ pub struct BotRecord {
     pub updated_at_ms: i64,
     /// The network attachment, once made.
     pub network: Option<crate::network::Attachment>,
+    /// Where it may connect beyond the host.
+    pub egress: crate::network::Egress,
 }
 
 /// A lifecycle event.

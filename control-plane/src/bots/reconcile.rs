@@ -114,7 +114,11 @@ impl<R: ContainerRuntime, N: Network> BotManager<R, N> {
                 _ => break,
             }
         }
-        match self.network.ensure_rules().await {
+        let egress = match self.all_bots().await {
+            Ok(bots) => super::recover::egress_of(&bots),
+            Err(e) => return Err(e),
+        };
+        match self.network.ensure_rules(&egress).await {
             Ok(changed) => {
                 for c in changed {
                     tracing::warn!(change = %c, "restored the bots' firewall rules");

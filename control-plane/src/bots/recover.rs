@@ -8,11 +8,29 @@ use crate::error::Result;
 use crate::network::Network;
 use crate::runtime::{ContainerRuntime, TaskState};
 
+/// The addresses and egress policies of the bots that have an address.
+pub(super) fn egress_of(bots: &[super::model::BotRecord]) -> Vec<crate::network::BotEgress> {
+    bots.iter()
+        .filter_map(|b| {
+            let ip = b.network.as_ref()?.ip.clone();
+            Some(crate::network::BotEgress { ip, egress: b.egress.clone() })
+        })
+        .collect()
+}
+
 impl<R: ContainerRuntime, N: Network> BotManager<R, N> {
     /// Installs the host firewall rules the bots' network needs (at start: an error here stops berthd,
     /// since bots would run without what the operator asked for). Returns what was changed.
     pub async fn ensure_network_rules(&self) -> Result<Vec<String>> {
-        Ok(self.network.ensure_rules().await?)
+        let bots = self.all_bots().await?;
+        Ok(self.network.ensure_rules(&egress_of(&bots)).await?)
+    }
+
+    /// Sets a bot's egress policy and applies it at once.
+    pub async fn set_egress(&self, name: &str, egress: crate::network::Egress) -> Result<super::model::BotRecord> {
+        self.store.set_egress(name, &egress).await?;
+        self.ensure_network_rules().await?;
+        Ok(self.store.get_bot(name).await?)
     }
 
     /// Checks every bot against its task. Returns how many records were corrected.

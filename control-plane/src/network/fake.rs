@@ -62,7 +62,7 @@ impl Network for FakeNetwork {
         Ok(Vec::new())
     }
 
-    async fn ensure_rules(&self) -> Result<Vec<String>, NetworkError> {
+    async fn ensure_rules(&self, _bots: &[super::BotEgress]) -> Result<Vec<String>, NetworkError> {
         Ok(Vec::new())
     }
 }

@@ -16,7 +16,7 @@
 
 use std::process::Command;
 
-use super::NetworkError;
+use super::{BotEgress, Egress, NetworkError};
 
 /// How long iptables may wait for the xtables lock, in seconds.
 const LOCK_WAIT_S: &str = "5";
@@ -97,7 +97,7 @@ pub fn rules(bridge: &str, subnet: &str, masquerade: bool) -> Vec<(Rule, bool)> 
 }
 
 /// The contents of the isolation chains, as `iptables-restore` input for the filter table.
-pub fn chains(bridge: &str, denied: &[String]) -> String {
+pub fn chains(bridge: &str, denied: &[String], bots: &[BotEgress]) -> String {
     let (input, forward) = (input_chain(bridge), forward_chain(bridge));
     let mut t = format!("*filter\n:{input} - [0:0]\n:{forward} - [0:0]\n");
     t.push_str(&format!("-A {input} -m conntrack --ctstate RELATED,ESTABLISHED -j RETURN\n"));
@@ -110,12 +110,29 @@ pub fn chains(bridge: &str, denied: &[String]) -> String {
         t.push_str(&format!("-A {forward} -d {cidr} -p tcp -j REJECT --reject-with tcp-reset\n"));
         t.push_str(&format!("-A {forward} -d {cidr} -j REJECT --reject-with icmp-net-prohibited\n"));
     }
+    // Each bot's own policy, after the denials that apply to all.
+    for b in bots.iter().filter(|b| !b.ip.is_empty()) {
+        let ip = &b.ip;
+        match &b.egress {
+            Egress::AllowAll => {}
+            Egress::DenyAll => {
+                t.push_str(&format!("-A {forward} -s {ip}/32 -j REJECT --reject-with icmp-net-prohibited\n"))
+            }
+            Egress::AllowList(cidrs) => {
+                for c in cidrs {
+                    t.push_str(&format!("-A {forward} -s {ip}/32 -d {c} -j ACCEPT\n"));
+                }
+                t.push_str(&format!("-A {forward} -s {ip}/32 -p tcp -j REJECT --reject-with tcp-reset\n"));
+                t.push_str(&format!("-A {forward} -s {ip}/32 -j REJECT --reject-with icmp-net-prohibited\n"));
+            }
+        }
+    }
     t.push_str(&format!("-A {forward} -j ACCEPT\nCOMMIT\n"));
     t
 }
 
 /// Writes the isolation chains (creating them if needed) and reports whether they had to change.
-pub fn ensure_chains(bridge: &str, denied: &[String]) -> Result<Vec<String>, NetworkError> {
+pub fn ensure_chains(bridge: &str, denied: &[String], bots: &[BotEgress]) -> Result<Vec<String>, NetworkError> {
     let (input, forward) = (input_chain(bridge), forward_chain(bridge));
     let before = (list(&input), list(&forward));
     let mut child = Command::new("iptables-restore")
@@ -128,7 +145,7 @@ pub fn ensure_chains(bridge: &str, denied: &[String]) -> Result<Vec<String>, Net
     if let Some(mut stdin) = child.stdin.take() {
         use std::io::Write;
         stdin
-            .write_all(chains(bridge, denied).as_bytes())
+            .write_all(chains(bridge, denied, bots).as_bytes())
             .map_err(|source| NetworkError::Io { op: "write to iptables-restore".into(), source })?;
     }
     let out = child
@@ -249,7 +266,18 @@ mod tests {
 
     #[test]
     fn isolation_chains_reject_host_and_bot_to_bot_and_denied_destinations() {
-        let t = chains("berth0", &["169.254.0.0/16".into()]);
+        let bots = [
+            BotEgress { ip: "10.1.0.2".into(), egress: Egress::AllowAll },
+            BotEgress { ip: "10.1.0.3".into(), egress: Egress::DenyAll },
+            BotEgress { ip: "10.1.0.4".into(), egress: Egress::AllowList(vec!["192.0.2.0/24".into()]) },
+        ];
+        let t = chains("berth0", &["169.254.0.0/16".into()], &bots);
+        assert!(!t.contains("10.1.0.2"), "{t}");
+        assert!(t.contains("-A BERTH-FWD-berth0 -s 10.1.0.3/32 -j REJECT"), "{t}");
+        let allow = t.find("-s 10.1.0.4/32 -d 192.0.2.0/24 -j ACCEPT").unwrap();
+        let deny = t.find("-s 10.1.0.4/32 -p tcp -j REJECT").unwrap();
+        let metadata = t.find("-d 169.254.0.0/16").unwrap();
+        assert!(metadata < allow && allow < deny, "{t}");
         assert!(t.starts_with("*filter\n:BERTH-IN-berth0 - [0:0]\n:BERTH-FWD-berth0 - [0:0]\n"), "{t}");
         assert!(t.contains("-A BERTH-IN-berth0 -j REJECT"), "{t}");
         assert!(t.contains("-A BERTH-FWD-berth0 -o berth0 -j REJECT"), "{t}");

@@ -38,6 +38,69 @@ pub struct NetworkConfig {
     pub backoff: Duration,
 }
 
+/// Where a bot may open connections beyond the host (which, like other bots, it can never reach).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum Egress {
+    /// Anywhere but berthd's `egress_deny` destinations.
+    #[default]
+    AllowAll,
+    /// Nowhere.
+    DenyAll,
+    /// Only these IPv4 CIDRs (and never the `egress_deny` ones).
+    AllowList(Vec<String>),
+}
+
+impl Egress {
+    /// Builds a policy, checking each CIDR; an empty allow-list is refused (say `DenyAll`).
+    pub fn allow_list(cidrs: Vec<String>) -> Result<Egress, String> {
+        if cidrs.is_empty() {
+            return Err("an egress allow-list needs at least one CIDR (or deny all)".into());
+        }
+        for c in &cidrs {
+            check_cidr(c)?;
+        }
+        Ok(Egress::AllowList(cidrs))
+    }
+
+    /// The stored form: `all`, `none` or `cidrs:A,B`.
+    pub fn to_db(&self) -> String {
+        match self {
+            Egress::AllowAll => "all".into(),
+            Egress::DenyAll => "none".into(),
+            Egress::AllowList(c) => format!("cidrs:{}", c.join(",")),
+        }
+    }
+
+    pub fn from_db(s: &str) -> Result<Egress, String> {
+        match s {
+            "all" | "" => Ok(Egress::AllowAll),
+            "none" => Ok(Egress::DenyAll),
+            s => match s.strip_prefix("cidrs:") {
+                Some(list) => Egress::allow_list(list.split(',').map(String::from).collect()),
+                None => Err(format!("unknown egress policy {s:?}")),
+            },
+        }
+    }
+}
+
+/// Checks an IPv4 CIDR (`A.B.C.D/N`).
+pub fn check_cidr(s: &str) -> Result<(), String> {
+    let bad = || format!("{s:?} is not an IPv4 CIDR (A.B.C.D/N)");
+    let (ip, len) = s.split_once('/').ok_or_else(bad)?;
+    ip.parse::<std::net::Ipv4Addr>().map_err(|_| bad())?;
+    match len.parse::<u8>() {
+        Ok(n) if n <= 32 => Ok(()),
+        _ => Err(bad()),
+    }
+}
+
+/// A bot's address and egress policy, for the firewall.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BotEgress {
+    pub ip: String,
+    pub egress: Egress,
+}
+
 /// A bot's attachment, persisted so DEL and CHECK get the ADD result, as CNI requires.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Attachment {
@@ -91,9 +154,9 @@ pub trait Network: Send + Sync + 'static {
     /// record, or by hand). Only leases older than a few minutes are touched, so a create in progress
     /// never loses its address. Returns the released addresses.
     fn release_leaked(&self, known: &[String]) -> impl Future<Output = Result<Vec<String>, NetworkError>> + Send;
-    /// Brings the host's firewall rules for the bots' network (NAT) to what the configuration asks,
-    /// re-adding any that were deleted. Returns what was changed.
-    fn ensure_rules(&self) -> impl Future<Output = Result<Vec<String>, NetworkError>> + Send;
+    /// Brings the host's firewall rules for the bots' network (NAT, isolation, each bot's egress policy)
+    /// to what the configuration and `bots` ask, re-adding any that were deleted. Returns what changed.
+    fn ensure_rules(&self, bots: &[BotEgress]) -> impl Future<Output = Result<Vec<String>, NetworkError>> + Send;
 }
 
 /// How old a lease must be before [`Network::release_leaked`] may release it.
@@ -202,12 +265,13 @@ impl Network for Cni {
         .await
     }
 
-    async fn ensure_rules(&self) -> Result<Vec<String>, NetworkError> {
+    async fn ensure_rules(&self, bots: &[BotEgress]) -> Result<Vec<String>, NetworkError> {
         let (bridge, denied) = (self.config.bridge.clone(), self.config.egress_denied.clone());
         let want = firewall::rules(&self.config.bridge, &self.config.subnet, self.config.masquerade);
+        let bots = bots.to_vec();
         blocking(move || {
             // The chains first: the jumps into them cannot exist before they do.
-            let mut changed = firewall::ensure_chains(&bridge, &denied)?;
+            let mut changed = firewall::ensure_chains(&bridge, &denied, &bots)?;
             changed.extend(firewall::ensure(&want)?);
             Ok(changed)
         })

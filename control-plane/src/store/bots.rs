@@ -14,7 +14,7 @@ use crate::runtime::Limits;
 macro_rules! columns {
     () => {
         "name, container_id, image, state, env_json, labels_json, memory_bytes, cpu_millis, pids, \
-         token, last_error, restart_count, created_at_ms, updated_at_ms, netns, ip, cni_result, desired, last_exit"
+         token, last_error, restart_count, created_at_ms, updated_at_ms, netns, ip, cni_result, desired, last_exit, egress"
     };
 }
 
@@ -62,6 +62,8 @@ fn decode(row: &AnyRow) -> Result<BotRecord, StoreError> {
                 Some(Attachment { netns: netns.into(), ip: get_s("ip")?, result })
             }
         },
+        egress: crate::network::Egress::from_db(&get_s("egress")?)
+            .map_err(|e| StoreError::Corrupt(format!("bots.egress of {name}: {e}")))?,
         name,
     })
 }
@@ -72,7 +74,7 @@ impl Store {
         let sql = concat!(
             "INSERT INTO bots (",
             columns!(),
-            ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19)"
+            ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20)"
         );
         let r = sqlx::query(sql)
             .bind(&b.name)
@@ -94,6 +96,7 @@ impl Store {
             .bind(b.network.as_ref().map(|n| n.result.to_string()).unwrap_or_default())
             .bind(if b.desired_running { "running" } else { "stopped" })
             .bind(&b.last_exit)
+            .bind(b.egress.to_db())
             .execute(self.pool())
             .await;
         match r {
@@ -103,6 +106,21 @@ impl Store {
             }
             Err(e) => Err(StoreError::Unavailable { op: "insert bot".into(), source: e }),
         }
+    }
+
+    /// Sets a bot's egress policy.
+    pub async fn set_egress(&self, name: &str, egress: &crate::network::Egress) -> Result<(), StoreError> {
+        let r = sqlx::query("UPDATE bots SET egress = $1, updated_at_ms = $2 WHERE name = $3")
+            .bind(egress.to_db())
+            .bind(crate::bots::model::now_ms())
+            .bind(name)
+            .execute(self.pool())
+            .await
+            .map_err(unavailable("set a bot's egress"))?;
+        if r.rows_affected() == 0 {
+            return Err(StoreError::NotFound { what: format!("bot `{name}`") });
+        }
+        Ok(())
     }
 
     pub async fn get_bot(&self, name: &str) -> Result<BotRecord, StoreError> {

@@ -127,6 +127,15 @@ pub enum BotCommand {
         /// Restore the data kept by `berth bot rm NAME --keep-data` (the create fails if it cannot).
         #[arg(long)]
         restore: bool,
+        /// Where the bot may connect beyond the host: `all` (default), `none`, or CIDRs (`a.b.c.d/n,…`).
+        #[arg(long, value_parser = parse_egress)]
+        egress: Option<pb::Egress>,
+    },
+    /// Change where a bot may connect: `all`, `none`, or CIDRs (`a.b.c.d/n,…`); applied at once.
+    Egress {
+        name: String,
+        #[arg(value_parser = parse_egress)]
+        policy: pb::Egress,
     },
     /// List bots.
     Ls {
@@ -195,8 +204,30 @@ fn json(b: &pb::Bot) -> serde_json::Value {
         "memory_bytes": r.memory_bytes, "cpu_millis": r.cpu_millis, "pids": r.pids,
         "created_at_ms": b.created_at_ms, "updated_at_ms": b.updated_at_ms, "last_error": b.last_error,
         "pid": b.pid, "env_names": b.env_names, "ip": b.ip, "restart_count": b.restart_count,
-        "last_exit": b.last_exit, "desired_running": b.desired_running,
+        "last_exit": b.last_exit, "desired_running": b.desired_running, "egress": egress_name(b.egress.as_ref()),
     })
+}
+
+/// `all`, `none` or a comma-separated list of CIDRs (checked by berthd).
+fn parse_egress(s: &str) -> Result<pb::Egress, String> {
+    use pb::egress::Mode;
+    Ok(match s {
+        "all" => pb::Egress { mode: Mode::AllowAll as i32, allow_cidrs: vec![] },
+        "none" => pb::Egress { mode: Mode::DenyAll as i32, allow_cidrs: vec![] },
+        list => pb::Egress {
+            mode: Mode::AllowList as i32,
+            allow_cidrs: list.split(',').map(|c| c.trim().to_string()).filter(|c| !c.is_empty()).collect(),
+        },
+    })
+}
+
+fn egress_name(e: Option<&pb::Egress>) -> String {
+    use pb::egress::Mode;
+    match e.map(|e| (Mode::try_from(e.mode), e)) {
+        None | Some((Ok(Mode::AllowAll), _)) => "all".into(),
+        Some((Ok(Mode::DenyAll), _)) => "none".into(),
+        Some((_, e)) => e.allow_cidrs.join(","),
+    }
 }
 
 pub fn status_err(what: &str) -> impl FnOnce(tonic::Status) -> anyhow::Error + '_ {
@@ -206,7 +237,13 @@ pub fn status_err(what: &str) -> impl FnOnce(tonic::Status) -> anyhow::Error + '
 pub async fn bot(conn: &Conn, cmd: BotCommand) -> anyhow::Result<i32> {
     let mut c = conn.bots().await?;
     match cmd {
-        BotCommand::Create { name, image, memory, cpus, pids, env, labels, no_start, restore } => {
+        BotCommand::Egress { name, policy } => {
+            let req = pb::SetEgressRequest { name, egress: Some(policy) };
+            let b =
+                c.set_egress(req).await.map_err(status_err("egress"))?.into_inner().bot.context("no bot in reply")?;
+            println!("{} egress: {}", b.name, egress_name(b.egress.as_ref()));
+        }
+        BotCommand::Create { name, image, memory, cpus, pids, env, labels, no_start, restore, egress } => {
             let req = pb::CreateBotRequest {
                 name,
                 image,
@@ -219,6 +256,7 @@ pub async fn bot(conn: &Conn, cmd: BotCommand) -> anyhow::Result<i32> {
                 }),
                 start: !no_start,
                 restore,
+                egress,
             };
             let b =
                 c.create_bot(req).await.map_err(status_err("create"))?.into_inner().bot.context("no bot in reply")?;
