@@ -165,15 +165,7 @@ impl Service {
 impl Drop for Service {
     fn drop(&mut self) {
         self.kill_the_rest();
-        if let Ok(mounts) = std::fs::read_to_string("/proc/self/mounts") {
-            let root = self.dir.path().display().to_string();
-            let mut targets: Vec<&str> =
-                mounts.lines().filter_map(|l| l.split_whitespace().nth(1)).filter(|t| t.starts_with(&root)).collect();
-            targets.sort_by_key(|t| std::cmp::Reverse(t.len()));
-            for t in targets {
-                let _ = Command::new("umount").args(["-l", t]).status();
-            }
-        }
+        support::unmount_under(self.dir.path());
         remove_cgroups(&self.namespace);
         let _ = Command::new("ip").args(["link", "del", &self.bridge]).stderr(Stdio::null()).status();
         support::remove_firewall(&self.bridge);

@@ -139,12 +139,7 @@ impl Drop for TestBerthd {
             super::stop_child(&mut c, libc::SIGTERM);
         }
         // Network namespaces a failed test left, and this instance's bridge (CNI DEL keeps bridges).
-        if let Ok(mounts) = std::fs::read_to_string("/proc/self/mounts") {
-            let root = self.dir.path().display().to_string();
-            for t in mounts.lines().filter_map(|l| l.split_whitespace().nth(1)).filter(|t| t.starts_with(&root)) {
-                let _ = Command::new("umount").args(["-l", t]).status();
-            }
-        }
+        super::unmount_under(self.dir.path());
         let _ = Command::new("ip").args(["link", "del", &self.bridge]).stderr(Stdio::null()).status();
         super::remove_firewall(&self.bridge);
     }

@@ -127,16 +127,7 @@ impl Drop for PrivateContainerd {
         if let Some(mut c) = self.child.take() {
             super::stop_child(&mut c, libc::SIGTERM);
         }
-        // Overlay mounts left by a failed test would make the temporary directory impossible to remove.
-        if let Ok(mounts) = std::fs::read_to_string("/proc/self/mounts") {
-            let root = self.dir.path().display().to_string();
-            let mut targets: Vec<&str> =
-                mounts.lines().filter_map(|l| l.split_whitespace().nth(1)).filter(|t| t.starts_with(&root)).collect();
-            targets.sort_by_key(|t| std::cmp::Reverse(t.len()));
-            for t in targets {
-                let _ = Command::new("umount").args(["-l", t]).status();
-            }
-        }
+        super::unmount_under(self.dir.path());
         remove_cgroups(&self.namespace);
         // The shims' runc state root is per namespace and shared by every containerd on the host.
         let _ = std::fs::remove_dir(Path::new("/run/containerd/runc").join(&self.namespace));

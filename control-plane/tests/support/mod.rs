@@ -34,3 +34,16 @@ pub fn remove_firewall(bridge: &str) {
         let _ = Command::new("iptables").args(["-X", &chain]).stderr(Stdio::null()).status();
     }
 }
+
+/// Lazily unmounts everything mounted below `root` (deepest first): what a failed test left would make
+/// its temporary directory impossible to remove.
+pub fn unmount_under(root: &std::path::Path) {
+    let Ok(mounts) = std::fs::read_to_string("/proc/self/mounts") else { return };
+    let root = root.display().to_string();
+    let mut targets: Vec<&str> =
+        mounts.lines().filter_map(|l| l.split_whitespace().nth(1)).filter(|t| t.starts_with(&root)).collect();
+    targets.sort_by_key(|t| std::cmp::Reverse(t.len()));
+    for t in targets {
+        let _ = std::process::Command::new("umount").args(["-l", t]).status();
+    }
+}

@@ -33,6 +33,25 @@ fn openssl(args: &[&str]) {
     assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
 }
 
+/// Writes `config` to `dir/config.yml`, starts docker-registry on it (log in `dir/registry.log`) and
+/// waits until it listens on `addr`.
+fn spawn_registry(dir: &std::path::Path, config: &str, addr: &str) -> std::process::Child {
+    std::fs::write(dir.join("config.yml"), config).expect("write registry config");
+    let mut child = Command::new("docker-registry")
+        .arg("serve")
+        .arg(dir.join("config.yml"))
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(dir.join("registry.log")).expect("log"))
+        .spawn()
+        .expect("docker-registry is not installed: run scripts/install-deps.sh");
+    if let Err(panic) = std::panic::catch_unwind(|| wait_listening(addr, "docker-registry")) {
+        let _ = child.kill();
+        let _ = child.wait();
+        std::panic::resume_unwind(panic);
+    }
+    child
+}
+
 fn wait_listening(addr: &str, what: &str) {
     let deadline = Instant::now() + Duration::from_secs(20);
     while std::net::TcpStream::connect(addr).is_err() {
@@ -61,16 +80,8 @@ impl PrivateRegistry {
                 dir.path().join("htpasswd").display()
             ));
         }
-        std::fs::write(dir.path().join("config.yml"), config).expect("write registry config");
-        let log = std::fs::File::create(dir.path().join("registry.log")).expect("log");
-        let child = Command::new("docker-registry")
-            .arg("serve")
-            .arg(dir.path().join("config.yml"))
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("docker-registry is not installed: run scripts/install-deps.sh");
-        let r = PrivateRegistry {
+        let child = spawn_registry(dir.path(), &config, &addr);
+        PrivateRegistry {
             dir,
             addr,
             auth: auth.map(|(u, p)| (u.to_string(), p.to_string())),
@@ -78,9 +89,7 @@ impl PrivateRegistry {
             token: None,
             child: Some(child),
             token_child: None,
-        };
-        wait_listening(&r.addr, "docker-registry");
-        r
+        }
     }
 
     /// A registry over HTTPS (a certificate for 127.0.0.1 from a fresh CA) that accepts only bearer tokens
@@ -170,15 +179,7 @@ impl PrivateRegistry {
             key = d("tls.key"),
             bundle = d("token.crt"),
         );
-        std::fs::write(dir.path().join("config.yml"), config).expect("write registry config");
-        let child = Command::new("docker-registry")
-            .arg("serve")
-            .arg(dir.path().join("config.yml"))
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(dir.path().join("registry.log")).expect("log"))
-            .spawn()
-            .expect("docker-registry is not installed: run scripts/install-deps.sh");
-        wait_listening(&addr, "docker-registry");
+        let child = spawn_registry(dir.path(), &config, &addr);
         let ca = dir.path().join("ca.crt");
         PrivateRegistry {
             dir,

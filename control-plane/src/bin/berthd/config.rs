@@ -233,7 +233,7 @@ impl Config {
         }
         check_subnet(&self.subnet).with_context(|| format!("subnet: {:?} is not an IPv4 subnet", self.subnet))?;
         for cidr in &self.egress_deny {
-            check_cidr(cidr).with_context(|| format!("egress_deny: {cidr:?} is not an IPv4 CIDR"))?;
+            berth_control_plane::network::check_cidr(cidr).map_err(|e| anyhow::anyhow!("egress_deny: {e}"))?;
         }
         if self.cni_attempts == 0 {
             anyhow::bail!("cni_attempts: must be at least 1");
@@ -267,16 +267,6 @@ impl Config {
             .clone()
             .unwrap_or_else(|| format!("sqlite://{}?mode=rwc", self.state_dir.join("berth.db").display()))
     }
-}
-
-fn check_cidr(s: &str) -> anyhow::Result<()> {
-    let (ip, len) = s.split_once('/').context("no /prefix length")?;
-    let _: std::net::Ipv4Addr = ip.parse().context("not an IPv4 address")?;
-    let len: u8 = len.parse().context("the prefix length is not a number")?;
-    if len > 32 {
-        anyhow::bail!("the prefix length must be 0-32");
-    }
-    Ok(())
 }
 
 fn check_subnet(s: &str) -> anyhow::Result<()> {
