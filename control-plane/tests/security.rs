@@ -346,3 +346,33 @@ async fn per_bot_egress_policies_are_enforced_changed_and_kept() {
     assert!(reaches(&b, "listed").await);
     assert!(!reaches(&b, "closed").await);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_agent_token_changes_with_every_start_and_the_old_one_is_refused() {
+    use berth_control_plane::agent_client::{self, BearerAuth};
+    let b = TestBerthd::start(None);
+    b.cli(&["bot", "create", "rotor"]);
+    let dir = b.dir.path().join("run/rotor");
+    let first = std::fs::read_to_string(dir.join("token")).unwrap();
+    let direct = async |token: &str| {
+        let c = agent_client::connect_unix(&dir.join("agent.sock"), BearerAuth::new(token).unwrap()).await.unwrap();
+        let mut c = c;
+        c.version(berth_proto::agent::v1::VersionRequest {}).await.map(|_| ()).map_err(|s| s.code())
+    };
+    assert_eq!(direct(&first).await, Ok(()));
+    b.cli(&["bot", "stop", "rotor"]);
+    b.cli(&["bot", "start", "rotor"]);
+    let second = std::fs::read_to_string(dir.join("token")).unwrap();
+    assert_ne!(first, second, "the token did not change with the start");
+    assert_eq!(second.len(), 64);
+    assert_eq!(direct(&first).await, Err(tonic::Code::Unauthenticated), "the old token still works");
+    assert_eq!(direct(&second).await, Ok(()));
+    // berthd itself uses the new one.
+    assert_eq!(b.sh("rotor", "echo ok").await, "ok\n");
+    let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(dir.join("token")).unwrap().permissions());
+    assert_eq!(mode & 0o777, 0o600);
+    record(
+        "use an agent token seen before the bot's last start (e.g. read from /run/berth/token by an earlier process)",
+        "UNAUTHENTICATED: every start writes a new token (0600) and the agent accepts only it",
+    );
+}

@@ -60,7 +60,7 @@ impl<R: ContainerRuntime, N: Network> BotManager<R, N> {
             env: req.env.clone(),
             labels: req.labels.clone(),
             limits: req.limits,
-            token: format!("{}{}", uuid::Uuid::new_v4().simple(), uuid::Uuid::new_v4().simple()),
+            token: super::new_token(),
             last_error: String::new(),
             restart_count: 0,
             desired_running: req.start,
@@ -147,10 +147,7 @@ impl<R: ContainerRuntime, N: Network> BotManager<R, N> {
         std::fs::create_dir_all(&dir).map_err(|e| io("create the agent directory", e))?;
         std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))
             .map_err(|e| io("secure the agent directory", e))?;
-        let token_path = dir.join("token");
-        std::fs::write(&token_path, &bot.token).map_err(|e| io("write the agent token", e))?;
-        std::fs::set_permissions(&token_path, std::fs::Permissions::from_mode(0o600))
-            .map_err(|e| io("secure the agent token", e))?;
+        super::write_token(&dir, &bot.token).map_err(|e| io("write the agent token", e))?;
         let sock = format!("{AGENT_DIR}/agent.sock");
         let token = format!("{AGENT_DIR}/token");
         let user_cgroup = format!("{AGENT_DIR}/cgroup");

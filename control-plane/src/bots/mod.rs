@@ -196,6 +196,23 @@ impl<R: ContainerRuntime, N: Network> BotManager<R, N> {
     }
 }
 
+/// A fresh agent token: 256 random bits (two v4 UUIDs' worth, from the OS's generator), hex.
+pub(crate) fn new_token() -> String {
+    format!("{}{}", uuid::Uuid::new_v4().simple(), uuid::Uuid::new_v4().simple())
+}
+
+/// Writes the agent's token file in the bot's directory atomically (temporary file, 0600, rename), so
+/// an agent starting never reads half a token.
+pub(crate) fn write_token(dir: &std::path::Path, token: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let tmp = dir.join(".token.tmp");
+    let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
+    f.write_all(token.as_bytes())?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, dir.join("token"))
+}
+
 /// Locks a std mutex, recovering from poisoning (the maps stay consistent under every panic point).
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)

@@ -35,17 +35,28 @@ impl<R: ContainerRuntime, N: Network> BotManager<R, N> {
         Ok(self.store.get_bot(name).await?)
     }
 
-    /// Starts the bot's task and waits for its agent; the caller holds the bot lock.
+    /// Starts the bot's task and waits for its agent; the caller holds the bot lock. A task that is not
+    /// running already gets a new agent token (recorded, then written for the agent to read at start), so
+    /// a token seen by anything in an earlier run of the bot is worthless afterwards.
     pub(super) async fn start_locked(&self, bot: &BotRecord) -> Result<()> {
         let name = bot.name.as_str();
         self.transition(bot, BotState::Starting, "starting", "").await?;
         self.evict_agent(name);
+        let mut bot = bot.clone();
         let started = async {
+            if !matches!(self.runtime.state(&bot.container_id).await?, TaskState::Running { .. }) {
+                let token = super::new_token();
+                self.store.set_token(name, &token).await?;
+                super::write_token(&self.bot_dir(name), &token)
+                    .map_err(|e| Error::internal(format!("cannot write the agent token of bot `{name}`"), e))?;
+                bot.token = token;
+            }
             let pid = self.runtime.start(&bot.container_id).await?;
             protect_agent(name, pid);
-            self.wait_ready(bot).await
+            self.wait_ready(&bot).await
         }
         .await;
+        let bot = &bot;
         if let Err(e) = started {
             let reason = format!("start failed: {}", crate::error::chain(&e));
             if let Err(stop_err) = self.runtime.stop(&bot.container_id, self.config.stop_timeout).await {

@@ -193,6 +193,18 @@ impl Store {
         Ok(())
     }
 
+    /// Replaces a bot's agent token (a new one for every task start).
+    pub async fn set_token(&self, name: &str, token: &str) -> Result<(), StoreError> {
+        sqlx::query("UPDATE bots SET token = $1, updated_at_ms = $2 WHERE name = $3")
+            .bind(token)
+            .bind(crate::bots::model::now_ms())
+            .bind(name)
+            .execute(self.pool())
+            .await
+            .map_err(unavailable("record the agent token"))?;
+        Ok(())
+    }
+
     /// Records (or clears) a bot's network attachment.
     pub async fn set_network(&self, name: &str, a: Option<&Attachment>) -> Result<(), StoreError> {
         sqlx::query("UPDATE bots SET netns = $1, ip = $2, cni_result = $3, updated_at_ms = $4 WHERE name = $5")
