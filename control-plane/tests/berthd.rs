@@ -151,7 +151,7 @@ async fn an_agent_that_exits_at_start_is_reported_at_once_with_what_it_said() {
     let bot =
         bots(&b).await.get_bot(pb::GetBotRequest { name: "broken".into() }).await.unwrap().into_inner().bot.unwrap();
     assert_eq!(bot.state, pb::BotState::Error as i32);
-    assert!(bot.last_error.contains("agent refused: unknown flag"), "{bot:?}");
+    assert!(bot.last_error.contains("exited (status 3)"), "{bot:?}");
 }
 
 #[tokio::test]
@@ -530,7 +530,7 @@ async fn images_are_pulled_from_a_registry_anonymously_and_with_basic_auth() {
 
 /// The nat table's rules, as `iptables -S` prints them.
 fn nat_rules() -> String {
-    let o = std::process::Command::new("iptables").args(["-t", "nat", "-S"]).output().unwrap();
+    let o = std::process::Command::new("iptables").args(["-w", "5", "-t", "nat", "-S"]).output().unwrap();
     assert!(o.status.success(), "iptables: {}", String::from_utf8_lossy(&o.stderr));
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
@@ -549,7 +549,8 @@ async fn masquerade_is_installed_restored_when_deleted_and_removed_when_turned_o
         .unwrap();
     // Deleted by hand (or by a firewall reload): the reconciler puts it back, and says so.
     let delete = rule.replacen("-A", "-D", 1).replace('"', "");
-    let o = std::process::Command::new("iptables").args(["-t", "nat"]).args(delete.split(' ')).output().unwrap();
+    let o =
+        std::process::Command::new("iptables").args(["-w", "5", "-t", "nat"]).args(delete.split(' ')).output().unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let t = std::time::Instant::now();
     while count(&rule) == 0 {

@@ -193,8 +193,8 @@ async fn bots_cannot_reach_each_other_the_host_or_metadata_but_can_reach_the_out
     assert!(
         rc == 0 && out.contains("200 OK") && out.trim_end().ends_with("outside"),
         "egress to the outside is broken: {out}\n{}\n{}",
-        sh("iptables -S"),
-        sh("iptables -t nat -S")
+        sh("iptables -w 5 -S"),
+        sh("iptables -w 5 -t nat -S")
     );
     // 6. berthd's own socket is not in the bot.
     let (_, out) = attempt(&b, "attacker", "ls -A /run/berth; ls -A /run").await;
@@ -204,7 +204,7 @@ async fn bots_cannot_reach_each_other_the_host_or_metadata_but_can_reach_the_out
     record("reach berthd's Unix socket", "absent: only the bot's own agent socket and token are mounted");
 
     // 7. Deleting the rules by hand: the reconciler puts them back.
-    sh(&format!("iptables -F BERTH-IN-{}", b.bridge));
+    sh(&format!("iptables -w 5 -F BERTH-IN-{}", b.bridge));
     let t = Instant::now();
     loop {
         let (_, out) = attempt(&b, "attacker", &format!("nc -w 2 {gateway} {port}")).await;
@@ -340,7 +340,7 @@ async fn per_bot_egress_policies_are_enforced_changed_and_kept() {
     assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("egress:"), "{o:?}");
     // Kept across a berthd restart (and re-applied from the database).
     b.halt(libc::SIGKILL);
-    sh(&format!("iptables -F BERTH-FWD-{}", b.bridge));
+    sh(&format!("iptables -w 5 -F BERTH-FWD-{}", b.bridge));
     b.spawn();
     assert!(!reaches(&b, "open").await, "the policy was lost in a restart");
     assert!(reaches(&b, "listed").await);
@@ -375,4 +375,59 @@ async fn the_agent_token_changes_with_every_start_and_the_old_one_is_refused() {
         "use an agent token seen before the bot's last start (e.g. read from /run/berth/token by an earlier process)",
         "UNAUTHENTICATED: every start writes a new token (0600) and the agent accepts only it",
     );
+}
+
+#[test]
+fn the_tcp_listener_speaks_tls_and_refuses_plaintext() {
+    let dir = tempfile::tempdir().unwrap();
+    support::registry::localhost_certificate(dir.path());
+    let tokens = dir.path().join("tokens");
+    let token = "tls-token-0123456789abcdef";
+    std::fs::write(&tokens, format!("{token}\n")).unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let addr = format!("127.0.0.1:{port}");
+    let (cert, key, ca) = (dir.path().join("tls.crt"), dir.path().join("tls.key"), dir.path().join("ca.crt"));
+    let b = TestBerthd::start_with(
+        None,
+        &[
+            "--listen-tcp",
+            &addr,
+            "--api-token-file",
+            tokens.to_str().unwrap(),
+            "--tls-cert-file",
+            cert.to_str().unwrap(),
+            "--tls-key-file",
+            key.to_str().unwrap(),
+        ],
+    );
+    let ls = |url: &str, ca: Option<&std::path::Path>| {
+        let mut c = b.berth(&["bot", "ls"]);
+        c.env("BERTH_ADDR", url).env("BERTH_TOKEN", token);
+        if let Some(ca) = ca {
+            c.env("BERTH_CA", ca);
+        }
+        let o = c.output().unwrap();
+        (o.status.success(), String::from_utf8_lossy(&o.stderr).into_owned())
+    };
+    let (ok, err) = ls(&format!("https://{addr}"), Some(&ca));
+    assert!(ok, "TLS with the right CA failed: {err}");
+    // Plain HTTP/2 to the TLS port, or TLS without trusting the CA: refused.
+    assert!(!ls(&format!("http://{addr}"), None).0, "plaintext was accepted on the TLS port");
+    let other = tempfile::tempdir().unwrap();
+    support::registry::localhost_certificate(other.path());
+    let (ok, err) = ls(&format!("https://{addr}"), Some(&other.path().join("ca.crt")));
+    assert!(!ok, "a certificate from another CA was trusted: {err}");
+    let (ok, err) = ls(&format!("https://{addr}"), None);
+    assert!(!ok && err.contains("BERTH_CA"), "{err}");
+    record(
+        "talk to berthd's TCP port in plaintext, or trusting another CA",
+        "refused: the TCP listener serves TLS (rustls) when given a certificate; a non-loopback listener without TLS is refused at start",
+    );
+    // A non-loopback plaintext listener is refused at start, naming the setting.
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_berthd"))
+        .args(["--listen-tcp", "0.0.0.0:1", "--api-token-file", tokens.to_str().unwrap(), "--print-config"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && err.contains("listen_tcp") && err.contains("tls_cert_file"), "{err}");
 }

@@ -121,6 +121,26 @@ fn client(channel: Channel, auth: BearerAuth) -> AgentClient {
 
 /// A channel to a Unix socket (`/path` or `unix:/path`) or a TCP address (`http://IP:PORT`).
 pub async fn channel(addr: &str) -> Result<Channel, ConnectError> {
+    channel_with_ca(addr, None).await
+}
+
+/// Like [`channel`], and `https://IP:PORT` over TLS, trusting the PEM certificates `ca` (besides the
+/// system's roots: none here, so `ca` is required for https).
+pub async fn channel_with_ca(addr: &str, ca: Option<&[u8]>) -> Result<Channel, ConnectError> {
+    if addr.starts_with("https://") {
+        let endpoint = Endpoint::from_shared(addr.to_string())
+            .map_err(|source| ConnectError::Connect { target: addr.to_string(), source })?;
+        let mut tls = tonic::transport::ClientTlsConfig::new();
+        if let Some(pem) = ca {
+            tls = tls.ca_certificate(tonic::transport::Certificate::from_pem(pem));
+        }
+        let endpoint =
+            endpoint.tls_config(tls).map_err(|source| ConnectError::Connect { target: addr.to_string(), source })?;
+        return configure(endpoint)
+            .connect()
+            .await
+            .map_err(|source| ConnectError::Connect { target: addr.to_string(), source });
+    }
     match addr.strip_prefix("http://") {
         Some(a) => tcp_channel(format!("http://{a}")).await,
         None => unix_channel(Path::new(addr.strip_prefix("unix:").unwrap_or(addr))).await,

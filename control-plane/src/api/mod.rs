@@ -119,7 +119,8 @@ pub async fn router<R: ContainerRuntime, N: Network>(
     manager: Arc<BotManager<R, N>>,
     tokens: ApiTokens,
     health: &tonic_health::server::HealthReporter,
-) -> ApiRouter {
+    tls: Option<tonic::transport::ServerTlsConfig>,
+) -> Result<ApiRouter, tonic::transport::Error> {
     let health_service = health::service(health);
     // Reflection (grpcurl and friends); the descriptors come from the proto crate, so this cannot fail
     // unless the build is broken, in which case berthd serves without it and says so.
@@ -140,7 +141,11 @@ pub async fn router<R: ContainerRuntime, N: Network>(
     let proxy = ContainerServiceServer::new(proxy::Proxy::new(manager))
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
-    let router = Server::builder()
+    let mut server = Server::builder();
+    if let Some(tls) = tls {
+        server = server.tls_config(tls)?;
+    }
+    let router = server
         .layer(crate::metrics::RpcLatencyLayer)
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
@@ -151,8 +156,8 @@ pub async fn router<R: ContainerRuntime, N: Network>(
         .add_service(InterceptedService::new(images, auth.clone()))
         .add_service(InterceptedService::new(data, auth.clone()))
         .add_service(InterceptedService::new(proxy, auth.clone()));
-    match reflection {
+    Ok(match reflection {
         Some(r) => router.add_service(InterceptedService::new(r, auth)),
         None => router,
-    }
+    })
 }

@@ -51,9 +51,10 @@ impl<R: ContainerRuntime, N: Network> BotManager<R, N> {
                     .map_err(|e| Error::internal(format!("cannot write the agent token of bot `{name}`"), e))?;
                 bot.token = token;
             }
+            let log_from = self.runtime.task_log_len(&bot.container_id);
             let pid = self.runtime.start(&bot.container_id).await?;
             protect_agent(name, pid);
-            self.wait_ready(&bot).await
+            self.wait_ready(&bot, log_from).await
         }
         .await;
         let bot = &bot;
@@ -70,7 +71,7 @@ impl<R: ContainerRuntime, N: Network> BotManager<R, N> {
 
     /// Waits until the agent answers `Version`, up to the configured deadline. An agent that exits instead
     /// (a bad image, an agent too old for its flags) ends the wait at once, with what it printed.
-    async fn wait_ready(&self, bot: &BotRecord) -> Result<()> {
+    async fn wait_ready(&self, bot: &BotRecord, log_from: u64) -> Result<()> {
         let deadline = Instant::now() + self.config.agent_ready_timeout;
         let mut last = String::from("no answer yet");
         let mut next_check = Instant::now();
@@ -88,7 +89,17 @@ impl<R: ContainerRuntime, N: Network> BotManager<R, N> {
             if Instant::now() >= next_check {
                 next_check = Instant::now() + std::time::Duration::from_millis(100);
                 if let TaskState::Stopped { exit_status } = self.runtime.state(&bot.container_id).await? {
-                    let said = self.runtime.task_log_tail(&bot.container_id, 2048);
+                    // The shim copies the task's output to the log on its own, and may lag the exit: wait
+                    // (up to 2 s, only on this failure path) until something arrived and stopped changing.
+                    let mut said = self.runtime.task_log_tail(&bot.container_id, log_from, 2048);
+                    for _ in 0..40 {
+                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                        let again = self.runtime.task_log_tail(&bot.container_id, log_from, 2048);
+                        if again == said && said.is_some() {
+                            break;
+                        }
+                        said = again;
+                    }
                     return Err(Error::FailedPrecondition(format!(
                         "the agent of bot `{}` exited (status {exit_status}) instead of serving; it said: {}",
                         bot.name,

@@ -237,7 +237,11 @@ impl ContainerRuntime for FakeRuntime {
         None
     }
 
-    fn task_log_tail(&self, _id: &str, _max_bytes: u64) -> Option<String> {
+    fn task_log_len(&self, _id: &str) -> u64 {
+        0
+    }
+
+    fn task_log_tail(&self, _id: &str, _from: u64, _max_bytes: u64) -> Option<String> {
         None
     }
 }

@@ -226,7 +226,9 @@ pub trait ContainerRuntime: Send + Sync + 'static {
     /// How many processes of container `id`'s task the kernel's OOM killer killed (its cgroup's counter;
     /// readable until the dead task is removed). `None` when unknown.
     fn oom_kills(&self, id: &str) -> impl Future<Output = Option<u64>> + Send;
-    /// The last lines (at most `max_bytes`) of what container `id`'s task wrote to stdout and stderr:
-    /// the agent's own log, which says why it exited. `None` when there is none.
-    fn task_log_tail(&self, id: &str, max_bytes: u64) -> Option<String>;
+    /// How long container `id`'s task log is (it accumulates across the task's runs); 0 if none.
+    fn task_log_len(&self, id: &str) -> u64;
+    /// The last lines (at most `max_bytes`) of what container `id`'s task wrote to stdout and stderr after
+    /// byte `from` of its log: the agent's own log, which says why it exited. `None` when there is none.
+    fn task_log_tail(&self, id: &str, from: u64, max_bytes: u64) -> Option<String>;
 }

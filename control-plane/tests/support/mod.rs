@@ -22,16 +22,16 @@ pub fn remove_firewall(bridge: &str) {
     use std::process::{Command, Stdio};
     let tag = format!("berth:{bridge}");
     for table in ["nat", "filter"] {
-        let Ok(o) = Command::new("iptables").args(["-t", table, "-S"]).output() else { continue };
+        let Ok(o) = Command::new("iptables").args(["-w", "5", "-t", table, "-S"]).output() else { continue };
         for rule in String::from_utf8_lossy(&o.stdout).lines().filter(|l| l.contains(&tag)) {
             let args: Vec<String> =
                 rule.replacen("-A", "-D", 1).replace('"', "").split(' ').map(String::from).collect();
-            let _ = Command::new("iptables").args(["-t", table]).args(&args).status();
+            let _ = Command::new("iptables").args(["-w", "5", "-t", table]).args(&args).status();
         }
     }
     for chain in [format!("BERTH-IN-{bridge}"), format!("BERTH-FWD-{bridge}")] {
-        let _ = Command::new("iptables").args(["-F", &chain]).stderr(Stdio::null()).status();
-        let _ = Command::new("iptables").args(["-X", &chain]).stderr(Stdio::null()).status();
+        let _ = Command::new("iptables").args(["-w", "5", "-F", &chain]).stderr(Stdio::null()).status();
+        let _ = Command::new("iptables").args(["-w", "5", "-X", &chain]).stderr(Stdio::null()).status();
     }
 }
 

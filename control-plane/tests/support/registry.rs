@@ -27,6 +27,57 @@ fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").expect("port").local_addr().expect("addr").port()
 }
 
+/// A fresh CA (`ca.crt`, `ca.key`) in `dir` and a certificate it signed for 127.0.0.1 (`tls.crt`,
+/// `tls.key`).
+pub fn localhost_certificate(dir: &std::path::Path) {
+    let d = |n: &str| dir.join(n).display().to_string();
+    openssl(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-days",
+        "1",
+        "-subj",
+        "/CN=berth-test-ca",
+        "-keyout",
+        &d("ca.key"),
+        "-out",
+        &d("ca.crt"),
+    ]);
+    openssl(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-subj",
+        "/CN=127.0.0.1",
+        "-keyout",
+        &d("tls.key"),
+        "-out",
+        &d("tls.csr"),
+    ]);
+    std::fs::write(dir.join("san.ext"), "subjectAltName=IP:127.0.0.1\n").expect("ext");
+    openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        &d("tls.csr"),
+        "-CA",
+        &d("ca.crt"),
+        "-CAkey",
+        &d("ca.key"),
+        "-CAcreateserial",
+        "-days",
+        "1",
+        "-extfile",
+        &d("san.ext"),
+        "-out",
+        &d("tls.crt"),
+    ]);
+}
+
 fn openssl(args: &[&str]) {
     let out =
         Command::new("openssl").args(args).output().expect("openssl is not installed: run scripts/install-deps.sh");
@@ -97,51 +148,7 @@ impl PrivateRegistry {
     pub fn start_tls_token(user: &str, password: &str) -> PrivateRegistry {
         let dir = tempfile::tempdir().expect("tempdir");
         let d = |n: &str| dir.path().join(n).display().to_string();
-        openssl(&[
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-days",
-            "1",
-            "-subj",
-            "/CN=berth-test-ca",
-            "-keyout",
-            &d("ca.key"),
-            "-out",
-            &d("ca.crt"),
-        ]);
-        openssl(&[
-            "req",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-subj",
-            "/CN=127.0.0.1",
-            "-keyout",
-            &d("tls.key"),
-            "-out",
-            &d("tls.csr"),
-        ]);
-        std::fs::write(dir.path().join("san.ext"), "subjectAltName=IP:127.0.0.1\n").expect("ext");
-        openssl(&[
-            "x509",
-            "-req",
-            "-in",
-            &d("tls.csr"),
-            "-CA",
-            &d("ca.crt"),
-            "-CAkey",
-            &d("ca.key"),
-            "-CAcreateserial",
-            "-days",
-            "1",
-            "-extfile",
-            &d("san.ext"),
-            "-out",
-            &d("tls.crt"),
-        ]);
+        localhost_certificate(dir.path());
         openssl(&[
             "req",
             "-x509",

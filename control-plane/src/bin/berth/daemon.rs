@@ -14,12 +14,15 @@ use tonic::transport::Channel;
 /// Where berthd is and how to authenticate.
 #[derive(Debug, Clone, clap::Args)]
 pub struct Conn {
-    /// berthd's address: a Unix socket path or http://IP:PORT.
+    /// berthd's address: a Unix socket path, http://IP:PORT or https://IP:PORT.
     #[arg(long, global = true, env = "BERTH_ADDR", default_value = "/run/berth/berthd.sock")]
     addr: String,
     /// API token (or set BERTH_TOKEN).
     #[arg(long, global = true, env = "BERTH_TOKEN", hide_env_values = true)]
     token: Option<String>,
+    /// PEM file of the CA that signed berthd's TLS certificate (for an https:// address).
+    #[arg(long, global = true, env = "BERTH_CA")]
+    ca: Option<std::path::PathBuf>,
 }
 
 impl Conn {
@@ -31,7 +34,16 @@ impl Conn {
     }
 
     pub async fn channel(&self) -> anyhow::Result<Channel> {
-        agent_client::channel(&self.addr).await.with_context(|| format!("cannot reach berthd at {}", self.addr))
+        let ca = match &self.ca {
+            Some(p) => Some(std::fs::read(p).with_context(|| format!("cannot read the CA file {}", p.display()))?),
+            None => None,
+        };
+        if self.addr.starts_with("https://") && ca.is_none() {
+            anyhow::bail!("an https:// address needs the CA of berthd's certificate: --ca FILE or BERTH_CA");
+        }
+        agent_client::channel_with_ca(&self.addr, ca.as_deref())
+            .await
+            .with_context(|| format!("cannot reach berthd at {}", self.addr))
     }
 
     async fn bots(&self) -> anyhow::Result<BotServiceClient<InterceptedService<Channel, BearerAuth>>> {

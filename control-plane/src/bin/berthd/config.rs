@@ -73,6 +73,20 @@ pub struct Args {
     #[arg(long, env = "BERTH_LISTEN_TCP")]
     #[serde(skip_serializing_if = "Option::is_none")]
     listen_tcp: Option<SocketAddr>,
+    /// PEM certificate (chain) for TLS on listen_tcp; with tls_key_file.
+    #[arg(long, env = "BERTH_TLS_CERT_FILE")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tls_cert_file: Option<PathBuf>,
+    /// PEM private key for tls_cert_file.
+    #[arg(long, env = "BERTH_TLS_KEY_FILE")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tls_key_file: Option<PathBuf>,
+    /// Serve listen_tcp without TLS on a non-loopback address (only behind a TLS-terminating proxy or on a
+    /// private network).
+    #[arg(long, env = "BERTH_ALLOW_PLAINTEXT_TCP", num_args = 0..=1, default_missing_value = "true",
+          value_parser = clap::builder::BoolishValueParser::new())]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    allow_plaintext_tcp: Option<bool>,
     /// OCI image archives to import at start (flag repeatable; variable comma-separated).
     #[arg(long = "image-archive", env = "BERTH_IMAGE_ARCHIVES", value_delimiter = ',')]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -156,6 +170,9 @@ pub struct Config {
     pub database_url: Option<String>,
     pub listen_unix: Option<PathBuf>,
     pub listen_tcp: Option<SocketAddr>,
+    pub tls_cert_file: Option<PathBuf>,
+    pub tls_key_file: Option<PathBuf>,
+    pub allow_plaintext_tcp: bool,
     pub image_archives: Vec<PathBuf>,
     pub default_image: String,
     pub api_token_file: Option<PathBuf>,
@@ -185,6 +202,9 @@ impl Default for Config {
             database_url: None,
             listen_unix: None,
             listen_tcp: None,
+            tls_cert_file: None,
+            tls_key_file: None,
+            allow_plaintext_tcp: false,
             image_archives: Vec::new(),
             default_image: "berth/minimal:latest".into(),
             api_token_file: None,
@@ -243,6 +263,19 @@ impl Config {
         }
         if self.listen_tcp.is_some() && self.api_token_file.is_none() {
             anyhow::bail!("listen_tcp needs api_token_file: TCP is never served without authentication");
+        }
+        if self.tls_cert_file.is_some() != self.tls_key_file.is_some() {
+            anyhow::bail!("tls_cert_file and tls_key_file: give both or neither");
+        }
+        if let Some(addr) = self.listen_tcp
+            && !addr.ip().is_loopback()
+            && self.tls_cert_file.is_none()
+            && !self.allow_plaintext_tcp
+        {
+            anyhow::bail!(
+                "listen_tcp: {addr} is reachable from other hosts; give tls_cert_file and tls_key_file, or set \
+                 allow_plaintext_tcp if a TLS proxy or a private network protects it"
+            );
         }
         self.metrics_addr()?;
         Ok(())
@@ -330,6 +363,8 @@ mod tests {
             listen_unix: Some(PathBuf::new()),
             listen_tcp: Some("127.0.0.1:1".parse().unwrap()),
             api_token_file: Some(PathBuf::new()),
+            tls_cert_file: Some(PathBuf::new()),
+            tls_key_file: Some(PathBuf::new()),
             ..Config::default()
         })
         .unwrap();
@@ -370,6 +405,8 @@ mod tests {
             ("bridge = \"a-very-long-bridge-name\"\n", "bridge"),
             ("metrics_listen = \"anywhere\"\n", "metrics_listen"),
             ("listen_tcp = \"127.0.0.1:7000\"\n", "listen_tcp needs api_token_file"),
+            ("listen_tcp = \"0.0.0.0:7000\"\napi_token_file = \"/t\"\n", "reachable from other hosts"),
+            ("tls_cert_file = \"/c.pem\"\n", "give both or neither"),
             ("log_format = \"xml\"\n", "log_format"),
             ("egress_deny = [\"10.0.0.0/33\"]\n", "egress_deny"),
             ("not toml at all", "not valid TOML"),

@@ -138,13 +138,27 @@ async fn main() -> anyhow::Result<()> {
     // TCP first: the Unix socket appearing is the signal that berthd is fully up.
     if let Some(addr) = args.listen_tcp {
         let l = TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr}"))?;
-        let r = router(manager.clone(), tokens.clone(), &health).await;
+        let tls = match (&args.tls_cert_file, &args.tls_key_file) {
+            (Some(cert), Some(key)) => {
+                let read = |p: &std::path::Path, what: &str| {
+                    std::fs::read(p).with_context(|| format!("{what}: cannot read {}", p.display()))
+                };
+                let identity =
+                    tonic::transport::Identity::from_pem(read(cert, "tls_cert_file")?, read(key, "tls_key_file")?);
+                Some(tonic::transport::ServerTlsConfig::new().identity(identity))
+            }
+            _ => None,
+        };
+        let secure = tls.is_some();
+        let r = router(manager.clone(), tokens.clone(), &health, tls)
+            .await
+            .context("tls_cert_file/tls_key_file: not a usable certificate and key")?;
         servers.push(tokio::spawn(r.serve_with_incoming_shutdown(TcpListenerStream::new(l), wait(stop_rx.clone()))));
-        tracing::info!(%addr, "berthd listening");
+        tracing::info!(%addr, tls = secure, "berthd listening");
     }
     let unix_path = args.unix_socket();
     let unix = listen_unix(&unix_path)?;
-    let r = router(manager.clone(), tokens.clone(), &health).await;
+    let r = router(manager.clone(), tokens.clone(), &health, None).await.context("cannot build the API router")?;
     servers.push(tokio::spawn(r.serve_with_incoming_shutdown(UnixListenerStream::new(unix), wait(stop_rx.clone()))));
     tracing::info!(socket = %unix_path.display(), "berthd listening");
     let mut term = signal(SignalKind::terminate())?;

@@ -221,16 +221,23 @@ impl ContainerRuntime for Containerd {
         snapshot::resume(self, id).await
     }
 
-    fn task_log_tail(&self, id: &str, max_bytes: u64) -> Option<String> {
+    fn task_log_len(&self, id: &str) -> u64 {
+        std::fs::metadata(self.log_path(id)).map(|m| m.len()).unwrap_or(0)
+    }
+
+    fn task_log_tail(&self, id: &str, from: u64, max_bytes: u64) -> Option<String> {
         use std::io::{Read, Seek, SeekFrom};
         let mut f = std::fs::File::open(self.log_path(id)).ok()?;
         let len = f.metadata().ok()?.len();
-        f.seek(SeekFrom::Start(len.saturating_sub(max_bytes))).ok()?;
+        // A log shorter than `from` was started afresh: all of it is new.
+        let from = if len < from { 0 } else { from };
+        let start = len.saturating_sub(max_bytes).max(from);
+        f.seek(SeekFrom::Start(start)).ok()?;
         let mut buf = Vec::new();
         f.read_to_end(&mut buf).ok()?;
         let text = String::from_utf8_lossy(&buf);
         // Whole lines only, unless one line is all there is.
-        let text = if len > max_bytes { text.split_once('\n').map_or(&*text, |(_, rest)| rest) } else { &text };
+        let text = if start > from { text.split_once('\n').map_or(&*text, |(_, rest)| rest) } else { &text };
         let text = text.trim();
         (!text.is_empty()).then(|| text.to_string())
     }
