@@ -10,6 +10,12 @@ use tracing_subscriber::util::SubscriberInitExt;
 
 fn main() -> std::process::ExitCode {
     let config = Config::parse();
+    // Not dumpable: the bot's processes (same uid, no CAP_SYS_PTRACE) can then neither ptrace the agent nor
+    // read its memory, environment or descriptors through /proc/1. Children get the flag back at execve.
+    // SAFETY: prctl with integer arguments touches no memory of ours.
+    if unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) } != 0 {
+        eprintln!("berth-agent: cannot mark the agent non-dumpable: {}", std::io::Error::last_os_error());
+    }
     // `Targets` (e.g. "info,berth_agent=debug") rather than EnvFilter: no regex engine in the agent binary.
     let spec = std::env::var("BERTH_AGENT_LOG").unwrap_or_else(|_| "info".into());
     let filter: Targets = match spec.parse() {

@@ -179,6 +179,38 @@ async fn bots_cannot_reach_each_other_the_host_or_metadata_but_can_reach_the_out
         "connect to a service on the host (bound to 0.0.0.0: berthd's TCP port, a database) via the gateway and every host address",
         "refused at once (TCP reset); the host itself reaches it",
     );
+    // 3b. The same host service over IPv6: the bridge's link-local address is on every host with IPv6 on,
+    // and iptables (IPv4) would not see that traffic.
+    let l6 = std::net::TcpListener::bind("[::]:0").unwrap();
+    let port6 = l6.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for s in l6.incoming().flatten() {
+            use std::io::Write;
+            let mut s = s;
+            let _ = s.write_all(b"host-secret\n");
+        }
+    });
+    let (_, addrs) = attempt(&b, "attacker", "cat /proc/net/if_inet6; ip -6 addr 2>&1").await;
+    assert!(!addrs.contains("fe80"), "a bot has an IPv6 address: {addrs}");
+    // Every IPv6 address of the host (/proc/net/if_inet6: 32 hex digits, .., interface name).
+    for line in sh("cat /proc/net/if_inet6").lines() {
+        let hex = line.split_whitespace().next().unwrap();
+        if hex == "00000000000000000000000000000001" {
+            continue;
+        }
+        let groups: Vec<&str> = (0..8).map(|i| &hex[i * 4..i * 4 + 4]).collect();
+        let scope = if hex.starts_with("fe80") { "%eth0" } else { "" };
+        let (rc, out) = attempt(&b, "attacker", &format!("nc -w 3 {}{scope} {port6}", groups.join(":"))).await;
+        assert!(rc > 0 && !out.contains("host-secret"), "a bot reached the host over IPv6 at {hex}: {out}");
+    }
+    assert!(
+        sh(&format!("cat /proc/sys/net/ipv6/conf/{}/disable_ipv6", b.bridge)).trim() == "1",
+        "IPv6 is on on the bots' bridge"
+    );
+    record(
+        "connect to a host service over IPv6 (link-local, which IPv4 rules would not see)",
+        "impossible: bots have no IPv6 address, and IPv6 is off on their bridge",
+    );
     // 4. Cloud metadata.
     // (HTTP by hand with nc: the static busybox's wget needs NSS, which a minimal image lacks.)
     let http = |addr: &str| format!("printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 5 {addr}");
@@ -238,12 +270,26 @@ async fn privileged_operations_fail_inside_a_bot() {
         ("read the host's kernel log (`dmesg`)", "dmesg"),
         ("create a user namespace (`unshare -U`, the way into most kernel exploits)", "unshare -U true"),
         ("create a user namespace with `unshare -r` (map root)", "unshare -r true"),
+        (
+            "ptrace the agent (PID 1) or read its memory or environment through /proc (the kernel's ptrace check)",
+            "cat /proc/1/environ >/dev/null && readlink /proc/1/exe && ls /proc/1/fd",
+        ),
     ];
     for (what, script) in cases {
         let (rc, out) = attempt(&b, "probe", script).await;
         assert!(rc > 0, "{what} succeeded (or crashed): {out}");
         record(what, &format!("refused (exit {rc}): {}", out.lines().last().unwrap_or("").trim()));
     }
+    // The bot's own processes stay debuggable (execve makes them dumpable again): the control.
+    let (rc, out) = attempt(&b, "probe", "sleep 5 & cat /proc/$!/environ >/dev/null && ls /proc/$!/fd").await;
+    assert_eq!(rc, 0, "{out}");
+    // No process of the host is visible.
+    let (_, out) = attempt(&b, "probe", "cat /proc/[0-9]*/cmdline | tr '\\0' ' '").await;
+    assert!(out.contains("berth-agent") && !out.contains("containerd") && !out.contains("berthd"), "{out}");
+    record(
+        "see or signal a process of the host",
+        "impossible: the bot's PID namespace shows only its agent and its own processes",
+    );
     // The seccomp filter is on for everything in the bot.
     let (_, out) = attempt(&b, "probe", "grep Seccomp: /proc/self/status").await;
     assert!(out.contains("Seccomp:\t2"), "{out}");

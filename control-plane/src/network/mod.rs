@@ -203,6 +203,7 @@ impl Cni {
         let lo = cni::Invocation { ifname: "lo", ..inv };
         cni::run_list(&lo, "ADD", &Self::loopback(), None)?;
         repair_bridge_mac(&self.config.bridge);
+        disable_ipv6(&self.config.bridge)?;
         let veth = host_veth(&result, &self.config.bridge).ok_or_else(|| NetworkError::Io {
             op: format!("isolate the bridge port of `{bot}`"),
             source: std::io::Error::other("the CNI result names no host-side veth"),
@@ -380,6 +381,11 @@ impl Cni {
             repair_bridge_mac(br);
             repaired.push(format!("gave bridge {br} a MAC (it was zero)"));
         }
+        if std::fs::read_to_string(format!("/proc/sys/net/ipv6/conf/{br}/disable_ipv6")).is_ok_and(|v| v.trim() == "0")
+        {
+            disable_ipv6(br)?;
+            repaired.push(format!("turned IPv6 off on bridge {br} again"));
+        }
         if let Some(veth) = host_veth(&a.result, br) {
             let master = std::fs::read_link(format!("/sys/class/net/{veth}/master")).ok();
             let on_bridge = master.as_ref().and_then(|m| m.file_name()).is_some_and(|n| n == br.as_str());
@@ -413,6 +419,16 @@ fn host_veth(result: &Value, bridge: &str) -> Option<String> {
 fn set_isolated(veth: &str) -> Result<(), NetworkError> {
     let path = format!("/sys/class/net/{veth}/brport/isolated");
     std::fs::write(&path, "1").map_err(|source| NetworkError::Io { op: format!("isolate bridge port {veth}"), source })
+}
+
+/// Turns IPv6 off on a host interface (the bots' bridge): with no address there, the host answers no IPv6
+/// from bots (the firewall's rules are IPv4 only). Nothing to do on a kernel without IPv6.
+fn disable_ipv6(ifname: &str) -> Result<(), NetworkError> {
+    let path = format!("/proc/sys/net/ipv6/conf/{ifname}/disable_ipv6");
+    if !Path::new(&path).exists() {
+        return Ok(());
+    }
+    std::fs::write(&path, "1").map_err(|source| NetworkError::Io { op: format!("turn IPv6 off on {ifname}"), source })
 }
 
 /// Runs blocking network work (plugins, `ip`, iptables) off the async threads.

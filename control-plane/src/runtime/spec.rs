@@ -12,7 +12,7 @@ use super::{BindMount, ContainerConfig};
 pub const SPEC_TYPE_URL: &str = "types.containerd.io/opencontainers/runtime-spec/1/Spec";
 
 /// Capabilities a bot's processes keep: containerd's default set without CAP_NET_RAW (raw sockets would
-/// let a bot forge packets on the bots' network; `ping` works without it, see [`SYSCTLS`]).
+/// let a bot forge packets on the bots' network; `ping` works without it, see [`sysctls`]).
 const CAPABILITIES: &[&str] = &[
     "CAP_CHOWN",
     "CAP_DAC_OVERRIDE",
@@ -43,8 +43,16 @@ const MASKED_PATHS: &[&str] = &[
 ];
 
 /// Kernel settings of the bot's own network namespace: ICMP echo sockets for every group, so `ping`
-/// works without CAP_NET_RAW.
-const SYSCTLS: &[(&str, &str)] = &[("net.ipv4.ping_group_range", "0 2147483647")];
+/// works without CAP_NET_RAW; no IPv6 on its link (Berth's firewall is IPv4; loopback keeps `::1`).
+fn sysctls() -> serde_json::Map<String, serde_json::Value> {
+    let mut s = serde_json::Map::new();
+    s.insert("net.ipv4.ping_group_range".into(), json!("0 2147483647"));
+    if std::path::Path::new("/proc/sys/net/ipv6").exists() {
+        s.insert("net.ipv6.conf.eth0.disable_ipv6".into(), json!("1"));
+        s.insert("net.ipv6.conf.default.disable_ipv6".into(), json!("1"));
+    }
+    s
+}
 
 const READONLY_PATHS: &[&str] = &["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"];
 
@@ -171,7 +179,7 @@ pub fn build(c: &ContainerConfig, namespace: &str) -> Value {
             "namespaces": namespaces,
             "cgroupsPath": format!("/{}", super::cgroup::container_path(namespace, &c.id)),
             "resources": resources,
-            "sysctl": SYSCTLS.iter().map(|(k, v)| (k.to_string(), json!(v))).collect::<serde_json::Map<_, _>>(),
+            "sysctl": sysctls(),
             "seccomp": seccomp(),
             "maskedPaths": MASKED_PATHS,
             "readonlyPaths": READONLY_PATHS
