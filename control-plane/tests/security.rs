@@ -246,7 +246,17 @@ async fn bots_cannot_reach_each_other_the_host_or_metadata_but_can_reach_the_out
         assert!(t.elapsed() < Duration::from_secs(10), "the isolation rules were not restored:\n{}", b.log());
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    record("the isolation rules flushed by hand", "restored by the reconciler within one interval");
+    let v6 = format!("/proc/sys/net/ipv6/conf/{}/disable_ipv6", b.bridge);
+    std::fs::write(&v6, "0").unwrap();
+    let t = Instant::now();
+    while std::fs::read_to_string(&v6).unwrap().trim() != "1" {
+        assert!(t.elapsed() < Duration::from_secs(10), "IPv6 stayed on on the bridge:\n{}", b.log());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    record(
+        "the isolation rules flushed by hand, IPv6 turned back on on the bridge",
+        "restored by the reconciler within one interval",
+    );
     server.abort();
 }
 
