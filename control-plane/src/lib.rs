@@ -14,6 +14,7 @@ pub mod api;
 pub mod archive;
 pub mod bots;
 pub mod error;
+pub mod mcp;
 pub mod metrics;
 pub mod network;
 pub mod runtime;

@@ -1,4 +1,4 @@
-//! berthd's gRPC surface: `BotService` (lifecycle) and the agent protocol proxied to a bot's agent
+//! berthd's gRPC surface: `BotService` (lifecycle), `DataService`, `ImageService`, `McpService` and the agent protocol proxied to a bot's agent
 //! (`proxy.rs`). Handlers are thin; [`Error`] becomes a [`tonic::Status`] only here. Every call is
 //! checked against the API tokens when any are configured.
 
@@ -8,6 +8,7 @@ mod data;
 pub mod health;
 pub mod http;
 mod images;
+mod mcp;
 mod proxy;
 pub mod scope;
 
@@ -18,6 +19,7 @@ use berth_proto::agent::v1::container_service_server::ContainerServiceServer;
 use berth_proto::controlplane::v1::bot_service_server::BotServiceServer;
 use berth_proto::controlplane::v1::data_service_server::DataServiceServer;
 use berth_proto::controlplane::v1::image_service_server::ImageServiceServer;
+use berth_proto::controlplane::v1::mcp_service_server::McpServiceServer;
 use subtle::ConstantTimeEq;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Server;
@@ -117,6 +119,7 @@ pub type ApiRouter = tonic::transport::server::Router<
 /// The router serving every service.
 pub async fn router<R: ContainerRuntime, N: Network>(
     manager: Arc<BotManager<R, N>>,
+    hub: Arc<crate::mcp::McpHub<R, N>>,
     tokens: ApiTokens,
     health: &tonic_health::server::HealthReporter,
     tls: Option<tonic::transport::ServerTlsConfig>,
@@ -132,10 +135,14 @@ pub async fn router<R: ContainerRuntime, N: Network>(
     health.set_serving::<BotServiceServer<bots::Bots<R, N>>>().await;
     health.set_serving::<DataServiceServer<data::Data<R, N>>>().await;
     health.set_serving::<ImageServiceServer<images::Images<R, N>>>().await;
+    health.set_serving::<McpServiceServer<mcp::Mcp<R, N>>>().await;
     let auth = move |req| tokens.check(req);
     let bots = BotServiceServer::new(bots::Bots::new(manager.clone()));
     let images = ImageServiceServer::new(images::Images::new(manager.clone()));
     let data = DataServiceServer::new(data::Data::new(manager.clone()))
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    let mcp = McpServiceServer::new(mcp::Mcp::new(hub))
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
     let proxy = ContainerServiceServer::new(proxy::Proxy::new(manager))
@@ -155,6 +162,7 @@ pub async fn router<R: ContainerRuntime, N: Network>(
         .add_service(InterceptedService::new(bots, auth.clone()))
         .add_service(InterceptedService::new(images, auth.clone()))
         .add_service(InterceptedService::new(data, auth.clone()))
+        .add_service(InterceptedService::new(mcp, auth.clone()))
         .add_service(InterceptedService::new(proxy, auth.clone()));
     Ok(match reflection {
         Some(r) => router.add_service(InterceptedService::new(r, auth)),

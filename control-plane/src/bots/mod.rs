@@ -116,6 +116,11 @@ impl<R: ContainerRuntime, N: Network> BotManager<R, N> {
         Ok(image)
     }
 
+    /// The database (for the parts of berthd built on bots, such as MCP servers).
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
     /// The images creates can use, by name.
     pub fn image_list(&self) -> Vec<Image> {
         let mut v: Vec<Image> = lock(&self.images).values().cloned().collect();

@@ -219,7 +219,9 @@ impl Store {
         Ok(())
     }
 
+    /// Deletes a bot's row and what hangs off it (its registered MCP servers).
     pub async fn delete_bot(&self, name: &str) -> Result<(), StoreError> {
+        self.delete_mcp_servers(name, None).await?;
         sqlx::query("DELETE FROM bots WHERE name = $1")
             .bind(name)
             .execute(self.pool())

@@ -2,6 +2,7 @@
 //! (`migrations/`). This is the only module that runs SQL.
 
 mod bots;
+mod mcp;
 mod ops;
 
 use sqlx::any::{AnyPoolOptions, install_default_drivers};

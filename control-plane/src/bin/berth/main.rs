@@ -57,13 +57,17 @@ enum Command {
         #[arg(short = 'p', long)]
         parents: bool,
     },
-    /// Relay MCP stdio to a server started in a bot (an MCP client launches this in place of the server).
+    /// Relay MCP stdio to a server in a bot: `berth mcp BOT SERVER` (registered) or `berth mcp BOT -- CMD…`
+    /// (an MCP client launches this in place of the server).
     Mcp {
         /// The bot.
         name: String,
         #[command(flatten)]
-        args: mcp::McpArgs,
+        args: mcp::BotMcpArgs,
     },
+    /// A bot's registered MCP servers: add, ls, rm.
+    #[command(subcommand)]
+    McpServer(mcp::ServerCommand),
     /// Talk to one bot's agent directly over its socket (debugging, tests).
     Agent(agent_cmd::AgentArgs),
 }
@@ -87,7 +91,8 @@ fn main() -> std::process::ExitCode {
             Command::Ops(cmd) => data_cmd::ops(&cli.conn, cmd).await,
             Command::Exec { name, args } => exec::run(cli.conn.agent(&name).await?, args).await,
             Command::Cp { src, dst, parents } => daemon::cp(&cli.conn, &src, &dst, parents).await,
-            Command::Mcp { name, args } => mcp::run(cli.conn.agent(&name).await?, args).await,
+            Command::Mcp { name, args } => mcp::run_bot(&cli.conn, name, args).await,
+            Command::McpServer(cmd) => mcp::servers(&cli.conn, cmd).await,
             Command::Agent(args) => agent_cmd::run(args).await,
         }
     });

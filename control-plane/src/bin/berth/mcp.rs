@@ -1,15 +1,23 @@
-//! `berth agent mcp -- CMD ARGS…`: a byte-exact MCP stdio relay. Each line on our stdin becomes one
-//! message to the server; each message from the server becomes one line on our stdout. stdin EOF closes
-//! the server's stdin (MCP's graceful shutdown); we exit when the server does, with its exit code.
+//! MCP from the command line:
+//! - `berth mcp BOT SERVER` / `berth mcp BOT -- CMD ARGS…`: a byte-exact MCP stdio relay through berthd's
+//!   `McpService` (a registered server, or an ad hoc command). Each line on our stdin becomes one message
+//!   to the server; each message from the server becomes one line on our stdout. stdin EOF closes the
+//!   server's stdin (MCP's graceful shutdown); we exit when the server does, with its exit code. An MCP
+//!   client launches this in place of the server.
+//! - `berth agent mcp -- CMD…`: the same relay straight to an agent.
+//! - `berth mcp-server add|ls|rm`: the bot's registered servers.
 
 use anyhow::Context;
 use berth_control_plane::agent_client::AgentClient;
 use berth_proto::agent::v1 as pb;
-use pb::mcp_session_request::Frame as In;
+use berth_proto::controlplane::v1 as cp;
+use cp::mcp_service_client::McpServiceClient;
 use pb::mcp_session_response::Frame as Out;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
+
+use crate::daemon::{Conn, status_err};
 
 #[derive(Debug, clap::Args)]
 pub struct McpArgs {
@@ -27,11 +35,169 @@ pub struct McpArgs {
     command: Vec<String>,
 }
 
+/// `berth mcp BOT (SERVER | -- CMD ARGS…)`.
+#[derive(Debug, clap::Args)]
+pub struct BotMcpArgs {
+    /// A server registered for the bot (`berth mcp-server add`); or give a command after `--`.
+    #[arg(required_unless_present = "command", conflicts_with = "command")]
+    server: Option<String>,
+    /// Working directory in the bot (ad hoc command).
+    #[arg(long)]
+    cwd: Option<String>,
+    /// Environment variable for the server (ad hoc command; repeatable).
+    #[arg(short = 'e', long = "env", value_parser = parse_env)]
+    env: Vec<(String, String)>,
+    /// Don't copy the server's stderr to ours.
+    #[arg(long)]
+    quiet: bool,
+    /// Close the session after this long without a message either way (capped by berthd's setting).
+    #[arg(long, value_name = "MS")]
+    idle_timeout_ms: Option<u32>,
+    /// An ad hoc server command and its arguments.
+    #[arg(last = true)]
+    command: Vec<String>,
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub enum ServerCommand {
+    /// Register a named MCP server for a bot: `berth mcp-server add BOT NAME -- CMD ARGS…`.
+    Add {
+        bot: String,
+        name: String,
+        /// Working directory in the bot.
+        #[arg(long)]
+        cwd: Option<String>,
+        /// Environment variable for the server (repeatable).
+        #[arg(short = 'e', long = "env", value_parser = parse_env)]
+        env: Vec<(String, String)>,
+        /// Replace a server of the same name.
+        #[arg(long)]
+        replace: bool,
+        #[arg(last = true, required = true)]
+        command: Vec<String>,
+    },
+    /// List a bot's registered MCP servers.
+    Ls {
+        bot: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove a registered MCP server.
+    Rm { bot: String, name: String },
+}
+
 fn parse_env(s: &str) -> Result<(String, String), String> {
     s.split_once('=').map(|(k, v)| (k.to_string(), v.to_string())).ok_or_else(|| format!("`{s}` is not KEY=VALUE"))
 }
 
+async fn client(
+    conn: &Conn,
+) -> anyhow::Result<
+    McpServiceClient<
+        tonic::service::interceptor::InterceptedService<
+            tonic::transport::Channel,
+            berth_control_plane::agent_client::BearerAuth,
+        >,
+    >,
+> {
+    Ok(McpServiceClient::with_interceptor(conn.channel().await?, conn.auth()?)
+        .max_decoding_message_size(berth_control_plane::api::MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(berth_control_plane::api::MAX_MESSAGE_BYTES))
+}
+
+/// `berth mcp-server …`.
+pub async fn servers(conn: &Conn, cmd: ServerCommand) -> anyhow::Result<i32> {
+    let mut c = client(conn).await?;
+    match cmd {
+        ServerCommand::Add { bot, name, cwd, env, replace, command } => {
+            let (cmd, args) = command.split_first().context("no server command given")?;
+            let server = cp::McpServer {
+                bot,
+                name,
+                command: cmd.clone(),
+                args: args.to_vec(),
+                env: env.into_iter().collect(),
+                cwd: cwd.unwrap_or_default(),
+                created_at_ms: 0,
+            };
+            let s = c
+                .register_mcp_server(cp::RegisterMcpServerRequest { server: Some(server), replace })
+                .await
+                .map_err(status_err("register the MCP server"))?
+                .into_inner();
+            println!("registered MCP server {} for bot {}", s.name, s.bot);
+        }
+        ServerCommand::Ls { bot, json } => {
+            let list = c
+                .list_mcp_servers(cp::ListMcpServersRequest { bot })
+                .await
+                .map_err(status_err("list MCP servers"))?
+                .into_inner()
+                .servers;
+            if json {
+                let rows: Vec<_> = list
+                    .iter()
+                    .map(|s| {
+                        serde_json::json!({"bot": s.bot, "name": s.name, "command": s.command, "args": s.args,
+                            "env": s.env, "cwd": s.cwd, "created_at_ms": s.created_at_ms})
+                    })
+                    .collect();
+                println!("{}", serde_json::to_string_pretty(&rows)?);
+            } else {
+                println!("{:<24} COMMAND", "NAME");
+                for s in list {
+                    println!("{:<24} {} {}", s.name, s.command, s.args.join(" "));
+                }
+            }
+        }
+        ServerCommand::Rm { bot, name } => {
+            c.remove_mcp_server(cp::RemoveMcpServerRequest { bot, name })
+                .await
+                .map_err(status_err("remove the MCP server"))?;
+        }
+    }
+    Ok(0)
+}
+
+/// `berth mcp BOT …`: a session through berthd.
+pub async fn run_bot(conn: &Conn, bot: String, a: BotMcpArgs) -> anyhow::Result<i32> {
+    use cp::mcp_client_frame::Frame;
+    let target = match a.server {
+        Some(s) => cp::mcp_connect::Target::Server(s),
+        None => {
+            let (command, args) = a.command.split_first().context("no server command given")?;
+            cp::mcp_connect::Target::Command(pb::McpOpen {
+                command: command.clone(),
+                args: args.to_vec(),
+                env: a.env.iter().cloned().collect(),
+                cwd: a.cwd.clone().unwrap_or_default(),
+                forward_stderr: !a.quiet,
+                ..Default::default()
+            })
+        }
+    };
+    let connect = cp::McpConnect {
+        bot,
+        target: Some(target),
+        idle_timeout_ms: a.idle_timeout_ms.unwrap_or(0),
+        forward_stderr: !a.quiet,
+    };
+    let (tx, rx) = mpsc::channel(64);
+    tx.send(cp::McpClientFrame { frame: Some(Frame::Connect(connect)) }).await?;
+    let responses = client(conn)
+        .await?
+        .mcp_session(ReceiverStream::new(rx))
+        .await
+        .map_err(|s| anyhow::anyhow!("cannot start the MCP server: {}", s.message()))?
+        .into_inner();
+    tokio::spawn(forward_stdin(tx, |m| cp::McpClientFrame { frame: Some(Frame::Message(m)) }));
+    relay(responses).await
+}
+
+/// `berth agent mcp -- CMD…`: a session straight with an agent.
 pub async fn run(mut client: AgentClient, a: McpArgs) -> anyhow::Result<i32> {
+    use pb::mcp_session_request::Frame as In;
     let (command, args) = a.command.split_first().context("no server command given")?;
     let open = pb::McpOpen {
         command: command.clone(),
@@ -43,12 +209,17 @@ pub async fn run(mut client: AgentClient, a: McpArgs) -> anyhow::Result<i32> {
     };
     let (tx, rx) = mpsc::channel(64);
     tx.send(pb::McpSessionRequest { frame: Some(In::Open(open)) }).await?;
-    let mut responses = client
+    let responses = client
         .mcp_session(ReceiverStream::new(rx))
         .await
         .map_err(|s| anyhow::anyhow!("cannot start the MCP server: {}", s.message()))?
         .into_inner();
-    tokio::spawn(forward_stdin(tx));
+    tokio::spawn(forward_stdin(tx, |m| pb::McpSessionRequest { frame: Some(In::Message(m)) }));
+    relay(responses).await
+}
+
+/// Writes the server's messages to stdout (one line each) and its stderr to ours, until it exits.
+async fn relay(mut responses: tonic::Streaming<pb::McpSessionResponse>) -> anyhow::Result<i32> {
     let mut stdout = tokio::io::stdout();
     let mut stderr = tokio::io::stderr();
     loop {
@@ -56,7 +227,7 @@ pub async fn run(mut client: AgentClient, a: McpArgs) -> anyhow::Result<i32> {
             .message()
             .await
             .map_err(|s| anyhow::anyhow!("MCP session failed: {}", s.message()))?
-            .context("the agent ended the MCP session without an exit status")?;
+            .context("the MCP session ended without an exit status")?;
         match msg.frame {
             Some(Out::Message(mut line)) => {
                 line.push(b'\n');
@@ -70,6 +241,9 @@ pub async fn run(mut client: AgentClient, a: McpArgs) -> anyhow::Result<i32> {
             Some(Out::Exited(e)) => {
                 if e.reason != pb::ExitReason::Exited as i32 || e.exit_code.unwrap_or(0) != 0 {
                     eprintln!("berth: MCP server {}", e.message);
+                    if !e.stderr_tail.is_empty() {
+                        eprintln!("berth: its stderr ended with:\n{}", String::from_utf8_lossy(&e.stderr_tail));
+                    }
                 }
                 return Ok(match (e.exit_code, e.signal) {
                     (Some(c), _) => c,
@@ -82,8 +256,8 @@ pub async fn run(mut client: AgentClient, a: McpArgs) -> anyhow::Result<i32> {
     }
 }
 
-/// Sends each stdin line as one message; EOF half-closes the stream.
-async fn forward_stdin(tx: mpsc::Sender<pb::McpSessionRequest>) {
+/// Sends each stdin line as one message; EOF half-closes the stream (the sender is dropped).
+async fn forward_stdin<T>(tx: mpsc::Sender<T>, frame: impl Fn(Vec<u8>) -> T) {
     let mut stdin = BufReader::with_capacity(1 << 20, tokio::io::stdin());
     loop {
         let mut line = Vec::new();
@@ -99,7 +273,7 @@ async fn forward_stdin(tx: mpsc::Sender<pb::McpSessionRequest>) {
                 if line.is_empty() {
                     continue;
                 }
-                if tx.send(pb::McpSessionRequest { frame: Some(In::Message(line)) }).await.is_err() {
+                if tx.send(frame(line)).await.is_err() {
                     return;
                 }
             }

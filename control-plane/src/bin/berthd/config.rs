@@ -153,6 +153,16 @@ pub struct Args {
     #[arg(long, env = "BERTH_METRICS_LISTEN")]
     #[serde(skip_serializing_if = "Option::is_none")]
     metrics_listen: Option<String>,
+    /// An MCP session with no message either way for this long is closed, in milliseconds (the most a
+    /// client may ask for).
+    #[arg(long, env = "BERTH_MCP_IDLE_TIMEOUT_MS")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    mcp_idle_timeout_ms: Option<u64>,
+    /// HTTP address (IP:PORT) of the MCP Streamable HTTP front-end (`/bots/BOT/mcp/SERVER`); `off` turns it
+    /// off; port 0 picks one. Needs api_token_file: every request carries a bearer token.
+    #[arg(long, env = "BERTH_MCP_LISTEN")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    mcp_listen: Option<String>,
     /// Log format: text or json.
     #[arg(long, env = "BERTH_LOG_FORMAT")]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -189,6 +199,8 @@ pub struct Config {
     pub reconcile_interval_ms: u64,
     pub import_max_bytes: u64,
     pub metrics_listen: String,
+    pub mcp_idle_timeout_ms: u64,
+    pub mcp_listen: String,
     pub log_format: LogFormat,
 }
 
@@ -221,6 +233,8 @@ impl Default for Config {
             reconcile_interval_ms: 5_000,
             import_max_bytes: 64 << 30,
             metrics_listen: "127.0.0.1:9464".into(),
+            mcp_idle_timeout_ms: 15 * 60 * 1000,
+            mcp_listen: "off".into(),
             log_format: LogFormat::Text,
         }
     }
@@ -278,7 +292,21 @@ impl Config {
             );
         }
         self.metrics_addr()?;
+        if self.mcp_idle_timeout_ms < 1000 {
+            anyhow::bail!("mcp_idle_timeout_ms: {} is too short (at least 1000 ms)", self.mcp_idle_timeout_ms);
+        }
+        if self.mcp_addr()?.is_some() && self.api_token_file.is_none() {
+            anyhow::bail!("mcp_listen needs api_token_file: the MCP front-end is never served without authentication");
+        }
         Ok(())
+    }
+
+    /// The MCP front-end's address; `None` when turned off.
+    pub fn mcp_addr(&self) -> anyhow::Result<Option<SocketAddr>> {
+        match self.mcp_listen.as_str() {
+            "off" | "" => Ok(None),
+            a => Ok(Some(a.parse().with_context(|| format!("mcp_listen: {a:?} is not an IP:PORT (or `off`)"))?)),
+        }
     }
 
     /// The metrics address; `None` when turned off.

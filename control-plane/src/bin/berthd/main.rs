@@ -8,6 +8,7 @@ use std::time::Duration;
 use anyhow::Context;
 use berth_control_plane::api::{ApiTokens, router};
 use berth_control_plane::bots::{BotManager, ManagerConfig};
+use berth_control_plane::mcp::{McpConfig, McpHub};
 use berth_control_plane::network::{Cni, NetworkConfig};
 use berth_control_plane::runtime::containerd::Containerd;
 use berth_control_plane::store::Store;
@@ -98,6 +99,10 @@ async fn main() -> anyhow::Result<()> {
         backoff: Duration::from_millis(200),
     });
     let manager = Arc::new(BotManager::new(runtime, network, store, config));
+    let hub = Arc::new(McpHub::new(
+        manager.clone(),
+        McpConfig { idle_timeout: Duration::from_millis(args.mcp_idle_timeout_ms) },
+    ));
     for a in &args.image_archives {
         manager.import_image(a).await.with_context(|| format!("cannot import {}", a.display()))?;
     }
@@ -150,7 +155,7 @@ async fn main() -> anyhow::Result<()> {
             _ => None,
         };
         let secure = tls.is_some();
-        let r = router(manager.clone(), tokens.clone(), &health, tls)
+        let r = router(manager.clone(), hub.clone(), tokens.clone(), &health, tls)
             .await
             .context("tls_cert_file/tls_key_file: not a usable certificate and key")?;
         servers.push(tokio::spawn(r.serve_with_incoming_shutdown(TcpListenerStream::new(l), wait(stop_rx.clone()))));
@@ -158,7 +163,9 @@ async fn main() -> anyhow::Result<()> {
     }
     let unix_path = args.unix_socket();
     let unix = listen_unix(&unix_path)?;
-    let r = router(manager.clone(), tokens.clone(), &health, None).await.context("cannot build the API router")?;
+    let r = router(manager.clone(), hub.clone(), tokens.clone(), &health, None)
+        .await
+        .context("cannot build the API router")?;
     servers.push(tokio::spawn(r.serve_with_incoming_shutdown(UnixListenerStream::new(unix), wait(stop_rx.clone()))));
     tracing::info!(socket = %unix_path.display(), "berthd listening");
     let mut term = signal(SignalKind::terminate())?;

@@ -1,0 +1,108 @@
+//! `McpService`: thin handlers over [`McpHub`]: the registry, and sessions whose frames are relayed
+//! between the gRPC streams and [`SessionIo`].
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use berth_proto::agent::v1 as agent_pb;
+use berth_proto::controlplane::v1 as pb;
+use pb::mcp_service_server::McpService;
+use tokio_stream::{Stream, StreamExt};
+use tonic::{Request, Response, Status, Streaming};
+
+use super::Scope;
+use crate::mcp::session::{SessionIo, Target};
+use crate::mcp::{LaunchSpec, McpHub, McpServer};
+use crate::network::Network;
+use crate::runtime::ContainerRuntime;
+
+/// How long a client may take to send its `connect` frame.
+const CONNECT_DEADLINE: Duration = Duration::from_secs(30);
+
+pub struct Mcp<R, N> {
+    hub: Arc<McpHub<R, N>>,
+}
+
+impl<R, N> Mcp<R, N> {
+    pub fn new(hub: Arc<McpHub<R, N>>) -> Self {
+        Mcp { hub }
+    }
+}
+
+type Res<T> = Result<Response<T>, Status>;
+
+fn to_pb(s: McpServer) -> pb::McpServer {
+    pb::McpServer {
+        bot: s.bot,
+        name: s.name,
+        command: s.spec.command,
+        args: s.spec.args,
+        env: s.spec.env.into_iter().collect(),
+        cwd: s.spec.cwd,
+        created_at_ms: s.created_at_ms,
+    }
+}
+
+#[tonic::async_trait]
+impl<R: ContainerRuntime, N: Network> McpService for Mcp<R, N> {
+    async fn register_mcp_server(&self, r: Request<pb::RegisterMcpServerRequest>) -> Res<pb::McpServer> {
+        let scope = Scope::of(&r);
+        let r = r.into_inner();
+        let s = r.server.ok_or_else(|| Status::invalid_argument("`server` is required"))?;
+        scope.allow(&s.bot)?;
+        let spec = LaunchSpec { command: s.command, args: s.args, env: s.env.into_iter().collect(), cwd: s.cwd };
+        Ok(Response::new(to_pb(self.hub.register(&s.bot, &s.name, spec, r.replace).await?)))
+    }
+
+    async fn list_mcp_servers(&self, r: Request<pb::ListMcpServersRequest>) -> Res<pb::ListMcpServersResponse> {
+        Scope::of(&r).allow(&r.get_ref().bot)?;
+        let servers = self.hub.list(&r.get_ref().bot).await?;
+        Ok(Response::new(pb::ListMcpServersResponse { servers: servers.into_iter().map(to_pb).collect() }))
+    }
+
+    async fn remove_mcp_server(&self, r: Request<pb::RemoveMcpServerRequest>) -> Res<pb::RemoveMcpServerResponse> {
+        Scope::of(&r).allow(&r.get_ref().bot)?;
+        self.hub.remove(&r.get_ref().bot, &r.get_ref().name).await?;
+        Ok(Response::new(pb::RemoveMcpServerResponse {}))
+    }
+
+    type McpSessionStream = Pin<Box<dyn Stream<Item = Result<agent_pb::McpSessionResponse, Status>> + Send>>;
+
+    async fn mcp_session(&self, r: Request<Streaming<pb::McpClientFrame>>) -> Res<Self::McpSessionStream> {
+        use pb::mcp_client_frame::Frame;
+        let scope = Scope::of(&r);
+        let mut inbound = r.into_inner();
+        let connect = match tokio::time::timeout(CONNECT_DEADLINE, inbound.message()).await {
+            Err(_) => return Err(Status::deadline_exceeded("no `connect` frame within 30 s")),
+            Ok(Err(s)) => return Err(s),
+            Ok(Ok(Some(pb::McpClientFrame { frame: Some(Frame::Connect(c)) }))) => c,
+            Ok(Ok(_)) => return Err(Status::invalid_argument("the first frame of an MCP session must be `connect`")),
+        };
+        scope.allow(&connect.bot)?;
+        let target = match connect.target {
+            Some(pb::mcp_connect::Target::Server(name)) => Target::Registered(name),
+            Some(pb::mcp_connect::Target::Command(o)) => Target::AdHoc(o),
+            None => return Err(Status::invalid_argument("`connect` names neither a registered server nor a command")),
+        };
+        let SessionIo { to_server, from_server, .. } =
+            self.hub.open(&connect.bot, target, connect.forward_stderr, connect.idle_timeout_ms).await?;
+        // Client → server: frames in order; the end of the request stream half-closes the server's stdin
+        // (dropping `to_server`). A broken request stream is a client gone: the response side notices.
+        tokio::spawn(async move {
+            while let Ok(Some(f)) = inbound.message().await {
+                let frame = match f.frame {
+                    Some(Frame::Message(m)) => agent_pb::mcp_session_request::Frame::Message(m),
+                    Some(Frame::CloseStdin(c)) => agent_pb::mcp_session_request::Frame::CloseStdin(c),
+                    Some(Frame::Connect(_)) | None => continue,
+                };
+                if to_server.send(frame).await.is_err() {
+                    return;
+                }
+            }
+        });
+        let out = tokio_stream::wrappers::ReceiverStream::new(from_server)
+            .map(|item| item.map(|frame| agent_pb::McpSessionResponse { frame: Some(frame) }).map_err(Status::from));
+        Ok(Response::new(Box::pin(out)))
+    }
+}

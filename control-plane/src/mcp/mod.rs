@@ -1,0 +1,96 @@
+//! MCP tool servers inside bots: the per-bot registry of named servers (`registry.rs`), sessions with
+//! them relayed through the bot's agent with idle reaping (`session.rs`), and the Streamable HTTP
+//! front-end (`http.rs`). One session is always one server process in the bot: no two clients share a
+//! process, so JSON-RPC ids never collide and every server→client message has exactly one home.
+
+mod registry;
+pub mod session;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::bots::BotManager;
+
+/// How a registered server is started in its bot.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LaunchSpec {
+    pub command: String,
+    #[serde(default)]
+    pub args: Vec<String>,
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// Working directory in the bot; empty = the agent's default.
+    #[serde(default)]
+    pub cwd: String,
+}
+
+/// A server registered for a bot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct McpServer {
+    pub bot: String,
+    pub name: String,
+    pub spec: LaunchSpec,
+    pub created_at_ms: i64,
+}
+
+/// Settings of MCP sessions.
+#[derive(Debug, Clone)]
+pub struct McpConfig {
+    /// A session with no message either way for this long is closed (the longest a client may ask for).
+    pub idle_timeout: Duration,
+}
+
+impl Default for McpConfig {
+    fn default() -> Self {
+        McpConfig { idle_timeout: Duration::from_secs(15 * 60) }
+    }
+}
+
+/// The MCP side of berthd: registry, sessions, HTTP sessions.
+pub struct McpHub<R, N> {
+    manager: Arc<BotManager<R, N>>,
+    config: McpConfig,
+}
+
+impl<R, N> McpHub<R, N> {
+    pub fn new(manager: Arc<BotManager<R, N>>, config: McpConfig) -> McpHub<R, N> {
+        McpHub { manager, config }
+    }
+
+    pub fn config(&self) -> &McpConfig {
+        &self.config
+    }
+}
+
+/// A server name: lower-case letters, digits, `.`, `_`, `-`, starting with a letter or digit, at most 63.
+pub fn check_name(name: &str) -> Result<(), String> {
+    let ok = !name.is_empty()
+        && name.len() <= 63
+        && name.bytes().next().is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'_' | b'-'));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "MCP server name `{name}` is invalid: use 1-63 lower-case letters, digits, `.`, `_` or `-`, starting with a letter or digit"
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::check_name;
+
+    #[test]
+    fn names() {
+        for ok in ["everything", "fs", "a.b_c-d", "0x"] {
+            assert!(check_name(ok).is_ok(), "{ok}");
+        }
+        for bad in ["", "Fs", "-x", ".x", "a/b", "a b", &"x".repeat(64)] {
+            assert!(check_name(bad).is_err(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,40 @@
+//! Registering, listing and removing a bot's named MCP servers (persisted; the bot must exist).
+
+use super::{LaunchSpec, McpHub, McpServer, check_name};
+use crate::bots::model::now_ms;
+use crate::error::{Error, Result};
+use crate::network::Network;
+use crate::runtime::ContainerRuntime;
+
+impl<R: ContainerRuntime, N: Network> McpHub<R, N> {
+    /// Registers `name` for `bot`; replaces an existing one only when `replace`.
+    pub async fn register(&self, bot: &str, name: &str, spec: LaunchSpec, replace: bool) -> Result<McpServer> {
+        check_name(name).map_err(Error::InvalidArgument)?;
+        if spec.command.trim().is_empty() {
+            return Err(Error::InvalidArgument(format!("MCP server `{name}`: the command is empty")));
+        }
+        if let Some(k) = spec.env.keys().find(|k| k.is_empty() || k.contains('=') || k.contains('\0')) {
+            return Err(Error::InvalidArgument(format!("MCP server `{name}`: environment name {k:?} is invalid")));
+        }
+        self.manager.store().get_bot(bot).await?;
+        let server = McpServer { bot: bot.to_string(), name: name.to_string(), spec, created_at_ms: now_ms() };
+        self.manager.store().put_mcp_server(&server, replace).await?;
+        tracing::info!(bot.name = bot, mcp.server = name, replace, "MCP server registered");
+        Ok(server)
+    }
+
+    pub async fn list(&self, bot: &str) -> Result<Vec<McpServer>> {
+        self.manager.store().get_bot(bot).await?;
+        Ok(self.manager.store().list_mcp_servers(bot).await?)
+    }
+
+    pub async fn get(&self, bot: &str, name: &str) -> Result<McpServer> {
+        Ok(self.manager.store().get_mcp_server(bot, name).await?)
+    }
+
+    pub async fn remove(&self, bot: &str, name: &str) -> Result<()> {
+        self.manager.store().delete_mcp_servers(bot, Some(name)).await?;
+        tracing::info!(bot.name = bot, mcp.server = name, "MCP server removed");
+        Ok(())
+    }
+}
