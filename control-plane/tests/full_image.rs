@@ -13,8 +13,6 @@ mod support;
 use std::path::PathBuf;
 use std::process::Command;
 
-use berth_control_plane::agent_client;
-use berth_proto::controlplane::v1 as pb;
 use common::dep;
 use support::berthd::TestBerthd;
 
@@ -56,17 +54,8 @@ async fn node_python_and_an_mcp_server_run_in_a_full_bot() {
     b.sh("tools", "python3 -m venv /data/venv && /data/venv/bin/python -c 'import sys; print(sys.prefix)'").await;
 
     // server-everything and its dependencies into /data, as an archive through the API.
+    let js = b.install_everything("tools").await;
     let modules = dep("node/node_modules");
-    let mut tar = tar::Builder::new(Vec::new());
-    tar.follow_symlinks(false);
-    tar.append_dir_all("data/mcp/node_modules", &modules).unwrap();
-    let archive = tar.into_inner().unwrap();
-    let mut msgs = vec![pb::ImportDataChunk { bot: "tools".into(), replace: false, data: vec![] }];
-    msgs.extend(archive.chunks(1 << 20).map(|c| pb::ImportDataChunk { data: c.to_vec(), ..Default::default() }));
-    let ch = agent_client::channel(b.socket.to_str().unwrap()).await.unwrap();
-    pb::data_service_client::DataServiceClient::new(ch).import_data(tokio_stream::iter(msgs)).await.unwrap();
-
-    let js = "/data/mcp/node_modules/@modelcontextprotocol/server-everything/dist/index.js";
     let host_js = modules.join("@modelcontextprotocol/server-everything/dist/index.js");
     let direct = vec!["node".to_string(), host_js.display().to_string(), "stdio".into()];
     let bridged: Vec<String> = [
@@ -78,7 +67,7 @@ async fn node_python_and_an_mcp_server_run_in_a_full_bot() {
         "--quiet",
         "--",
         "node",
-        js,
+        &js,
         "stdio",
     ]
     .iter()

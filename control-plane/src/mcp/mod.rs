@@ -3,7 +3,9 @@
 //! front-end (`http.rs`). One session is always one server process in the bot: no two clients share a
 //! process, so JSON-RPC ids never collide and every server→client message has exactly one home.
 
+pub mod http;
 mod registry;
+pub mod route;
 pub mod session;
 
 use std::collections::BTreeMap;

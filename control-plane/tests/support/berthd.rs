@@ -16,6 +16,8 @@ pub struct TestBerthd {
     /// This instance's own bridge and subnet (tests run in parallel).
     pub bridge: String,
     pub subnet: String,
+    /// API token the CLI and clients send (when berthd was given a token file).
+    pub token: Option<String>,
     args: Vec<std::ffi::OsString>,
     child: Option<Child>,
 }
@@ -56,7 +58,7 @@ impl TestBerthd {
             cmd.args(["--database-url", &url]);
         }
         let args = cmd.get_args().map(|a| a.to_os_string()).collect();
-        let mut b = TestBerthd { containerd, dir, socket, bridge, subnet, args, child: None };
+        let mut b = TestBerthd { containerd, dir, socket, bridge, subnet, token: None, args, child: None };
         b.spawn();
         b
     }
@@ -111,9 +113,40 @@ impl TestBerthd {
 
     /// Where this berthd serves metrics (read from its log: it listens on a free port).
     pub fn metrics_addr(&self) -> String {
+        self.listening("metrics")
+    }
+
+    /// The address of the MCP front-end (`--mcp-listen`), from the log.
+    pub fn mcp_addr(&self) -> String {
+        self.listening("mcp")
+    }
+
+    fn listening(&self, what: &str) -> String {
         let log = self.log();
-        let line = log.lines().rev().find(|l| l.contains("metrics listening")).expect("no metrics listener in the log");
+        let needle = format!("{what} listening");
+        let line = log.lines().rev().find(|l| l.contains(&needle)).unwrap_or_else(|| panic!("no {needle} in the log"));
         line.split("addr=").nth(1).expect("addr field").split_whitespace().next().expect("address").to_string()
+    }
+
+    /// Puts server-everything (from the host's test dependencies) into `bot`'s /data through the import
+    /// API; returns the path of its entry point in the bot.
+    pub async fn install_everything(&self, bot: &str) -> String {
+        use berth_proto::controlplane::v1 as pb;
+        let modules = crate::common::dep("node/node_modules");
+        let mut tar = tar::Builder::new(Vec::new());
+        tar.follow_symlinks(false);
+        tar.append_dir_all("data/mcp/node_modules", &modules).expect("archive node_modules");
+        let archive = tar.into_inner().expect("archive");
+        let mut msgs = vec![pb::ImportDataChunk { bot: bot.into(), replace: false, data: vec![] }];
+        msgs.extend(archive.chunks(1 << 20).map(|c| pb::ImportDataChunk { data: c.to_vec(), ..Default::default() }));
+        let ch = berth_control_plane::agent_client::channel(self.socket.to_str().expect("utf-8 path"))
+            .await
+            .expect("connect");
+        pb::data_service_client::DataServiceClient::with_interceptor(ch, self.auth())
+            .import_data(tokio_stream::iter(msgs))
+            .await
+            .expect("import server-everything");
+        "/data/mcp/node_modules/@modelcontextprotocol/server-everything/dist/index.js".into()
     }
 
     /// berthd's pid, while it runs.
@@ -129,6 +162,9 @@ impl TestBerthd {
     pub fn berth(&self, args: &[&str]) -> Command {
         let mut c = Command::new(env!("CARGO_BIN_EXE_berth"));
         c.env("BERTH_ADDR", &self.socket).args(args).stdin(Stdio::null());
+        if let Some(t) = &self.token {
+            c.env("BERTH_TOKEN", t);
+        }
         c
     }
 }
@@ -148,9 +184,15 @@ impl Drop for TestBerthd {
 impl TestBerthd {
     /// An agent-protocol client for `bot`, through this berthd.
     pub async fn agent(&self, bot: &str) -> berth_control_plane::agent_client::AgentClient {
-        use berth_control_plane::agent_client::{self, BearerAuth};
+        use berth_control_plane::agent_client;
         let ch = agent_client::channel(self.socket.to_str().expect("utf-8 path")).await.expect("connect to berthd");
-        agent_client::agent_on(ch, BearerAuth::none().with_bot(bot).expect("bot name"))
+        agent_client::agent_on(ch, self.auth().with_bot(bot).expect("bot name"))
+    }
+
+    /// The bearer credentials of [`Self::token`].
+    pub fn auth(&self) -> berth_control_plane::agent_client::BearerAuth {
+        use berth_control_plane::agent_client::BearerAuth;
+        self.token.as_deref().map_or_else(BearerAuth::none, |t| BearerAuth::new(t).expect("printable token"))
     }
 
     /// Runs a shell script in `bot`; returns its stdout, failing the test on a non-zero exit.

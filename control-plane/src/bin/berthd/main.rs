@@ -140,6 +140,14 @@ async fn main() -> anyhow::Result<()> {
         metrics_server = Some(tokio::spawn(berth_control_plane::api::http::serve(l, manager.clone(), stop_rx.clone())));
         tracing::info!(addr = %bound, "metrics listening");
     }
+    let mut mcp_server = None;
+    if let Some(addr) = args.mcp_addr()? {
+        let l = TcpListener::bind(addr).await.with_context(|| format!("mcp_listen: cannot listen on {addr}"))?;
+        let bound = l.local_addr().with_context(|| "MCP listener")?;
+        let front = berth_control_plane::mcp::http::Front::new(hub.clone(), tokens.clone(), bound);
+        mcp_server = Some(tokio::spawn(berth_control_plane::mcp::http::serve(l, front, stop_rx.clone())));
+        tracing::info!(addr = %bound, "mcp listening");
+    }
     // TCP first: the Unix socket appearing is the signal that berthd is fully up.
     if let Some(addr) = args.listen_tcp {
         let l = TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr}"))?;
@@ -180,7 +188,7 @@ async fn main() -> anyhow::Result<()> {
         // Open client streams would hold a graceful shutdown forever; bots are unaffected either way.
         let _ = tokio::time::timeout(Duration::from_secs(2), s).await;
     }
-    if let Some(m) = metrics_server {
+    for m in [metrics_server, mcp_server].into_iter().flatten() {
         let _ = tokio::time::timeout(Duration::from_secs(2), m).await;
     }
     if let Some(r) = reconciler {

@@ -1,0 +1,451 @@
+//! The Streamable HTTP front-end: `POST|GET|DELETE /bots/BOT/mcp/SERVER` for a registered server, on
+//! its own listener (`mcp_listen`, loopback by default). Legacy era (≤ 2025-11-25): an `initialize`
+//! without a session starts a server process and mints `Mcp-Session-Id`; every later request names it;
+//! one session is one process (ids never collide between clients); DELETE ends it; an unknown or ended
+//! session is 404, so the client initializes again. Requests are answered as SSE (related messages
+//! first, the response last) or as JSON, as the client accepts; notifications and responses get 202;
+//! GET opens the stream for server messages unrelated to a request (see `route.rs`). Every request needs
+//! an API token allowed on the bot, a Host naming this machine and, when sent, an Origin on it (a web
+//! page elsewhere cannot drive a bot's tools through a user's browser: DNS rebinding).
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use berth_proto::agent::v1 as pb;
+use bytes::Bytes;
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full, Limited, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper::header::{HeaderMap, HeaderValue};
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use pb::mcp_session_request::Frame as In;
+use pb::mcp_session_response::Frame as Out;
+use serde_json::Value;
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+use tokio_stream::StreamExt;
+use tokio_stream::wrappers::ReceiverStream;
+
+use super::McpHub;
+use super::route::{self, Kind, Router};
+use super::session::Target;
+use crate::api::ApiTokens;
+use crate::network::Network;
+use crate::runtime::ContainerRuntime;
+
+/// Largest request body (one JSON-RPC message).
+const MAX_BODY: usize = 64 << 20;
+/// How long reading a request's headers may take.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
+const SESSION_HEADER: &str = "mcp-session-id";
+
+type Body = BoxBody<Bytes, Infallible>;
+
+/// One legacy session: one server process.
+struct HttpSession {
+    bot: String,
+    server: String,
+    to_server: Mutex<Option<mpsc::Sender<In>>>,
+    router: Mutex<Router>,
+}
+
+/// The front-end's state.
+pub struct Front<R, N> {
+    hub: Arc<McpHub<R, N>>,
+    tokens: ApiTokens,
+    local: SocketAddr,
+    sessions: Mutex<HashMap<String, Arc<HttpSession>>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl<R: ContainerRuntime, N: Network> Front<R, N> {
+    pub fn new(hub: Arc<McpHub<R, N>>, tokens: ApiTokens, local: SocketAddr) -> Arc<Self> {
+        Arc::new(Front { hub, tokens, local, sessions: Mutex::new(HashMap::new()) })
+    }
+
+    /// Sessions open now.
+    pub fn session_count(&self) -> usize {
+        lock(&self.sessions).len()
+    }
+}
+
+/// Serves until `stop` turns true.
+pub async fn serve<R: ContainerRuntime, N: Network>(
+    listener: TcpListener,
+    front: Arc<Front<R, N>>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    loop {
+        let (stream, _) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::warn!(error = %e, "MCP front-end: accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            _ = async { let _ = stop.wait_for(|v| *v).await; } => return,
+        };
+        let front = front.clone();
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |req| {
+                let front = front.clone();
+                async move { Ok::<_, Infallible>(handle(&front, req).await) }
+            });
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(HEADER_TIMEOUT)
+                .serve_connection(TokioIo::new(stream), service);
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "MCP front-end: connection ended with an error");
+            }
+        });
+    }
+}
+
+fn full(status: StatusCode, content_type: &'static str, body: impl Into<Bytes>) -> Response<Body> {
+    let mut r = Response::new(Full::new(body.into()).boxed());
+    *r.status_mut() = status;
+    r.headers_mut().insert(hyper::header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    r
+}
+
+/// An HTTP error with a JSON-RPC error body (what MCP clients show).
+fn rpc_error(status: StatusCode, code: i64, message: &str) -> Response<Body> {
+    Reject::new(status, code, message).into_response()
+}
+
+/// A refused request, turned into its response at the end.
+#[derive(Debug)]
+struct Reject {
+    status: StatusCode,
+    code: i64,
+    message: String,
+}
+
+impl Reject {
+    fn new(status: StatusCode, code: i64, message: impl Into<String>) -> Reject {
+        Reject { status, code, message: message.into() }
+    }
+
+    fn into_response(self) -> Response<Body> {
+        let body =
+            serde_json::json!({"jsonrpc": "2.0", "id": null, "error": {"code": self.code, "message": self.message}});
+        full(self.status, "application/json", body.to_string())
+    }
+}
+
+fn header<'a>(h: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    h.get(name).and_then(|v| v.to_str().ok())
+}
+
+/// `/bots/BOT/mcp/SERVER` → (BOT, SERVER).
+fn parse_path(path: &str) -> Option<(&str, &str)> {
+    let rest = path.strip_prefix("/bots/")?;
+    let (bot, rest) = rest.split_once('/')?;
+    let server = rest.strip_prefix("mcp/")?;
+    (!bot.is_empty() && !server.is_empty() && !server.contains('/')).then_some((bot, server))
+}
+
+/// A host name (no port, no brackets) berthd answers to: loopback names, or the listener's own address.
+fn local_host(host: &str, local: SocketAddr) -> bool {
+    let h = host.trim_start_matches('[').trim_end_matches(']');
+    if h.eq_ignore_ascii_case("localhost") {
+        return true;
+    }
+    match h.parse::<std::net::IpAddr>() {
+        Ok(ip) => ip.is_loopback() || (!local.ip().is_unspecified() && ip == local.ip()),
+        Err(_) => false,
+    }
+}
+
+/// Strips `:port` from a Host value (`[::1]:80` → `[::1]`).
+fn host_only(h: &str) -> &str {
+    if h.starts_with('[') {
+        return h.split_inclusive(']').next().unwrap_or(h);
+    }
+    h.rsplit_once(':').filter(|(_, p)| p.bytes().all(|b| b.is_ascii_digit())).map_or(h, |(host, _)| host)
+}
+
+/// DNS-rebinding protection: the Host must be this machine; an Origin, when sent, too.
+fn check_origin(h: &HeaderMap, local: SocketAddr) -> Result<(), Reject> {
+    let forbidden = |m: &str| Err(Reject::new(StatusCode::FORBIDDEN, -32000, m));
+    match header(h, "host") {
+        Some(host) if local_host(host_only(host), local) => {}
+        Some(host) => return forbidden(&format!("Host `{host}` is not this server (DNS rebinding protection)")),
+        None => return forbidden("a Host header is required"),
+    }
+    if let Some(origin) = header(h, "origin") {
+        let host = origin.split_once("://").map(|(_, rest)| host_only(rest.trim_end_matches('/')));
+        if !host.is_some_and(|o| local_host(o, local)) {
+            return forbidden(&format!("Origin `{origin}` may not use this server (DNS rebinding protection)"));
+        }
+    }
+    Ok(())
+}
+
+async fn handle<R: ContainerRuntime, N: Network>(front: &Arc<Front<R, N>>, req: Request<Incoming>) -> Response<Body> {
+    let Some((bot, server)) = parse_path(req.uri().path()) else {
+        return full(StatusCode::NOT_FOUND, "text/plain", "not found: MCP servers are at /bots/BOT/mcp/SERVER\n");
+    };
+    let (bot, server) = (bot.to_string(), server.to_string());
+    if let Err(r) = check_origin(req.headers(), front.local) {
+        return r.into_response();
+    }
+    if !front.tokens.is_empty() {
+        let presented = header(req.headers(), "authorization").and_then(|v| v.strip_prefix("Bearer "));
+        let Some(scope) = presented.and_then(|t| front.tokens.verify(t.as_bytes())) else {
+            let mut r =
+                rpc_error(StatusCode::UNAUTHORIZED, -32000, "a valid `Authorization: Bearer <api token>` is required");
+            r.headers_mut().insert("www-authenticate", HeaderValue::from_static("Bearer"));
+            return r;
+        };
+        if !scope.sees(&bot) {
+            return rpc_error(StatusCode::FORBIDDEN, -32000, &format!("this API token may not act on bot `{bot}`"));
+        }
+    }
+    match *req.method() {
+        Method::POST => post(front, &bot, &server, req).await,
+        Method::GET => get(front, &bot, &server, req.headers()),
+        Method::DELETE => delete(front, &bot, &server, req.headers()),
+        _ => {
+            let mut r = full(StatusCode::METHOD_NOT_ALLOWED, "text/plain", "use POST, GET or DELETE\n");
+            r.headers_mut().insert("allow", HeaderValue::from_static("GET, POST, DELETE"));
+            r
+        }
+    }
+}
+
+/// The session a request names, if it is open and belongs to this bot and server.
+fn session<R, N>(front: &Front<R, N>, h: &HeaderMap, bot: &str, server: &str) -> Result<Arc<HttpSession>, Reject> {
+    let Some(id) = header(h, SESSION_HEADER) else {
+        return Err(Reject::new(
+            StatusCode::BAD_REQUEST,
+            -32000,
+            "an Mcp-Session-Id header is required (send `initialize` first)",
+        ));
+    };
+    match lock(&front.sessions).get(id) {
+        Some(s) if s.bot == bot && s.server == server => Ok(s.clone()),
+        _ => Err(Reject::new(
+            StatusCode::NOT_FOUND,
+            -32001,
+            "no such MCP session (it ended or never existed): initialize again",
+        )),
+    }
+}
+
+fn accepts(h: &HeaderMap, what: &str) -> bool {
+    h.get_all("accept").iter().filter_map(|v| v.to_str().ok()).any(|v| v.contains(what) || v.contains("*/*"))
+}
+
+async fn post<R: ContainerRuntime, N: Network>(
+    front: &Arc<Front<R, N>>,
+    bot: &str,
+    server: &str,
+    req: Request<Incoming>,
+) -> Response<Body> {
+    let sse = accepts(req.headers(), "text/event-stream");
+    if !sse && !accepts(req.headers(), "application/json") {
+        return rpc_error(StatusCode::NOT_ACCEPTABLE, -32000, "accept application/json or text/event-stream");
+    }
+    let headers = req.headers().clone();
+    let body = match Limited::new(req.into_body(), MAX_BODY).collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(e) => {
+            return rpc_error(StatusCode::PAYLOAD_TOO_LARGE, -32600, &format!("cannot read the request body: {e}"));
+        }
+    };
+    let value: Value = match serde_json::from_slice(&body) {
+        Ok(v) => v,
+        Err(e) => return rpc_error(StatusCode::BAD_REQUEST, -32700, &format!("the body is not JSON: {e}")),
+    };
+    let kind = route::classify(&value);
+    if let Kind::Invalid(why) = kind {
+        return rpc_error(StatusCode::BAD_REQUEST, -32600, why);
+    }
+    let (session, minted) = match (&kind, header(&headers, SESSION_HEADER)) {
+        (Kind::Request { method, .. }, None) if method == "initialize" => match start(front, bot, server).await {
+            Ok((id, s)) => (s, Some(id)),
+            Err(r) => return r.into_response(),
+        },
+        _ => match session(front, &headers, bot, server) {
+            Ok(s) => (s, None),
+            Err(r) => return r.into_response(),
+        },
+    };
+    let Some(to_server) = lock(&session.to_server).clone() else {
+        return rpc_error(StatusCode::NOT_FOUND, -32001, "the MCP session is ending: initialize again");
+    };
+    let mut response = match kind {
+        Kind::Request { id, .. } => {
+            let (sink, mut rx) = mpsc::channel(route::STREAM_BUFFER);
+            lock(&session.router).request(id.clone(), route::progress_token(&value), sink, sse);
+            if to_server.send(In::Message(body.to_vec())).await.is_err() {
+                lock(&session.router).forget(&id);
+                return rpc_error(StatusCode::NOT_FOUND, -32001, "the MCP server has exited: initialize again");
+            }
+            if sse {
+                let events = ReceiverStream::new(rx).map(|m| Ok::<_, Infallible>(Frame::data(sse_event(&m))));
+                let mut r = Response::new(StreamBody::new(events).boxed());
+                let h = r.headers_mut();
+                h.insert(hyper::header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+                h.insert(hyper::header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+                h.insert("x-accel-buffering", HeaderValue::from_static("no"));
+                r
+            } else {
+                match rx.recv().await {
+                    Some(m) => full(StatusCode::OK, "application/json", m),
+                    None => rpc_error(StatusCode::NOT_FOUND, -32001, "the MCP session ended: initialize again"),
+                }
+            }
+        }
+        _ => {
+            if to_server.send(In::Message(body.to_vec())).await.is_err() {
+                return rpc_error(StatusCode::NOT_FOUND, -32001, "the MCP server has exited: initialize again");
+            }
+            full(StatusCode::ACCEPTED, "application/json", Bytes::new())
+        }
+    };
+    if let Some(id) = minted
+        && let Ok(v) = HeaderValue::from_str(&id)
+    {
+        response.headers_mut().insert(SESSION_HEADER, v);
+    }
+    response
+}
+
+/// One SSE event carrying one message (MCP messages hold no raw newline, so one `data:` line).
+fn sse_event(m: &[u8]) -> Bytes {
+    let mut b = Vec::with_capacity(m.len() + 24);
+    b.extend_from_slice(b"event: message\ndata: ");
+    b.extend_from_slice(m);
+    b.extend_from_slice(b"\n\n");
+    Bytes::from(b)
+}
+
+/// Starts a session's server process and the task routing its messages.
+async fn start<R: ContainerRuntime, N: Network>(
+    front: &Arc<Front<R, N>>,
+    bot: &str,
+    server: &str,
+) -> Result<(String, Arc<HttpSession>), Reject> {
+    let io = front.hub.open(bot, Target::Registered(server.to_string()), false, 0).await.map_err(|e| {
+        let status = match &e {
+            crate::error::Error::NotFound(_) => StatusCode::NOT_FOUND,
+            crate::error::Error::InvalidArgument(_) => StatusCode::BAD_REQUEST,
+            crate::error::Error::FailedPrecondition(_) => StatusCode::CONFLICT,
+            _ => StatusCode::SERVICE_UNAVAILABLE,
+        };
+        Reject::new(status, -32000, format!("cannot start MCP server `{server}` in bot `{bot}`: {e}"))
+    })?;
+    let id = crate::bots::new_token();
+    let session = Arc::new(HttpSession {
+        bot: bot.to_string(),
+        server: server.to_string(),
+        to_server: Mutex::new(Some(io.to_server)),
+        router: Mutex::new(Router::default()),
+    });
+    lock(&front.sessions).insert(id.clone(), session.clone());
+    tracing::info!(bot.name = bot, mcp.server = server, pid = io.pid, "MCP HTTP session started");
+    let (front, s, sid) = (front.clone(), session.clone(), id.clone());
+    let mut from_server = io.from_server;
+    tokio::spawn(async move {
+        let why = loop {
+            match from_server.recv().await {
+                Some(Ok(Out::Message(m))) => lock(&s.router).route(m),
+                Some(Ok(Out::Exited(e))) => {
+                    let tail = String::from_utf8_lossy(&e.stderr_tail).trim().to_string();
+                    break if tail.is_empty() {
+                        format!("the MCP server {}", e.message)
+                    } else {
+                        format!("the MCP server {}; its stderr ended with: {tail}", e.message)
+                    };
+                }
+                Some(Ok(_)) => {}
+                Some(Err(e)) => break format!("the MCP session failed: {e}"),
+                None => break "the MCP session ended".to_string(),
+            }
+        };
+        tracing::info!(bot.name = %s.bot, mcp.server = %s.server, reason = %why, "MCP HTTP session ended");
+        lock(&front.sessions).remove(&sid);
+        lock(&s.to_server).take();
+        lock(&s.router).fail_all(&why);
+    });
+    Ok((id, session))
+}
+
+fn get<R, N>(front: &Front<R, N>, bot: &str, server: &str, h: &HeaderMap) -> Response<Body> {
+    if !accepts(h, "text/event-stream") {
+        return rpc_error(StatusCode::NOT_ACCEPTABLE, -32000, "GET opens an event stream: accept text/event-stream");
+    }
+    let s = match session(front, h, bot, server) {
+        Ok(s) => s,
+        Err(r) => return r.into_response(),
+    };
+    let (sink, rx) = mpsc::channel(route::STREAM_BUFFER);
+    lock(&s.router).open_get(sink);
+    let events = ReceiverStream::new(rx).map(|m| Ok::<_, Infallible>(Frame::data(sse_event(&m))));
+    let mut r = Response::new(StreamBody::new(events).boxed());
+    r.headers_mut().insert(hyper::header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+    r.headers_mut().insert(hyper::header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    r
+}
+
+fn delete<R, N>(front: &Front<R, N>, bot: &str, server: &str, h: &HeaderMap) -> Response<Body> {
+    let s = match session(front, h, bot, server) {
+        Ok(s) => s,
+        Err(r) => return r.into_response(),
+    };
+    if let Some(id) = header(h, SESSION_HEADER) {
+        lock(&front.sessions).remove(id);
+    }
+    // Closing the server's stdin is MCP's shutdown; the agent escalates if it does not exit.
+    lock(&s.to_server).take();
+    tracing::info!(bot.name = bot, mcp.server = server, "MCP HTTP session deleted by its client");
+    full(StatusCode::OK, "application/json", Bytes::new())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths() {
+        assert_eq!(parse_path("/bots/a/mcp/fs"), Some(("a", "fs")));
+        assert_eq!(parse_path("/bots/a/mcp/"), None);
+        assert_eq!(parse_path("/bots//mcp/x"), None);
+        assert_eq!(parse_path("/bots/a/mcp/x/y"), None);
+        assert_eq!(parse_path("/mcp"), None);
+    }
+
+    #[test]
+    fn hosts_and_origins() {
+        let local: SocketAddr = "127.0.0.1:7000".parse().unwrap_or_else(|_| unreachable!());
+        for ok in ["localhost", "127.0.0.1", "[::1]", "LOCALHOST"] {
+            assert!(local_host(ok, local), "{ok}");
+        }
+        for bad in ["evil.example", "10.0.0.1", "localhost.evil.example"] {
+            assert!(!local_host(bad, local), "{bad}");
+        }
+        assert_eq!(host_only("localhost:7000"), "localhost");
+        assert_eq!(host_only("[::1]:7000"), "[::1]");
+        let mut h = HeaderMap::new();
+        h.insert("host", HeaderValue::from_static("localhost:7000"));
+        assert!(check_origin(&h, local).is_ok());
+        h.insert("origin", HeaderValue::from_static("http://evil.example"));
+        assert!(check_origin(&h, local).is_err());
+        h.insert("origin", HeaderValue::from_static("http://127.0.0.1:3000"));
+        assert!(check_origin(&h, local).is_ok());
+        h.insert("host", HeaderValue::from_static("evil.example:7000"));
+        assert!(check_origin(&h, local).is_err());
+    }
+}

@@ -1,0 +1,225 @@
+//! The Streamable HTTP front-end on a real containerd with a real server (server-everything in the `full`
+//! image): the acceptance probe over HTTP gives what it gives over stdio on the host, two clients at once
+//! included; and the transport's rules by hand: sessions minted on `initialize`, 404 once ended, DELETE
+//! stops the process, 202 for notifications, JSON or SSE as accepted, tokens and scopes, Host and Origin
+//! checks, a crash mid-call answered with an error (never a hang).
+
+#![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
+
+#[path = "../../agent/tests/common/mod.rs"]
+mod common;
+#[path = "support/mod.rs"]
+mod support;
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::dep;
+use support::berthd::TestBerthd;
+
+const ADMIN: &str = "admin-token-0123456789abcdef";
+const OTHER: &str = "other-token-0123456789abcdef";
+
+fn full_image() -> PathBuf {
+    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/images/berth-full.tar");
+    assert!(p.exists(), "{} is missing: run scripts/build-image.sh full (scripts/test.sh does)", p.display());
+    p
+}
+
+fn probe_script() -> PathBuf {
+    let p = std::env::var_os("BERTH_MCP_PROBE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/tools/mcp_probe.py"));
+    assert!(p.exists(), "{} is missing", p.display());
+    p
+}
+
+/// The probe's summary line and whole output; `via` = None runs it on stdio against `server`.
+fn probe(url: Option<&str>, mode: &str, server: &[String]) -> (String, String) {
+    let mut c = Command::new(dep("venv/bin/python"));
+    match url {
+        Some(u) => {
+            let fixture = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/mcp_http_probe.py");
+            c.arg(fixture).arg(probe_script()).args([u, ADMIN]);
+            c.args(["--checks", "all", "--mode", mode, "--timeout", "60"]);
+        }
+        None => {
+            c.arg(probe_script()).args(["--checks", "all", "--mode", mode, "--timeout", "60", "--"]).args(server);
+        }
+    }
+    let out = c.output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let summary = stdout.lines().rev().find(|l| l.contains(" passed, ")).unwrap_or("").trim().to_string();
+    (summary, format!("{stdout}\n{}", String::from_utf8_lossy(&out.stderr)))
+}
+
+struct Http {
+    base: String,
+    client: reqwest::Client,
+}
+
+const INIT: &str = r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"t","version":"1"}}}"#;
+
+impl Http {
+    /// POSTs one message; returns status, headers and body.
+    async fn post(
+        &self,
+        path: &str,
+        token: &str,
+        session: Option<&str>,
+        accept: &str,
+        body: &str,
+    ) -> (u16, reqwest::header::HeaderMap, String) {
+        let mut r = self
+            .client
+            .post(format!("{}{path}", self.base))
+            .bearer_auth(token)
+            .header("content-type", "application/json")
+            .header("accept", accept)
+            .body(body.to_string());
+        if let Some(s) = session {
+            r = r.header("mcp-session-id", s);
+        }
+        let resp = r.send().await.unwrap();
+        let (status, headers) = (resp.status().as_u16(), resp.headers().clone());
+        (status, headers, resp.text().await.unwrap())
+    }
+
+    /// initialize + initialized; returns the session id.
+    async fn session(&self, path: &str) -> String {
+        let (st, h, body) = self.post(path, ADMIN, None, "application/json", INIT).await;
+        assert_eq!(st, 200, "{body}");
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(v["id"], 1, "{body}");
+        let id = h.get("mcp-session-id").expect("no Mcp-Session-Id").to_str().unwrap().to_string();
+        let note = r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#;
+        assert_eq!(self.post(path, ADMIN, Some(&id), "application/json", note).await.0, 202);
+        id
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streamable_http_serves_a_real_server_in_a_bot_and_keeps_the_transport_rules() {
+    let image = full_image();
+    let dir = tempfile::tempdir().unwrap();
+    let tokens = dir.path().join("tokens");
+    std::fs::write(&tokens, format!("{ADMIN}\n{OTHER} bots=other\n")).unwrap();
+    let mut b = TestBerthd::start_with(
+        None,
+        &[
+            "--image-archive",
+            image.to_str().unwrap(),
+            "--api-token-file",
+            tokens.to_str().unwrap(),
+            "--mcp-listen",
+            "127.0.0.1:0",
+        ],
+    );
+    b.token = Some(ADMIN.into());
+    b.cli(&["bot", "create", "tools", "--image", "berth/full:latest"]);
+    b.cli(&["bot", "create", "other"]);
+    let js = b.install_everything("tools").await;
+    b.cli(&["mcp-server", "add", "tools", "everything", "--", "node", &js, "stdio"]);
+    let crash = r#"read -r l; echo '{"jsonrpc":"2.0","id":1,"result":{"protocolVersion":"2025-11-25","capabilities":{},"serverInfo":{"name":"crash","version":"1"}}}'; read -r l; read -r l; echo "dying on: $l" >&2; exit 3"#;
+    b.cli(&["mcp-server", "add", "tools", "crash", "--", "sh", "-c", crash]);
+    let addr = b.mcp_addr();
+    let url = format!("http://{addr}/bots/tools/mcp/everything");
+
+    // The probe over HTTP, two clients at once (legacy and auto), against the probe on stdio on the host.
+    let host_js = dep("node/node_modules/@modelcontextprotocol/server-everything/dist/index.js");
+    let direct = vec!["node".to_string(), host_js.display().to_string(), "stdio".into()];
+    let (d, dlog) = tokio::task::spawn_blocking(move || probe(None, "legacy", &direct)).await.unwrap();
+    assert!(d.starts_with("9 passed, 0 failed"), "direct: {d}\n{dlog}");
+    let (u1, u2) = (url.clone(), url.clone());
+    let legacy = tokio::task::spawn_blocking(move || probe(Some(&u1), "legacy", &[]));
+    let auto = tokio::task::spawn_blocking(move || probe(Some(&u2), "auto", &[]));
+    let ((l, llog), (a, alog)) = (legacy.await.unwrap(), auto.await.unwrap());
+    assert_eq!(l, d, "legacy over HTTP differs from stdio on the host\n{llog}\n{}", b.log());
+    assert_eq!(a, d, "auto over HTTP differs from stdio on the host\n{alog}\n{}", b.log());
+
+    let h = Http { base: format!("http://{addr}"), client: reqwest::Client::new() };
+    let path = "/bots/tools/mcp/everything";
+    // A session by hand: JSON replies, 202 for notifications, SSE when asked.
+    let sid = h.session(path).await;
+    let list = r#"{"jsonrpc":"2.0","id":2,"method":"tools/list"}"#;
+    let (st, _, body) = h.post(path, ADMIN, Some(&sid), "application/json", list).await;
+    assert_eq!(st, 200, "{body}");
+    assert!(body.contains("\"echo\""), "{body}");
+    let call = r#"{"jsonrpc":"2.0","id":3,"method":"tools/call","params":{"name":"echo","arguments":{"message":"over sse"},"_meta":{"progressToken":"p"}}}"#;
+    let (st, hd, body) = h.post(path, ADMIN, Some(&sid), "application/json, text/event-stream", call).await;
+    assert_eq!((st, hd["content-type"].to_str().unwrap()), (200, "text/event-stream"), "{body}");
+    assert!(body.starts_with("event: message\ndata: {") && body.contains("Echo: over sse"), "{body}");
+    // Errors a client can act on: no session, an unknown one, a batch, not JSON, a server not registered.
+    assert_eq!(h.post(path, ADMIN, None, "application/json", list).await.0, 400);
+    assert_eq!(h.post(path, ADMIN, Some("nope"), "application/json", list).await.0, 404);
+    assert_eq!(h.post(path, ADMIN, Some(&sid), "application/json", &format!("[{list}]")).await.0, 400);
+    assert_eq!(h.post(path, ADMIN, Some(&sid), "application/json", "{oops").await.0, 400);
+    let (st, _, body) = h.post("/bots/tools/mcp/ghost", ADMIN, None, "application/json", INIT).await;
+    assert_eq!(st, 404, "{body}");
+    assert!(body.contains("MCP server `ghost` of bot `tools`"), "{body}");
+    // Authentication and scopes: no token, a wrong one, one scoped to another bot.
+    let (st, hd, _) = h.post(path, "wrong-token-0123456789abcdef", Some(&sid), "application/json", list).await;
+    assert_eq!((st, hd.get("www-authenticate").map(|v| v.to_str().unwrap())), (401, Some("Bearer")));
+    let r = h
+        .client
+        .post(format!("{}{path}", h.base))
+        .header("accept", "application/json")
+        .body(list)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 401);
+    let (st, _, body) = h.post(path, OTHER, Some(&sid), "application/json", list).await;
+    assert_eq!(st, 403, "{body}");
+    // DNS rebinding: a foreign Host or Origin is refused before anything else.
+    for (name, value) in [("host", "evil.example"), ("origin", "http://evil.example")] {
+        let r = h
+            .client
+            .post(format!("{}{path}", h.base))
+            .bearer_auth(ADMIN)
+            .header("accept", "application/json")
+            .header("mcp-session-id", &sid)
+            .header(name, value)
+            .body(list)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 403, "{name}: {value}");
+    }
+    // DELETE ends the session: 404 afterwards, and the server process is gone from the bot.
+    let r = h
+        .client
+        .delete(format!("{}{path}", h.base))
+        .bearer_auth(ADMIN)
+        .header("mcp-session-id", &sid)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    assert_eq!(h.post(path, ADMIN, Some(&sid), "application/json", list).await.0, 404);
+    let t = Instant::now();
+    loop {
+        let ps = b.sh("tools", "for p in /proc/[0-9]*; do tr '\\0' ' ' < $p/cmdline; echo; done").await;
+        if !ps.contains("index.js stdio") {
+            break;
+        }
+        assert!(t.elapsed() < Duration::from_secs(10), "the server outlived DELETE:\n{ps}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // A server that crashes mid-call: the pending call gets a JSON-RPC error with its exit and stderr.
+    let cpath = "/bots/tools/mcp/crash";
+    let sid = h.session(cpath).await;
+    let call = r#"{"jsonrpc":"2.0","id":9,"method":"tools/call","params":{"name":"x","arguments":{}}}"#;
+    let (st, _, body) =
+        tokio::time::timeout(Duration::from_secs(20), h.post(cpath, ADMIN, Some(&sid), "application/json", call))
+            .await
+            .expect("a crash mid-call must answer, not hang");
+    assert_eq!(st, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["id"], 9, "{body}");
+    let msg = v["error"]["message"].as_str().unwrap();
+    assert!(msg.contains("code 3") && msg.contains("dying on"), "{msg}");
+    assert_eq!(h.post(cpath, ADMIN, Some(&sid), "application/json", call).await.0, 404);
+}
