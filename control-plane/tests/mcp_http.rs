@@ -223,3 +223,135 @@ async fn streamable_http_serves_a_real_server_in_a_bot_and_keeps_the_transport_r
     assert!(msg.contains("code 3") && msg.contains("dying on"), "{msg}");
     assert_eq!(h.post(cpath, ADMIN, Some(&sid), "application/json", call).await.0, 404);
 }
+
+/// POSTs a stateless (2026-07-28) request with the headers the spec asks for.
+async fn modern(h: &Http, path: &str, body: &serde_json::Value, name: Option<&str>) -> reqwest::Response {
+    let mut r = h
+        .client
+        .post(format!("{}{path}", h.base))
+        .bearer_auth(ADMIN)
+        .header("accept", "application/json, text/event-stream")
+        .header("mcp-protocol-version", "2026-07-28")
+        .header("mcp-method", body["method"].as_str().unwrap())
+        .body(body.to_string());
+    if let Some(n) = name {
+        r = r.header("mcp-name", n);
+    }
+    r.send().await.unwrap()
+}
+
+fn meta() -> serde_json::Value {
+    serde_json::json!({
+        "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+        "io.modelcontextprotocol/clientCapabilities": {},
+        "io.modelcontextprotocol/clientInfo": {"name": "t", "version": "1"}
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dual_era_python_server_in_a_bot_passes_every_mode_over_stdio_and_http() {
+    let image = full_image();
+    let dir = tempfile::tempdir().unwrap();
+    let tokens = dir.path().join("tokens");
+    std::fs::write(&tokens, format!("{ADMIN}\n")).unwrap();
+    let mut b = TestBerthd::start_with(
+        None,
+        &[
+            "--image-archive",
+            image.to_str().unwrap(),
+            "--api-token-file",
+            tokens.to_str().unwrap(),
+            "--mcp-listen",
+            "127.0.0.1:0",
+        ],
+    );
+    b.token = Some(ADMIN.into());
+    b.cli(&["bot", "create", "py", "--image", "berth/full:latest"]);
+    // The Python SDK from the host's venv (same Python minor version as the image's) and the fixture.
+    let site = std::fs::read_dir(dep("venv/lib")).unwrap().next().unwrap().unwrap().path().join("site-packages");
+    let fixture = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../agent/tests/fixtures/mcp_fixture.py");
+    b.import_paths("py", &[(site, "data/py/site"), (fixture.clone(), "data/py/mcp_fixture.py")]).await;
+    b.cli(&[
+        "mcp-server",
+        "add",
+        "py",
+        "fixture",
+        "-e",
+        "PYTHONPATH=/data/py/site",
+        "--",
+        "python3",
+        "/data/py/mcp_fixture.py",
+    ]);
+    let addr = b.mcp_addr();
+    let url = format!("http://{addr}/bots/py/mcp/fixture");
+    let sock = b.socket.display().to_string();
+
+    for (mode, expect) in [("auto", "6 passed"), ("legacy", "7 passed"), ("2026-07-28", "6 passed")] {
+        let direct = vec![dep("venv/bin/python").display().to_string(), fixture.display().to_string()];
+        let bridged: Vec<String> =
+            [env!("CARGO_BIN_EXE_berth"), "--addr", &sock, "--token", ADMIN, "mcp", "py", "fixture", "--quiet"]
+                .iter()
+                .map(|s| s.to_string())
+                .collect();
+        let u = url.clone();
+        let (d, dlog) = tokio::task::spawn_blocking(move || probe(None, mode, &direct)).await.unwrap();
+        assert!(d.starts_with(expect) && d.contains(" 0 failed"), "{mode} direct: {d}\n{dlog}");
+        let (s, slog) = tokio::task::spawn_blocking(move || probe(None, mode, &bridged)).await.unwrap();
+        assert_eq!(s, d, "{mode}: `berth mcp` into the bot differs from direct\n{slog}\n{}", b.log());
+        let (h, hlog) = tokio::task::spawn_blocking(move || probe(Some(&u), mode, &[])).await.unwrap();
+        assert_eq!(h, d, "{mode}: Streamable HTTP into the bot differs from direct\n{hlog}\n{}", b.log());
+    }
+
+    // Stateless requests by hand. Two clients both using id 1 at once: each gets its own answer.
+    let h = Http { base: format!("http://{addr}"), client: reqwest::Client::new() };
+    let path = "/bots/py/mcp/fixture";
+    let call = |msg: &str| {
+        serde_json::json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call",
+            "params": {"name": "echo", "arguments": {"message": msg}, "_meta": meta()}})
+    };
+    let (one, two) = (call("from one"), call("from two"));
+    let (r1, r2) = tokio::join!(modern(&h, path, &one, Some("echo")), modern(&h, path, &two, Some("echo")));
+    for (r, want) in [(r1, "from one"), (r2, "from two")] {
+        assert_eq!(r.status().as_u16(), 200);
+        let text = r.text().await.unwrap();
+        let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(v["id"], 1, "{text}");
+        assert!(text.contains(want), "{text}");
+    }
+    // Headers that disagree with the body: 400 with -32020, and nothing reaches the server.
+    let r = modern(&h, path, &one, Some("add")).await;
+    assert_eq!(r.status().as_u16(), 400);
+    assert!(r.text().await.unwrap().contains("-32020"));
+    let r = modern(&h, path, &one, None).await;
+    assert_eq!(r.status().as_u16(), 400);
+    // No GET stream and no DELETE in the stateless era.
+    let r = h
+        .client
+        .get(format!("{}{path}", h.base))
+        .bearer_auth(ADMIN)
+        .header("accept", "text/event-stream")
+        .header("mcp-protocol-version", "2026-07-28")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 405);
+    // Closing the response early cancels the request in the server (notifications/cancelled).
+    let slow = serde_json::json!({"jsonrpc": "2.0", "id": 5, "method": "tools/call",
+        "params": {"name": "slow", "arguments": {"seconds": 30, "marker": "/tmp/cancel-mark"}, "_meta": meta()}});
+    let pending = tokio::spawn({
+        let (client, base) = (h.client.clone(), h.base.clone());
+        let h = Http { base, client };
+        async move { modern(&h, "/bots/py/mcp/fixture", &slow, Some("slow")).await }
+    });
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    pending.abort();
+    let t = Instant::now();
+    loop {
+        let mark = b.sh("py", "cat /tmp/cancel-mark 2>/dev/null || true").await;
+        if mark == "cancelled" {
+            break;
+        }
+        assert!(t.elapsed() < Duration::from_secs(10), "the server never saw a cancellation\n{}", b.log());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}

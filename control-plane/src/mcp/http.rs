@@ -43,14 +43,14 @@ const MAX_BODY: usize = 64 << 20;
 const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
 const SESSION_HEADER: &str = "mcp-session-id";
 
-type Body = BoxBody<Bytes, Infallible>;
+pub(super) type Body = BoxBody<Bytes, Infallible>;
 
 /// One legacy session: one server process.
-struct HttpSession {
-    bot: String,
-    server: String,
-    to_server: Mutex<Option<mpsc::Sender<In>>>,
-    router: Mutex<Router>,
+pub(super) struct HttpSession {
+    pub(super) bot: String,
+    pub(super) server: String,
+    pub(super) to_server: Mutex<Option<mpsc::Sender<In>>>,
+    pub(super) router: Mutex<Router>,
 }
 
 /// The front-end's state.
@@ -59,15 +59,26 @@ pub struct Front<R, N> {
     tokens: ApiTokens,
     local: SocketAddr,
     sessions: Mutex<HashMap<String, Arc<HttpSession>>>,
+    /// The shared process of each (bot, server) serving stateless (2026-07-28) requests.
+    pub(super) stateless: Mutex<HashMap<(String, String), Arc<HttpSession>>>,
+    /// Request ids and progress tokens given to stateless requests (unique per process).
+    pub(super) next_id: std::sync::atomic::AtomicU64,
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+pub(super) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 impl<R: ContainerRuntime, N: Network> Front<R, N> {
     pub fn new(hub: Arc<McpHub<R, N>>, tokens: ApiTokens, local: SocketAddr) -> Arc<Self> {
-        Arc::new(Front { hub, tokens, local, sessions: Mutex::new(HashMap::new()) })
+        Arc::new(Front {
+            hub,
+            tokens,
+            local,
+            sessions: Mutex::new(HashMap::new()),
+            stateless: Mutex::new(HashMap::new()),
+            next_id: std::sync::atomic::AtomicU64::new(1),
+        })
     }
 
     /// Sessions open now.
@@ -111,7 +122,7 @@ pub async fn serve<R: ContainerRuntime, N: Network>(
     }
 }
 
-fn full(status: StatusCode, content_type: &'static str, body: impl Into<Bytes>) -> Response<Body> {
+pub(super) fn full(status: StatusCode, content_type: &'static str, body: impl Into<Bytes>) -> Response<Body> {
     let mut r = Response::new(Full::new(body.into()).boxed());
     *r.status_mut() = status;
     r.headers_mut().insert(hyper::header::CONTENT_TYPE, HeaderValue::from_static(content_type));
@@ -125,25 +136,25 @@ fn rpc_error(status: StatusCode, code: i64, message: &str) -> Response<Body> {
 
 /// A refused request, turned into its response at the end.
 #[derive(Debug)]
-struct Reject {
+pub(super) struct Reject {
     status: StatusCode,
     code: i64,
     message: String,
 }
 
 impl Reject {
-    fn new(status: StatusCode, code: i64, message: impl Into<String>) -> Reject {
+    pub(super) fn new(status: StatusCode, code: i64, message: impl Into<String>) -> Reject {
         Reject { status, code, message: message.into() }
     }
 
-    fn into_response(self) -> Response<Body> {
+    pub(super) fn into_response(self) -> Response<Body> {
         let body =
             serde_json::json!({"jsonrpc": "2.0", "id": null, "error": {"code": self.code, "message": self.message}});
         full(self.status, "application/json", body.to_string())
     }
 }
 
-fn header<'a>(h: &'a HeaderMap, name: &str) -> Option<&'a str> {
+pub(super) fn header<'a>(h: &'a HeaderMap, name: &str) -> Option<&'a str> {
     h.get(name).and_then(|v| v.to_str().ok())
 }
 
@@ -212,8 +223,14 @@ async fn handle<R: ContainerRuntime, N: Network>(front: &Arc<Front<R, N>>, req: 
             return rpc_error(StatusCode::FORBIDDEN, -32000, &format!("this API token may not act on bot `{bot}`"));
         }
     }
+    let stateless = header(req.headers(), SESSION_HEADER).is_none() && super::stateless::is_modern(req.headers());
     match *req.method() {
         Method::POST => post(front, &bot, &server, req).await,
+        Method::GET | Method::DELETE if stateless => {
+            let mut r = rpc_error(StatusCode::METHOD_NOT_ALLOWED, -32000, "stateless MCP (2026-07-28) is POST only");
+            r.headers_mut().insert("allow", HeaderValue::from_static("POST"));
+            r
+        }
         Method::GET => get(front, &bot, &server, req.headers()),
         Method::DELETE => delete(front, &bot, &server, req.headers()),
         _ => {
@@ -272,6 +289,10 @@ async fn post<R: ContainerRuntime, N: Network>(
     if let Kind::Invalid(why) = kind {
         return rpc_error(StatusCode::BAD_REQUEST, -32600, why);
     }
+    let initialize = matches!(&kind, Kind::Request { method, .. } if method == "initialize");
+    if header(&headers, SESSION_HEADER).is_none() && !initialize && super::stateless::is_modern(&headers) {
+        return super::stateless::post(front, bot, server, &headers, kind, value).await;
+    }
     let (session, minted) = match (&kind, header(&headers, SESSION_HEADER)) {
         (Kind::Request { method, .. }, None) if method == "initialize" => match start(front, bot, server).await {
             Ok((id, s)) => (s, Some(id)),
@@ -324,7 +345,7 @@ async fn post<R: ContainerRuntime, N: Network>(
 }
 
 /// One SSE event carrying one message (MCP messages hold no raw newline, so one `data:` line).
-fn sse_event(m: &[u8]) -> Bytes {
+pub(super) fn sse_event(m: &[u8]) -> Bytes {
     let mut b = Vec::with_capacity(m.len() + 24);
     b.extend_from_slice(b"event: message\ndata: ");
     b.extend_from_slice(m);
@@ -333,11 +354,29 @@ fn sse_event(m: &[u8]) -> Bytes {
 }
 
 /// Starts a session's server process and the task routing its messages.
+/// Called once when a session's server has gone, with the reason.
+type OnEnd = Box<dyn FnOnce(&Arc<HttpSession>) + Send>;
+
+/// Starts a legacy session: a server process, its id minted.
 async fn start<R: ContainerRuntime, N: Network>(
     front: &Arc<Front<R, N>>,
     bot: &str,
     server: &str,
 ) -> Result<(String, Arc<HttpSession>), Reject> {
+    let id = crate::bots::new_token();
+    let (f, sid) = (front.clone(), id.clone());
+    let session = launch(front, bot, server, Box::new(move |_| drop(lock(&f.sessions).remove(&sid)))).await?;
+    lock(&front.sessions).insert(id.clone(), session.clone());
+    Ok((id, session))
+}
+
+/// Starts a server process and the task routing its messages; `on_end` runs when it has gone.
+pub(super) async fn launch<R: ContainerRuntime, N: Network>(
+    front: &Arc<Front<R, N>>,
+    bot: &str,
+    server: &str,
+    on_end: OnEnd,
+) -> Result<Arc<HttpSession>, Reject> {
     let io = front.hub.open(bot, Target::Registered(server.to_string()), false, 0).await.map_err(|e| {
         let status = match &e {
             crate::error::Error::NotFound(_) => StatusCode::NOT_FOUND,
@@ -347,16 +386,14 @@ async fn start<R: ContainerRuntime, N: Network>(
         };
         Reject::new(status, -32000, format!("cannot start MCP server `{server}` in bot `{bot}`: {e}"))
     })?;
-    let id = crate::bots::new_token();
     let session = Arc::new(HttpSession {
         bot: bot.to_string(),
         server: server.to_string(),
         to_server: Mutex::new(Some(io.to_server)),
         router: Mutex::new(Router::default()),
     });
-    lock(&front.sessions).insert(id.clone(), session.clone());
-    tracing::info!(bot.name = bot, mcp.server = server, pid = io.pid, "MCP HTTP session started");
-    let (front, s, sid) = (front.clone(), session.clone(), id.clone());
+    tracing::info!(bot.name = bot, mcp.server = server, pid = io.pid, "MCP HTTP server process started");
+    let s = session.clone();
     let mut from_server = io.from_server;
     tokio::spawn(async move {
         let why = loop {
@@ -375,12 +412,12 @@ async fn start<R: ContainerRuntime, N: Network>(
                 None => break "the MCP session ended".to_string(),
             }
         };
-        tracing::info!(bot.name = %s.bot, mcp.server = %s.server, reason = %why, "MCP HTTP session ended");
-        lock(&front.sessions).remove(&sid);
+        tracing::info!(bot.name = %s.bot, mcp.server = %s.server, reason = %why, "MCP HTTP server process ended");
+        on_end(&s);
         lock(&s.to_server).take();
         lock(&s.router).fail_all(&why);
     });
-    Ok((id, session))
+    Ok(session)
 }
 
 fn get<R, N>(front: &Front<R, N>, bot: &str, server: &str, h: &HeaderMap) -> Response<Body> {

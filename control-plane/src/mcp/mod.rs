@@ -7,6 +7,7 @@ pub mod http;
 mod registry;
 pub mod route;
 pub mod session;
+mod stateless;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

@@ -131,11 +131,23 @@ impl TestBerthd {
     /// Puts server-everything (from the host's test dependencies) into `bot`'s /data through the import
     /// API; returns the path of its entry point in the bot.
     pub async fn install_everything(&self, bot: &str) -> String {
-        use berth_proto::controlplane::v1 as pb;
         let modules = crate::common::dep("node/node_modules");
+        self.import_paths(bot, &[(modules, "data/mcp/node_modules")]).await;
+        "/data/mcp/node_modules/@modelcontextprotocol/server-everything/dist/index.js".into()
+    }
+
+    /// Imports host files and directories into `bot` (merged into /data): (host path, `data/…` path).
+    pub async fn import_paths(&self, bot: &str, paths: &[(PathBuf, &str)]) {
+        use berth_proto::controlplane::v1 as pb;
         let mut tar = tar::Builder::new(Vec::new());
         tar.follow_symlinks(false);
-        tar.append_dir_all("data/mcp/node_modules", &modules).expect("archive node_modules");
+        for (host, inside) in paths {
+            if host.is_dir() {
+                tar.append_dir_all(inside, host).expect("archive a directory");
+            } else {
+                tar.append_path_with_name(host, inside).expect("archive a file");
+            }
+        }
         let archive = tar.into_inner().expect("archive");
         let mut msgs = vec![pb::ImportDataChunk { bot: bot.into(), replace: false, data: vec![] }];
         msgs.extend(archive.chunks(1 << 20).map(|c| pb::ImportDataChunk { data: c.to_vec(), ..Default::default() }));
@@ -145,8 +157,7 @@ impl TestBerthd {
         pb::data_service_client::DataServiceClient::with_interceptor(ch, self.auth())
             .import_data(tokio_stream::iter(msgs))
             .await
-            .expect("import server-everything");
-        "/data/mcp/node_modules/@modelcontextprotocol/server-everything/dist/index.js".into()
+            .expect("import into the bot");
     }
 
     /// berthd's pid, while it runs.
