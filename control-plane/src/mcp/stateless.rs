@@ -96,13 +96,13 @@ impl Original {
         }
         if let Some((ours, theirs)) = &self.token
             && let Some(t) = v.pointer_mut("/params/progressToken")
-            && t.to_string() == *ours
+            && serde_json::to_string(t).is_ok_and(|j| j == *ours)
         {
             *t = theirs.clone();
             changed = true;
         }
         if let Some(s) = v.pointer_mut("/params/_meta/io.modelcontextprotocol~1subscriptionId")
-            && s.to_string() == self.ours
+            && serde_json::to_string(s).is_ok_and(|j| j == self.ours)
         {
             *s = self.id.clone();
             changed = true;
