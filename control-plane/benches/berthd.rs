@@ -7,6 +7,7 @@
 
 #[path = "../../agent/tests/common/mod.rs"]
 mod common;
+mod report;
 #[path = "../tests/support/mod.rs"]
 mod support;
 
@@ -22,47 +23,9 @@ use common::{argv, run};
 use containerd_client::services::v1::tasks_client::TasksClient;
 use containerd_client::services::v1::{DeleteProcessRequest, ExecProcessRequest, StartRequest, WaitRequest};
 use pb::bot_service_client::BotServiceClient;
+use report::Report;
 use support::berthd::TestBerthd;
 use support::containerd::minimal_image;
-
-fn pct(mut v: Vec<Duration>) -> (Duration, Duration) {
-    v.sort();
-    let pick = |q: f64| v[((v.len() as f64 - 1.0) * q).round() as usize];
-    (pick(0.5), pick(0.99))
-}
-
-fn ms(d: Duration) -> String {
-    format!("{:.2} ms", d.as_secs_f64() * 1e3)
-}
-
-struct Report {
-    md: String,
-    json: Vec<String>,
-}
-
-impl Report {
-    fn row(&mut self, name: &str, v: &[Duration], base: Option<(&str, &[Duration])>) {
-        let (p50, p99) = pct(v.to_vec());
-        let (b, ratio) = match base {
-            Some((bn, bv)) => {
-                let (b50, b99) = pct(bv.to_vec());
-                (
-                    format!("{bn}: p50 {} / p99 {}", ms(b50), ms(b99)),
-                    format!("{:.2}x", p50.as_secs_f64() / b50.as_secs_f64()),
-                )
-            }
-            None => ("-".into(), "-".into()),
-        };
-        println!("{name}: p50 {} p99 {} (n={}) | {b} | {ratio}", ms(p50), ms(p99), v.len());
-        self.md.push_str(&format!("| {name} | p50 {} / p99 {} | {b} | {ratio} |\n", ms(p50), ms(p99)));
-        self.json.push(format!(
-            r#"{{"name":"{name}","p50_ms":{:.3},"p99_ms":{:.3},"n":{}}}"#,
-            p50.as_secs_f64() * 1e3,
-            p99.as_secs_f64() * 1e3,
-            v.len()
-        ));
-    }
-}
 
 /// A containerd request in the test namespace.
 fn req<T>(ns: &str, m: T) -> tonic::Request<T> {
