@@ -33,6 +33,8 @@ async fn mcp(
 > {
     let ch = agent_client::channel(b.socket.to_str().unwrap()).await.unwrap();
     pb::mcp_service_client::McpServiceClient::with_interceptor(ch, BearerAuth::none())
+        .max_decoding_message_size(64 << 20)
+        .max_encoding_message_size(64 << 20)
 }
 
 /// Opens a gRPC session; returns the frame sender and the response stream (after `started`).
@@ -315,4 +317,41 @@ async fn a_server_that_forks_grandchildren_takes_them_along_when_its_session_end
     drop(tx);
     drop(r);
     wait_no_procs(&b, "g", "sleep 100", Duration::from_secs(8)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_messages_and_a_hundred_sessions_pass_through_and_leave_nothing_behind() {
+    let b = TestBerthd::start(None);
+    b.cli(&["bot", "create", "big"]);
+    b.cli(&["mcp-server", "add", "big", "cat", "--", "cat"]);
+    // 8 and 16 MiB messages, byte for byte, through gRPC and through the stdio bridge.
+    for mib in [8usize, 16] {
+        let payload = format!("{{\"id\":1,\"blob\":\"{}\"}}", "x\\u2028y".repeat((mib << 20) / 9));
+        let (tx, mut r) = session(&b, connect("big", "cat")).await.unwrap();
+        tx.send(msg(&payload)).await.unwrap();
+        let back = next(&mut r).await.unwrap();
+        assert!(back == payload, "{mib} MiB over gRPC came back different ({} bytes)", back.len());
+        drop(tx);
+        let mut child = b.berth(&["mcp", "big", "cat"]).stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().unwrap();
+        let mut stdin = child.stdin.take().unwrap();
+        let line = format!("{payload}\n");
+        let writer = std::thread::spawn(move || stdin.write_all(line.as_bytes()).unwrap());
+        let out = child.wait_with_output().unwrap();
+        writer.join().unwrap();
+        assert!(out.status.success(), "{mib} MiB through the bridge: {:?}", String::from_utf8_lossy(&out.stderr));
+        assert!(out.stdout == format!("{payload}\n").into_bytes(), "{mib} MiB through the bridge came back different");
+    }
+    // 100 sessions opened and closed (half by a graceful end, half by dropping the stream).
+    for i in 0..100 {
+        let (tx, mut r) = session(&b, connect("big", "cat")).await.unwrap();
+        tx.send(msg(&format!("{{\"n\":{i}}}"))).await.unwrap();
+        assert_eq!(next(&mut r).await.unwrap(), format!("{{\"n\":{i}}}"));
+        drop(tx);
+        if i % 2 == 0 {
+            assert_eq!(next(&mut r).await.unwrap_err().exit_code, Some(0));
+        }
+    }
+    wait_no_procs(&b, "big", "cat", Duration::from_secs(10)).await;
+    let m = reqwest_metrics(&b).await;
+    assert!(m.contains("berth_mcp_sessions 0"), "{m}");
 }
