@@ -39,6 +39,8 @@ use crate::runtime::ContainerRuntime;
 
 /// Largest request body (one JSON-RPC message).
 const MAX_BODY: usize = 64 << 20;
+/// How long reading a request's body may take.
+const BODY_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long reading a request's headers may take.
 const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
 const SESSION_HEADER: &str = "mcp-session-id";
@@ -275,11 +277,12 @@ async fn post<R: ContainerRuntime, N: Network>(
         return rpc_error(StatusCode::NOT_ACCEPTABLE, -32000, "accept application/json or text/event-stream");
     }
     let headers = req.headers().clone();
-    let body = match Limited::new(req.into_body(), MAX_BODY).collect().await {
-        Ok(b) => b.to_bytes(),
-        Err(e) => {
+    let body = match tokio::time::timeout(BODY_TIMEOUT, Limited::new(req.into_body(), MAX_BODY).collect()).await {
+        Ok(Ok(b)) => b.to_bytes(),
+        Ok(Err(e)) => {
             return rpc_error(StatusCode::PAYLOAD_TOO_LARGE, -32600, &format!("cannot read the request body: {e}"));
         }
+        Err(_) => return rpc_error(StatusCode::REQUEST_TIMEOUT, -32600, "the request body took over 60 s to arrive"),
     };
     let value: Value = match serde_json::from_slice(&body) {
         Ok(v) => v,
