@@ -107,6 +107,11 @@ pub async fn serve<R: ContainerRuntime, N: Network>(
             },
             _ = async { let _ = stop.wait_for(|v| *v).await; } => return,
         };
+        // SSE replies go out as several small writes (headers, events, the last chunk): without this, Nagle's
+        // algorithm holds the later ones for the client's delayed ACK (40 ms a reply).
+        if let Err(e) = stream.set_nodelay(true) {
+            tracing::debug!(error = %e, "MCP front-end: cannot set TCP_NODELAY");
+        }
         let front = front.clone();
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |req| {
