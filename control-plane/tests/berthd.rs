@@ -558,7 +558,11 @@ async fn masquerade_is_installed_restored_when_deleted_and_removed_when_turned_o
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
     assert_eq!(count(&rule), 1);
-    assert!(b.log().contains("restored the bots' firewall rules"), "{}", b.log());
+    // The log line follows the repair (written after iptables returns): wait for it too.
+    while !b.log().contains("restored the bots' firewall rules") {
+        assert!(t.elapsed() < std::time::Duration::from_secs(10), "repair not reported:\n{}", b.log());
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
     // No per-bot NAT chains: one rule per network.
     assert!(!nat_rules().contains("CNI-"), "{}", nat_rules());
     // Restarted without the flag: the rule goes (the bot keeps running).

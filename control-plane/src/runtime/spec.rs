@@ -44,10 +44,11 @@ const MASKED_PATHS: &[&str] = &[
 
 /// Kernel settings of the bot's own network namespace: ICMP echo sockets for every group, so `ping`
 /// works without CAP_NET_RAW; no IPv6 on its link (Berth's firewall is IPv4; loopback keeps `::1`).
-fn sysctls() -> serde_json::Map<String, serde_json::Value> {
+/// `on_network`: the bot joins a namespace berthd attached (its link is `eth0`).
+fn sysctls(on_network: bool) -> serde_json::Map<String, serde_json::Value> {
     let mut s = serde_json::Map::new();
     s.insert("net.ipv4.ping_group_range".into(), json!("0 2147483647"));
-    if std::path::Path::new("/proc/sys/net/ipv6").exists() {
+    if on_network && std::path::Path::new("/proc/sys/net/ipv6").exists() {
         s.insert("net.ipv6.conf.eth0.disable_ipv6".into(), json!("1"));
         s.insert("net.ipv6.conf.default.disable_ipv6".into(), json!("1"));
     }
@@ -179,7 +180,7 @@ pub fn build(c: &ContainerConfig, namespace: &str) -> Value {
             "namespaces": namespaces,
             "cgroupsPath": format!("/{}", super::cgroup::container_path(namespace, &c.id)),
             "resources": resources,
-            "sysctl": sysctls(),
+            "sysctl": sysctls(c.netns.is_some()),
             "seccomp": seccomp(),
             "maskedPaths": MASKED_PATHS,
             "readonlyPaths": READONLY_PATHS

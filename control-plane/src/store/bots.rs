@@ -125,7 +125,7 @@ impl Store {
 
     pub async fn get_bot(&self, name: &str) -> Result<BotRecord, StoreError> {
         let sql = concat!("SELECT ", columns!(), " FROM bots WHERE name = $1");
-        let row = sqlx::query(sql).bind(name).fetch_optional(self.pool()).await.map_err(unavailable("read bot"))?;
+        let row = sqlx::query(sql).bind(name).fetch_optional(self.reader()).await.map_err(unavailable("read bot"))?;
         match row {
             Some(r) => decode(&r),
             None => Err(StoreError::NotFound { what: format!("bot `{name}`") }),
@@ -138,7 +138,7 @@ impl Store {
         let rows = sqlx::query(sql)
             .bind(after)
             .bind(i64::from(limit))
-            .fetch_all(self.pool())
+            .fetch_all(self.reader())
             .await
             .map_err(unavailable("list bots"))?;
         rows.iter().map(decode).collect()

@@ -32,7 +32,7 @@ impl Store {
             "SELECT bot_name, name, spec, created_at_ms FROM mcp_servers WHERE bot_name = $1 ORDER BY name",
         )
         .bind(bot)
-        .fetch_all(self.pool())
+        .fetch_all(self.reader())
         .await
         .map_err(unavailable("list MCP servers"))?;
         rows.iter().map(decode).collect()
@@ -44,7 +44,7 @@ impl Store {
         )
         .bind(bot)
         .bind(name)
-        .fetch_optional(self.pool())
+        .fetch_optional(self.reader())
         .await
         .map_err(unavailable("read an MCP server"))?;
         match row {

@@ -11,6 +11,9 @@ use sqlx::{AnyPool, migrate::Migrator};
 /// The migrations, embedded at build time.
 pub static MIGRATOR: Migrator = sqlx::migrate!("../migrations");
 
+/// SQLite connections for reads.
+const READERS: u32 = 4;
+
 /// Why a store call failed.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -30,10 +33,15 @@ pub enum StoreError {
     Migrate(#[source] sqlx::migrate::MigrateError),
 }
 
-/// A connection pool to the control plane's database.
+/// Connection pools to the control plane's database: one for writes and one for reads. With SQLite the
+/// writer is a single connection (SQLite serialises writers anyway, and one connection never meets
+/// "database is locked" from another of ours), while reads get their own connections: in WAL mode readers
+/// neither wait for the writer nor for each other, so `GetBot` from many clients is not serialised
+/// behind one connection. With PostgreSQL both are the same pool.
 #[derive(Debug, Clone)]
 pub struct Store {
     pool: AnyPool,
+    reader: AnyPool,
 }
 
 impl Store {
@@ -57,11 +65,27 @@ impl Store {
                 .map_err(|source| StoreError::Unavailable { op: "enable write-ahead logging".into(), source })?;
         }
         MIGRATOR.run(&pool).await.map_err(StoreError::Migrate)?;
-        Ok(Store { pool })
+        let reader = if url.starts_with("sqlite:") {
+            AnyPoolOptions::new()
+                .max_connections(READERS)
+                .acquire_timeout(std::time::Duration::from_secs(10))
+                .connect(url)
+                .await
+                .map_err(|source| StoreError::Unavailable { op: "connect a reader".into(), source })?
+        } else {
+            pool.clone()
+        };
+        Ok(Store { pool, reader })
     }
 
+    /// The pool for statements that write.
     pub(crate) fn pool(&self) -> &AnyPool {
         &self.pool
+    }
+
+    /// The pool for statements that only read.
+    pub(crate) fn reader(&self) -> &AnyPool {
+        &self.reader
     }
 }
 

@@ -98,7 +98,7 @@ impl Store {
 
     pub async fn get_op(&self, id: &str) -> Result<Operation, StoreError> {
         let sql = concat!("SELECT ", columns!(), " FROM operations WHERE id = $1");
-        let row = sqlx::query(sql).bind(id).fetch_optional(self.pool()).await.map_err(unavailable("read operation"))?;
+        let row = sqlx::query(sql).bind(id).fetch_optional(self.reader()).await.map_err(unavailable("read operation"))?;
         row.as_ref().map(decode).unwrap_or_else(|| Err(StoreError::NotFound { what: format!("operation `{id}`") }))
     }
 
@@ -113,7 +113,7 @@ impl Store {
             .bind(bot)
             .bind(bot)
             .bind(i64::from(limit))
-            .fetch_all(self.pool())
+            .fetch_all(self.reader())
             .await
             .map_err(unavailable("list operations"))?;
         rows.iter().map(decode).collect()
@@ -122,7 +122,7 @@ impl Store {
     /// Operations a crash left running.
     pub async fn running_ops(&self) -> Result<Vec<Operation>, StoreError> {
         let sql = concat!("SELECT ", columns!(), " FROM operations WHERE state = 'running' ORDER BY created_at_ms");
-        let rows = sqlx::query(sql).fetch_all(self.pool()).await.map_err(unavailable("list running operations"))?;
+        let rows = sqlx::query(sql).fetch_all(self.reader()).await.map_err(unavailable("list running operations"))?;
         rows.iter().map(decode).collect()
     }
 }
