@@ -98,7 +98,8 @@ impl Store {
 
     pub async fn get_op(&self, id: &str) -> Result<Operation, StoreError> {
         let sql = concat!("SELECT ", columns!(), " FROM operations WHERE id = $1");
-        let row = sqlx::query(sql).bind(id).fetch_optional(self.reader()).await.map_err(unavailable("read operation"))?;
+        let row =
+            sqlx::query(sql).bind(id).fetch_optional(self.reader()).await.map_err(unavailable("read operation"))?;
         row.as_ref().map(decode).unwrap_or_else(|| Err(StoreError::NotFound { what: format!("operation `{id}`") }))
     }
 
