@@ -277,7 +277,7 @@ fn main() {
 async fn async_main() {
     let bin = std::env::var("BERTH_AGENT_BIN").unwrap_or_else(|_| {
         let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../target/x86_64-unknown-linux-gnu/release/berth-agent");
+            .join("../target/x86_64-unknown-linux-gnu/agent/berth-agent");
         assert!(p.exists(), "{} is missing: run scripts/bench.sh (it builds the static agent)", p.display());
         // SAFETY: single-threaded at this point of start-up; read only by the harness below.
         unsafe { std::env::set_var("BERTH_AGENT_BIN", &p) };
