@@ -1,7 +1,9 @@
 //! MCP tool servers inside bots: the per-bot registry of named servers (`registry.rs`), sessions with
 //! them relayed through the bot's agent with idle reaping (`session.rs`), and the Streamable HTTP
-//! front-end (`http.rs`). One session is always one server process in the bot: no two clients share a
-//! process, so JSON-RPC ids never collide and every server→client message has exactly one home.
+//! front-end (`http.rs`, message routing in `route.rs`, the stateless era in `stateless.rs`). A session
+//! is one server process in the bot: no two clients share a process, so JSON-RPC ids never collide and
+//! every server→client message has exactly one home. The one exception is stateless (2026-07-28) HTTP,
+//! which the spec lets share a process: there berthd gives every request an id of its own.
 
 pub mod http;
 mod registry;
