@@ -114,6 +114,8 @@ async fn streamable_http_serves_a_real_server_in_a_bot_and_keeps_the_transport_r
             tokens.to_str().unwrap(),
             "--mcp-listen",
             "127.0.0.1:0",
+            "--mcp-allowed-host",
+            "mcp.example.org",
         ],
     );
     b.token = Some(ADMIN.into());
@@ -187,6 +189,20 @@ async fn streamable_http_serves_a_real_server_in_a_bot_and_keeps_the_transport_r
             .unwrap();
         assert_eq!(r.status().as_u16(), 403, "{name}: {value}");
     }
+    // A name the operator allowed (as a TLS proxy in front would forward it) is accepted.
+    let r = h
+        .client
+        .post(format!("{}{path}", h.base))
+        .bearer_auth(ADMIN)
+        .header("accept", "application/json")
+        .header("mcp-session-id", &sid)
+        .header("host", "mcp.example.org")
+        .header("origin", "https://mcp.example.org")
+        .body(list)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200, "an allowed host was refused");
     // DELETE ends the session: 404 afterwards, and the server process is gone from the bot.
     let r = h
         .client

@@ -59,7 +59,7 @@ pub(super) struct HttpSession {
 pub struct Front<R, N> {
     hub: Arc<McpHub<R, N>>,
     tokens: ApiTokens,
-    local: SocketAddr,
+    hosts: Hosts,
     sessions: Mutex<HashMap<String, Arc<HttpSession>>>,
     /// The shared process of each (bot, server) serving stateless (2026-07-28) requests.
     pub(super) stateless: Mutex<HashMap<(String, String), Arc<HttpSession>>>,
@@ -72,11 +72,11 @@ pub(super) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl<R: ContainerRuntime, N: Network> Front<R, N> {
-    pub fn new(hub: Arc<McpHub<R, N>>, tokens: ApiTokens, local: SocketAddr) -> Arc<Self> {
+    pub fn new(hub: Arc<McpHub<R, N>>, tokens: ApiTokens, hosts: Hosts) -> Arc<Self> {
         Arc::new(Front {
             hub,
             tokens,
-            local,
+            hosts,
             sessions: Mutex::new(HashMap::new()),
             stateless: Mutex::new(HashMap::new()),
             next_id: std::sync::atomic::AtomicU64::new(1),
@@ -173,15 +173,25 @@ fn parse_path(path: &str) -> Option<(&str, &str)> {
     (!bot.is_empty() && !server.is_empty() && !server.contains('/')).then_some((bot, server))
 }
 
-/// A host name (no port, no brackets) berthd answers to: loopback names, or the listener's own address.
-fn local_host(host: &str, local: SocketAddr) -> bool {
-    let h = host.trim_start_matches('[').trim_end_matches(']');
-    if h.eq_ignore_ascii_case("localhost") {
-        return true;
-    }
-    match h.parse::<std::net::IpAddr>() {
-        Ok(ip) => ip.is_loopback() || (!local.ip().is_unspecified() && ip == local.ip()),
-        Err(_) => false,
+/// The host names the front-end answers to: loopback names, the listener's own address, and the names
+/// the operator allowed (`mcp_allowed_hosts`, e.g. the name a TLS proxy forwards).
+#[derive(Debug, Clone)]
+pub struct Hosts {
+    pub local: SocketAddr,
+    pub allowed: Vec<String>,
+}
+
+impl Hosts {
+    /// Whether `host` (no port; brackets allowed) is one of ours.
+    fn accepts(&self, host: &str) -> bool {
+        let h = host.trim_start_matches('[').trim_end_matches(']');
+        if h.eq_ignore_ascii_case("localhost") || self.allowed.iter().any(|a| a.eq_ignore_ascii_case(h)) {
+            return true;
+        }
+        match h.parse::<std::net::IpAddr>() {
+            Ok(ip) => ip.is_loopback() || (!self.local.ip().is_unspecified() && ip == self.local.ip()),
+            Err(_) => false,
+        }
     }
 }
 
@@ -194,16 +204,16 @@ fn host_only(h: &str) -> &str {
 }
 
 /// DNS-rebinding protection: the Host must be this machine; an Origin, when sent, too.
-fn check_origin(h: &HeaderMap, local: SocketAddr) -> Result<(), Reject> {
+fn check_origin(h: &HeaderMap, hosts: &Hosts) -> Result<(), Reject> {
     let forbidden = |m: &str| Err(Reject::new(StatusCode::FORBIDDEN, -32000, m));
     match header(h, "host") {
-        Some(host) if local_host(host_only(host), local) => {}
+        Some(host) if hosts.accepts(host_only(host)) => {}
         Some(host) => return forbidden(&format!("Host `{host}` is not this server (DNS rebinding protection)")),
         None => return forbidden("a Host header is required"),
     }
     if let Some(origin) = header(h, "origin") {
         let host = origin.split_once("://").map(|(_, rest)| host_only(rest.trim_end_matches('/')));
-        if !host.is_some_and(|o| local_host(o, local)) {
+        if !host.is_some_and(|o| hosts.accepts(o)) {
             return forbidden(&format!("Origin `{origin}` may not use this server (DNS rebinding protection)"));
         }
     }
@@ -215,7 +225,7 @@ async fn handle<R: ContainerRuntime, N: Network>(front: &Arc<Front<R, N>>, req: 
         return full(StatusCode::NOT_FOUND, "text/plain", "not found: MCP servers are at /bots/BOT/mcp/SERVER\n");
     };
     let (bot, server) = (bot.to_string(), server.to_string());
-    if let Err(r) = check_origin(req.headers(), front.local) {
+    if let Err(r) = check_origin(req.headers(), &front.hosts) {
         return r.into_response();
     }
     if !front.tokens.is_empty() {
@@ -475,22 +485,23 @@ mod tests {
     #[test]
     fn hosts_and_origins() {
         let local: SocketAddr = "127.0.0.1:7000".parse().unwrap_or_else(|_| unreachable!());
-        for ok in ["localhost", "127.0.0.1", "[::1]", "LOCALHOST"] {
-            assert!(local_host(ok, local), "{ok}");
+        let local = Hosts { local, allowed: vec!["mcp.example.org".into()] };
+        for ok in ["localhost", "127.0.0.1", "[::1]", "LOCALHOST", "mcp.example.org"] {
+            assert!(local.accepts(ok), "{ok}");
         }
         for bad in ["evil.example", "10.0.0.1", "localhost.evil.example"] {
-            assert!(!local_host(bad, local), "{bad}");
+            assert!(!local.accepts(bad), "{bad}");
         }
         assert_eq!(host_only("localhost:7000"), "localhost");
         assert_eq!(host_only("[::1]:7000"), "[::1]");
         let mut h = HeaderMap::new();
         h.insert("host", HeaderValue::from_static("localhost:7000"));
-        assert!(check_origin(&h, local).is_ok());
+        assert!(check_origin(&h, &local).is_ok());
         h.insert("origin", HeaderValue::from_static("http://evil.example"));
-        assert!(check_origin(&h, local).is_err());
+        assert!(check_origin(&h, &local).is_err());
         h.insert("origin", HeaderValue::from_static("http://127.0.0.1:3000"));
-        assert!(check_origin(&h, local).is_ok());
+        assert!(check_origin(&h, &local).is_ok());
         h.insert("host", HeaderValue::from_static("evil.example:7000"));
-        assert!(check_origin(&h, local).is_err());
+        assert!(check_origin(&h, &local).is_err());
     }
 }

@@ -163,6 +163,11 @@ pub struct Args {
     #[arg(long, env = "BERTH_MCP_LISTEN")]
     #[serde(skip_serializing_if = "Option::is_none")]
     mcp_listen: Option<String>,
+    /// Host names the MCP front-end answers to besides loopback names and its own address (e.g. the name a
+    /// TLS proxy forwards in Host); a request's Origin must use one of them too.
+    #[arg(long = "mcp-allowed-host", env = "BERTH_MCP_ALLOWED_HOSTS", value_delimiter = ',')]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    mcp_allowed_hosts: Option<Vec<String>>,
     /// Log format: text or json.
     #[arg(long, env = "BERTH_LOG_FORMAT")]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -201,6 +206,7 @@ pub struct Config {
     pub metrics_listen: String,
     pub mcp_idle_timeout_ms: u64,
     pub mcp_listen: String,
+    pub mcp_allowed_hosts: Vec<String>,
     pub log_format: LogFormat,
 }
 
@@ -235,6 +241,7 @@ impl Default for Config {
             metrics_listen: "127.0.0.1:9464".into(),
             mcp_idle_timeout_ms: 15 * 60 * 1000,
             mcp_listen: "off".into(),
+            mcp_allowed_hosts: Vec::new(),
             log_format: LogFormat::Text,
         }
     }

@@ -144,7 +144,8 @@ async fn main() -> anyhow::Result<()> {
     if let Some(addr) = args.mcp_addr()? {
         let l = TcpListener::bind(addr).await.with_context(|| format!("mcp_listen: cannot listen on {addr}"))?;
         let bound = l.local_addr().with_context(|| "MCP listener")?;
-        let front = berth_control_plane::mcp::http::Front::new(hub.clone(), tokens.clone(), bound);
+        let hosts = berth_control_plane::mcp::http::Hosts { local: bound, allowed: args.mcp_allowed_hosts.clone() };
+        let front = berth_control_plane::mcp::http::Front::new(hub.clone(), tokens.clone(), hosts);
         mcp_server = Some(tokio::spawn(berth_control_plane::mcp::http::serve(l, front, stop_rx.clone())));
         tracing::info!(addr = %bound, "mcp listening");
     }
