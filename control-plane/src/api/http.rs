@@ -23,20 +23,9 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 pub async fn serve<R: ContainerRuntime, N: Network>(
     listener: TcpListener,
     manager: Arc<BotManager<R, N>>,
-    mut stop: tokio::sync::watch::Receiver<bool>,
+    stop: tokio::sync::watch::Receiver<bool>,
 ) {
-    loop {
-        let (stream, _) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    tracing::warn!(error = %e, "metrics endpoint: accept failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            },
-            _ = async { let _ = stop.wait_for(|v| *v).await; } => return,
-        };
+    accept_until_stopped(listener, stop, "metrics endpoint", move |stream| {
         let manager = manager.clone();
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |req| {
@@ -48,6 +37,29 @@ pub async fn serve<R: ContainerRuntime, N: Network>(
                 tracing::debug!(error = %e, "metrics endpoint: connection failed");
             }
         });
+    })
+    .await;
+}
+
+/// Accepts connections on `listener` and hands each to `serve` until `stop` turns true; a failed accept
+/// (out of descriptors, say) is logged and retried after a pause. Shared by berthd's HTTP listeners.
+pub async fn accept_until_stopped(
+    listener: TcpListener,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+    what: &'static str,
+    serve: impl Fn(tokio::net::TcpStream),
+) {
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => serve(stream),
+                Err(e) => {
+                    tracing::warn!(error = %e, listener = what, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            },
+            _ = async { let _ = stop.wait_for(|v| *v).await; } => return,
+        }
     }
 }
 

@@ -93,20 +93,9 @@ impl<R: ContainerRuntime, N: Network> Front<R, N> {
 pub async fn serve<R: ContainerRuntime, N: Network>(
     listener: TcpListener,
     front: Arc<Front<R, N>>,
-    mut stop: tokio::sync::watch::Receiver<bool>,
+    stop: tokio::sync::watch::Receiver<bool>,
 ) {
-    loop {
-        let (stream, _) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    tracing::warn!(error = %e, "MCP front-end: accept failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            },
-            _ = async { let _ = stop.wait_for(|v| *v).await; } => return,
-        };
+    crate::api::http::accept_until_stopped(listener, stop, "MCP front-end", move |stream| {
         // SSE replies go out as several small writes (headers, events, the last chunk): without this, Nagle's
         // algorithm holds the later ones for the client's delayed ACK (40 ms a reply).
         if let Err(e) = stream.set_nodelay(true) {
@@ -126,7 +115,8 @@ pub async fn serve<R: ContainerRuntime, N: Network>(
                 tracing::debug!(error = %e, "MCP front-end: connection ended with an error");
             }
         });
-    }
+    })
+    .await;
 }
 
 pub(super) fn full(status: StatusCode, content_type: &'static str, body: impl Into<Bytes>) -> Response<Body> {
@@ -333,13 +323,7 @@ async fn post<R: ContainerRuntime, N: Network>(
                 return rpc_error(StatusCode::NOT_FOUND, -32001, "the MCP server has exited: initialize again");
             }
             if sse {
-                let events = ReceiverStream::new(rx).map(|m| Ok::<_, Infallible>(Frame::data(sse_event(&m))));
-                let mut r = Response::new(StreamBody::new(events).boxed());
-                let h = r.headers_mut();
-                h.insert(hyper::header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
-                h.insert(hyper::header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-                h.insert("x-accel-buffering", HeaderValue::from_static("no"));
-                r
+                sse_response(ReceiverStream::new(rx))
             } else {
                 match rx.recv().await {
                     Some(m) => full(StatusCode::OK, "application/json", m),
@@ -362,8 +346,21 @@ async fn post<R: ContainerRuntime, N: Network>(
     response
 }
 
+/// A `text/event-stream` reply: one event per message of `messages`, ending when it does.
+pub(super) fn sse_response(
+    messages: impl tokio_stream::Stream<Item = Vec<u8>> + Send + Sync + 'static,
+) -> Response<Body> {
+    let events = messages.map(|m| Ok::<_, Infallible>(Frame::data(sse_event(&m))));
+    let mut r = Response::new(StreamBody::new(events).boxed());
+    let h = r.headers_mut();
+    h.insert(hyper::header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+    h.insert(hyper::header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    h.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    r
+}
+
 /// One SSE event carrying one message (MCP messages hold no raw newline, so one `data:` line).
-pub(super) fn sse_event(m: &[u8]) -> Bytes {
+fn sse_event(m: &[u8]) -> Bytes {
     let mut b = Vec::with_capacity(m.len() + 24);
     b.extend_from_slice(b"event: message\ndata: ");
     b.extend_from_slice(m);
@@ -448,11 +445,7 @@ fn get<R, N>(front: &Front<R, N>, bot: &str, server: &str, h: &HeaderMap) -> Res
     };
     let (sink, rx) = mpsc::channel(route::STREAM_BUFFER);
     lock(&s.router).open_get(sink);
-    let events = ReceiverStream::new(rx).map(|m| Ok::<_, Infallible>(Frame::data(sse_event(&m))));
-    let mut r = Response::new(StreamBody::new(events).boxed());
-    r.headers_mut().insert(hyper::header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
-    r.headers_mut().insert(hyper::header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-    r
+    sse_response(ReceiverStream::new(rx))
 }
 
 fn delete<R, N>(front: &Front<R, N>, bot: &str, server: &str, h: &HeaderMap) -> Response<Body> {

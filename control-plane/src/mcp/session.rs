@@ -87,7 +87,7 @@ impl<R: ContainerRuntime, N: Network> McpHub<R, N> {
             0 => configured,
             ms => Duration::from_millis(ms.into()).min(configured),
         };
-        let up = self.start(bot, &open).await?;
+        let up = start_upstream(&self.manager, bot, &open).await?;
         let pid = up.started.pid;
         let (to_server, client_rx) = mpsc::channel(64);
         let (client_tx, from_server) = mpsc::channel(64);
@@ -104,10 +104,6 @@ impl<R: ContainerRuntime, N: Network> McpHub<R, N> {
             relay(up, client_rx, client_tx, idle, starter, bot, open).await;
         });
         Ok(SessionIo { to_server, from_server, pid })
-    }
-
-    async fn start(&self, bot: &str, open: &pb::McpOpen) -> Result<Upstream> {
-        start_upstream(&self.manager, bot, open).await
     }
 }
 

@@ -9,15 +9,12 @@
 //! `notifications/cancelled`, as stdio requires. A server that answers `server/discover` with an error
 //! is legacy-only: its shared process is stopped (the client falls back to `initialize`).
 
-use std::convert::Infallible;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use base64::Engine;
 use bytes::Bytes;
-use http_body_util::{BodyExt, StreamBody};
-use hyper::body::Frame;
-use hyper::header::{HeaderMap, HeaderValue};
+use hyper::header::HeaderMap;
 use hyper::{Response, StatusCode};
 use pb::mcp_session_request::Frame as In;
 use serde_json::Value;
@@ -25,7 +22,7 @@ use tokio::sync::mpsc;
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::ReceiverStream;
 
-use super::http::{Body, Front, HttpSession, Reject, full, header, launch, lock, sse_event};
+use super::http::{Body, Front, HttpSession, Reject, full, header, launch, lock, sse_response};
 use super::route::{self, Kind};
 use crate::network::Network;
 use crate::runtime::ContainerRuntime;
@@ -246,28 +243,18 @@ pub(super) async fn post<R: ContainerRuntime, N: Network>(
         }
         return full(status_of(&parsed), "application/json", first);
     }
-    let first = futures_once(first);
     let rest = ReceiverStream::new(rx).map(move |m| {
         let _keep = &guard;
         original.restore(m)
     });
-    let events = first.chain(rest).map(|m| Ok::<_, Infallible>(Frame::data(sse_event(&m))));
-    let mut r = Response::new(StreamBody::new(events).boxed());
-    let h = r.headers_mut();
-    h.insert(hyper::header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
-    h.insert(hyper::header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-    h.insert("x-accel-buffering", HeaderValue::from_static("no"));
-    r
-}
-
-fn futures_once(m: Vec<u8>) -> tokio_stream::Once<Vec<u8>> {
-    tokio_stream::once(m)
+    sse_response(tokio_stream::once(first).chain(rest))
 }
 
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+    use hyper::header::HeaderValue;
 
     #[test]
     fn headers_must_match_the_body() {
