@@ -19,14 +19,36 @@ use tokio_stream::wrappers::ReceiverStream;
 
 use crate::daemon::{Conn, status_err};
 
+/// Where and with what environment a server command runs in the bot.
 #[derive(Debug, clap::Args)]
-pub struct McpArgs {
+pub struct Launch {
     /// Working directory in the bot.
     #[arg(long)]
     cwd: Option<String>,
     /// Environment variable for the server (repeatable).
     #[arg(short = 'e', long = "env", value_parser = parse_env)]
     env: Vec<(String, String)>,
+}
+
+impl Launch {
+    /// The agent's open frame for `command` (the program, then its arguments).
+    fn open(&self, command: &[String], forward_stderr: bool) -> anyhow::Result<pb::McpOpen> {
+        let (program, args) = command.split_first().context("no server command given")?;
+        Ok(pb::McpOpen {
+            command: program.clone(),
+            args: args.to_vec(),
+            env: self.env.iter().cloned().collect(),
+            cwd: self.cwd.clone().unwrap_or_default(),
+            forward_stderr,
+            ..Default::default()
+        })
+    }
+}
+
+#[derive(Debug, clap::Args)]
+pub struct McpArgs {
+    #[command(flatten)]
+    launch: Launch,
     /// Don't copy the server's stderr to ours.
     #[arg(long)]
     quiet: bool,
@@ -41,12 +63,9 @@ pub struct BotMcpArgs {
     /// A server registered for the bot (`berth mcp-server add`); or give a command after `--`.
     #[arg(required_unless_present = "command", conflicts_with = "command")]
     server: Option<String>,
-    /// Working directory in the bot (ad hoc command).
-    #[arg(long)]
-    cwd: Option<String>,
-    /// Environment variable for the server (ad hoc command; repeatable).
-    #[arg(short = 'e', long = "env", value_parser = parse_env)]
-    env: Vec<(String, String)>,
+    /// For an ad hoc command.
+    #[command(flatten)]
+    launch: Launch,
     /// Don't copy the server's stderr to ours.
     #[arg(long)]
     quiet: bool,
@@ -64,12 +83,8 @@ pub enum ServerCommand {
     Add {
         bot: String,
         name: String,
-        /// Working directory in the bot.
-        #[arg(long)]
-        cwd: Option<String>,
-        /// Environment variable for the server (repeatable).
-        #[arg(short = 'e', long = "env", value_parser = parse_env)]
-        env: Vec<(String, String)>,
+        #[command(flatten)]
+        launch: Launch,
         /// Replace a server of the same name.
         #[arg(long)]
         replace: bool,
@@ -110,15 +125,15 @@ async fn client(
 pub async fn servers(conn: &Conn, cmd: ServerCommand) -> anyhow::Result<i32> {
     let mut c = client(conn).await?;
     match cmd {
-        ServerCommand::Add { bot, name, cwd, env, replace, command } => {
-            let (cmd, args) = command.split_first().context("no server command given")?;
+        ServerCommand::Add { bot, name, launch, replace, command } => {
+            let open = launch.open(&command, false)?;
             let server = cp::McpServer {
                 bot,
                 name,
-                command: cmd.clone(),
-                args: args.to_vec(),
-                env: env.into_iter().collect(),
-                cwd: cwd.unwrap_or_default(),
+                command: open.command,
+                args: open.args,
+                env: open.env,
+                cwd: open.cwd,
                 created_at_ms: 0,
             };
             let s = c
@@ -165,17 +180,7 @@ pub async fn run_bot(conn: &Conn, bot: String, a: BotMcpArgs) -> anyhow::Result<
     use cp::mcp_client_frame::Frame;
     let target = match a.server {
         Some(s) => cp::mcp_connect::Target::Server(s),
-        None => {
-            let (command, args) = a.command.split_first().context("no server command given")?;
-            cp::mcp_connect::Target::Command(pb::McpOpen {
-                command: command.clone(),
-                args: args.to_vec(),
-                env: a.env.iter().cloned().collect(),
-                cwd: a.cwd.clone().unwrap_or_default(),
-                forward_stderr: !a.quiet,
-                ..Default::default()
-            })
-        }
+        None => cp::mcp_connect::Target::Command(a.launch.open(&a.command, !a.quiet)?),
     };
     let connect = cp::McpConnect {
         bot,
@@ -198,15 +203,7 @@ pub async fn run_bot(conn: &Conn, bot: String, a: BotMcpArgs) -> anyhow::Result<
 /// `berth agent mcp -- CMD…`: a session straight with an agent.
 pub async fn run(mut client: AgentClient, a: McpArgs) -> anyhow::Result<i32> {
     use pb::mcp_session_request::Frame as In;
-    let (command, args) = a.command.split_first().context("no server command given")?;
-    let open = pb::McpOpen {
-        command: command.clone(),
-        args: args.to_vec(),
-        env: a.env.iter().cloned().collect(),
-        cwd: a.cwd.clone().unwrap_or_default(),
-        forward_stderr: !a.quiet,
-        ..Default::default()
-    };
+    let open = a.launch.open(&a.command, !a.quiet)?;
     let (tx, rx) = mpsc::channel(64);
     tx.send(pb::McpSessionRequest { frame: Some(In::Open(open)) }).await?;
     let responses = client
