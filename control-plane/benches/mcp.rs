@@ -81,25 +81,8 @@ fn main() {
 
 async fn async_main() {
     let here = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    let image = std::env::var_os("BERTH_FULL_IMAGE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| here.join("../target/images/berth-full.tar"));
     let fixture = here.join("tests/fixtures/conformance_server.py");
-    let dir = tempfile::tempdir().unwrap();
-    let tokens = dir.path().join("tokens");
-    std::fs::write(&tokens, format!("{TOKEN}\n")).unwrap();
-    let mut b = TestBerthd::start_with(
-        None,
-        &[
-            "--image-archive",
-            image.to_str().unwrap(),
-            "--api-token-file",
-            tokens.to_str().unwrap(),
-            "--mcp-listen",
-            "127.0.0.1:0",
-        ],
-    );
-    b.token = Some(TOKEN.into());
+    let b = TestBerthd::start_mcp(&format!("{TOKEN}\n"), &[]);
     b.cli(&["bot", "create", "bench", "--image", "berth/full:latest"]);
     b.import_paths("bench", &[(fixture.clone(), "data/bench/server.py")]).await;
     b.cli(&["mcp-server", "add", "bench", "fixture", "--", "python3", "/data/bench/server.py"]);

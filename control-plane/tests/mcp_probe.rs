@@ -7,32 +7,15 @@
 #[path = "../../agent/tests/common/mod.rs"]
 mod common;
 
-use std::path::PathBuf;
-use std::process::Command;
 use std::time::Duration;
 
 use common::*;
 
-/// The probe: `BERTH_MCP_PROBE`, or `shared/tools/mcp_probe.py` beside the repository (as CI lays it out).
-fn probe_script() -> PathBuf {
-    let p = std::env::var_os("BERTH_MCP_PROBE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/tools/mcp_probe.py"));
-    assert!(p.exists(), "{} is missing: the probe comes from the shared reference tools", p.display());
-    p
-}
-
 /// Runs the probe against `server` and returns its summary line ("N passed, N failed[, N skipped]").
 fn probe(mode: &str, server: &[String]) -> (String, String) {
-    let out = Command::new(dep("venv/bin/python"))
-        .arg(probe_script())
-        .args(["--checks", "all", "--mode", mode, "--timeout", "30", "--"])
-        .args(server)
-        .output()
-        .expect("run mcp_probe.py");
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    let summary = stdout.lines().rev().find(|l| l.contains(" passed, ")).unwrap_or("").trim().to_string();
-    (summary, format!("{stdout}\n{}", String::from_utf8_lossy(&out.stderr)))
+    let script = mcp_probe_script().display().to_string();
+    let args = [&script, "--checks", "all", "--mode", mode, "--timeout", "30", "--"];
+    run_mcp_probe(&[&args.map(String::from)[..], server].concat())
 }
 
 fn bridged(agent: &TestAgent, server: &[String]) -> Vec<String> {

@@ -249,6 +249,25 @@ pub fn target_bin(name: &str) -> PathBuf {
     p
 }
 
+/// The MCP acceptance probe: `BERTH_MCP_PROBE`, or `shared/tools/mcp_probe.py` beside the repository
+/// (as CI lays it out).
+pub fn mcp_probe_script() -> PathBuf {
+    let p = std::env::var_os("BERTH_MCP_PROBE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/tools/mcp_probe.py"));
+    assert!(p.exists(), "{} is missing: the probe comes from the shared reference tools", p.display());
+    p
+}
+
+/// Runs the probe `args` (the probe script or a wrapper first) with the test venv's Python; returns its
+/// summary line ("N passed, N failed[, N skipped]") and its whole output.
+pub fn run_mcp_probe<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> (String, String) {
+    let out = Command::new(dep("venv/bin/python")).args(args).output().expect("run the MCP probe");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let summary = stdout.lines().rev().find(|l| l.contains(" passed, ")).unwrap_or("").trim().to_string();
+    (summary, format!("{stdout}\n{}", String::from_utf8_lossy(&out.stderr)))
+}
+
 /// Path of a file under the workspace's `.deps` (installed by scripts/install-deps.sh); panics loudly
 /// when missing, since tests never skip silently.
 pub fn dep(rel: &str) -> PathBuf {

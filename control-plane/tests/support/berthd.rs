@@ -18,6 +18,8 @@ pub struct TestBerthd {
     pub subnet: String,
     /// API token the CLI and clients send (when berthd was given a token file).
     pub token: Option<String>,
+    /// Files berthd reads that live as long as it does (the token file of [`Self::start_mcp`]).
+    files: Option<tempfile::TempDir>,
     args: Vec<std::ffi::OsString>,
     child: Option<Child>,
 }
@@ -31,6 +33,22 @@ impl TestBerthd {
     /// Starts berthd with extra arguments.
     pub fn start_with(database_url: Option<String>, extra: &[&str]) -> TestBerthd {
         Self::start_on(PrivateContainerd::start(), database_url, extra)
+    }
+
+    /// Starts berthd with the `full` image too, API tokens (`tokens` is the token file's text; the first
+    /// line's token becomes [`Self::token`]) and the MCP front-end on a loopback port, plus `extra`.
+    pub fn start_mcp(tokens: &str, extra: &[&str]) -> TestBerthd {
+        let files = tempfile::tempdir().expect("tempdir");
+        let file = files.path().join("tokens");
+        std::fs::write(&file, tokens).expect("write the token file");
+        let image = super::containerd::full_image();
+        let mut args = vec!["--image-archive", image.to_str().expect("utf-8 path")];
+        args.extend(["--api-token-file", file.to_str().expect("utf-8 path"), "--mcp-listen", "127.0.0.1:0"]);
+        args.extend(extra);
+        let mut b = Self::start_with(None, &args);
+        b.token = tokens.split_whitespace().next().map(String::from);
+        b.files = Some(files);
+        b
     }
 
     /// Starts berthd on the given containerd, with extra arguments.
@@ -58,7 +76,7 @@ impl TestBerthd {
             cmd.args(["--database-url", &url]);
         }
         let args = cmd.get_args().map(|a| a.to_os_string()).collect();
-        let mut b = TestBerthd { containerd, dir, socket, bridge, subnet, token: None, args, child: None };
+        let mut b = TestBerthd { containerd, dir, socket, bridge, subnet, token: None, files: None, args, child: None };
         b.spawn();
         b
     }

@@ -169,6 +169,15 @@ fn which(name: &str) -> Option<PathBuf> {
     std::env::var_os("PATH")?.to_str()?.split(':').map(|d| Path::new(d).join(name)).find(|p| p.exists())
 }
 
+/// The `full` bot image archive (Node, Python), built by scripts/test.sh (`BERTH_FULL_IMAGE`).
+pub fn full_image() -> PathBuf {
+    let p = std::env::var_os("BERTH_FULL_IMAGE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/images/berth-full.tar"));
+    assert!(p.exists(), "{} is missing: run scripts/build-image.sh full (scripts/test.sh does)", p.display());
+    p
+}
+
 /// The minimal bot image archive, built by scripts/test.sh (`BERTH_TEST_IMAGE`).
 pub fn minimal_image() -> PathBuf {
     let p = std::env::var_os("BERTH_TEST_IMAGE")
