@@ -82,11 +82,6 @@ impl<R: ContainerRuntime, N: Network> Front<R, N> {
             next_id: std::sync::atomic::AtomicU64::new(1),
         })
     }
-
-    /// Sessions open now.
-    pub fn session_count(&self) -> usize {
-        lock(&self.sessions).len()
-    }
 }
 
 /// Serves until `stop` turns true.

@@ -64,10 +64,6 @@ impl<R, N> McpHub<R, N> {
     pub fn new(manager: Arc<BotManager<R, N>>, config: McpConfig) -> McpHub<R, N> {
         McpHub { manager, config }
     }
-
-    pub fn config(&self) -> &McpConfig {
-        &self.config
-    }
 }
 
 /// A server name: lower-case letters, digits, `.`, `_`, `-`, starting with a letter or digit, at most 63.
