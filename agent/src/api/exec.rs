@@ -9,7 +9,6 @@ use berth_proto::agent::v1 as pb;
 use pb::exec_request::Frame as In;
 use pb::exec_response::Frame as Out;
 use tokio::io::AsyncWriteExt;
-use tokio::process::ChildStdin;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tonic::{Status, Streaming};
@@ -17,10 +16,11 @@ use tonic::{Status, Streaming};
 use super::convert::exited_frame;
 use crate::error::{Error, Result};
 use crate::process::exit::{Exit, Reason};
+use crate::process::launch::Child;
 use crate::process::pty::{PtyMaster, PtyReader};
 use crate::process::pump::pump;
 use crate::process::registry::{Session, SessionKind};
-use crate::process::spawn::{ChildIo, SpawnRequest, spawn};
+use crate::process::spawn::{ChildIo, ChildStdin, SpawnRequest, spawn};
 use crate::state::Agent;
 
 /// How long a client may take to send the `start` frame.
@@ -215,7 +215,7 @@ struct Driver {
 }
 
 impl Driver {
-    async fn run(self, mut child: tokio::process::Child, pumps: Vec<JoinHandle<()>>, mut input: JoinHandle<InputEnd>) {
+    async fn run(self, mut child: Child, pumps: Vec<JoinHandle<()>>, mut input: JoinHandle<InputEnd>) {
         let deadline =
             (self.timeout_ms > 0).then(|| tokio::time::Instant::now() + Duration::from_millis(self.timeout_ms));
         let mut reason: Option<Reason> = None;

@@ -11,7 +11,6 @@ use berth_proto::agent::v1 as pb;
 use pb::mcp_session_request::Frame as In;
 use pb::mcp_session_response::Frame as Out;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::process::{ChildStderr, ChildStdin, ChildStdout};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tonic::{Status, Streaming};
@@ -21,9 +20,10 @@ use super::exec::{FIRST_FRAME_DEADLINE, sleep_until};
 use crate::error::{Error, Result};
 use crate::mcp::lines::{LineError, LineReader};
 use crate::process::exit::{Exit, Reason};
+use crate::process::launch::Child;
 use crate::process::pump::{CHUNK_BYTES, StopGuard};
 use crate::process::registry::{Session, SessionKind};
-use crate::process::spawn::{ChildIo, SpawnRequest, spawn};
+use crate::process::spawn::{ChildIo, ChildOutput, ChildStdin, SpawnRequest, spawn};
 use crate::state::Agent;
 
 /// stderr bytes kept for the exit report.
@@ -127,7 +127,7 @@ async fn input_loop(mut inbound: Streaming<pb::McpSessionRequest>, mut stdin: Op
 }
 
 /// Relays stdout line by line. Returns an error if a line exceeded the limit.
-async fn relay_stdout(stdout: ChildStdout, tx: Tx, stop: watch::Receiver<bool>, max: usize) -> Result<(), LineError> {
+async fn relay_stdout(stdout: ChildOutput, tx: Tx, stop: watch::Receiver<bool>, max: usize) -> Result<(), LineError> {
     let mut lines = LineReader::new(stdout, max);
     let mut guard = StopGuard::new(stop);
     loop {
@@ -146,7 +146,7 @@ async fn relay_stdout(stdout: ChildStdout, tx: Tx, stop: watch::Receiver<bool>, 
 }
 
 /// Drains stderr into a bounded tail, forwarding chunks when asked and there is room.
-async fn drain_stderr(mut stderr: ChildStderr, tx: Tx, stop: watch::Receiver<bool>, forward: bool) -> Vec<u8> {
+async fn drain_stderr(mut stderr: ChildOutput, tx: Tx, stop: watch::Receiver<bool>, forward: bool) -> Vec<u8> {
     let mut tail = Vec::new();
     let mut guard = StopGuard::new(stop);
     let mut buf = vec![0u8; CHUNK_BYTES];
@@ -184,7 +184,7 @@ struct Driver {
 impl Driver {
     async fn run(
         self,
-        mut child: tokio::process::Child,
+        mut child: Child,
         mut stdout_task: JoinHandle<Result<(), LineError>>,
         stderr_task: JoinHandle<Vec<u8>>,
         mut input: JoinHandle<InputEnd>,

@@ -3,7 +3,7 @@
 //! never the agent. The control plane bind-mounts the cgroup's `cgroup.procs` file(s) into a directory
 //! and names it with `--user-cgroup`; the agent opens them once, at start.
 
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::path::Path;
 use std::sync::OnceLock;
 
@@ -27,15 +27,8 @@ pub fn init(dir: &Path) -> std::io::Result<usize> {
     Ok(n)
 }
 
-/// Moves the calling process into the user cgroup. Only async-signal-safe calls (write): runs between
-/// fork and exec.
-pub fn join() -> std::io::Result<()> {
-    for fd in PROCS.get().map(Vec::as_slice).unwrap_or_default() {
-        // "0" is the writing process itself.
-        // SAFETY: write(2) on an open descriptor from a static buffer.
-        if unsafe { libc::write(fd.as_raw_fd(), b"0".as_ptr().cast(), 1) } < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-    }
-    Ok(())
+/// The open `cgroup.procs` descriptors, for a child to join between clone and exec (writing "0" to each
+/// moves the writer; see [`super::launch`]).
+pub fn raw_fds() -> Vec<RawFd> {
+    PROCS.get().map(|fds| fds.iter().map(AsRawFd::as_raw_fd).collect()).unwrap_or_default()
 }

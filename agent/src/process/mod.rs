@@ -3,6 +3,7 @@
 
 pub mod cgroup;
 pub mod exit;
+pub mod launch;
 pub mod pty;
 pub mod pump;
 pub mod reaper;

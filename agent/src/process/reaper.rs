@@ -44,9 +44,12 @@ pub fn start(registry: Arc<Registry>, stats: Arc<ReaperStats>) -> std::io::Resul
     Ok(())
 }
 
-/// Reaps every zombie child of ours that no session is waiting for. Returns how many.
+/// Reaps every zombie child of ours that no session is waiting for. Returns how many. Only the children
+/// no session tracks are looked at (after an exec, usually none: its own child is its session's).
 pub fn sweep(registry: &Registry) -> u64 {
-    let zombies: Vec<i32> = own_children().into_iter().filter(|(_, z)| *z).map(|(pid, _)| pid).collect();
+    let untracked: Vec<i32> =
+        registry.with_children(|tracked| own_child_pids().into_iter().filter(|p| !tracked.contains(p)).collect());
+    let zombies: Vec<i32> = untracked.into_iter().filter(|pid| process_state(*pid).as_deref() == Some("Z")).collect();
     if zombies.is_empty() {
         return 0;
     }
@@ -63,21 +66,27 @@ pub fn sweep(registry: &Registry) -> u64 {
     })
 }
 
-/// `(pid, is_zombie)` of the agent's own children. Reads `/proc/self/task/*/children` (only our children,
-/// so a sweep costs the same however many processes the host runs); falls back to a full /proc scan on
-/// kernels without that file.
+/// `(pid, is_zombie)` of the agent's own children.
 pub fn own_children() -> Vec<(i32, bool)> {
-    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else { return children_of(std::process::id() as i32) };
+    own_child_pids().into_iter().filter_map(|pid| process_state(pid).map(|s| (pid, s == "Z"))).collect()
+}
+
+/// The pids of the agent's own children. Reads `/proc/self/task/*/children` (only our children, so it
+/// costs the same however many processes the host runs); falls back to a full /proc scan on kernels
+/// without that file.
+fn own_child_pids() -> Vec<i32> {
+    let scan = || children_of(std::process::id() as i32).into_iter().map(|(pid, _)| pid).collect();
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else { return scan() };
     let mut pids = Vec::new();
     for task in tasks.flatten() {
         match std::fs::read_to_string(task.path().join("children")) {
             Ok(list) => pids.extend(list.split_whitespace().filter_map(|p| p.parse::<i32>().ok())),
-            Err(_) => return children_of(std::process::id() as i32),
+            Err(_) => return scan(),
         }
     }
     pids.sort_unstable();
     pids.dedup();
-    pids.into_iter().filter_map(|pid| process_state(pid).map(|s| (pid, s == "Z"))).collect()
+    pids
 }
 
 /// The state letter of `pid` from /proc/<pid>/stat (`None` if it is gone).

@@ -1,16 +1,21 @@
 //! Starting a child process: validation, typed spawn errors (a missing binary or a bad cwd fails at once),
 //! its own process group (or session, with a pty), and registration with the reaper.
 
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::PathBuf;
-use std::process::Stdio;
 use std::sync::Arc;
 
-use tokio::process::{Child, ChildStderr, ChildStdin, ChildStdout, Command};
+use tokio::net::unix::pipe;
 
+use super::launch::{Child, ChildFds, Launch, Leader, Step};
 use super::pty::{self, PtyMaster};
 use super::registry::Registry;
 use crate::error::{Error, Result};
+
+/// The agent's end of a child's stdin.
+pub type ChildStdin = pipe::Sender;
+/// The agent's end of a child's stdout or stderr.
+pub type ChildOutput = pipe::Receiver;
 
 /// What to start.
 #[derive(Debug, Clone)]
@@ -27,7 +32,7 @@ pub struct SpawnRequest {
 
 /// The child's end of the conversation.
 pub enum ChildIo {
-    Pipes { stdin: Option<ChildStdin>, stdout: ChildStdout, stderr: ChildStderr },
+    Pipes { stdin: Option<ChildStdin>, stdout: ChildOutput, stderr: ChildOutput },
     Pty(Arc<PtyMaster>),
 }
 
@@ -38,7 +43,7 @@ pub struct Spawned {
     pub io: ChildIo,
 }
 
-/// Validates and starts `req`.
+/// Validates and starts `req` (see [`super::launch`] for how).
 pub fn spawn(registry: &Registry, req: &SpawnRequest) -> Result<Spawned> {
     let program =
         req.argv.first().filter(|p| !p.is_empty()).ok_or_else(|| {
@@ -59,73 +64,80 @@ pub fn spawn(registry: &Registry, req: &SpawnRequest) -> Result<Spawned> {
         }
         Err(e) => return Err(Error::io("use working directory", &req.cwd_shown, e)),
     }
-    let mut cmd = Command::new(program);
-    cmd.args(&req.argv[1..]).current_dir(&req.cwd).kill_on_drop(false);
-    if req.clean_env {
-        cmd.env_clear();
-    }
+    let mut env = Vec::with_capacity(req.env.len() + 1);
     if req.pty.is_some() && !req.env.iter().any(|(k, _)| k == "TERM") {
-        cmd.env("TERM", "xterm-256color");
+        env.push(("TERM".to_string(), "xterm-256color".to_string()));
     }
-    cmd.envs(req.env.iter().map(|(k, v)| (k, v)));
-    let (spawned, pid) = match req.pty {
+    env.extend(req.env.iter().cloned());
+    let leader = if req.pty.is_some() { Leader::Session } else { Leader::Group };
+    let launch = Launch::new(&req.argv, &req.cwd, &env, req.clean_env, leader)
+        .map_err(|e| Error::io("prepare to start", program, e))?;
+    let io_err = |what: &str, e: std::io::Error| Error::io(what, program, e);
+    match req.pty {
         None => {
-            cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).process_group(0);
-            // SAFETY: only async-signal-safe calls (open, write, close) between fork and exec.
-            unsafe {
-                cmd.pre_exec(|| {
-                    demote_oom_score();
-                    super::cgroup::join()
-                });
-            }
-            registry.spawn_tracked(|| {
-                let mut child = cmd.spawn()?;
-                let pid = child.id().unwrap_or(0);
-                let io = ChildIo::Pipes {
-                    stdin: child.stdin.take(),
-                    stdout: child.stdout.take().ok_or_else(missing_pipe)?,
-                    stderr: child.stderr.take().ok_or_else(missing_pipe)?,
-                };
-                Ok(((child, io), pid))
-            })
+            let (stdin_r, stdin_w) = std::io::pipe().map_err(|e| io_err("make a stdin pipe for", e))?;
+            let (stdout_r, stdout_w) = std::io::pipe().map_err(|e| io_err("make a stdout pipe for", e))?;
+            let (stderr_r, stderr_w) = std::io::pipe().map_err(|e| io_err("make a stderr pipe for", e))?;
+            let child_ends = [stdin_r.into(), stdout_w.into(), stderr_w.into()]
+                .map(above_stdio)
+                .into_iter()
+                .collect::<std::io::Result<Vec<OwnedFd>>>()
+                .map_err(|e| io_err("set up the pipes of", e))?;
+            let fds = ChildFds {
+                stdin: child_ends[0].as_raw_fd(),
+                stdout: child_ends[1].as_raw_fd(),
+                stderr: child_ends[2].as_raw_fd(),
+            };
+            let (child, pid) = start(registry, &launch, fds, program)?;
+            // The child has its copies now; ours must close or the pipes never see EOF.
+            drop(child_ends);
+            let io = ChildIo::Pipes {
+                stdin: Some(pipe::Sender::from_owned_fd(stdin_w.into()).map_err(|e| io_err("watch the stdin of", e))?),
+                stdout: pipe::Receiver::from_owned_fd(stdout_r.into()).map_err(|e| io_err("watch the stdout of", e))?,
+                stderr: pipe::Receiver::from_owned_fd(stderr_r.into()).map_err(|e| io_err("watch the stderr of", e))?,
+            };
+            Ok(Spawned { child, pid, io })
         }
         Some((rows, cols)) => {
-            let pair = pty::open(rows, cols).map_err(|e| Error::io("open a terminal for", program, e))?;
-            let dup = || -> Result<Stdio> {
-                let fd: OwnedFd =
-                    pair.slave.try_clone().map_err(|e| Error::io("duplicate terminal for", program, e))?;
-                Ok(Stdio::from(fd))
-            };
-            cmd.stdin(dup()?).stdout(dup()?).stderr(dup()?);
-            // SAFETY: only async-signal-safe calls (setsid, ioctl) between fork and exec.
-            unsafe {
-                cmd.pre_exec(|| {
-                    demote_oom_score();
-                    super::cgroup::join()?;
-                    if libc::setsid() < 0 {
-                        return Err(std::io::Error::last_os_error());
-                    }
-                    if libc::ioctl(0, libc::TIOCSCTTY, 0) < 0 {
-                        return Err(std::io::Error::last_os_error());
-                    }
-                    Ok(())
-                });
-            }
-            let master = PtyMaster::new(pair.master).map_err(|e| Error::io("open a terminal for", program, e))?;
-            let r = registry.spawn_tracked(|| {
-                let child = cmd.spawn()?;
-                let pid = child.id().unwrap_or(0);
-                Ok(((child, ChildIo::Pty(master)), pid))
-            });
+            let pair = pty::open(rows, cols).map_err(|e| io_err("open a terminal for", e))?;
+            let slave = above_stdio(pair.slave).map_err(|e| io_err("open a terminal for", e))?;
+            let fd = slave.as_raw_fd();
+            let master = PtyMaster::new(pair.master).map_err(|e| io_err("open a terminal for", e))?;
+            let (child, pid) = start(registry, &launch, ChildFds { stdin: fd, stdout: fd, stderr: fd }, program)?;
             // The child holds the slave now; ours must close or the master never sees EOF.
-            drop(cmd);
-            drop(pair.slave);
-            r
+            drop(slave);
+            Ok(Spawned { child, pid, io: ChildIo::Pty(master) })
         }
     }
-    .map_err(|e| spawn_error(program, e))?;
-    let (child, io) = spawned;
-    Ok(Spawned { child, pid, io })
+}
+
+/// Starts the prepared child, tracked by the registry from before the reaper could see it.
+fn start(registry: &Registry, launch: &Launch, fds: ChildFds, program: &str) -> Result<(Child, u32)> {
+    let mut failed_step = Step::Setup;
+    registry
+        .spawn_tracked(|| {
+            let pid = launch.spawn(fds).map_err(|(step, e)| {
+                failed_step = step;
+                e
+            })?;
+            Ok((Child::new(pid), pid))
+        })
+        .map_err(|e| spawn_error(program, failed_step, e))
+        .and_then(|(child, pid)| match child {
+            Ok(child) => Ok((child, pid)),
+            Err(e) => {
+                // Without a way to wait for it, the child cannot be reported on: stop it (the reaper
+                // collects it once it is no longer tracked).
+                let _ = super::registry::signal_group(pid, libc::SIGKILL);
+                registry.child_reaped(pid);
+                Err(Error::io("watch", program, e))
+            }
+        })
+}
+
+/// Moves a descriptor the child will get off 0-2 (the agent may run with those closed).
+fn above_stdio(fd: OwnedFd) -> std::io::Result<OwnedFd> {
+    if fd.as_raw_fd() > 2 { Ok(fd) } else { Ok(rustix::io::fcntl_dupfd_cloexec(&fd, 3)?) }
 }
 
 /// What the agent's children add to their OOM score: when a bot runs out of memory, the kernel kills one
@@ -135,7 +147,7 @@ const CHILD_OOM_SCORE_ADJ: &[u8] = b"500";
 /// Between fork and exec: marks the child as the OOM killer's first choice (see [`CHILD_OOM_SCORE_ADJ`]).
 /// Raising one's own score needs no privilege (and undoes the -1000 berthd gives the agent where it may).
 /// Best effort: a failure leaves the inherited score.
-fn demote_oom_score() {
+pub(super) fn demote_oom_score() {
     const PATH: &[u8] = b"/proc/self/oom_score_adj\0";
     // SAFETY: async-signal-safe syscalls on a NUL-terminated constant path and a static buffer.
     unsafe {
@@ -147,11 +159,10 @@ fn demote_oom_score() {
     }
 }
 
-fn missing_pipe() -> std::io::Error {
-    std::io::Error::other("child stdio pipe missing")
-}
-
-fn spawn_error(program: &str, e: std::io::Error) -> Error {
+fn spawn_error(program: &str, step: Step, e: std::io::Error) -> Error {
+    if step == Step::Setup {
+        return Error::io("set up the process for", program, e);
+    }
     match e.raw_os_error() {
         Some(libc::ENOENT) if program.contains('/') => {
             Error::NotFound(format!("executable `{program}` does not exist"))
