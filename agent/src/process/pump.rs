@@ -62,15 +62,16 @@ pub async fn pump<R, T, E>(
 {
     let mut guard = StopGuard::new(stop);
     loop {
-        let mut buf = vec![0u8; CHUNK_BYTES];
-        let n = match guard.guarded(reader.read(&mut buf)).await {
+        // Capacity only: the read fills it without the buffer being zeroed first, and pages a short read
+        // never reaches are never touched (most commands print little or nothing).
+        let mut buf = Vec::with_capacity(CHUNK_BYTES);
+        let n = match guard.guarded(reader.read_buf(&mut buf)).await {
             Some(Ok(n)) if n > 0 => n,
             _ => return,
         };
         if !guard.admit(n) {
             return;
         }
-        buf.truncate(n);
         if tx.send(Ok(wrap(buf))).await.is_err() {
             return;
         }
