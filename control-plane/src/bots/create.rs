@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;
 
 use super::model::{BotRecord, BotState, now_ms, validate_name};
+use super::start::Fresh;
 use super::{AGENT_DIR, BotManager, lock};
 use crate::error::{Error, Result};
 use crate::network::Network;
@@ -127,9 +128,9 @@ impl<R: ContainerRuntime, N: Network> BotManager<R, N> {
             }
         }
         self.transition(&bot, BotState::Stopped, "created", "").await?;
-        drop(_guard);
         if req.start {
-            return self.start(&bot.name).await;
+            // Still under the lock taken above: nothing can have started it or seen its token since.
+            self.start_locked(&bot, Fresh::Yes).await?;
         }
         Ok(self.store.get_bot(&bot.name).await?)
     }

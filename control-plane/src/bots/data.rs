@@ -14,6 +14,7 @@ use super::BotManager;
 use super::model::BotRecord;
 use super::ops::Operation;
 use super::snapshot::{LABEL_DELETED, LABEL_OP};
+use super::start::Fresh;
 use crate::archive::{self, ArchiveError, Compression, Summary};
 use crate::error::{Error, Result};
 use crate::network::Network;
@@ -189,7 +190,7 @@ impl<R: ContainerRuntime, N: Network> BotManager<R, N> {
             let applied = self.import_locked(&stopped, file, replace, true, &op).await;
             if running {
                 let bot = self.store.get_bot(name).await?;
-                if let Err(e) = self.start_locked(&bot).await {
+                if let Err(e) = self.start_locked(&bot, Fresh::No).await {
                     tracing::warn!(bot.name = name, error = %crate::error::chain(&e), "failed to restart the bot after an import");
                     return applied.and(Err(e));
                 }

@@ -13,6 +13,7 @@ use berth_proto::agent::v1::VersionRequest;
 
 use super::BotManager;
 use super::model::{BotRecord, BotState};
+use super::start::Fresh;
 use crate::error::{Error, Result};
 use crate::network::Network;
 use crate::runtime::{ContainerRuntime, TaskState};
@@ -249,7 +250,7 @@ impl<R: ContainerRuntime, N: Network> BotManager<R, N> {
             s.agent_misses = 0;
         }
         self.runtime.stop(&bot.container_id, Duration::from_secs(1)).await?;
-        self.start_locked(bot).await?;
+        self.start_locked(bot, Fresh::No).await?;
         self.transition(bot, BotState::Running, "restarted", reason).await?;
         report.restarted.push(bot.name.clone());
         Ok(())

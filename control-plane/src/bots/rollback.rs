@@ -10,6 +10,7 @@ use super::BotManager;
 use super::model::BotRecord;
 use super::ops::Operation;
 use super::snapshot::LABEL_OP;
+use super::start::Fresh;
 use crate::error::Result;
 use crate::network::Network;
 use crate::runtime::{ContainerRuntime, KIND_ACTIVE, LABEL_BOT, LABEL_KIND, TaskState};
@@ -67,14 +68,14 @@ impl<R: ContainerRuntime, N: Network> BotManager<R, N> {
             if let Err(r) = self.runtime.remove_snapshot(new).await {
                 tracing::warn!(bot.name = %bot.name, snapshot = new, error = %crate::error::chain(&r), "failed to remove an unused snapshot");
             }
-            if running && let Err(s) = self.start_locked(bot).await {
+            if running && let Err(s) = self.start_locked(bot, Fresh::No).await {
                 tracing::warn!(bot.name = %bot.name, error = %crate::error::chain(&s), "failed to restart the bot on its old data");
             }
             return Err(e);
         }
         self.discard_active(&bot.name, &old).await;
         if running {
-            self.start_locked(bot).await?;
+            self.start_locked(bot, Fresh::No).await?;
         }
         Ok(())
     }

@@ -31,20 +31,23 @@ impl<R: ContainerRuntime, N: Network> BotManager<R, N> {
                 )));
             }
         }
-        self.start_locked(&bot).await?;
+        self.start_locked(&bot, Fresh::No).await?;
         Ok(self.store.get_bot(name).await?)
     }
 
     /// Starts the bot's task and waits for its agent; the caller holds the bot lock. A task that is not
     /// running already gets a new agent token (recorded, then written for the agent to read at start), so
-    /// a token seen by anything in an earlier run of the bot is worthless afterwards.
-    pub(super) async fn start_locked(&self, bot: &BotRecord) -> Result<()> {
+    /// a token seen by anything in an earlier run of the bot is worthless afterwards. A bot created a
+    /// moment ago under the same lock ([`Fresh::Yes`]) has no task yet and a token nothing has seen, so
+    /// neither is looked at again.
+    pub(super) async fn start_locked(&self, bot: &BotRecord, fresh: Fresh) -> Result<()> {
         let name = bot.name.as_str();
         self.transition(bot, BotState::Starting, "starting", "").await?;
         self.evict_agent(name);
         let mut bot = bot.clone();
         let started = async {
-            if !matches!(self.runtime.state(&bot.container_id).await?, TaskState::Running { .. }) {
+            if fresh == Fresh::No && !matches!(self.runtime.state(&bot.container_id).await?, TaskState::Running { .. })
+            {
                 let token = super::new_token();
                 self.store.set_token(name, &token).await?;
                 super::write_token(&self.bot_dir(name), &token)
@@ -72,7 +75,8 @@ impl<R: ContainerRuntime, N: Network> BotManager<R, N> {
     /// Waits until the agent answers `Version`, up to the configured deadline. An agent that exits instead
     /// (a bad image, an agent too old for its flags) ends the wait at once, with what it printed.
     async fn wait_ready(&self, bot: &BotRecord, log_from: u64) -> Result<()> {
-        let deadline = Instant::now() + self.config.agent_ready_timeout;
+        let started_at = Instant::now();
+        let deadline = started_at + self.config.agent_ready_timeout;
         let mut last = String::from("no answer yet");
         let mut next_check = Instant::now();
         while Instant::now() < deadline {
@@ -107,13 +111,31 @@ impl<R: ContainerRuntime, N: Network> BotManager<R, N> {
                     )));
                 }
             }
-            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+            tokio::time::sleep(ready_poll(started_at.elapsed())).await;
         }
         Err(Error::Unavailable(format!(
             "the agent of bot `{}` did not answer within {} ms ({last})",
             bot.name,
             self.config.agent_ready_timeout.as_millis()
         )))
+    }
+}
+
+/// Whether the bot was created a moment ago, under the lock its start holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Fresh {
+    Yes,
+    No,
+}
+
+/// How long to wait before asking the agent again: an agent usually answers within tens of milliseconds
+/// of its task's start, so poll closely then (a missed poll is start latency), and less often once it is
+/// slow (an image with a slow file system, a loaded host).
+fn ready_poll(waited: std::time::Duration) -> std::time::Duration {
+    if waited < std::time::Duration::from_secs(1) {
+        std::time::Duration::from_millis(1)
+    } else {
+        std::time::Duration::from_millis(10)
     }
 }
 
