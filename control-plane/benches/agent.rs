@@ -9,6 +9,7 @@
 
 #[path = "../../agent/tests/common/mod.rs"]
 mod common;
+mod report;
 
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Command, Stdio};
@@ -188,6 +189,7 @@ async fn concurrency(report: &mut Report, c: &AgentClient) {
     let mut single_p50 = None;
     for clients in [1usize, 4, 16, 64] {
         let per_client = 400 / clients.max(1) + 50;
+        let cpu = report::busy_cpu_seconds();
         let t = Instant::now();
         let mut handles = Vec::new();
         for _ in 0..clients {
@@ -208,18 +210,28 @@ async fn concurrency(report: &mut Report, c: &AgentClient) {
         }
         let wall = t.elapsed();
         let total = all.len();
+        let cpu_per_call = (report::busy_cpu_seconds() - cpu) / total as f64;
+        let floor = report::cpu_floor(clients, cpu_per_call);
         let s = stats(all);
         let rps = total as f64 / wall.as_secs_f64();
         let base = *single_p50.get_or_insert(s.p50);
         report.value(
             &format!("unary Stat, {clients} concurrent clients"),
-            format!("{rps:.0} req/s, p50 {} / p99 {}", fmt_dur(s.p50), fmt_dur(s.p99)),
+            format!(
+                "{rps:.0} req/s, p50 {} / p99 {}; CPU {} per call → floor p50 {}",
+                fmt_dur(s.p50),
+                fmt_dur(s.p99),
+                fmt_dur(Duration::from_secs_f64(cpu_per_call)),
+                fmt_dur(floor)
+            ),
             format!("1 client p50 {}", fmt_dur(base)),
             format!("{:.2}x", s.p50.as_secs_f64() / base.as_secs_f64()),
             format!(
-                r#"{{"name":"concurrency_{clients}","req_per_s":{rps:.0},"p50_us":{:.1},"p99_us":{:.1}}}"#,
+                r#"{{"name":"concurrency_{clients}","req_per_s":{rps:.0},"p50_us":{:.1},"p99_us":{:.1},"cpu_per_call_us":{:.1},"cpu_floor_p50_us":{:.1}}}"#,
                 s.p50.as_secs_f64() * 1e6,
-                s.p99.as_secs_f64() * 1e6
+                s.p99.as_secs_f64() * 1e6,
+                cpu_per_call * 1e6,
+                floor.as_secs_f64() * 1e6
             ),
         );
     }

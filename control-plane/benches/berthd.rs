@@ -307,9 +307,27 @@ async fn concurrency(b: &TestBerthd, report: &mut Report) {
         }
     };
     let (u1, g1) = round(1, 205).await;
+    let cpu = report::busy_cpu_seconds();
     let (u16, g16) = round(16, 105).await;
+    // Each client alternates the two calls, so a pair costs this much CPU on the machine as a whole.
+    let cpu_per_pair = (report::busy_cpu_seconds() - cpu) / u16.len() as f64;
     report.row("agent Version through berthd, 16 clients at once", &u16, Some(("1 client alone", &u1)));
     report.row("GetBot (database + containerd), 16 clients at once", &g16, Some(("1 client alone", &g1)));
+    // Little's law: 16 callers each waiting for one call at a time on saturated cores wait, per call, at
+    // least 16 × (CPU per call) ÷ cores; a pair of calls is what each client repeats.
+    let floor = report::cpu_floor(16, cpu_per_pair);
+    let (p1, _) = report::pct(u1.iter().zip(&g1).map(|(a, b)| *a + *b).collect());
+    report.text_row(
+        "16 clients: the machine's CPU floor for one Version + GetBot pair",
+        &format!(
+            "{} CPU per pair (all processes) → p50 ≥ {} with 16 callers on {} cores",
+            report::ms(Duration::from_secs_f64(cpu_per_pair)),
+            report::ms(floor),
+            report::cores()
+        ),
+        &format!("1 client alone: pair p50 {}", report::ms(p1)),
+        &format!("{:.2}x", floor.as_secs_f64() / p1.as_secs_f64()),
+    );
     for i in 0..4 {
         bots.delete_bot(pb::DeleteBotRequest { name: format!("c{i}"), keep_data: false }).await.unwrap();
     }

@@ -45,6 +45,13 @@ impl Report {
 }
 
 impl Report {
+    /// A row whose figures are already text.
+    pub fn text_row(&mut self, name: &str, value: &str, base: &str, ratio: &str) {
+        println!("{name}: {value} | {base} | {ratio}");
+        self.md.push_str(&format!("| {name} | {value} | {base} | {ratio} |\n"));
+        self.json.push(format!(r#"{{"name":"{name}","value":"{value}","baseline":"{base}","ratio":"{ratio}"}}"#));
+    }
+
     pub fn new() -> Report {
         Report {
             md: "| measure | Berth | floor / baseline (same run) | ratio |\n|---|---|---|---|\n".into(),
@@ -61,4 +68,26 @@ impl Report {
         std::fs::write(out.join(format!("{name}.json")), format!("[\n{}\n]\n", self.json.join(",\n")))
             .expect("write the JSON report");
     }
+}
+
+/// The whole machine's busy CPU time (user, nice, system, irq, softirq; not idle, iowait or steal), from
+/// `/proc/stat`, in seconds. Read before and after a round of calls, it gives the CPU one call costs
+/// everywhere (clients, berthd, agents, containerd), and with it the floor any number of clients
+/// must queue behind on this machine's cores.
+pub fn busy_cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/stat").expect("read /proc/stat");
+    let line = stat.lines().next().expect("/proc/stat has a cpu line");
+    let f: Vec<f64> = line.split_whitespace().skip(1).filter_map(|x| x.parse().ok()).collect();
+    // user nice system idle iowait irq softirq steal ...; USER_HZ is 100 on Linux.
+    (f[0] + f[1] + f[2] + f[5] + f[6]) / 100.0
+}
+
+pub fn cores() -> usize {
+    std::thread::available_parallelism().map(usize::from).unwrap_or(1)
+}
+
+/// The p50 that `clients` concurrent callers cannot beat on this machine when every call costs
+/// `cpu_per_call` seconds of CPU (Little's law with the cores saturated): clients × CPU ÷ cores.
+pub fn cpu_floor(clients: usize, cpu_per_call: f64) -> Duration {
+    Duration::from_secs_f64(clients as f64 * cpu_per_call / cores() as f64)
 }
