@@ -199,9 +199,22 @@ impl Cni {
 
     fn add(&self, bot: &str, netns: &Path) -> Result<Value, NetworkError> {
         let inv = cni::Invocation { bin_dir: &self.config.cni_bin_dir, container_id: bot, netns, ifname: "eth0" };
-        let result = cni::run_list(&inv, "ADD", &self.list(), None)?;
         let lo = cni::Invocation { ifname: "lo", ..inv };
-        cni::run_list(&lo, "ADD", &Self::loopback(), None)?;
+        // The two networks touch different interfaces of the namespace: run their plugins at once (each
+        // plugin is a process start, a good part of a create's time).
+        let (result, lo_result) = std::thread::scope(|s| {
+            let lo_added = s.spawn(|| cni::run_list(&lo, "ADD", &Self::loopback(), None));
+            let result = cni::run_list(&inv, "ADD", &self.list(), None);
+            let lo_result = lo_added.join().unwrap_or_else(|_| {
+                Err(NetworkError::Io {
+                    op: format!("bring up the loopback of `{bot}`"),
+                    source: std::io::Error::other("the loopback plugin's thread panicked"),
+                })
+            });
+            (result, lo_result)
+        });
+        let result = result?;
+        lo_result?;
         repair_bridge_mac(&self.config.bridge);
         disable_ipv6(&self.config.bridge)?;
         let veth = host_veth(&result, &self.config.bridge).ok_or_else(|| NetworkError::Io {
