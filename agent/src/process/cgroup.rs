@@ -1,4 +1,4 @@
-//! The user cgroup: every process the agent starts joins it between fork and exec, so its memory and
+//! The user cgroup: every process the agent starts joins it between clone and exec, so its memory and
 //! pids limits (set by the control plane a reserve below the container's) bind the bot's own work and
 //! never the agent. The control plane bind-mounts the cgroup's `cgroup.procs` file(s) into a directory
 //! and names it with `--user-cgroup`; the agent opens them once, at start.

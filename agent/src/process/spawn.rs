@@ -144,7 +144,7 @@ fn above_stdio(fd: OwnedFd) -> std::io::Result<OwnedFd> {
 /// of them, never the agent serving every session.
 const CHILD_OOM_SCORE_ADJ: &[u8] = b"500";
 
-/// Between fork and exec: marks the child as the OOM killer's first choice (see [`CHILD_OOM_SCORE_ADJ`]).
+/// Between clone and exec: marks the child as the OOM killer's first choice (see [`CHILD_OOM_SCORE_ADJ`]).
 /// Raising one's own score needs no privilege (and undoes the -1000 berthd gives the agent where it may).
 /// Best effort: a failure leaves the inherited score.
 pub(super) fn demote_oom_score() {

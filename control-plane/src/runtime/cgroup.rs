@@ -5,7 +5,7 @@
 //! berthd creates the cgroup before the task (so its `cgroup.procs` files can be bind-mounted into the
 //! container at [`ContainerConfig::user_cgroup`](super::ContainerConfig)), and sets its limits once the
 //! task runs, from the container's own limits as the kernel reports them. The agent joins each child to it
-//! by writing to those files between fork and exec. Both cgroup v1 (the memory and pids hierarchies) and
+//! by writing to those files between clone and exec. Both cgroup v1 (the memory and pids hierarchies) and
 //! v2 (unified; the agent moves to an `agent` leaf first, as v2 allows no processes in a cgroup whose
 //! controllers are delegated) are handled.
 
