@@ -127,6 +127,46 @@ async fn agent_runs_as_pid_1_with_limits_and_data_survives_a_restart() {
     ctd.delete("bot-1").await.unwrap();
 }
 
+/// A running task's state is answered from what berthd saw (containerd frozen: still answered), and a task
+/// whose process dies behind berthd's back is reported dead, never from that memory.
+#[tokio::test]
+async fn a_running_tasks_state_is_remembered_and_a_dead_one_never_is() {
+    let ctd_proc = PrivateContainerd::start();
+    let ctd =
+        Containerd::connect(&ctd_proc.socket, &ctd_proc.namespace, &ctd_proc.dir.path().join("logs")).await.unwrap();
+    let image = ctd.import_image(&minimal_image()).await.unwrap();
+    let bot = Bot::new();
+    ctd.create(&bot.config("bot-live", &image, agent_args())).await.unwrap();
+    let pid = ctd.start("bot-live").await.unwrap();
+    assert_eq!(ctd.state("bot-live").await.unwrap(), TaskState::Running { pid });
+
+    // containerd stopped (SIGSTOP): a call to it would hang until its deadline; the remembered answer does not.
+    let containerd = ctd_proc.pid() as libc::pid_t;
+    unsafe { libc::kill(containerd, libc::SIGSTOP) };
+    let remembered = tokio::time::timeout(Duration::from_secs(5), ctd.state("bot-live")).await;
+    unsafe { libc::kill(containerd, libc::SIGCONT) };
+    assert_eq!(remembered.expect("state answered while containerd was frozen").unwrap(), TaskState::Running { pid });
+
+    // The task's init killed behind berthd's back: the next answer is containerd's, and says so.
+    unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let state = loop {
+        let s = ctd.state("bot-live").await.unwrap();
+        if s != (TaskState::Running { pid }) || Instant::now() > deadline {
+            break s;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(state, TaskState::Stopped { exit_status: 137 });
+
+    // Started again: the new task's pid, not the old one.
+    let pid2 = ctd.start("bot-live").await.unwrap();
+    assert_ne!(pid2, pid);
+    assert_eq!(ctd.state("bot-live").await.unwrap(), TaskState::Running { pid: pid2 });
+    ctd.delete("bot-live").await.unwrap();
+    assert_eq!(ctd.state("bot-live").await.unwrap(), TaskState::NoTask);
+}
+
 #[tokio::test]
 async fn stop_kills_a_task_that_ignores_sigterm_after_the_grace_period() {
     let ctd_proc = PrivateContainerd::start();

@@ -172,6 +172,8 @@ pub trait ContainerRuntime: Send + Sync + 'static {
     fn stop(&self, id: &str, grace: Duration) -> impl Future<Output = Result<Option<u32>, RuntimeError>> + Send;
     /// Removes the task (if any), the container and its snapshot. Deleting what is gone succeeds.
     fn delete(&self, id: &str) -> impl Future<Output = Result<(), RuntimeError>> + Send;
+    /// The task's state. May be answered without asking the runtime while the task's init process is
+    /// known to be alive (see `containerd/live.rs`); a task that died is always reported as such.
     fn state(&self, id: &str) -> impl Future<Output = Result<TaskState, RuntimeError>> + Send;
 
     /// Answers when the runtime does (containerd's version), for readiness checks.

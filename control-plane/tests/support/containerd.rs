@@ -94,6 +94,11 @@ impl PrivateContainerd {
         }
     }
 
+    /// The containerd process's pid.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(Child::id).expect("containerd is running")
+    }
+
     pub fn log_path(&self) -> PathBuf {
         self.dir.path().join("containerd.log")
     }

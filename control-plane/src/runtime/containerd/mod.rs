@@ -5,6 +5,7 @@
 mod container;
 mod content;
 mod image;
+mod live;
 mod snapshot;
 mod task;
 
@@ -38,6 +39,8 @@ pub struct Containerd {
     call_timeout: Duration,
     /// Where each task's stdout and stderr go (`<log_dir>/<id>.log`, written by the shim).
     log_dir: PathBuf,
+    /// Tasks known to be running (answers [`ContainerRuntime::state`] without a round trip).
+    live: live::LiveTasks,
 }
 
 impl Containerd {
@@ -55,6 +58,7 @@ impl Containerd {
             namespace: namespace.to_string(),
             call_timeout: CALL_TIMEOUT,
             log_dir: log_dir.to_path_buf(),
+            live: live::LiveTasks::default(),
         })
     }
 
@@ -145,19 +149,29 @@ impl ContainerRuntime for Containerd {
     }
 
     async fn start(&self, id: &str) -> Result<u32, RuntimeError> {
+        self.live.forget(id);
         task::start(self, id).await
     }
 
     async fn stop(&self, id: &str, grace: Duration) -> Result<Option<u32>, RuntimeError> {
+        self.live.forget(id);
         task::stop(self, id, grace).await
     }
 
     async fn delete(&self, id: &str) -> Result<(), RuntimeError> {
+        self.live.forget(id);
         container::delete(self, id).await
     }
 
     async fn state(&self, id: &str) -> Result<TaskState, RuntimeError> {
-        task::state(self, id).await
+        if let Some(pid) = self.live.pid(id) {
+            return Ok(TaskState::Running { pid });
+        }
+        let (state, running) = task::observe(self, id).await?;
+        if let (TaskState::Running { pid }, true) = (state, running) {
+            self.live.record(id, pid, &super::cgroup::container_path(&self.namespace, id));
+        }
+        Ok(state)
     }
 
     async fn ping(&self) -> Result<(), RuntimeError> {

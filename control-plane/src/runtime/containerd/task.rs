@@ -88,17 +88,24 @@ async fn status(ctd: &Containerd, id: &str) -> Result<Option<(Status, u32)>, Run
 }
 
 pub async fn state(ctd: &Containerd, id: &str) -> Result<TaskState, RuntimeError> {
+    Ok(observe(ctd, id).await?.0)
+}
+
+/// The task's state, and whether containerd calls it running proper (not created, paused or unknown,
+/// which [`TaskState`] also reports as running).
+pub async fn observe(ctd: &Containerd, id: &str) -> Result<(TaskState, bool), RuntimeError> {
     let mut tasks = TasksClient::new(ctd.channel.clone());
     let req = GetRequest { container_id: id.to_string(), exec_id: String::new() };
     match ctd.call("get the task", format!("task {id}"), tasks.get(ctd.request(req, None))).await {
         Ok(r) => {
             let p = r.process.unwrap_or_default();
             Ok(match Status::try_from(p.status) {
-                Ok(Status::Stopped) => TaskState::Stopped { exit_status: p.exit_status },
-                _ => TaskState::Running { pid: p.pid },
+                Ok(Status::Stopped) => (TaskState::Stopped { exit_status: p.exit_status }, false),
+                Ok(Status::Running) => (TaskState::Running { pid: p.pid }, true),
+                _ => (TaskState::Running { pid: p.pid }, false),
             })
         }
-        Err(RuntimeError::NotFound { .. }) => Ok(TaskState::NoTask),
+        Err(RuntimeError::NotFound { .. }) => Ok((TaskState::NoTask, false)),
         Err(e) => Err(e),
     }
 }
