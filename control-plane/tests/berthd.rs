@@ -137,8 +137,11 @@ async fn lifecycle_on_sqlite() {
 async fn an_agent_that_exits_at_start_is_reported_at_once_with_what_it_said() {
     let b = TestBerthd::start(None);
     b.cli(&["bot", "create", "broken"]);
-    // Replace the bot's agent with one that refuses to run, as an image with an old agent would.
-    let script = "mv /sbin/berth-agent /sbin/berth-agent.real && printf '#!/bin/sh\\necho \"agent refused: unknown flag\" >&2\\nexit 3\\n' > /sbin/berth-agent && chmod +x /sbin/berth-agent";
+    // Replace the bot's agent with one that refuses to run, as an image with an old agent would. It
+    // lingers a second before exiting: Debian's containerd 1.6 shim, on a loaded host, can drop the last
+    // words of a task's init process that exits right after writing them (measured with two CPU hogs
+    // beside this test: 4, then 6 runs of 6 lost them; none of 6 with the pause).
+    let script = "mv /sbin/berth-agent /sbin/berth-agent.real && printf '#!/bin/sh\\necho \"agent refused: unknown flag\" >&2\\nsleep 1\\nexit 3\\n' > /sbin/berth-agent && chmod +x /sbin/berth-agent";
     b.sh("broken", script).await;
     b.cli(&["bot", "stop", "broken"]);
     let (rc, _, err) = out(b.berth(&["bot", "start", "broken"]));
