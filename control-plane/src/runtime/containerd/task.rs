@@ -9,7 +9,7 @@ use containerd_client::services::v1::tasks_client::TasksClient;
 use containerd_client::services::v1::{
     CreateTaskRequest, DeleteTaskRequest, GetRequest, KillRequest, StartRequest, WaitRequest,
 };
-use containerd_client::types::v1::Status;
+use containerd_client::types::v1::{Process, Status};
 
 use super::{Containerd, SNAPSHOTTER};
 use crate::runtime::{RuntimeError, TaskState};
@@ -73,18 +73,20 @@ pub async fn start(ctd: &Containerd, id: &str) -> Result<u32, RuntimeError> {
     }
 }
 
-/// The task's raw status and pid; `None` if there is no task.
-async fn status(ctd: &Containerd, id: &str) -> Result<Option<(Status, u32)>, RuntimeError> {
+/// The task's process as containerd reports it; `None` if there is no task.
+async fn process(ctd: &Containerd, id: &str) -> Result<Option<Process>, RuntimeError> {
     let mut tasks = TasksClient::new(ctd.channel.clone());
     let req = GetRequest { container_id: id.to_string(), exec_id: String::new() };
     match ctd.call("get the task", format!("task {id}"), tasks.get(ctd.request(req, None))).await {
-        Ok(r) => {
-            let p = r.process.unwrap_or_default();
-            Ok(Some((Status::try_from(p.status).unwrap_or(Status::Unknown), p.pid)))
-        }
+        Ok(r) => Ok(Some(r.process.unwrap_or_default())),
         Err(RuntimeError::NotFound { .. }) => Ok(None),
         Err(e) => Err(e),
     }
+}
+
+/// The task's raw status and pid; `None` if there is no task.
+async fn status(ctd: &Containerd, id: &str) -> Result<Option<(Status, u32)>, RuntimeError> {
+    Ok(process(ctd, id).await?.map(|p| (Status::try_from(p.status).unwrap_or(Status::Unknown), p.pid)))
 }
 
 pub async fn state(ctd: &Containerd, id: &str) -> Result<TaskState, RuntimeError> {
@@ -94,20 +96,14 @@ pub async fn state(ctd: &Containerd, id: &str) -> Result<TaskState, RuntimeError
 /// The task's state, and whether containerd calls it running proper (not created, paused or unknown,
 /// which [`TaskState`] also reports as running).
 pub async fn observe(ctd: &Containerd, id: &str) -> Result<(TaskState, bool), RuntimeError> {
-    let mut tasks = TasksClient::new(ctd.channel.clone());
-    let req = GetRequest { container_id: id.to_string(), exec_id: String::new() };
-    match ctd.call("get the task", format!("task {id}"), tasks.get(ctd.request(req, None))).await {
-        Ok(r) => {
-            let p = r.process.unwrap_or_default();
-            Ok(match Status::try_from(p.status) {
-                Ok(Status::Stopped) => (TaskState::Stopped { exit_status: p.exit_status }, false),
-                Ok(Status::Running) => (TaskState::Running { pid: p.pid }, true),
-                _ => (TaskState::Running { pid: p.pid }, false),
-            })
-        }
-        Err(RuntimeError::NotFound { .. }) => Ok((TaskState::NoTask, false)),
-        Err(e) => Err(e),
-    }
+    Ok(match process(ctd, id).await? {
+        None => (TaskState::NoTask, false),
+        Some(p) => match Status::try_from(p.status) {
+            Ok(Status::Stopped) => (TaskState::Stopped { exit_status: p.exit_status }, false),
+            Ok(Status::Running) => (TaskState::Running { pid: p.pid }, true),
+            _ => (TaskState::Running { pid: p.pid }, false),
+        },
+    })
 }
 
 async fn kill(ctd: &Containerd, id: &str, signal: u32, all: bool) -> Result<(), RuntimeError> {
