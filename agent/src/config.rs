@@ -29,8 +29,15 @@ pub struct Config {
     pub max_mcp_message_bytes: usize,
     /// Directory holding the user cgroup's `*.procs` files: every child joins that cgroup (see
     /// `process::cgroup`). Without it, children stay in the agent's cgroup.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "user_cgroup_from")]
     pub user_cgroup: Option<PathBuf>,
+    /// Unix socket on which the control plane hands over the user cgroup's `cgroup.procs` descriptors
+    /// (see `process::cgroup::receive`); the agent serves nothing until it has them.
+    #[arg(long)]
+    pub user_cgroup_from: Option<PathBuf>,
+    /// How long to wait for that handoff before giving up (exiting), in seconds.
+    #[arg(long, default_value_t = 60)]
+    pub user_cgroup_wait_secs: u64,
     /// Log format.
     #[arg(long, value_enum, default_value = "text")]
     pub log_format: LogFormat,

@@ -56,6 +56,14 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         })?;
         tracing::info!(dir = %dir.display(), hierarchies = n, "children run in the user cgroup");
     }
+    if let Some(socket) = config.user_cgroup_from.clone() {
+        let wait = Duration::from_secs(config.user_cgroup_wait_secs);
+        let n = tokio::task::spawn_blocking(move || crate::process::cgroup::receive(&socket, wait))
+            .await
+            .map_err(|e| ServeError::Config(format!("the user cgroup handoff failed: {e}")))?
+            .map_err(|e| ServeError::Config(format!("no user cgroup: {e}")))?;
+        tracing::info!(hierarchies = n, "children run in the user cgroup (handed over)");
+    }
     let registry = Arc::new(Registry::default());
     let reaped = Arc::new(ReaperStats::default());
     reaper::start(registry.clone(), reaped.clone())
@@ -134,9 +142,10 @@ async fn router(service: &Service, token: &Token) -> tonic::transport::server::R
 fn bind_unix(path: &std::path::Path) -> Result<UnixListener, ServeError> {
     use std::os::unix::fs::{FileTypeExt, PermissionsExt};
     let listen_err = |source| ServeError::Listen { what: path.display().to_string(), source };
-    // A socket left by a previous run would make bind fail; anything else at the path is not ours.
+    // A socket left by a previous run would make bind fail, and so would a link put in its place (a bot
+    // can write the socket directory); anything else at the path is not ours.
     if let Ok(meta) = std::fs::symlink_metadata(path)
-        && meta.file_type().is_socket()
+        && (meta.file_type().is_socket() || meta.file_type().is_symlink())
     {
         std::fs::remove_file(path).map_err(listen_err)?;
     }

@@ -69,7 +69,7 @@ async fn async_main() {
             hostname: id.clone(),
             labels: HashMap::new(),
             snapshot: None,
-            user_cgroup: None,
+            user_cgroup: false,
         };
         ctd.create(&c).await.unwrap();
         let t = Instant::now();
@@ -102,9 +102,9 @@ async fn async_main() {
     // Exec round trips on one running bot.
     bots.create_bot(pb::CreateBotRequest { name: "hot".into(), start: true, ..Default::default() }).await.unwrap();
     let mut via_berthd = agent_client::agent_on(ch.clone(), BearerAuth::none().with_bot("hot").unwrap());
-    let token = std::fs::read_to_string(b.dir.path().join("run/hot/token")).unwrap();
+    let token = std::fs::read_to_string(b.dir.path().join("run/hot/conf/token")).unwrap();
     let mut direct: AgentClient =
-        agent_client::connect_unix(&b.dir.path().join("run/hot/agent.sock"), BearerAuth::new(&token).unwrap())
+        agent_client::connect_unix(&b.dir.path().join("run/hot/sock/agent.sock"), BearerAuth::new(&token).unwrap())
             .await
             .unwrap();
     // containerd's own exec: Tasks.Exec + Start + Wait + DeleteProcess, no stdio.
@@ -240,7 +240,7 @@ async fn data_ops(b: &TestBerthd, report: &mut Report) {
                 archive.extend_from_slice(&c.data);
             }
             export.push(t.elapsed());
-            let mut msgs = vec![pb::ImportDataChunk { bot: "heavy".into(), replace: true, data: vec![] }];
+            let mut msgs = vec![pb::ImportDataChunk { bot: "heavy".into(), replace: true, ..Default::default() }];
             msgs.extend(
                 archive.chunks(1 << 20).map(|c| pb::ImportDataChunk { data: c.to_vec(), ..Default::default() }),
             );

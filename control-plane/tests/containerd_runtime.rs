@@ -47,7 +47,7 @@ impl Bot {
             hostname: id.into(),
             labels: [("io.berth.test".to_string(), "1".to_string())].into(),
             snapshot: None,
-            user_cgroup: None,
+            user_cgroup: false,
         }
     }
 

@@ -205,7 +205,7 @@ fn finish(mut tar: Vec<u8>) -> Vec<u8> {
 }
 
 async fn import(b: &TestBerthd, bot: &str, archive: Vec<u8>) -> Result<pb::ImportDataResponse, tonic::Status> {
-    let mut msgs = vec![pb::ImportDataChunk { bot: bot.into(), replace: false, data: vec![] }];
+    let mut msgs = vec![pb::ImportDataChunk { bot: bot.into(), unverified: true, ..Default::default() }];
     msgs.extend(archive.chunks(1 << 20).map(|c| pb::ImportDataChunk { data: c.to_vec(), ..Default::default() }));
     data(b).await.import_data(tokio_stream::iter(msgs)).await.map(|r| r.into_inner())
 }
@@ -294,4 +294,52 @@ async fn hostile_archives_are_refused_and_change_nothing() {
     d.create_snapshot(pb::CreateSnapshotRequest { bot: "target".into(), name: "s".into() }).await.unwrap();
     let e = d.create_snapshot(pb::CreateSnapshotRequest { bot: "target".into(), name: "s".into() }).await.unwrap_err();
     assert_eq!(e.code(), tonic::Code::AlreadyExists, "{e:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_archive_that_cannot_be_verified_never_replaces_data() {
+    let b = TestBerthd::start(None);
+    b.cli(&["bot", "create", "keep"]);
+    b.sh("keep", "mkdir -p /data/d && for i in $(seq 1 20); do echo file $i > /data/d/f$i; done").await;
+    let before = b.fingerprint("keep").await;
+    // An uncompressed export of its own, cut at the entry boundary before manifest.json (the last entry).
+    let whole = b.dir.path().join("whole.tar");
+    b.cli(&["data", "export", "keep", "-o", whole.to_str().unwrap(), "--compression", "none"]);
+    let bytes = std::fs::read(&whole).unwrap();
+    let at = (0..bytes.len()).step_by(512).find(|&i| bytes[i..].starts_with(b"manifest.json\0")).unwrap();
+    let cut = b.dir.path().join("cut.tar");
+    std::fs::write(&cut, &bytes[..at]).unwrap();
+    let refused = |args: &[&str]| {
+        let o = b.berth(args).output().unwrap();
+        assert!(!o.status.success(), "berth {args:?} succeeded");
+        String::from_utf8_lossy(&o.stderr).into_owned()
+    };
+    for archive in [cut.to_str().unwrap(), "/dev/null"] {
+        let err = refused(&["data", "import", "keep", archive, "--replace"]);
+        assert!(err.contains("no manifest.json") && err.contains("nothing was changed"), "{archive}: {err}");
+        assert_eq!(b.fingerprint("keep").await, before, "a replace-import of {archive} changed the data");
+        // A merge of it needs the caller to say it accepts an unverified archive.
+        let err = refused(&["data", "import", "keep", archive]);
+        assert!(err.contains("--unverified"), "{archive}: {err}");
+        assert_eq!(b.fingerprint("keep").await, before);
+    }
+    let err = refused(&["data", "import", "keep", cut.to_str().unwrap(), "--replace", "--unverified"]);
+    assert!(err.contains("cannot be used with"), "{err}");
+    // Control: the same cut archive merges when asked to, and the whole export replaces, saying how to undo.
+    let out = b.cli(&["data", "import", "keep", cut.to_str().unwrap(), "--unverified"]);
+    assert!(out.contains("not verified") && out.contains("to undo: berth snapshot rollback keep pre-import-"), "{out}");
+    assert_eq!(b.fingerprint("keep").await, before);
+    b.sh("keep", "rm /data/d/f1 && echo changed > /data/d/f2").await;
+    let out = b.cli(&["data", "import", "keep", whole.to_str().unwrap(), "--replace"]);
+    assert!(out.contains("verified against its manifest"), "{out}");
+    assert_eq!(b.fingerprint("keep").await, before);
+    // The undo the CLI printed works.
+    b.sh("keep", "echo oops > /data/d/f3").await;
+    let changed = b.fingerprint("keep").await;
+    let out = b.cli(&["data", "import", "keep", whole.to_str().unwrap(), "--replace"]);
+    let undo = out.split("to undo: ").nth(1).unwrap().trim();
+    let args: Vec<&str> = undo.split_whitespace().skip(1).collect();
+    assert_eq!(b.fingerprint("keep").await, before);
+    b.cli(&args);
+    assert_eq!(b.fingerprint("keep").await, changed, "the printed undo did not bring back the data before the import");
 }

@@ -185,7 +185,7 @@ async fn a_removed_netns_mount_is_restored_from_the_task() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oom_and_fork_bomb_hit_the_offender_not_the_agent() {
     let b = berthd();
-    let limits = pb::Resources { memory_bytes: 64 << 20, cpu_millis: 0, pids: 64 };
+    let limits = pb::Resources { memory_bytes: 64 << 20, pids: 64, ..Default::default() };
     create(&b, "greedy", Some(limits)).await;
     let sum = write_marker(&b, "greedy").await;
     let pid = get(&b, "greedy").await.pid;

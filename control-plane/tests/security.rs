@@ -409,23 +409,25 @@ async fn the_agent_token_changes_with_every_start_and_the_old_one_is_refused() {
     let b = TestBerthd::start(None);
     b.cli(&["bot", "create", "rotor"]);
     let dir = b.dir.path().join("run/rotor");
-    let first = std::fs::read_to_string(dir.join("token")).unwrap();
+    let first = std::fs::read_to_string(dir.join("conf/token")).unwrap();
     let direct = async |token: &str| {
-        let c = agent_client::connect_unix(&dir.join("agent.sock"), BearerAuth::new(token).unwrap()).await.unwrap();
+        let c =
+            agent_client::connect_unix(&dir.join("sock/agent.sock"), BearerAuth::new(token).unwrap()).await.unwrap();
         let mut c = c;
         c.version(berth_proto::agent::v1::VersionRequest {}).await.map(|_| ()).map_err(|s| s.code())
     };
     assert_eq!(direct(&first).await, Ok(()));
     b.cli(&["bot", "stop", "rotor"]);
     b.cli(&["bot", "start", "rotor"]);
-    let second = std::fs::read_to_string(dir.join("token")).unwrap();
+    let second = std::fs::read_to_string(dir.join("conf/token")).unwrap();
     assert_ne!(first, second, "the token did not change with the start");
     assert_eq!(second.len(), 64);
     assert_eq!(direct(&first).await, Err(tonic::Code::Unauthenticated), "the old token still works");
     assert_eq!(direct(&second).await, Ok(()));
     // berthd itself uses the new one.
     assert_eq!(b.sh("rotor", "echo ok").await, "ok\n");
-    let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(dir.join("token")).unwrap().permissions());
+    let mode =
+        std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(dir.join("conf/token")).unwrap().permissions());
     assert_eq!(mode & 0o777, 0o600);
     record(
         "use an agent token seen before the bot's last start (e.g. read from /run/berth/token by an earlier process)",
@@ -486,4 +488,130 @@ fn the_tcp_listener_speaks_tls_and_refuses_plaintext() {
         .unwrap();
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(!o.status.success() && err.contains("listen_tcp") && err.contains("tls_cert_file"), "{err}");
+}
+
+/// Waits until `cond` holds (polling every 100 ms), failing the test after `secs` seconds.
+async fn eventually(secs: u64, what: &str, mut cond: impl AsyncFnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while !cond().await {
+        assert!(Instant::now() < deadline, "{what}: not within {secs} s");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The bot's agent token as berthd last wrote it on the host.
+fn host_token(b: &TestBerthd, bot: &str) -> String {
+    std::fs::read_to_string(b.dir.path().join(format!("run/{bot}/conf/token"))).unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bot_cannot_make_berthd_write_a_host_file_through_its_agent_directory() {
+    let b = TestBerthd::start_with(None, &["--reconcile-interval-ms", "300"]);
+    b.cli(&["bot", "create", "planter"]);
+    let victims = tempfile::tempdir().unwrap();
+    let victim = victims.path().join("shadow");
+    std::fs::write(&victim, "host secret\n").unwrap();
+    let v = victim.display();
+    // The attack of the review: links where berthd writes the token, then the agent killed from inside so
+    // that the reconciler starts the task again (and berthd writes a new token).
+    let (_, out) = attempt(
+        &b,
+        "planter",
+        &format!(
+            "for p in /run/berth/.token.tmp /run/berth/token /run/berth/sock/.token.tmp /run/berth/x; do \
+               ln -sf {v} $p 2>&1 && echo planted $p; done; \
+             touch /run/berth/new 2>&1 || true; mount | grep ' /run/berth'"
+        ),
+    )
+    .await;
+    assert!(!out.contains("planted /run/berth/.token.tmp") && !out.contains("planted /run/berth/token"), "{out}");
+    assert!(out.contains("Read-only file system"), "{out}");
+    assert!(out.contains("/run/berth type") && out.contains("(ro,"), "/run/berth is not read-only: {out}");
+    let before = host_token(&b, "planter");
+    let _ = attempt(&b, "planter", "kill -TERM 1; sleep 5").await;
+    // Control: the agent did die and was started again, so berthd wrote a token (the write the attack aimed at).
+    eventually(30, "the reconciler restarted the bot with a new token", async || {
+        host_token(&b, "planter") != before
+            && b.berth(&["exec", "planter", "--", "true"]).output().unwrap().status.success()
+    })
+    .await;
+    assert_eq!(std::fs::read_to_string(&victim).unwrap(), "host secret\n", "berthd wrote through a planted link");
+    assert!(b.log().contains("restart"), "{}", b.log());
+    record(
+        "plant links at /run/berth/.token.tmp and /run/berth/token to a host file, then kill the agent so the task restarts",
+        "refused: /run/berth is a read-only mount (berthd writes the token there, O_NOFOLLOW + rename); only /run/berth/sock is writable and berthd never writes in it; the host file is unchanged after the restart",
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn berthd_never_dials_a_link_a_bot_puts_in_place_of_its_agent_socket() {
+    let mut b = TestBerthd::start_with(None, &["--reconcile-interval-ms", "300"]);
+    b.cli(&["bot", "create", "decoy"]);
+    // A host socket the bot names: if berthd ever dials it, it accepts.
+    let host = tempfile::tempdir().unwrap();
+    let target = host.path().join("host.sock");
+    let listener = std::os::unix::net::UnixListener::bind(&target).unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let (code, out) = attempt(
+        &b,
+        "decoy",
+        &format!(
+            "rm -f /run/berth/sock/agent.sock && ln -s {} /run/berth/sock/agent.sock && echo swapped",
+            target.display()
+        ),
+    )
+    .await;
+    assert_eq!((code, out.trim()), (0, "swapped"));
+    // berthd's cached connection is to the real agent; a restarted berthd has to dial the path again.
+    b.halt(libc::SIGKILL);
+    b.spawn();
+    let err = b.berth(&["exec", "decoy", "--", "true"]).output().unwrap();
+    // The reconciler sees an agent it cannot reach and starts the task again; the agent replaces the link.
+    eventually(60, "the bot was healed by a restart", async || {
+        b.berth(&["exec", "decoy", "--", "true"]).output().unwrap().status.success()
+    })
+    .await;
+    assert!(
+        matches!(listener.accept(), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock),
+        "berthd dialled the host socket the bot linked to"
+    );
+    let said = format!("{}{}", String::from_utf8_lossy(&err.stderr), b.log());
+    assert!(said.contains("not a socket"), "nothing said why the agent was unreachable: {said}");
+    // Control: the host socket was there to be dialled.
+    let _c = std::os::unix::net::UnixStream::connect(&target).unwrap();
+    assert!(listener.accept().is_ok());
+    record(
+        "replace /run/berth/sock/agent.sock with a link to a host socket, for berthd to dial",
+        "refused: berthd opens the socket without following links (O_PATH | O_NOFOLLOW, must be a socket) and connects through the descriptor; the reconciler restarts the unreachable agent, which replaces the link",
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bot_cannot_move_its_agent_or_anything_between_cgroups() {
+    let b = TestBerthd::start(None);
+    b.cli(&["bot", "create", "mover", "--memory", "256M", "--pids", "200"]);
+    let (_, out) = attempt(
+        &b,
+        "mover",
+        "ls -A /run/berth /run/berth/sock; \
+         { for f in $(find /run /sys/fs/cgroup -name '*.procs' -o -name tasks); do \
+           echo 1 > $f && echo moved-via $f; done; } 2>/dev/null; echo done",
+    )
+    .await;
+    assert!(out.contains("done"), "{out}");
+    assert!(!out.contains("moved-via"), "a bot moved its agent: {out}");
+    assert!(!out.contains("cgroup"), "a cgroup file or the handoff socket is visible: {out}");
+    // The agent (PID 1) is still outside the user cgroup, seen from the host.
+    let got: serde_json::Value = serde_json::from_str(&b.cli(&["bot", "get", "mover", "--json"])).unwrap();
+    let pid = got["pid"].as_u64().unwrap();
+    let agent = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
+    assert!(!agent.contains("/user"), "the agent is in the user cgroup: {agent}");
+    // Control: what the agent starts is in the user cgroup (the handoff worked).
+    let child = b.sh("mover", "cat /proc/self/cgroup").await;
+    let user_lines = child.lines().filter(|l| l.ends_with("/user")).count();
+    assert!(user_lines >= 1, "an exec did not join the user cgroup: {child}");
+    record(
+        "write a pid to the user cgroup's cgroup.procs (e.g. move the agent, PID 1, into it and out of its reserve)",
+        "refused: no cgroup.procs of the bot is writable or even visible in it (/sys/fs/cgroup is read-only); berthd hands the agent open descriptors over a one-shot socket, removed before the agent serves",
+    );
 }

@@ -15,6 +15,13 @@ pub mod agent {
     pub mod v1 {
         tonic::include_proto!("berth.agent.v1");
     }
+
+    /// The one message of the user cgroup handoff (not gRPC): berthd connects to the Unix socket the agent
+    /// names with `--user-cgroup-from`, sends these bytes with the cgroup's `cgroup.procs` descriptors
+    /// (SCM_RIGHTS) and reads `ok` or `error: …` back.
+    pub const USER_CGROUP_HELLO: &[u8] = b"berth-user-cgroup/1\n";
+    /// Most descriptors one handoff may carry (cgroup v1 uses one per hierarchy: memory and pids).
+    pub const USER_CGROUP_MAX_FDS: usize = 4;
 }
 
 /// berthd's public API.

@@ -175,6 +175,29 @@ pub async fn connect_unix(socket: &Path, auth: BearerAuth) -> Result<AgentClient
     Ok(client(unix_channel(socket).await?, auth))
 }
 
+/// Connects over a Unix socket that `open` finds each time a connection is made (an `O_PATH` descriptor
+/// of the socket, opened without following links: see `bots::agent_dir`); the connection goes through
+/// `/proc/self/fd/N`, so nothing at the path can redirect it. `target` names it in errors.
+pub async fn connect_unix_opened<F>(open: F, target: String, auth: BearerAuth) -> Result<AgentClient, ConnectError>
+where
+    F: Fn() -> std::io::Result<std::os::fd::OwnedFd> + Clone + Send + Sync + 'static,
+{
+    let channel = configure(Endpoint::from_static("http://agent.invalid"))
+        .connect_with_connector(tower::service_fn(move |_: Uri| {
+            let open = open.clone();
+            async move {
+                let fd = open()?;
+                let via = format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&fd));
+                let stream = tokio::net::UnixStream::connect(via).await?;
+                drop(fd);
+                Ok::<_, std::io::Error>(TokioIo::new(stream))
+            }
+        }))
+        .await
+        .map_err(|source| ConnectError::Connect { target, source })?;
+    Ok(client(channel, auth))
+}
+
 /// Connects over TCP to `addr` (an IP and port).
 pub async fn connect_tcp(addr: std::net::SocketAddr, auth: BearerAuth) -> Result<AgentClient, ConnectError> {
     Ok(client(tcp_channel(format!("http://{addr}")).await?, auth))

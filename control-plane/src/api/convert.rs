@@ -2,8 +2,8 @@
 
 use berth_proto::controlplane::v1 as pb;
 
+use crate::bots::limits::{Ask, LimitsRequest};
 use crate::bots::model::{BotEvent, BotRecord, BotState};
-use crate::runtime::Limits;
 
 pub fn state(s: BotState) -> pb::BotState {
     match s {
@@ -27,6 +27,9 @@ pub fn bot(b: BotRecord, pid: Option<u32>) -> pb::Bot {
             memory_bytes: b.limits.memory_bytes.unwrap_or(0),
             cpu_millis: b.limits.cpu_millis.unwrap_or(0),
             pids: b.limits.pids.unwrap_or(0),
+            unlimited_memory: b.limits.memory_bytes.is_none(),
+            unlimited_cpu: b.limits.cpu_millis.is_none(),
+            unlimited_pids: b.limits.pids.is_none(),
         }),
         created_at_ms: b.created_at_ms,
         updated_at_ms: b.updated_at_ms,
@@ -68,10 +71,19 @@ pub fn egress(e: Option<pb::Egress>) -> Result<crate::network::Egress, tonic::St
     }
 }
 
-pub fn limits(r: Option<pb::Resources>) -> Limits {
+/// A create's limits: 0 = berthd's default, `unlimited_*` = none.
+pub fn limits(r: Option<pb::Resources>) -> LimitsRequest {
     let r = r.unwrap_or_default();
-    let some = |v: u64| (v > 0).then_some(v);
-    Limits { memory_bytes: some(r.memory_bytes), cpu_millis: some(r.cpu_millis), pids: some(r.pids) }
+    let ask = |unlimited: bool, v: u64| match (unlimited, v) {
+        (true, _) => Ask::Unlimited,
+        (false, 0) => Ask::Default,
+        (false, v) => Ask::Set(v),
+    };
+    LimitsRequest {
+        memory_bytes: ask(r.unlimited_memory, r.memory_bytes),
+        cpu_millis: ask(r.unlimited_cpu, r.cpu_millis),
+        pids: ask(r.unlimited_pids, r.pids),
+    }
 }
 
 pub fn event(e: BotEvent) -> pb::BotEvent {

@@ -136,15 +136,16 @@ impl<R: ContainerRuntime, N: Network> DataService for Data<R, N> {
             }
         });
         let mut op_id = String::new();
-        let result =
-            self.m.import_data(&first.bot, ChannelReader::new(rx), first.replace, |id| op_id = id.to_string()).await;
+        let mode = crate::bots::ImportMode { replace: first.replace, unverified: first.unverified };
+        let result = self.m.import_data(&first.bot, ChannelReader::new(rx), mode, |id| op_id = id.to_string()).await;
         pump.abort();
-        let s = result?;
+        let done = result?;
         Ok(Response::new(pb::ImportDataResponse {
             operation_id: op_id,
-            entries: s.entries,
-            bytes: s.bytes,
-            verified: s.verified,
+            entries: done.summary.entries,
+            bytes: done.summary.bytes,
+            verified: done.summary.verified,
+            undo_snapshot: done.undo_snapshot.unwrap_or_default(),
         }))
     }
 

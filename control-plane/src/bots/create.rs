@@ -3,14 +3,13 @@
 //! `error` with the reason, and no container behind.
 
 use std::collections::BTreeMap;
-use std::os::unix::fs::PermissionsExt;
 
 use super::model::{BotRecord, BotState, now_ms, validate_name};
 use super::start::Fresh;
-use super::{AGENT_DIR, BotManager, lock};
+use super::{BotManager, lock};
 use crate::error::{Error, Result};
 use crate::network::Network;
-use crate::runtime::{BindMount, ContainerConfig, ContainerRuntime, Limits};
+use crate::runtime::{ContainerConfig, ContainerRuntime};
 
 /// A create request.
 #[derive(Debug, Clone, Default)]
@@ -19,7 +18,8 @@ pub struct CreateBot {
     pub image: String,
     pub env: BTreeMap<String, String>,
     pub labels: BTreeMap<String, String>,
-    pub limits: Limits,
+    /// Resolved against berthd's defaults (see [`super::limits`]).
+    pub limits: super::limits::LimitsRequest,
     pub start: bool,
     /// Restore the data kept when a bot of this name was deleted with `keep_data`.
     pub restore: bool,
@@ -31,11 +31,10 @@ impl<R: ContainerRuntime, N: Network> BotManager<R, N> {
     #[tracing::instrument(skip_all, fields(bot.name = %req.name))]
     pub async fn create(&self, req: CreateBot) -> Result<BotRecord> {
         validate_name(&req.name).map_err(Error::InvalidArgument)?;
-        for k in req.env.keys() {
-            if k.is_empty() || k.contains('=') || k.contains('\0') {
-                return Err(Error::InvalidArgument(format!("environment variable name {k:?} is invalid")));
-            }
+        for (k, v) in &req.env {
+            check_env(k, v).map_err(Error::InvalidArgument)?;
         }
+        let limits = super::limits::resolve(req.limits, self.config.default_limits, super::limits::Host::probe())?;
         let image_name = if req.image.is_empty() { self.config.default_image.clone() } else { req.image.clone() };
         let found = lock(&self.images).get(&image_name).cloned();
         let image = found.ok_or_else(|| {
@@ -60,7 +59,7 @@ impl<R: ContainerRuntime, N: Network> BotManager<R, N> {
             state: BotState::Creating,
             env: req.env.clone(),
             labels: req.labels.clone(),
-            limits: req.limits,
+            limits,
             token: super::new_token(),
             last_error: String::new(),
             restart_count: 0,
@@ -145,27 +144,20 @@ impl<R: ContainerRuntime, N: Network> BotManager<R, N> {
     ) -> Result<()> {
         let dir = self.bot_dir(&bot.name);
         let io = |what: &str, e: std::io::Error| Error::internal(format!("cannot {what} for bot `{}`", bot.name), e);
-        std::fs::create_dir_all(&dir).map_err(|e| io("create the agent directory", e))?;
-        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))
-            .map_err(|e| io("secure the agent directory", e))?;
-        super::write_token(&dir, &bot.token).map_err(|e| io("write the agent token", e))?;
-        let sock = format!("{AGENT_DIR}/agent.sock");
-        let token = format!("{AGENT_DIR}/token");
-        let user_cgroup = format!("{AGENT_DIR}/cgroup");
+        dir.prepare().map_err(|e| io("create the agent directory", e))?;
+        dir.write_token(&bot.token).map_err(|e| io("write the agent token", e))?;
         let config = ContainerConfig {
             id: bot.container_id.clone(),
             image: image.clone(),
-            args: ["/sbin/berth-agent", "--socket", &sock, "--token-file", &token, "--user-cgroup", &user_cgroup]
-                .map(String::from)
-                .to_vec(),
+            args: super::agent_dir::AgentDir::agent_args(),
             env: bot.env.iter().map(|(k, v)| format!("{k}={v}")).collect(),
-            mounts: vec![BindMount { source: dir, destination: AGENT_DIR.into(), readonly: false }],
+            mounts: dir.mounts(),
             limits: bot.limits,
             netns: Some(netns.to_path_buf()),
             hostname: bot.name.clone(),
             labels: [(crate::runtime::LABEL_BOT.to_string(), bot.name.clone())].into(),
             snapshot,
-            user_cgroup: Some(user_cgroup),
+            user_cgroup: true,
         };
         match self.runtime.create(&config).await {
             // A container left by an earlier, interrupted create of the same bot: replace it.
@@ -177,4 +169,18 @@ impl<R: ContainerRuntime, N: Network> BotManager<R, N> {
         }
         Ok(())
     }
+}
+
+/// Checks an environment variable for a bot's processes: a name of printable ASCII (no space, no `=`),
+/// at most 255 bytes; a value without NUL (the kernel's strings end there).
+pub fn check_env(name: &str, value: &str) -> std::result::Result<(), String> {
+    if name.is_empty() || name.len() > 255 || !name.bytes().all(|b| b.is_ascii_graphic() && b != b'=') {
+        return Err(format!(
+            "environment variable name {name:?} is invalid: use 1-255 printable ASCII characters, no `=` or space"
+        ));
+    }
+    if value.contains('\0') {
+        return Err(format!("environment variable {name}: the value contains a NUL byte"));
+    }
+    Ok(())
 }

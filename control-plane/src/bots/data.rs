@@ -163,31 +163,41 @@ impl<R: ContainerRuntime, N: Network> BotManager<R, N> {
     /// refused archive never touches the bot. Then a running bot is stopped (so no write of its can be
     /// lost), the archive applied, and the bot started again, whatever happened; the data as it was before
     /// is kept as snapshot `pre-import-…`, so an import can be undone.
-    #[tracing::instrument(skip_all, fields(bot.name = %name, replace))]
+    ///
+    /// An archive without a manifest cannot be told from a cut-off one (an export's manifest comes last),
+    /// so it is refused before the bot is touched: always for a replace, and for a merge unless
+    /// `unverified` says the caller accepts it.
+    #[tracing::instrument(skip_all, fields(bot.name = %name, replace = tracing::field::Empty, unverified = tracing::field::Empty))]
     pub async fn import_data<Rd: Read + Send + 'static>(
         &self,
         name: &str,
         input: Rd,
-        replace: bool,
+        mode: ImportMode,
         started: impl FnOnce(&str),
-    ) -> Result<Summary> {
+    ) -> Result<Imported> {
+        let replace = mode.replace;
+        tracing::Span::current().record("replace", replace).record("unverified", mode.unverified);
         let bot_lock = self.bot_lock(name);
         let _guard = bot_lock.lock().await;
         let bot = self.data_bot(name).await?;
-        let mode = if replace { "replace" } else { "merge" };
-        let op = self.begin_op(name, "import", mode, serde_json::json!({})).await?;
+        let kind = if replace { "replace" } else { "merge" };
+        let op = self.begin_op(name, "import", kind, serde_json::json!({})).await?;
         started(&op.id);
         let spool = self.config.state_dir.join("spool").join(&op.id);
         let result = async {
             self.receive(input, &spool).await?;
-            self.check_archive(&spool).await?;
+            let checked = self.check_archive(&spool).await?;
+            refuse_unverified(&checked, mode)?;
             let running = matches!(self.runtime.state(&bot.container_id).await?, TaskState::Running { .. });
             if running {
                 self.stop_locked(&bot, None).await?;
             }
             let stopped = self.store.get_bot(name).await?;
             let file = std::fs::File::open(&spool).map_err(|e| Error::internal("cannot reopen the spooled archive", e))?;
-            let applied = self.import_locked(&stopped, file, replace, true, &op).await;
+            let applied = self.import_locked(&stopped, file, replace, true, &op).await.map(|summary| Imported {
+                summary,
+                undo_snapshot: Some(super::snapshot::pre_import_name(&op.id)),
+            });
             if running {
                 let bot = self.store.get_bot(name).await?;
                 if let Err(e) = self.start_locked(&bot, Fresh::No).await {
@@ -199,7 +209,7 @@ impl<R: ContainerRuntime, N: Network> BotManager<R, N> {
         }
         .await;
         let _ = std::fs::remove_file(&spool);
-        self.end_op(&op, mode, result).await
+        self.end_op(&op, kind, result).await
     }
 
     /// Copies the incoming archive to `spool`, up to the import limit.
@@ -247,7 +257,7 @@ impl<R: ContainerRuntime, N: Network> BotManager<R, N> {
         op: &Operation,
     ) -> Result<Summary> {
         let base = if undo_point {
-            self.capture(bot, &format!("pre-import-{}", &op.id[..8]), &op.id).await?;
+            self.capture(bot, &super::snapshot::pre_import_name(&op.id), &op.id).await?;
             Some(format!("berth.{}.snap.{}", bot.name, op.id))
         } else {
             None
@@ -344,4 +354,45 @@ impl Drop for SyncOnDrop {
             tracing::warn!(error = %e, "failed to flush an archive to disk");
         }
     }
+}
+
+/// How an import applies its archive.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ImportMode {
+    /// Empty `/data` first (otherwise merge).
+    pub replace: bool,
+    /// Accept an archive without a manifest (merge only).
+    pub unverified: bool,
+}
+
+/// What an import did.
+#[derive(Debug, Clone)]
+pub struct Imported {
+    pub summary: Summary,
+    /// The snapshot holding `/data` as it was before: rolling back to it undoes the import.
+    pub undo_snapshot: Option<String>,
+}
+
+/// Refuses a checked archive that has no manifest, unless `mode` accepts that (see
+/// [`BotManager::import_data`]).
+fn refuse_unverified(checked: &Summary, mode: ImportMode) -> Result<()> {
+    if checked.verified {
+        return Ok(());
+    }
+    let what = format!(
+        "the archive has no manifest.json ({} entries), so nothing shows it is complete: an export cut short looks \
+         like this",
+        checked.entries
+    );
+    if mode.replace {
+        return Err(Error::FailedPrecondition(format!(
+            "{what}; a replace-import needs a verified archive (from `berth data export`); nothing was changed"
+        )));
+    }
+    if !mode.unverified {
+        return Err(Error::FailedPrecondition(format!(
+            "{what}; to merge it anyway, import with --unverified (API: `unverified`); nothing was changed"
+        )));
+    }
+    Ok(())
 }

@@ -41,7 +41,9 @@ impl<R: ContainerRuntime, N: Network> BotManager<R, N> {
             return Err(Error::Unavailable(reason));
         }
         let dir = self.bot_dir(name);
-        if let Err(e) = std::fs::remove_dir_all(&dir)
+        let dir = dir.root();
+        // remove_dir_all does not follow links (the bot writes in `sock/`).
+        if let Err(e) = std::fs::remove_dir_all(dir)
             && e.kind() != std::io::ErrorKind::NotFound
         {
             return Err(Error::internal(format!("cannot remove {}", dir.display()), e));

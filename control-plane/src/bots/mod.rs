@@ -2,9 +2,11 @@
 //! `stop.rs`, `delete.rs`, `query.rs`), mutations of one bot serialised by a per-bot lock, different
 //! bots in parallel, durable state written before a call returns, and an event for every transition.
 
+pub mod agent_dir;
 mod create;
 mod data;
 mod delete;
+pub mod limits;
 pub mod model;
 pub mod ops;
 mod orphans;
@@ -31,7 +33,8 @@ use crate::runtime::{ContainerRuntime, Image};
 use crate::store::Store;
 use model::{BotEvent, BotRecord, BotState, now_ms};
 
-pub use create::CreateBot;
+pub use create::{CreateBot, check_env};
+pub use data::{ImportMode, Imported};
 
 /// Settings of the lifecycle.
 #[derive(Debug, Clone)]
@@ -53,10 +56,11 @@ pub struct ManagerConfig {
     pub state_dir: PathBuf,
     /// Largest expanded size of an imported archive, in bytes.
     pub import_max_bytes: u64,
+    /// Limits of a bot created without its own (`None` = unlimited).
+    pub default_limits: crate::runtime::Limits,
 }
 
-/// Where each bot sees its agent directory.
-pub const AGENT_DIR: &str = "/run/berth";
+pub use agent_dir::AGENT_DIR;
 
 /// The lifecycle of every bot.
 pub struct BotManager<R, N> {
@@ -145,8 +149,8 @@ impl<R: ContainerRuntime, N: Network> BotManager<R, N> {
         lock(&self.locks).entry(name.to_string()).or_default().clone()
     }
 
-    fn bot_dir(&self, name: &str) -> PathBuf {
-        self.config.run_dir.join(name)
+    fn bot_dir(&self, name: &str) -> agent_dir::AgentDir {
+        agent_dir::AgentDir::new(self.config.run_dir.join(name))
     }
 
     /// Records a state change durably, then announces it.
@@ -191,7 +195,10 @@ impl<R: ContainerRuntime, N: Network> BotManager<R, N> {
             message: format!("bot `{}` has no agent token", bot.name),
             source: None,
         })?;
-        agent_client::connect_unix(&self.bot_dir(&bot.name).join("agent.sock"), auth).await.map_err(|e| {
+        let dir = self.bot_dir(&bot.name);
+        let target = dir.sock_dir().join(agent_dir::AGENT_SOCKET).display().to_string();
+        let open = move || dir.open_socket(agent_dir::AGENT_SOCKET);
+        agent_client::connect_unix_opened(open, target, auth).await.map_err(|e| {
             Error::Unavailable(format!("the agent of bot `{}` is unreachable: {}", bot.name, crate::error::chain(&e)))
         })
     }
@@ -204,18 +211,6 @@ impl<R: ContainerRuntime, N: Network> BotManager<R, N> {
 /// A fresh agent token: 256 random bits (two v4 UUIDs' worth, from the OS's generator), hex.
 pub(crate) fn new_token() -> String {
     format!("{}{}", uuid::Uuid::new_v4().simple(), uuid::Uuid::new_v4().simple())
-}
-
-/// Writes the agent's token file in the bot's directory atomically (temporary file, 0600, rename), so
-/// an agent starting never reads half a token.
-pub(crate) fn write_token(dir: &std::path::Path, token: &str) -> std::io::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let tmp = dir.join(".token.tmp");
-    let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
-    f.write_all(token.as_bytes())?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, dir.join("token"))
 }
 
 /// Locks a std mutex, recovering from poisoning (the maps stay consistent under every panic point).

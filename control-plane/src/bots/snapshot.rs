@@ -30,6 +30,11 @@ pub struct Snapshot {
     pub size_bytes: u64,
 }
 
+/// The name of the snapshot an import keeps of the data it replaces (operation `op_id`).
+pub fn pre_import_name(op_id: &str) -> String {
+    format!("pre-import-{}", op_id.get(..8).unwrap_or(op_id))
+}
+
 /// Checks a snapshot name: 1-63 of `[A-Za-z0-9._-]`, starting with a letter or digit.
 pub fn validate_snapshot_name(name: &str) -> Result<()> {
     let ok = !name.is_empty()

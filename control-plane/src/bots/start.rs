@@ -46,18 +46,22 @@ impl<R: ContainerRuntime, N: Network> BotManager<R, N> {
         self.evict_agent(name);
         let mut bot = bot.clone();
         let started = async {
-            if fresh == Fresh::No && !matches!(self.runtime.state(&bot.container_id).await?, TaskState::Running { .. })
-            {
+            let running_already =
+                fresh == Fresh::No && matches!(self.runtime.state(&bot.container_id).await?, TaskState::Running { .. });
+            if fresh == Fresh::No && !running_already {
                 let token = super::new_token();
                 self.store.set_token(name, &token).await?;
-                super::write_token(&self.bot_dir(name), &token)
+                self.bot_dir(name)
+                    .write_token(&token)
                     .map_err(|e| Error::internal(format!("cannot write the agent token of bot `{name}`"), e))?;
                 bot.token = token;
             }
             let log_from = self.runtime.task_log_len(&bot.container_id);
             let pid = self.runtime.start(&bot.container_id).await?;
             protect_agent(name, pid);
-            self.wait_ready(&bot, log_from).await
+            // A task this start created waits for its user cgroup; one found running has it already.
+            let procs = if running_already { Vec::new() } else { self.runtime.user_cgroup_procs(&bot.container_id)? };
+            self.wait_ready(&bot, log_from, procs).await
         }
         .await;
         let bot = &bot;
@@ -72,23 +76,34 @@ impl<R: ContainerRuntime, N: Network> BotManager<R, N> {
         self.transition(bot, BotState::Running, "started", "").await
     }
 
-    /// Waits until the agent answers `Version`, up to the configured deadline. An agent that exits instead
-    /// (a bad image, an agent too old for its flags) ends the wait at once, with what it printed.
-    async fn wait_ready(&self, bot: &BotRecord, log_from: u64) -> Result<()> {
+    /// Hands the agent its user cgroup (`procs`, when not empty), then waits until it answers `Version`,
+    /// all within the configured deadline. An agent that exits instead (a bad image, an agent too old for
+    /// its flags) ends the wait at once, with what it printed.
+    async fn wait_ready(&self, bot: &BotRecord, log_from: u64, procs: Vec<std::os::fd::OwnedFd>) -> Result<()> {
         let started_at = Instant::now();
         let deadline = started_at + self.config.agent_ready_timeout;
         let mut last = String::from("no answer yet");
         let mut next_check = Instant::now();
+        let mut procs = (!procs.is_empty()).then(|| std::sync::Arc::new(procs));
         while Instant::now() < deadline {
-            match self.connect_agent(bot).await {
-                Ok(mut c) => match c.version(VersionRequest {}).await {
-                    Ok(_) => {
-                        super::lock(&self.agents).insert(bot.name.clone(), c);
-                        return Ok(());
-                    }
-                    Err(s) => last = s.message().to_string(),
-                },
-                Err(e) => last = e.to_string(),
+            if let Some(fds) = &procs {
+                let (dir, fds) = (self.bot_dir(&bot.name), fds.clone());
+                match tokio::task::spawn_blocking(move || dir.hand_over_cgroup(&fds)).await {
+                    Ok(Ok(())) => procs = None,
+                    Ok(Err(e)) => last = format!("user cgroup handoff: {e}"),
+                    Err(e) => last = format!("user cgroup handoff: {e}"),
+                }
+            } else {
+                match self.connect_agent(bot).await {
+                    Ok(mut c) => match c.version(VersionRequest {}).await {
+                        Ok(_) => {
+                            super::lock(&self.agents).insert(bot.name.clone(), c);
+                            return Ok(());
+                        }
+                        Err(s) => last = s.message().to_string(),
+                    },
+                    Err(e) => last = e.to_string(),
+                }
             }
             if Instant::now() >= next_check {
                 next_check = Instant::now() + std::time::Duration::from_millis(100);

@@ -23,6 +23,7 @@ async fn manager() -> (Arc<BotManager<FakeRuntime, FakeNetwork>>, tempfile::Temp
         registry_cas: vec![],
         state_dir: dir.path().join("state"),
         import_max_bytes: 1 << 30,
+        default_limits: crate::runtime::Limits { memory_bytes: Some(1 << 30), cpu_millis: Some(1000), pids: Some(512) },
     };
     let m = Arc::new(BotManager::new(FakeRuntime::default(), FakeNetwork::default(), store, config));
     m.import_image(std::path::Path::new("img")).await.expect("import");
@@ -39,7 +40,7 @@ async fn create_records_a_stopped_bot_with_its_agent_directory() {
     let b = m.create(req("one")).await.expect("create");
     assert_eq!(b.state, BotState::Stopped);
     assert_eq!(m.runtime.containers(), ["bot-one"]);
-    let token = std::fs::read_to_string(dir.path().join("run/one/token")).expect("token file");
+    let token = std::fs::read_to_string(dir.path().join("run/one/conf/token")).expect("token file");
     assert_eq!(token, b.token);
     assert!(matches!(m.create(req("one")).await, Err(Error::AlreadyExists(_))));
     assert!(matches!(m.create(req("Bad")).await, Err(Error::InvalidArgument(_))));

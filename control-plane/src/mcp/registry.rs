@@ -13,8 +13,8 @@ impl<R: ContainerRuntime, N: Network> McpHub<R, N> {
         if spec.command.trim().is_empty() {
             return Err(Error::InvalidArgument(format!("MCP server `{name}`: the command is empty")));
         }
-        if let Some(k) = spec.env.keys().find(|k| k.is_empty() || k.contains('=') || k.contains('\0')) {
-            return Err(Error::InvalidArgument(format!("MCP server `{name}`: environment name {k:?} is invalid")));
+        for (k, v) in &spec.env {
+            crate::bots::check_env(k, v).map_err(|e| Error::InvalidArgument(format!("MCP server `{name}`: {e}")))?;
         }
         self.manager.store().get_bot(bot).await?;
         let server = McpServer { bot: bot.to_string(), name: name.to_string(), spec, created_at_ms: now_ms() };

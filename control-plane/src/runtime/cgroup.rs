@@ -2,10 +2,11 @@
 //! memory and pids limits a reserve below the container's. An OOM or a fork bomb then hits the bot's own
 //! work, never the agent (PID 1), which keeps serving and can kill the offender.
 //!
-//! berthd creates the cgroup before the task (so its `cgroup.procs` files can be bind-mounted into the
-//! container at [`ContainerConfig::user_cgroup`](super::ContainerConfig)), and sets its limits once the
-//! task runs, from the container's own limits as the kernel reports them. The agent joins each child to it
-//! by writing to those files between clone and exec. Both cgroup v1 (the memory and pids hierarchies) and
+//! berthd creates the cgroup before the task and sets its limits once the task runs, from the container's
+//! own limits as the kernel reports them. Its `cgroup.procs` files are never visible in the container (a
+//! bot could move any of its processes, the agent included): berthd opens them on the host
+//! ([`open_user_procs`]) and hands the descriptors to the agent, which joins each child to the cgroup by
+//! writing to them between clone and exec. Both cgroup v1 (the memory and pids hierarchies) and
 //! v2 (unified; the agent moves to an `agent` leaf first, as v2 allows no processes in a cgroup whose
 //! controllers are delegated) are handled.
 
@@ -50,17 +51,20 @@ fn container_dirs(namespace: &str, id: &str) -> Vec<PathBuf> {
     }
 }
 
-/// The `cgroup.procs` files of the user cgroup, each with the name it has inside the container.
-pub fn user_procs_files(namespace: &str, id: &str) -> Vec<(PathBuf, String)> {
-    let dirs = container_dirs(namespace, id);
-    match layout() {
-        Layout::Unified => dirs.into_iter().map(|d| (d.join("user/cgroup.procs"), "unified.procs".into())).collect(),
-        Layout::Legacy => dirs
-            .into_iter()
-            .zip(["memory", "pids"])
-            .map(|(d, c)| (d.join("user/cgroup.procs"), format!("{c}.procs")))
-            .collect(),
-    }
+/// Opens the user cgroup's `cgroup.procs` file in each hierarchy for writing (host paths under
+/// [`CGROUP_ROOT`], which no bot can write: its `/sys/fs/cgroup` is read-only).
+pub fn open_user_procs(namespace: &str, id: &str) -> Result<Vec<std::os::fd::OwnedFd>, RuntimeError> {
+    container_dirs(namespace, id)
+        .into_iter()
+        .map(|d| {
+            let path = d.join("user/cgroup.procs");
+            std::fs::OpenOptions::new()
+                .write(true)
+                .open(&path)
+                .map(std::os::fd::OwnedFd::from)
+                .map_err(|e| io(format!("open {} for the agent", path.display()), e))
+        })
+        .collect()
 }
 
 fn io(op: String, source: std::io::Error) -> RuntimeError {

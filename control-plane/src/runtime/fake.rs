@@ -125,6 +125,10 @@ impl ContainerRuntime for FakeRuntime {
         Ok(pid)
     }
 
+    fn user_cgroup_procs(&self, _id: &str) -> Result<Vec<std::os::fd::OwnedFd>, RuntimeError> {
+        Ok(Vec::new())
+    }
+
     async fn stop(&self, id: &str, _grace: Duration) -> Result<Option<u32>, RuntimeError> {
         match self.lock().get_mut(id) {
             Some(s) => {

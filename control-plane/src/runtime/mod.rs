@@ -71,9 +71,9 @@ pub struct ContainerConfig {
     /// Run on this existing writable snapshot (a bot's data found again after its container was lost)
     /// instead of a new one on the image.
     pub snapshot: Option<String>,
-    /// A directory inside the container where the user cgroup's `cgroup.procs` files are mounted (see
-    /// [`cgroup`]); `None` = no user cgroup, everything runs in the container's.
-    pub user_cgroup: Option<String>,
+    /// Whether the container gets a user cgroup (see [`cgroup`]): its `cgroup.procs` files are never
+    /// mounted into the container; [`ContainerRuntime::user_cgroup_procs`] opens them for the agent.
+    pub user_cgroup: bool,
 }
 
 /// A task's state as the runtime reports it.
@@ -168,6 +168,10 @@ pub trait ContainerRuntime: Send + Sync + 'static {
     fn create(&self, config: &ContainerConfig) -> impl Future<Output = Result<(), RuntimeError>> + Send;
     /// Creates and starts the task; returns its pid on the host.
     fn start(&self, id: &str) -> impl Future<Output = Result<u32, RuntimeError>> + Send;
+    /// The user cgroup's `cgroup.procs` files of container `id`'s running task, open for writing, for the
+    /// agent to join its children to (handed over once per task start; see `bots::agent_dir`). Empty when
+    /// the runtime has no user cgroups.
+    fn user_cgroup_procs(&self, id: &str) -> Result<Vec<std::os::fd::OwnedFd>, RuntimeError>;
     /// SIGTERM, then SIGKILL to every process after `grace`; removes the task. Returns the exit status.
     fn stop(&self, id: &str, grace: Duration) -> impl Future<Output = Result<Option<u32>, RuntimeError>> + Send;
     /// Removes the task (if any), the container and its snapshot. Deleting what is gone succeeds.

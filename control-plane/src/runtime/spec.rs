@@ -140,12 +140,6 @@ pub fn build(c: &ContainerConfig, namespace: &str) -> Value {
         json!({"destination": "/sys/fs/cgroup", "type": "cgroup", "source": "cgroup", "options": ["ro", "nosuid", "noexec", "nodev"]}),
     ];
     mounts.extend(c.mounts.iter().map(bind));
-    if let Some(dir) = &c.user_cgroup {
-        for (source, name) in super::cgroup::user_procs_files(namespace, &c.id) {
-            let destination = format!("{dir}/{name}");
-            mounts.push(bind(&BindMount { source, destination, readonly: false }));
-        }
-    }
     let mut namespaces =
         vec![json!({"type": "pid"}), json!({"type": "ipc"}), json!({"type": "uts"}), json!({"type": "mount"})];
     namespaces.push(match &c.netns {

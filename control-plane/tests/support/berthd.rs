@@ -167,7 +167,7 @@ impl TestBerthd {
             }
         }
         let archive = tar.into_inner().expect("archive");
-        let mut msgs = vec![pb::ImportDataChunk { bot: bot.into(), replace: false, data: vec![] }];
+        let mut msgs = vec![pb::ImportDataChunk { bot: bot.into(), unverified: true, ..Default::default() }];
         msgs.extend(archive.chunks(1 << 20).map(|c| pb::ImportDataChunk { data: c.to_vec(), ..Default::default() }));
         let ch = berth_control_plane::agent_client::channel(self.socket.to_str().expect("utf-8 path"))
             .await

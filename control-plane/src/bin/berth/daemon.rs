@@ -118,15 +118,15 @@ pub enum BotCommand {
         /// Image reference (default: berthd's default image).
         #[arg(long, default_value = "")]
         image: String,
-        /// Memory limit, e.g. 512M or 2G.
-        #[arg(long, value_parser = parse_bytes)]
-        memory: Option<u64>,
-        /// CPU limit in cores, e.g. 0.5 or 2.
-        #[arg(long)]
-        cpus: Option<f64>,
-        /// Maximum number of processes.
-        #[arg(long)]
-        pids: Option<u64>,
+        /// Memory limit, e.g. 512M or 2G, or `unlimited` (default: berthd's default_memory_bytes).
+        #[arg(long, value_parser = |s: &str| parse_limit(s, parse_bytes))]
+        memory: Option<Limit>,
+        /// CPU limit in cores, e.g. 0.5 or 2, or `unlimited` (default: berthd's default_cpu_millis).
+        #[arg(long, value_parser = |s: &str| parse_limit(s, parse_cpus))]
+        cpus: Option<Limit>,
+        /// Maximum number of processes and threads, or `unlimited` (default: berthd's default_pids).
+        #[arg(long, value_parser = |s: &str| parse_limit(s, |v| v.parse::<u64>().map_err(|e| format!("`{v}`: {e}"))))]
+        pids: Option<Limit>,
         /// Environment variable (repeatable).
         #[arg(short = 'e', long = "env", value_parser = parse_kv)]
         env: Vec<(String, String)>,
@@ -183,6 +183,45 @@ pub enum BotCommand {
 
 fn parse_kv(s: &str) -> Result<(String, String), String> {
     s.split_once('=').map(|(k, v)| (k.to_string(), v.to_string())).ok_or_else(|| format!("`{s}` is not KEY=VALUE"))
+}
+
+/// A limit on the command line: a value, or `unlimited`.
+#[derive(Debug, Clone, Copy)]
+pub enum Limit {
+    Unlimited,
+    Value(u64),
+}
+
+fn parse_limit(s: &str, value: impl Fn(&str) -> Result<u64, String>) -> Result<Limit, String> {
+    if s.eq_ignore_ascii_case("unlimited") {
+        return Ok(Limit::Unlimited);
+    }
+    match value(s)? {
+        0 => Err(format!("`{s}` is no limit at all; say `unlimited` if that is what you mean")),
+        v => Ok(Limit::Value(v)),
+    }
+}
+
+/// Cores (e.g. 0.5) to thousandths of a core; a positive value that rounds to nothing is an error, not
+/// "unlimited".
+fn parse_cpus(s: &str) -> Result<u64, String> {
+    let c: f64 = s.trim().parse().map_err(|_| format!("`{s}` is not a number of cores like 0.5 or 2"))?;
+    if !c.is_finite() || c <= 0.0 {
+        return Err(format!("`{s}`: the CPU limit must be a positive number of cores"));
+    }
+    match (c * 1000.0).round() as u64 {
+        0 => Err(format!("`{s}` cores is less than the smallest CPU limit (0.01)")),
+        m => Ok(m),
+    }
+}
+
+/// Splits a command-line limit into the API's value and `unlimited` flag.
+fn limit_pb(l: Option<Limit>) -> (u64, bool) {
+    match l {
+        None => (0, false),
+        Some(Limit::Unlimited) => (0, true),
+        Some(Limit::Value(v)) => (v, false),
+    }
 }
 
 fn parse_bytes(s: &str) -> Result<u64, String> {
@@ -261,11 +300,18 @@ pub async fn bot(conn: &Conn, cmd: BotCommand) -> anyhow::Result<i32> {
                 image,
                 env: env.into_iter().collect::<HashMap<_, _>>(),
                 labels: labels.into_iter().collect::<HashMap<_, _>>(),
-                resources: Some(pb::Resources {
-                    memory_bytes: memory.unwrap_or(0),
-                    cpu_millis: cpus.map_or(0, |c| (c * 1000.0) as u64),
-                    pids: pids.unwrap_or(0),
-                }),
+                resources: {
+                    let ((memory_bytes, unlimited_memory), (cpu_millis, unlimited_cpu), (pids, unlimited_pids)) =
+                        (limit_pb(memory), limit_pb(cpus), limit_pb(pids));
+                    Some(pb::Resources {
+                        memory_bytes,
+                        cpu_millis,
+                        pids,
+                        unlimited_memory,
+                        unlimited_cpu,
+                        unlimited_pids,
+                    })
+                },
                 start: !no_start,
                 restore,
                 egress,

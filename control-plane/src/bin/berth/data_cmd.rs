@@ -49,6 +49,9 @@ pub enum DataCommand {
         file: String,
         #[arg(long)]
         replace: bool,
+        /// Merge an archive that has no manifest.json (nothing then shows it is complete).
+        #[arg(long, conflicts_with = "replace")]
+        unverified: bool,
     },
 }
 
@@ -183,7 +186,7 @@ pub async fn data(conn: &Conn, cmd: DataCommand) -> anyhow::Result<i32> {
                 eprintln!("exported {} bytes to {output} (operation {op})", progress.done);
             }
         }
-        DataCommand::Import { bot, file, replace } => {
+        DataCommand::Import { bot, file, replace, unverified } => {
             let (mut input, total): (Box<dyn Read + Send>, Option<u64>) = if file == "-" {
                 (Box::new(std::io::stdin()), None)
             } else {
@@ -192,7 +195,7 @@ pub async fn data(conn: &Conn, cmd: DataCommand) -> anyhow::Result<i32> {
                 (Box::new(f), len)
             };
             let (tx, rx) = tokio::sync::mpsc::channel::<pb::ImportDataChunk>(8);
-            let first = pb::ImportDataChunk { bot, replace, data: Vec::new() };
+            let first = pb::ImportDataChunk { bot: bot.clone(), replace, unverified, data: Vec::new() };
             tx.send(first).await.context("import stream")?;
             let reader = tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
                 let mut progress = Progress::new("import", total);
@@ -205,8 +208,7 @@ pub async fn data(conn: &Conn, cmd: DataCommand) -> anyhow::Result<i32> {
                     }
                     buf.truncate(n);
                     progress.add(n as u64);
-                    if tx.blocking_send(pb::ImportDataChunk { bot: String::new(), replace: false, data: buf }).is_err()
-                    {
+                    if tx.blocking_send(pb::ImportDataChunk { data: buf, ..Default::default() }).is_err() {
                         // berthd ended the call; its answer says why.
                         return Ok(());
                     }
@@ -217,6 +219,12 @@ pub async fn data(conn: &Conn, cmd: DataCommand) -> anyhow::Result<i32> {
             let r = r.map_err(status_err("import"))?.into_inner();
             let check = if r.verified { "verified against its manifest" } else { "no manifest: not verified" };
             println!("imported {} entries, {} bytes ({check}; operation {})", r.entries, r.bytes, r.operation_id);
+            if !r.undo_snapshot.is_empty() {
+                println!(
+                    "the data as it was is kept as snapshot {0}; to undo: berth snapshot rollback {bot} {0}",
+                    r.undo_snapshot
+                );
+            }
         }
     }
     Ok(0)

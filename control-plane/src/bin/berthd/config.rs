@@ -149,6 +149,20 @@ pub struct Args {
     #[arg(long, env = "BERTH_IMPORT_MAX_BYTES")]
     #[serde(skip_serializing_if = "Option::is_none")]
     import_max_bytes: Option<u64>,
+    /// Memory limit of a bot created without one, in bytes; 0 = unlimited (then only an explicit limit
+    /// binds a bot). Larger than the host's memory means the host's memory.
+    #[arg(long, env = "BERTH_DEFAULT_MEMORY_BYTES")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    default_memory_bytes: Option<u64>,
+    /// CPU limit of a bot created without one, in thousandths of a core; 0 = unlimited. More than the host
+    /// has means all of the host's CPUs.
+    #[arg(long, env = "BERTH_DEFAULT_CPU_MILLIS")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    default_cpu_millis: Option<u64>,
+    /// Process (and thread) limit of a bot created without one; 0 = unlimited.
+    #[arg(long, env = "BERTH_DEFAULT_PIDS")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    default_pids: Option<u64>,
     /// HTTP address (IP:PORT) for /metrics, /healthz and /readyz; `off` turns it off; port 0 picks one.
     #[arg(long, env = "BERTH_METRICS_LISTEN")]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -203,6 +217,9 @@ pub struct Config {
     pub registry_cas: Vec<PathBuf>,
     pub reconcile_interval_ms: u64,
     pub import_max_bytes: u64,
+    pub default_memory_bytes: u64,
+    pub default_cpu_millis: u64,
+    pub default_pids: u64,
     pub metrics_listen: String,
     pub mcp_idle_timeout_ms: u64,
     pub mcp_listen: String,
@@ -238,6 +255,9 @@ impl Default for Config {
             registry_cas: Vec::new(),
             reconcile_interval_ms: 5_000,
             import_max_bytes: 64 << 30,
+            default_memory_bytes: 2 << 30,
+            default_cpu_millis: 2000,
+            default_pids: 1024,
             metrics_listen: "127.0.0.1:9464".into(),
             mcp_idle_timeout_ms: 15 * 60 * 1000,
             mcp_listen: "off".into(),
@@ -299,6 +319,19 @@ impl Config {
             );
         }
         self.metrics_addr()?;
+        use berth_control_plane::bots::limits;
+        for (name, v, min) in [
+            ("default_memory_bytes", self.default_memory_bytes, limits::MIN_MEMORY_BYTES),
+            ("default_cpu_millis", self.default_cpu_millis, limits::MIN_CPU_MILLIS),
+            ("default_pids", self.default_pids, limits::MIN_PIDS),
+        ] {
+            if v != 0 && v < min {
+                anyhow::bail!("{name}: {v} is below the smallest limit, {min} (0 = unlimited)");
+            }
+        }
+        if self.default_pids > limits::MAX_PIDS {
+            anyhow::bail!("default_pids: {} is above the largest limit, {}", self.default_pids, limits::MAX_PIDS);
+        }
         if self.mcp_idle_timeout_ms < 1000 {
             anyhow::bail!("mcp_idle_timeout_ms: {} is too short (at least 1000 ms)", self.mcp_idle_timeout_ms);
         }
@@ -321,6 +354,16 @@ impl Config {
         match self.metrics_listen.as_str() {
             "off" | "" => Ok(None),
             a => Ok(Some(a.parse().with_context(|| format!("metrics_listen: {a:?} is not an IP:PORT (or `off`)"))?)),
+        }
+    }
+
+    /// The limits of a bot created without any (`None` = unlimited).
+    pub fn default_limits(&self) -> berth_control_plane::runtime::Limits {
+        let some = |v: u64| (v > 0).then_some(v);
+        berth_control_plane::runtime::Limits {
+            memory_bytes: some(self.default_memory_bytes),
+            cpu_millis: some(self.default_cpu_millis),
+            pids: some(self.default_pids),
         }
     }
 

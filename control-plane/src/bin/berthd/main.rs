@@ -86,6 +86,7 @@ async fn main() -> anyhow::Result<()> {
         registry_cas,
         state_dir: args.state_dir.clone(),
         import_max_bytes: args.import_max_bytes,
+        default_limits: args.default_limits(),
     };
     let network = Cni::new(NetworkConfig {
         cni_bin_dir: args.cni_bin_dir.clone(),

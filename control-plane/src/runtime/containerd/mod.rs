@@ -153,6 +153,10 @@ impl ContainerRuntime for Containerd {
         task::start(self, id).await
     }
 
+    fn user_cgroup_procs(&self, id: &str) -> Result<Vec<std::os::fd::OwnedFd>, RuntimeError> {
+        super::cgroup::open_user_procs(&self.namespace, id)
+    }
+
     async fn stop(&self, id: &str, grace: Duration) -> Result<Option<u32>, RuntimeError> {
         self.live.forget(id);
         task::stop(self, id, grace).await
