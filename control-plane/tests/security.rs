@@ -615,3 +615,65 @@ async fn a_bot_cannot_move_its_agent_or_anything_between_cgroups() {
         "refused: no cgroup.procs of the bot is writable or even visible in it (/sys/fs/cgroup is read-only); berthd hands the agent open descriptors over a one-shot socket, removed before the agent serves",
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bot_created_without_flags_is_bounded_by_the_defaults() {
+    // The shipped pids and CPU defaults; memory lowered from 2 GiB so the test does not fill the CI host.
+    let b = TestBerthd::start_with(None, &["--default-memory-bytes", "536870912"]);
+    b.cli(&["bot", "create", "plain"]);
+    b.cli(&["bot", "create", "neighbour"]);
+    let got: serde_json::Value = serde_json::from_str(&b.cli(&["bot", "get", "plain", "--json"])).unwrap();
+    assert_eq!((got["memory_bytes"].as_u64(), got["pids"].as_u64()), (Some(512 << 20), Some(1024)), "{got}");
+    let host_cpus = std::thread::available_parallelism().unwrap().get() as u64;
+    assert_eq!(got["cpu_millis"].as_u64(), Some(2000.min(host_cpus * 1000)), "{got}");
+    // Processes: 3,000 sleepers asked for; the kernel stops the bot below its default of 1,024 (counted
+    // with the shell's own glob: no pid is left to fork `ls`).
+    // (ash exits at the first fork refused, leaving the sleepers.)
+    let (code, out) =
+        attempt(&b, "plain", "i=0; while [ $i -lt 3000 ]; do sleep 60 & i=$((i+1)); done; echo all-started").await;
+    assert!(code != 0 && !out.contains("all-started"), "3,000 processes started: {code} {out}");
+    let out = b.sh("plain", "set -- /proc/[0-9]*; echo $#").await;
+    let running: u64 = out.trim().parse().unwrap();
+    assert!((500..=1024).contains(&running), "{running} processes in a bot with the default pids limit");
+    // Meanwhile the host and the other bot keep working.
+    assert!(Command::new("true").status().unwrap().success(), "the host cannot fork");
+    assert_eq!(b.sh("neighbour", "echo fine").await, "fine\n");
+    assert_eq!(b.sh("plain", "pkill sleep; echo cleaned").await, "cleaned\n");
+    // Memory: 800 MB held in a shell variable, in a bot whose default is 512 MiB.
+    let (code, out) = attempt(&b, "plain", "x=$(head -c 800000000 /dev/zero | tr '\\0' a); echo survived").await;
+    assert!(code != 0 && !out.contains("survived"), "the hog was not stopped: {code} {out}");
+    assert_eq!(b.sh("neighbour", "echo fine").await, "fine\n");
+    assert_eq!(b.sh("plain", "echo agent-alive").await, "agent-alive\n");
+    record(
+        "start 3,000 processes or take 800 MB in a bot created with no limits given",
+        "bounded by berthd's defaults (pids 1024, memory default_memory_bytes, CPU 2 cores): fork fails below 1,024 processes, the hog is OOM-killed; the host and a neighbour bot keep working",
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn limits_and_environment_names_out_of_range_are_refused_with_their_bounds() {
+    let b = TestBerthd::start(None);
+    for (args, expect) in [
+        (&["--memory", "1"][..], "memory_bytes = 1 is out of range: it must be between 33554432"),
+        (&["--cpus", "0.001"][..], "cpu_millis = 1 is out of range: it must be between 10"),
+        (&["--cpus", "0.0001"][..], "less than the smallest CPU limit"),
+        (&["--pids", "1"][..], "pids = 1 is out of range: it must be between 32"),
+        (&["--memory", "0"][..], "say `unlimited`"),
+        (&["-e", "BAD\u{1}KEY=x"][..], "environment variable name"),
+    ] {
+        let mut cmd = b.berth(&["bot", "create", "bounded"]);
+        cmd.args(args);
+        let o = cmd.output().unwrap();
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success() && err.contains(expect), "{args:?}: {err}");
+    }
+    // Nothing was recorded for the refused creates; the explicit choice of no limit is honoured.
+    assert!(!b.cli(&["bot", "ls"]).contains("bounded"));
+    b.cli(&["bot", "create", "bounded", "--memory", "unlimited", "--pids", "unlimited", "--cpus", "0.5"]);
+    let got: serde_json::Value = serde_json::from_str(&b.cli(&["bot", "get", "bounded", "--json"])).unwrap();
+    assert_eq!(
+        (got["memory_bytes"].as_u64(), got["pids"].as_u64(), got["cpu_millis"].as_u64()),
+        (Some(0), Some(0), Some(500))
+    );
+    assert_eq!(b.sh("bounded", "echo ok").await, "ok\n");
+}
