@@ -64,6 +64,15 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
             .map_err(|e| ServeError::Config(format!("no user cgroup: {e}")))?;
         tracing::info!(hierarchies = n, "children run in the user cgroup (handed over)");
     }
+    // Temporary files of uploads a previous run was killed in the middle of, in the background.
+    let data = root.host_path(root.data_dir());
+    let started = std::time::SystemTime::now();
+    tokio::task::spawn_blocking(move || {
+        let done = crate::fs::sweep::sweep(&data, started);
+        if done.removed > 0 {
+            tracing::info!(dir = %data.display(), removed = done.removed, "removed temporary files of interrupted uploads");
+        }
+    });
     let registry = Arc::new(Registry::default());
     let reaped = Arc::new(ReaperStats::default());
     reaper::start(registry.clone(), reaped.clone())

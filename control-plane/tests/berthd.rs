@@ -115,7 +115,9 @@ async fn lifecycle(b: &TestBerthd) {
     assert_eq!(kinds, ["rollback", "snapshot"], "{ops}");
     assert!(ops.as_array().unwrap().iter().all(|o| o["state"] == "succeeded"), "{ops}");
     assert_eq!(b.cli(&["ops", "ls", "nobody", "--json"]).trim(), "[]");
-    // Delete: gone from berthd and from containerd.
+    // Delete: gone from berthd and from containerd, its task log too.
+    let log = b.dir.path().join("state/logs/bot-alpha.log");
+    assert!(log.exists(), "no task log at {}", log.display());
     let (rc, _, _) = out(b.berth(&["bot", "rm", "alpha"]));
     assert_eq!(rc, 0);
     let (rc, _, err) = out(b.berth(&["bot", "get", "alpha"]));
@@ -125,6 +127,7 @@ async fn lifecycle(b: &TestBerthd) {
     let snaps = b.containerd.ctr(&["snapshots", "ls"]);
     assert!(!snaps.contains("berth.alpha") && !snaps.contains("bot-alpha"), "{snaps}");
     assert!(!b.dir.path().join("run/alpha").exists(), "the bot's agent directory was left behind");
+    assert!(!log.exists(), "the task log outlived its bot");
 }
 
 #[tokio::test]

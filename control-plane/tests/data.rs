@@ -343,3 +343,28 @@ async fn an_archive_that_cannot_be_verified_never_replaces_data() {
     b.cli(&args);
     assert_eq!(b.fingerprint("keep").await, changed, "the printed undo did not bring back the data before the import");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn temporary_files_of_uploads_cut_short_are_removed_at_the_next_start() {
+    let b = TestBerthd::start(None);
+    b.cli(&["bot", "create", "tidy"]);
+    // What a SIGKILL of the agent in the middle of an upload leaves, deep in /data, and files that only look
+    // alike (a user's own, a name that is not an upload's).
+    b.sh(
+        "tidy",
+        "mkdir -p /data/a/b && echo half > /data/a/b/.big.bin.berth-0123456789ab.tmp \
+         && echo mine > /data/a/keep.tmp && echo mine > /data/.x.berth-nothex00000.tmp",
+    )
+    .await;
+    b.cli(&["bot", "stop", "tidy"]);
+    b.cli(&["bot", "start", "tidy"]);
+    let mut left = String::new();
+    for _ in 0..50 {
+        left = b.sh("tidy", "find /data -name '*.tmp' | sort").await;
+        if !left.contains("berth-0123456789ab") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(left, "/data/.x.berth-nothex00000.tmp\n/data/a/keep.tmp\n");
+}

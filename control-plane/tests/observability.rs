@@ -159,3 +159,57 @@ async fn grpc_health_reports_berthd_and_each_bot() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readyz_answers_503_within_its_deadline_while_containerd_is_frozen() {
+    let b = TestBerthd::start(None);
+    assert_eq!(get(&b, "/readyz").await, (200, "ready\n".to_string()));
+    let ctd = b.containerd.pid() as i32;
+    // SAFETY: signals to a child process of this test.
+    unsafe { libc::kill(ctd, libc::SIGSTOP) };
+    let t = Instant::now();
+    let client = reqwest::Client::builder().timeout(Duration::from_secs(8)).build().unwrap();
+    let r = client.get(format!("http://{}/readyz", b.metrics_addr())).send().await;
+    unsafe { libc::kill(ctd, libc::SIGCONT) };
+    let took = t.elapsed();
+    let r = r.expect("/readyz gave no answer while containerd was frozen");
+    assert_eq!(r.status().as_u16(), 503);
+    let text = r.text().await.unwrap();
+    assert!(text.contains("containerd did not answer within 3 s"), "{text}");
+    assert!(took < Duration::from_secs(6), "/readyz took {took:?}");
+    // Control: ready again once containerd is.
+    assert_eq!(get(&b, "/readyz").await, (200, "ready\n".to_string()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_reports_a_frozen_berthd_within_seconds() {
+    let b = TestBerthd::start(None);
+    b.cli(&["bot", "create", "quiet"]);
+    // An exec that prints nothing for a long time, then berthd frozen under it; and a new call.
+    let mut exec = b.berth(&["exec", "quiet", "--", "sleep", "120"]).spawn().unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let pid = b.pid().unwrap() as i32;
+    // SAFETY: signals to a child process of this test.
+    unsafe { libc::kill(pid, libc::SIGSTOP) };
+    let t = Instant::now();
+    let ls = b.berth(&["bot", "ls"]).output().unwrap();
+    let ls_took = t.elapsed();
+    let mut exec_took = None;
+    while t.elapsed() < Duration::from_secs(40) {
+        if exec.try_wait().unwrap().is_some() {
+            exec_took = Some(t.elapsed());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    unsafe { libc::kill(pid, libc::SIGCONT) };
+    let _ = exec.kill();
+    let _ = exec.wait();
+    assert!(!ls.status.success(), "bot ls succeeded against a frozen berthd");
+    // Both are ended by the HTTP/2 keepalive (a PING every 10 s, 5 s to answer).
+    assert!(ls_took < Duration::from_secs(20), "bot ls took {ls_took:?} to fail");
+    let exec_took = exec_took.expect("an exec over a frozen berthd never failed");
+    assert!(exec_took < Duration::from_secs(25), "the exec took {exec_took:?} to notice");
+    // Control: berthd thawed answers again.
+    assert!(b.cli(&["bot", "ls"]).contains("quiet"));
+}

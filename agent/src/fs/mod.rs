@@ -7,5 +7,6 @@ pub mod list;
 pub mod ops;
 pub mod read;
 pub mod root;
+pub mod sweep;
 pub mod watch;
 pub mod write;

@@ -102,11 +102,17 @@ impl Interceptor for BearerAuth {
     }
 }
 
+/// HTTP/2 PING interval on every connection, idle or not, and how long an answer may take: a peer that
+/// froze (SIGSTOP, a hung host) is reported within their sum, even in the middle of a quiet stream.
+pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
+/// See [`KEEPALIVE_INTERVAL`].
+pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// Timeouts, keepalive and windows shared by every connection (Unix socket or TCP).
 fn configure(e: Endpoint) -> Endpoint {
     e.connect_timeout(CONNECT_TIMEOUT)
-        .http2_keep_alive_interval(Duration::from_secs(30))
-        .keep_alive_timeout(Duration::from_secs(10))
+        .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
+        .keep_alive_timeout(KEEPALIVE_TIMEOUT)
         .keep_alive_while_idle(true)
         .tcp_nodelay(true)
         .initial_stream_window_size(STREAM_WINDOW_BYTES)

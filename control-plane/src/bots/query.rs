@@ -4,9 +4,12 @@ use std::collections::BTreeMap;
 
 use super::BotManager;
 use super::model::BotRecord;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::network::Network;
 use crate::runtime::{ContainerRuntime, TaskState};
+
+/// How long each of readiness's checks may take (a hung dependency is "not ready", not a hung probe).
+pub const READY_DEADLINE: std::time::Duration = std::time::Duration::from_secs(3);
 
 /// Bots per page when the caller gives no size.
 pub const DEFAULT_PAGE_SIZE: u32 = 100;
@@ -23,10 +26,12 @@ impl<R: ContainerRuntime, N: Network> BotManager<R, N> {
     }
 
     /// A page of bots whose labels include `selector`, after `page_token` (a bot name).
-    /// Ready to serve: the database and the runtime answer.
+    /// Ready to serve: the database and the runtime answer, each within [`READY_DEADLINE`].
     pub async fn ready(&self) -> Result<()> {
-        self.store.list_bots("", 1).await?;
-        self.runtime.ping().await?;
+        let hung =
+            |what: &str| Error::Unavailable(format!("{what} did not answer within {} s", READY_DEADLINE.as_secs()));
+        tokio::time::timeout(READY_DEADLINE, self.store.list_bots("", 1)).await.map_err(|_| hung("the database"))??;
+        tokio::time::timeout(READY_DEADLINE, self.runtime.ping()).await.map_err(|_| hung("containerd"))??;
         Ok(())
     }
 

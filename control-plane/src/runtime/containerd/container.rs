@@ -15,6 +15,8 @@ use crate::runtime::{ContainerConfig, KIND_ACTIVE, LABEL_BOT, LABEL_KIND, Runtim
 
 /// Creates the snapshot and the container record. On failure nothing is left behind.
 pub async fn create(ctd: &Containerd, c: &ContainerConfig) -> Result<(), RuntimeError> {
+    // A container of this id before (a deleted bot of the same name) said nothing this one did.
+    remove_log(ctd, &c.id);
     // A lease holds the new snapshot until the container record references it.
     let lease = ctd.lease("create").await?;
     let result = create_under(ctd, c, &lease).await;
@@ -81,7 +83,10 @@ fn snapshot_labels(c: &ContainerConfig) -> HashMap<String, String> {
 pub async fn delete(ctd: &Containerd, id: &str) -> Result<(), RuntimeError> {
     let key = match super::snapshot::container_snapshot(ctd, id).await {
         Ok(key) => key,
-        Err(RuntimeError::NotFound { .. }) => return Ok(()),
+        Err(RuntimeError::NotFound { .. }) => {
+            remove_log(ctd, id);
+            return Ok(());
+        }
         Err(e) => return Err(e),
     };
     task::remove(ctd, id).await?;
@@ -91,7 +96,19 @@ pub async fn delete(ctd: &Containerd, id: &str) -> Result<(), RuntimeError> {
         Ok(_) | Err(RuntimeError::NotFound { .. }) => {}
         Err(e) => return Err(e),
     }
-    remove_snapshot(ctd, &key).await
+    remove_snapshot(ctd, &key).await?;
+    remove_log(ctd, id);
+    Ok(())
+}
+
+/// Removes the task log of container `id` (what is gone is fine; anything else is logged, not fatal).
+fn remove_log(ctd: &Containerd, id: &str) {
+    let log = ctd.log_path(id);
+    match std::fs::remove_file(&log) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => tracing::warn!(container.id = id, log = %log.display(), error = %e, "cannot remove a task log"),
+    }
 }
 
 async fn remove_snapshot(ctd: &Containerd, key: &str) -> Result<(), RuntimeError> {
