@@ -364,7 +364,14 @@ async fn restart_with_bots(b: &mut TestBerthd, report: &mut Report) {
     let pids = |bots: Vec<pb::Bot>| bots.into_iter().map(|b| (b.name, b.pid)).collect::<Vec<_>>();
     let mut before = Vec::new();
     for n in &names {
-        before.push(bots.get_bot(pb::GetBotRequest { name: n.clone() }).await.unwrap().into_inner().bot.unwrap());
+        before.push(
+            bots.get_bot(pb::GetBotRequest { name: n.clone(), ..Default::default() })
+                .await
+                .unwrap()
+                .into_inner()
+                .bot
+                .unwrap(),
+        );
     }
     let before = pids(before);
     idle_memory(b, &before, report);
@@ -380,7 +387,14 @@ async fn restart_with_bots(b: &mut TestBerthd, report: &mut Report) {
     let mut bots = BotServiceClient::new(ch);
     let mut after = Vec::new();
     for n in &names {
-        after.push(bots.get_bot(pb::GetBotRequest { name: n.clone() }).await.unwrap().into_inner().bot.unwrap());
+        after.push(
+            bots.get_bot(pb::GetBotRequest { name: n.clone(), ..Default::default() })
+                .await
+                .unwrap()
+                .into_inner()
+                .bot
+                .unwrap(),
+        );
     }
     assert_eq!(pids(after), before, "a berthd restart restarted bots");
     report.row(

@@ -154,8 +154,14 @@ async fn an_agent_that_exits_at_start_is_reported_at_once_with_what_it_said() {
         err.contains("exited (status 3) instead of serving") && err.contains("agent refused: unknown flag"),
         "{err}"
     );
-    let bot =
-        bots(&b).await.get_bot(pb::GetBotRequest { name: "broken".into() }).await.unwrap().into_inner().bot.unwrap();
+    let bot = bots(&b)
+        .await
+        .get_bot(pb::GetBotRequest { name: "broken".into(), ..Default::default() })
+        .await
+        .unwrap()
+        .into_inner()
+        .bot
+        .unwrap();
     assert_eq!(bot.state, pb::BotState::Error as i32);
     assert!(bot.last_error.contains("exited (status 3)"), "{bot:?}");
 }
@@ -185,7 +191,7 @@ async fn errors_carry_the_right_codes() {
     c.create_bot(create("beta", "")).await.unwrap();
     let err = c.create_bot(create("beta", "")).await.unwrap_err();
     assert_eq!(err.code(), tonic::Code::AlreadyExists);
-    let err = c.get_bot(pb::GetBotRequest { name: "nobody".into() }).await.unwrap_err();
+    let err = c.get_bot(pb::GetBotRequest { name: "nobody".into(), ..Default::default() }).await.unwrap_err();
     assert_eq!(err.code(), tonic::Code::NotFound);
     // Starting a running bot is a no-op; stopping a stopped one too.
     c.start_bot(pb::StartBotRequest { name: "beta".into() }).await.unwrap();
@@ -394,8 +400,15 @@ async fn bots_get_a_stable_address_on_their_own_network_namespace() {
         .into_inner()
         .bot
         .unwrap();
-    let (_, got) =
-        (bot.clone(), c.get_bot(pb::GetBotRequest { name: "net1".into() }).await.unwrap().into_inner().bot.unwrap());
+    let (_, got) = (
+        bot.clone(),
+        c.get_bot(pb::GetBotRequest { name: "net1".into(), ..Default::default() })
+            .await
+            .unwrap()
+            .into_inner()
+            .bot
+            .unwrap(),
+    );
     let ip = got.ip.clone();
     assert!(ip.starts_with(&b.subnet[..b.subnet.rfind('.').unwrap()]), "{ip} not in {}", b.subnet);
     let mut a = agent(&b, "net1").await;
@@ -409,7 +422,13 @@ async fn bots_get_a_stable_address_on_their_own_network_namespace() {
     // The namespace outlives the task: same address after a restart.
     c.stop_bot(pb::StopBotRequest { name: "net1".into(), timeout_ms: 0 }).await.unwrap();
     c.start_bot(pb::StartBotRequest { name: "net1".into() }).await.unwrap();
-    let again = c.get_bot(pb::GetBotRequest { name: "net1".into() }).await.unwrap().into_inner().bot.unwrap();
+    let again = c
+        .get_bot(pb::GetBotRequest { name: "net1".into(), ..Default::default() })
+        .await
+        .unwrap()
+        .into_inner()
+        .bot
+        .unwrap();
     assert_eq!(again.ip, ip);
     let mut a = agent(&b, "net1").await;
     let r = run(&mut a, argv(&["ip", "-4", "addr", "show", "eth0"])).await.unwrap();
@@ -470,7 +489,13 @@ async fn a_permanent_cni_failure_ends_in_error_and_leaks_nothing() {
         .unwrap_err();
     assert_eq!(err.code(), tonic::Code::Unavailable);
     assert!(err.message().contains("injected failure"), "{}", err.message());
-    let bot = c.get_bot(pb::GetBotRequest { name: "doomed".into() }).await.unwrap().into_inner().bot.unwrap();
+    let bot = c
+        .get_bot(pb::GetBotRequest { name: "doomed".into(), ..Default::default() })
+        .await
+        .unwrap()
+        .into_inner()
+        .bot
+        .unwrap();
     assert_eq!(bot.state, pb::BotState::Error as i32);
     assert!(
         bot.last_error.contains("network setup failed") && bot.last_error.contains("injected failure"),

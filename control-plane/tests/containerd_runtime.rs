@@ -42,7 +42,7 @@ impl Bot {
                 destination: "/run/berth".into(),
                 readonly: false,
             }],
-            limits: Limits { memory_bytes: Some(256 << 20), cpu_millis: Some(500), pids: Some(512) },
+            limits: Limits { memory_bytes: Some(256 << 20), cpu_millis: Some(500), pids: Some(512), disk_bytes: None },
             netns: None,
             hostname: id.into(),
             labels: [("io.berth.test".to_string(), "1".to_string())].into(),
@@ -95,7 +95,7 @@ async fn agent_runs_as_pid_1_with_limits_and_data_survives_a_restart() {
     let bot = Bot::new();
     ctd.create(&bot.config("bot-1", &image, agent_args())).await.unwrap();
     assert_eq!(ctd.state("bot-1").await.unwrap(), TaskState::NoTask);
-    let pid = ctd.start("bot-1").await.unwrap();
+    let pid = ctd.start("bot-1").await.unwrap().pid;
     assert!(pid > 1);
     assert_eq!(ctd.state("bot-1").await.unwrap(), TaskState::Running { pid });
     let mut c = bot.client().await;
@@ -137,7 +137,7 @@ async fn a_running_tasks_state_is_remembered_and_a_dead_one_never_is() {
     let image = ctd.import_image(&minimal_image()).await.unwrap();
     let bot = Bot::new();
     ctd.create(&bot.config("bot-live", &image, agent_args())).await.unwrap();
-    let pid = ctd.start("bot-live").await.unwrap();
+    let pid = ctd.start("bot-live").await.unwrap().pid;
     assert_eq!(ctd.state("bot-live").await.unwrap(), TaskState::Running { pid });
 
     // containerd stopped (SIGSTOP): a call to it would hang until its deadline; the remembered answer does not.
@@ -160,7 +160,7 @@ async fn a_running_tasks_state_is_remembered_and_a_dead_one_never_is() {
     assert_eq!(state, TaskState::Stopped { exit_status: 137 });
 
     // Started again: the new task's pid, not the old one.
-    let pid2 = ctd.start("bot-live").await.unwrap();
+    let pid2 = ctd.start("bot-live").await.unwrap().pid;
     assert_ne!(pid2, pid);
     assert_eq!(ctd.state("bot-live").await.unwrap(), TaskState::Running { pid: pid2 });
     ctd.delete("bot-live").await.unwrap();

@@ -27,7 +27,14 @@ async fn bots(b: &TestBerthd) -> BotServiceClient<Channel> {
 }
 
 async fn get(b: &TestBerthd, name: &str) -> pb::Bot {
-    bots(b).await.get_bot(pb::GetBotRequest { name: name.into() }).await.unwrap().into_inner().bot.unwrap()
+    bots(b)
+        .await
+        .get_bot(pb::GetBotRequest { name: name.into(), ..Default::default() })
+        .await
+        .unwrap()
+        .into_inner()
+        .bot
+        .unwrap()
 }
 
 async fn create(b: &TestBerthd, name: &str, resources: Option<pb::Resources>) -> pb::Bot {
@@ -290,7 +297,7 @@ async fn restarting_containerd_costs_bots_nothing() {
     b.containerd.restart();
     // berthd's connection to containerd comes back by itself.
     loop {
-        let r = bots(&b).await.get_bot(pb::GetBotRequest { name: "calm".into() }).await;
+        let r = bots(&b).await.get_bot(pb::GetBotRequest { name: "calm".into(), ..Default::default() }).await;
         if r.as_ref().is_ok_and(|r| r.get_ref().bot.as_ref().is_some_and(|b| b.pid == pid)) {
             break;
         }
@@ -319,7 +326,7 @@ async fn sigkill_berthd_during_create_and_delete_leaves_truth_and_no_leaks() {
         let _ = child.wait();
         b.spawn();
         // Whatever berthd was doing, the bot is now reported truthfully and can be used or deleted.
-        let got = bots(&b).await.get_bot(pb::GetBotRequest { name: name.clone() }).await;
+        let got = bots(&b).await.get_bot(pb::GetBotRequest { name: name.clone(), ..Default::default() }).await;
         match got {
             Err(s) => assert_eq!(s.code(), tonic::Code::NotFound, "{s:?}"),
             Ok(r) => {
@@ -342,7 +349,8 @@ async fn sigkill_berthd_during_create_and_delete_leaves_truth_and_no_leaks() {
                 b.halt(libc::SIGKILL);
                 let _ = child.wait();
                 b.spawn();
-                let again = bots(&b).await.get_bot(pb::GetBotRequest { name: name.clone() }).await;
+                let again =
+                    bots(&b).await.get_bot(pb::GetBotRequest { name: name.clone(), ..Default::default() }).await;
                 if again.is_ok() {
                     b.cli(&["bot", "rm", &name]);
                 }

@@ -30,6 +30,8 @@ pub fn bot(b: BotRecord, pid: Option<u32>) -> pb::Bot {
             unlimited_memory: b.limits.memory_bytes.is_none(),
             unlimited_cpu: b.limits.cpu_millis.is_none(),
             unlimited_pids: b.limits.pids.is_none(),
+            disk_bytes: b.limits.disk_bytes.unwrap_or(0),
+            unlimited_disk: b.limits.disk_bytes.is_none(),
         }),
         created_at_ms: b.created_at_ms,
         updated_at_ms: b.updated_at_ms,
@@ -41,6 +43,8 @@ pub fn bot(b: BotRecord, pid: Option<u32>) -> pb::Bot {
         last_exit: b.last_exit,
         desired_running: b.desired_running,
         egress: Some(egress_pb(&b.egress)),
+        disk_used_bytes: 0,
+        disk_quota_enforced: false,
     }
 }
 
@@ -83,6 +87,7 @@ pub fn limits(r: Option<pb::Resources>) -> LimitsRequest {
         memory_bytes: ask(r.unlimited_memory, r.memory_bytes),
         cpu_millis: ask(r.unlimited_cpu, r.cpu_millis),
         pids: ask(r.unlimited_pids, r.pids),
+        disk_bytes: ask(r.unlimited_disk, r.disk_bytes),
     }
 }
 

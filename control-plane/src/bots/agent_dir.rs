@@ -69,7 +69,8 @@ impl AgentDir {
         self.conf().join("token")
     }
 
-    /// Creates the directories (0700), replacing anything but a directory found in their place.
+    /// Creates the directories (0700), replacing anything but a directory found in their place, and gives
+    /// `sock/` its own small file system (see [`SOCK_TMPFS_OPTIONS`]).
     pub fn prepare(&self) -> std::io::Result<()> {
         if let Some(run_dir) = self.root.parent() {
             std::fs::create_dir_all(run_dir)?;
@@ -77,7 +78,37 @@ impl AgentDir {
         for dir in [self.root.clone(), self.conf(), self.conf().join("sock"), self.sock_dir()] {
             ensure_dir(&dir)?;
         }
+        if !self.sock_mounted()? {
+            mount_sock(&self.sock_dir())?;
+        }
         Ok(())
+    }
+
+    /// Empties `sock/` for a task about to be created: a fresh file system, so nothing an earlier run of
+    /// the bot left there (files, links, a fake socket) survives into the next.
+    pub fn reset_sock(&self) -> std::io::Result<()> {
+        if self.sock_mounted()? {
+            rustix::mount::unmount(&self.sock_dir(), rustix::mount::UnmountFlags::DETACH)?;
+        }
+        self.prepare()
+    }
+
+    /// Removes the whole directory: `sock/`'s file system is detached first (so nothing the bot wrote is
+    /// walked), then what berthd wrote. Blocking.
+    pub fn remove(&self) -> std::io::Result<()> {
+        if std::fs::symlink_metadata(self.sock_dir()).is_ok_and(|m| m.is_dir()) && self.sock_mounted()? {
+            rustix::mount::unmount(&self.sock_dir(), rustix::mount::UnmountFlags::DETACH)?;
+        }
+        match std::fs::remove_dir_all(&self.root) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        }
+    }
+
+    /// Whether `sock/` is a mount point (a different device than its parent).
+    fn sock_mounted(&self) -> std::io::Result<bool> {
+        use std::os::unix::fs::MetadataExt;
+        Ok(std::fs::symlink_metadata(self.sock_dir())?.dev() != std::fs::symlink_metadata(&self.root)?.dev())
     }
 
     /// The bind mounts that give the bot its view: `conf/` read-only at [`AGENT_DIR`], `sock/` writable
@@ -128,35 +159,56 @@ impl AgentDir {
 
 impl AgentDir {
     /// Hands the user cgroup's `cgroup.procs` descriptors to the agent waiting on [`CGROUP_SOCKET`] (the
-    /// protocol is `berth_proto::agent::USER_CGROUP_HELLO`) and waits up to 5 s for its answer. Blocking.
-    /// Called only for a task this start created, before the agent serves: nothing of the bot's runs yet.
-    pub fn hand_over_cgroup(&self, fds: &[OwnedFd]) -> std::io::Result<()> {
+    /// protocol is `berth_proto::agent::USER_CGROUP_HELLO`) and reads its answer (at most 512 bytes). Never
+    /// blocks a thread: the connect and the read are asynchronous, and the caller bounds the whole with its
+    /// deadline. Called only for a task this start created, before the agent serves.
+    pub async fn hand_over_cgroup(&self, fds: &[OwnedFd]) -> std::io::Result<()> {
         use berth_proto::agent::{USER_CGROUP_HELLO, USER_CGROUP_MAX_FDS};
-        use std::io::Read;
         use std::mem::MaybeUninit;
         use std::os::fd::AsFd;
+        use tokio::io::AsyncReadExt;
+        if fds.len() > USER_CGROUP_MAX_FDS {
+            return Err(std::io::Error::other(format!("{} descriptors are too many to hand over", fds.len())));
+        }
         let fd = self.open_socket(CGROUP_SOCKET)?;
         let via = format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&fd));
-        let conn = std::os::unix::net::UnixStream::connect(via)?;
-        conn.set_read_timeout(Some(std::time::Duration::from_secs(5)))?;
-        conn.set_write_timeout(Some(std::time::Duration::from_secs(5)))?;
-        let borrowed: Vec<_> = fds.iter().map(AsFd::as_fd).collect();
-        let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(USER_CGROUP_MAX_FDS))];
-        let mut control = rustix::net::SendAncillaryBuffer::new(&mut space);
-        if borrowed.len() > USER_CGROUP_MAX_FDS
-            || !control.push(rustix::net::SendAncillaryMessage::ScmRights(&borrowed))
-        {
-            return Err(std::io::Error::other(format!("{} descriptors are too many to hand over", borrowed.len())));
+        let mut conn = tokio::net::UnixStream::connect(via).await?;
+        drop(fd);
+        conn.writable().await?;
+        // A fresh connection's buffer takes the 20-byte message whole (a short send is refused below).
+        let sent = conn.try_io(tokio::io::Interest::WRITABLE, || {
+            let borrowed: Vec<_> = fds.iter().map(AsFd::as_fd).collect();
+            let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(USER_CGROUP_MAX_FDS))];
+            let mut control = rustix::net::SendAncillaryBuffer::new(&mut space);
+            if !control.push(rustix::net::SendAncillaryMessage::ScmRights(&borrowed)) {
+                return Err(std::io::Error::other("the descriptors do not fit the control message"));
+            }
+            let iov = [std::io::IoSlice::new(USER_CGROUP_HELLO)];
+            rustix::net::sendmsg(&conn, &iov, &mut control, rustix::net::SendFlags::NOSIGNAL).map_err(Into::into)
+        })?;
+        if sent != USER_CGROUP_HELLO.len() {
+            return Err(std::io::Error::other("the handoff message was sent in part"));
         }
-        let iov = [std::io::IoSlice::new(USER_CGROUP_HELLO)];
-        rustix::net::sendmsg(&conn, &iov, &mut control, rustix::net::SendFlags::NOSIGNAL)?;
-        let mut answer = String::new();
-        (&conn).take(512).read_to_string(&mut answer)?;
-        match answer.trim_end() {
+        let mut answer = Vec::new();
+        (&mut conn).take(512).read_to_end(&mut answer).await?;
+        match String::from_utf8_lossy(&answer).trim_end() {
             "ok" => Ok(()),
             other => Err(std::io::Error::other(format!("the agent refused the user cgroup: {other:?}"))),
         }
     }
+}
+
+/// The file system of a bot's `sock/`: a few inodes and no room for data (sockets need none), no device
+/// nodes, set-uid files or programs. The bot can write there, so this is all it can put on the host's
+/// `run_dir`, and each fresh task gets an empty one.
+pub const SOCK_TMPFS_OPTIONS: &str = "size=64k,nr_inodes=64,mode=0700";
+
+fn mount_sock(dir: &Path) -> std::io::Result<()> {
+    use rustix::mount::MountFlags;
+    let flags = MountFlags::NODEV | MountFlags::NOSUID | MountFlags::NOEXEC;
+    let data = std::ffi::CString::new(SOCK_TMPFS_OPTIONS).map_err(std::io::Error::other)?;
+    rustix::mount::mount("berth-sock", dir, "tmpfs", flags, data.as_c_str())?;
+    Ok(())
 }
 
 /// See [`AgentDir::open_socket`]: `dir` itself is opened without following a link too.
@@ -209,6 +261,7 @@ mod tests {
         assert_eq!(std::fs::read_to_string(dir.token_path()).unwrap(), "t0k3n");
         let mode = std::fs::metadata(dir.token_path()).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o600);
+        dir.remove().unwrap();
     }
 
     #[test]
@@ -223,6 +276,7 @@ mod tests {
         dir.write_token("abc").unwrap();
         assert!(std::fs::symlink_metadata(dir.conf()).unwrap().is_dir());
         assert_eq!(std::fs::read_dir(&elsewhere).unwrap().count(), 0, "something was written through the link");
+        dir.remove().unwrap();
     }
 
     #[test]
@@ -242,5 +296,23 @@ mod tests {
         let fd = dir.open_socket(CGROUP_SOCKET).unwrap();
         let via = format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&fd));
         std::os::unix::net::UnixStream::connect(via).unwrap();
+        dir.remove().unwrap();
+        assert!(!dir.root().exists());
+    }
+
+    #[test]
+    fn the_socket_directory_is_a_small_file_system_emptied_for_each_fresh_task() {
+        let t = tempfile::tempdir().unwrap();
+        let dir = AgentDir::new(t.path().join("bot"));
+        dir.prepare().unwrap();
+        // What a bot could try: fill the host's run_dir, leave a device node or a fake socket behind.
+        let big = std::fs::write(dir.sock_dir().join("fill"), vec![0u8; 1 << 20]);
+        assert!(big.is_err(), "1 MiB fitted in the socket directory");
+        let _ = std::fs::remove_file(dir.sock_dir().join("fill"));
+        std::fs::write(dir.sock_dir().join("leftover"), "x").unwrap();
+        dir.reset_sock().unwrap();
+        assert_eq!(std::fs::read_dir(dir.sock_dir()).unwrap().count(), 0);
+        dir.remove().unwrap();
+        assert!(!dir.root().exists());
     }
 }

@@ -40,13 +40,13 @@ impl<R: ContainerRuntime, N: Network> BotManager<R, N> {
             self.transition(&bot, BotState::Error, "error", &reason).await?;
             return Err(Error::Unavailable(reason));
         }
+        // The bot's socket directory is its own file system: detached, never walked.
         let dir = self.bot_dir(name);
-        let dir = dir.root();
-        // remove_dir_all does not follow links (the bot writes in `sock/`).
-        if let Err(e) = std::fs::remove_dir_all(dir)
-            && e.kind() != std::io::ErrorKind::NotFound
-        {
-            return Err(Error::internal(format!("cannot remove {}", dir.display()), e));
+        let root = dir.root().display().to_string();
+        match tokio::task::spawn_blocking(move || dir.remove()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(Error::internal(format!("cannot remove {root}"), e)),
+            Err(e) => return Err(Error::internal(format!("cannot remove {root}"), std::io::Error::other(e))),
         }
         self.store.delete_bot(name).await?;
         self.announce(name, BotState::Deleting, "deleted", "").await;

@@ -23,13 +23,19 @@ pub struct LimitsRequest {
     pub memory_bytes: Ask,
     pub cpu_millis: Ask,
     pub pids: Ask,
+    pub disk_bytes: Ask,
 }
 
 impl LimitsRequest {
     /// Exactly these limits (`None` = unlimited).
     pub fn exactly(l: Limits) -> LimitsRequest {
         let ask = |v: Option<u64>| v.map_or(Ask::Unlimited, Ask::Set);
-        LimitsRequest { memory_bytes: ask(l.memory_bytes), cpu_millis: ask(l.cpu_millis), pids: ask(l.pids) }
+        LimitsRequest {
+            memory_bytes: ask(l.memory_bytes),
+            cpu_millis: ask(l.cpu_millis),
+            pids: ask(l.pids),
+            disk_bytes: ask(l.disk_bytes),
+        }
     }
 }
 
@@ -39,6 +45,8 @@ pub const MIN_MEMORY_BYTES: u64 = 32 << 20;
 pub const MIN_CPU_MILLIS: u64 = 10;
 /// Smallest pids limit: the agent keeps at least 8 for itself; below this a shell pipeline fails.
 pub const MIN_PIDS: u64 = 32;
+/// Smallest disk limit: room for a shell's temporary files and a small `/data`.
+pub const MIN_DISK_BYTES: u64 = 16 << 20;
 /// Largest pids limit (the kernel's own `pid_max` ceiling).
 pub const MAX_PIDS: u64 = 4 << 20;
 
@@ -77,10 +85,12 @@ pub fn resolve(ask: LimitsRequest, defaults: Limits, host: Host) -> Result<Limit
         memory_bytes: pick(ask.memory_bytes, defaults.memory_bytes, host.memory_bytes),
         cpu_millis: pick(ask.cpu_millis, defaults.cpu_millis, host.cpu_millis),
         pids: pick(ask.pids, defaults.pids, MAX_PIDS),
+        disk_bytes: pick(ask.disk_bytes, defaults.disk_bytes, u64::MAX),
     };
     check("memory_bytes", l.memory_bytes, MIN_MEMORY_BYTES, host.memory_bytes, "bytes (the host's memory)")?;
     check("cpu_millis", l.cpu_millis, MIN_CPU_MILLIS, host.cpu_millis, "thousandths of a core (the host's CPUs)")?;
     check("pids", l.pids, MIN_PIDS, MAX_PIDS, "processes")?;
+    check("disk_bytes", l.disk_bytes, MIN_DISK_BYTES, i64::MAX as u64, "bytes")?;
     Ok(l)
 }
 
@@ -99,7 +109,8 @@ mod tests {
     use super::*;
 
     const HOST: Host = Host { memory_bytes: 8 << 30, cpu_millis: 4000 };
-    const DEFAULTS: Limits = Limits { memory_bytes: Some(2 << 30), cpu_millis: Some(2000), pids: Some(1024) };
+    const DEFAULTS: Limits =
+        Limits { memory_bytes: Some(2 << 30), cpu_millis: Some(2000), pids: Some(1024), disk_bytes: Some(10 << 30) };
 
     #[test]
     fn nothing_asked_means_the_defaults_and_unlimited_must_be_asked_for() {
@@ -107,7 +118,12 @@ mod tests {
         let small = Host { memory_bytes: 1 << 30, cpu_millis: 1000 };
         let cut = resolve(LimitsRequest::default(), DEFAULTS, small).unwrap();
         assert_eq!((cut.memory_bytes, cut.cpu_millis), (Some(1 << 30), Some(1000)));
-        let all = LimitsRequest { memory_bytes: Ask::Unlimited, cpu_millis: Ask::Unlimited, pids: Ask::Unlimited };
+        let all = LimitsRequest {
+            memory_bytes: Ask::Unlimited,
+            cpu_millis: Ask::Unlimited,
+            pids: Ask::Unlimited,
+            disk_bytes: Ask::Unlimited,
+        };
         assert_eq!(resolve(all, DEFAULTS, HOST).unwrap(), Limits::default());
         let one = LimitsRequest { pids: Ask::Set(64), ..Default::default() };
         assert_eq!(resolve(one, DEFAULTS, HOST).unwrap().pids, Some(64));
@@ -121,6 +137,7 @@ mod tests {
             (LimitsRequest { cpu_millis: Ask::Set(1), ..Default::default() }, "cpu_millis = 1"),
             (LimitsRequest { cpu_millis: Ask::Set(4001), ..Default::default() }, "cpu_millis"),
             (LimitsRequest { pids: Ask::Set(1), ..Default::default() }, "pids = 1"),
+            (LimitsRequest { disk_bytes: Ask::Set(1 << 20), ..Default::default() }, "disk_bytes = 1048576"),
         ] {
             let e = resolve(ask, DEFAULTS, HOST).unwrap_err().to_string();
             assert!(e.contains(field) && e.contains("between"), "{e}");

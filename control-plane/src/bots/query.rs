@@ -25,6 +25,11 @@ impl<R: ContainerRuntime, N: Network> BotManager<R, N> {
         Ok((bot, pid))
     }
 
+    /// What the bot's writable layer holds and whether its disk limit is enforced.
+    pub async fn disk_usage(&self, bot: &BotRecord) -> Result<crate::runtime::DiskUsage> {
+        Ok(self.runtime.disk_usage(&bot.container_id).await?)
+    }
+
     /// A page of bots whose labels include `selector`, after `page_token` (a bot name).
     /// Ready to serve: the database and the runtime answer, each within [`READY_DEADLINE`].
     pub async fn ready(&self) -> Result<()> {

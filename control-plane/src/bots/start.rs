@@ -51,16 +51,18 @@ impl<R: ContainerRuntime, N: Network> BotManager<R, N> {
             if fresh == Fresh::No && !running_already {
                 let token = super::new_token();
                 self.store.set_token(name, &token).await?;
-                self.bot_dir(name)
-                    .write_token(&token)
+                let dir = self.bot_dir(name);
+                dir.reset_sock()
+                    .map_err(|e| Error::internal(format!("cannot reset the agent sockets of `{name}`"), e))?;
+                dir.write_token(&token)
                     .map_err(|e| Error::internal(format!("cannot write the agent token of bot `{name}`"), e))?;
                 bot.token = token;
             }
             let log_from = self.runtime.task_log_len(&bot.container_id);
-            let pid = self.runtime.start(&bot.container_id).await?;
-            protect_agent(name, pid);
+            let started = self.runtime.start(&bot.container_id).await?;
+            protect_agent(name, started.pid);
             // A task this start created waits for its user cgroup; one found running has it already.
-            let procs = if running_already { Vec::new() } else { self.runtime.user_cgroup_procs(&bot.container_id)? };
+            let procs = if started.created { self.runtime.user_cgroup_procs(&bot.container_id)? } else { Vec::new() };
             self.wait_ready(&bot, log_from, procs).await
         }
         .await;
@@ -84,25 +86,30 @@ impl<R: ContainerRuntime, N: Network> BotManager<R, N> {
         let deadline = started_at + self.config.agent_ready_timeout;
         let mut last = String::from("no answer yet");
         let mut next_check = Instant::now();
-        let mut procs = (!procs.is_empty()).then(|| std::sync::Arc::new(procs));
+        let mut procs = (!procs.is_empty()).then_some(procs);
         while Instant::now() < deadline {
+            // Every step is bounded by what is left of the deadline: a hostile agent (the bot can replace
+            // the binary) may accept and never answer.
+            let left = deadline.saturating_duration_since(Instant::now());
             if let Some(fds) = &procs {
-                let (dir, fds) = (self.bot_dir(&bot.name), fds.clone());
-                match tokio::task::spawn_blocking(move || dir.hand_over_cgroup(&fds)).await {
+                match tokio::time::timeout(left, self.bot_dir(&bot.name).hand_over_cgroup(fds)).await {
                     Ok(Ok(())) => procs = None,
                     Ok(Err(e)) => last = format!("user cgroup handoff: {e}"),
-                    Err(e) => last = format!("user cgroup handoff: {e}"),
+                    Err(_) => last = "user cgroup handoff: no answer".into(),
                 }
             } else {
-                match self.connect_agent(bot).await {
-                    Ok(mut c) => match c.version(VersionRequest {}).await {
-                        Ok(_) => {
-                            super::lock(&self.agents).insert(bot.name.clone(), c);
-                            return Ok(());
-                        }
-                        Err(s) => last = s.message().to_string(),
-                    },
-                    Err(e) => last = e.to_string(),
+                let answer = tokio::time::timeout(left, async {
+                    let mut c = self.connect_agent(bot).await.map_err(|e| e.to_string())?;
+                    c.version(VersionRequest {}).await.map_err(|s| s.message().to_string())?;
+                    Ok::<_, String>(c)
+                });
+                match answer.await {
+                    Ok(Ok(c)) => {
+                        super::lock(&self.agents).insert(bot.name.clone(), c);
+                        return Ok(());
+                    }
+                    Ok(Err(e)) => last = e,
+                    Err(_) => last = "no answer".into(),
                 }
             }
             if Instant::now() >= next_check {

@@ -23,7 +23,12 @@ async fn manager() -> (Arc<BotManager<FakeRuntime, FakeNetwork>>, tempfile::Temp
         registry_cas: vec![],
         state_dir: dir.path().join("state"),
         import_max_bytes: 1 << 30,
-        default_limits: crate::runtime::Limits { memory_bytes: Some(1 << 30), cpu_millis: Some(1000), pids: Some(512) },
+        default_limits: crate::runtime::Limits {
+            memory_bytes: Some(1 << 30),
+            cpu_millis: Some(1000),
+            pids: Some(512),
+            disk_bytes: None,
+        },
     };
     let m = Arc::new(BotManager::new(FakeRuntime::default(), FakeNetwork::default(), store, config));
     m.import_image(std::path::Path::new("img")).await.expect("import");

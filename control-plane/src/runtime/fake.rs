@@ -113,16 +113,21 @@ impl ContainerRuntime for FakeRuntime {
         Ok(())
     }
 
-    async fn start(&self, id: &str) -> Result<u32, RuntimeError> {
+    async fn start(&self, id: &str) -> Result<super::Started, RuntimeError> {
         if self.fail_start.load(Ordering::SeqCst) {
             return Err(Self::failure("start the task"));
         }
         let pid = 1000 + self.next_pid.fetch_add(1, Ordering::SeqCst);
         match self.lock().get_mut(id) {
+            Some(TaskState::Running { pid }) => return Ok(super::Started { pid: *pid, created: false }),
             Some(s) => *s = TaskState::Running { pid },
             None => return Err(RuntimeError::NotFound { what: format!("container {id}") }),
         }
-        Ok(pid)
+        Ok(super::Started { pid, created: true })
+    }
+
+    async fn disk_usage(&self, _id: &str) -> Result<super::DiskUsage, RuntimeError> {
+        Ok(super::DiskUsage::default())
     }
 
     fn user_cgroup_procs(&self, _id: &str) -> Result<Vec<std::os::fd::OwnedFd>, RuntimeError> {

@@ -6,6 +6,7 @@ pub mod cgroup;
 pub mod containerd;
 pub mod fake;
 pub mod mount;
+pub mod quota;
 pub mod registry;
 pub mod source;
 pub mod spec;
@@ -44,13 +45,15 @@ pub struct BindMount {
     pub readonly: bool,
 }
 
-/// cgroup limits; `None` = unlimited.
+/// A bot's limits; `None` = unlimited.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Limits {
     pub memory_bytes: Option<u64>,
     /// CPU in thousandths of a core (1000 = one core).
     pub cpu_millis: Option<u64>,
     pub pids: Option<u64>,
+    /// Bytes the container's writable layer may hold (see [`quota`]).
+    pub disk_bytes: Option<u64>,
 }
 
 /// Everything needed to create a bot's container.
@@ -76,6 +79,21 @@ pub struct ContainerConfig {
     pub user_cgroup: bool,
 }
 
+/// A started task.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Started {
+    pub pid: u32,
+    /// This call created the task (else it was found running and adopted).
+    pub created: bool,
+}
+
+/// What a container's writable layer holds, and whether its disk limit is enforced.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DiskUsage {
+    pub used_bytes: Option<u64>,
+    pub enforced: bool,
+}
+
 /// A task's state as the runtime reports it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TaskState {
@@ -91,6 +109,8 @@ pub enum TaskState {
 
 /// Label naming the bot a container or snapshot belongs to.
 pub const LABEL_BOT: &str = "io.berth.bot";
+/// Container label holding its writable layer's disk limit in bytes (applied at every task start).
+pub const LABEL_DISK: &str = "io.berth.disk-bytes";
 /// Label saying what a snapshot of ours is: [`KIND_ACTIVE`] or [`KIND_SNAPSHOT`].
 pub const LABEL_KIND: &str = "io.berth.kind";
 /// The writable snapshot a bot's container runs on.
@@ -166,8 +186,9 @@ pub trait ContainerRuntime: Send + Sync + 'static {
     }
     /// Creates the container and its writable snapshot (no task yet).
     fn create(&self, config: &ContainerConfig) -> impl Future<Output = Result<(), RuntimeError>> + Send;
-    /// Creates and starts the task; returns its pid on the host.
-    fn start(&self, id: &str) -> impl Future<Output = Result<u32, RuntimeError>> + Send;
+    /// Creates and starts the task (a running one is adopted); returns its pid on the host and whether
+    /// this call created it.
+    fn start(&self, id: &str) -> impl Future<Output = Result<Started, RuntimeError>> + Send;
     /// The user cgroup's `cgroup.procs` files of container `id`'s running task, open for writing, for the
     /// agent to join its children to (handed over once per task start; see `bots::agent_dir`). Empty when
     /// the runtime has no user cgroups.
@@ -180,6 +201,9 @@ pub trait ContainerRuntime: Send + Sync + 'static {
     /// known to be alive (see `containerd/live.rs`); a task that died is always reported as such.
     fn state(&self, id: &str) -> impl Future<Output = Result<TaskState, RuntimeError>> + Send;
 
+    /// Bytes container `id`'s writable layer uses and whether a disk limit is enforced on it (`None` for
+    /// the bytes when the runtime cannot tell cheaply).
+    fn disk_usage(&self, id: &str) -> impl Future<Output = Result<DiskUsage, RuntimeError>> + Send;
     /// Answers when the runtime does (containerd's version), for readiness checks.
     fn ping(&self) -> impl Future<Output = Result<(), RuntimeError>> + Send;
 

@@ -14,7 +14,8 @@ use crate::runtime::Limits;
 macro_rules! columns {
     () => {
         "name, container_id, image, state, env_json, labels_json, memory_bytes, cpu_millis, pids, \
-         token, last_error, restart_count, created_at_ms, updated_at_ms, netns, ip, cni_result, desired, last_exit, egress"
+         token, last_error, restart_count, created_at_ms, updated_at_ms, netns, ip, cni_result, desired, last_exit, egress, \
+         disk_bytes"
     };
 }
 
@@ -44,6 +45,7 @@ fn decode(row: &AnyRow) -> Result<BotRecord, StoreError> {
             memory_bytes: unlimit(get_i("memory_bytes")?),
             cpu_millis: unlimit(get_i("cpu_millis")?),
             pids: unlimit(get_i("pids")?),
+            disk_bytes: unlimit(get_i("disk_bytes")?),
         },
         token: get_s("token")?,
         last_error: get_s("last_error")?,
@@ -74,7 +76,7 @@ impl Store {
         let sql = concat!(
             "INSERT INTO bots (",
             columns!(),
-            ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20)"
+            ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21)"
         );
         let r = sqlx::query(sql)
             .bind(&b.name)
@@ -97,6 +99,7 @@ impl Store {
             .bind(if b.desired_running { "running" } else { "stopped" })
             .bind(&b.last_exit)
             .bind(b.egress.to_db())
+            .bind(limit(b.limits.disk_bytes))
             .execute(self.pool())
             .await;
         match r {

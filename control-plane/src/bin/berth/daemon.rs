@@ -127,6 +127,10 @@ pub enum BotCommand {
         /// Maximum number of processes and threads, or `unlimited` (default: berthd's default_pids).
         #[arg(long, value_parser = |s: &str| parse_limit(s, |v| v.parse::<u64>().map_err(|e| format!("`{v}`: {e}"))))]
         pids: Option<Limit>,
+        /// Disk limit of the bot's files (its writable layer, /data included), e.g. 10G, or `unlimited`
+        /// (default: berthd's default_disk_bytes; enforced where containerd's root is on btrfs).
+        #[arg(long, value_parser = |s: &str| parse_limit(s, parse_bytes))]
+        disk: Option<Limit>,
         /// Environment variable (repeatable).
         #[arg(short = 'e', long = "env", value_parser = parse_kv)]
         env: Vec<(String, String)>,
@@ -252,7 +256,8 @@ fn json(b: &pb::Bot) -> serde_json::Value {
     let r = b.resources.unwrap_or_default();
     serde_json::json!({
         "name": b.name, "state": state_name(b.state), "image": b.image, "labels": b.labels,
-        "memory_bytes": r.memory_bytes, "cpu_millis": r.cpu_millis, "pids": r.pids,
+        "memory_bytes": r.memory_bytes, "cpu_millis": r.cpu_millis, "pids": r.pids, "disk_bytes": r.disk_bytes,
+        "disk_used_bytes": b.disk_used_bytes, "disk_quota_enforced": b.disk_quota_enforced,
         "created_at_ms": b.created_at_ms, "updated_at_ms": b.updated_at_ms, "last_error": b.last_error,
         "pid": b.pid, "env_names": b.env_names, "ip": b.ip, "restart_count": b.restart_count,
         "last_exit": b.last_exit, "desired_running": b.desired_running, "egress": egress_name(b.egress.as_ref()),
@@ -294,7 +299,7 @@ pub async fn bot(conn: &Conn, cmd: BotCommand) -> anyhow::Result<i32> {
                 c.set_egress(req).await.map_err(status_err("egress"))?.into_inner().bot.context("no bot in reply")?;
             println!("{} egress: {}", b.name, egress_name(b.egress.as_ref()));
         }
-        BotCommand::Create { name, image, memory, cpus, pids, env, labels, no_start, restore, egress } => {
+        BotCommand::Create { name, image, memory, cpus, pids, disk, env, labels, no_start, restore, egress } => {
             let req = pb::CreateBotRequest {
                 name,
                 image,
@@ -303,6 +308,7 @@ pub async fn bot(conn: &Conn, cmd: BotCommand) -> anyhow::Result<i32> {
                 resources: {
                     let ((memory_bytes, unlimited_memory), (cpu_millis, unlimited_cpu), (pids, unlimited_pids)) =
                         (limit_pb(memory), limit_pb(cpus), limit_pb(pids));
+                    let (disk_bytes, unlimited_disk) = limit_pb(disk);
                     Some(pb::Resources {
                         memory_bytes,
                         cpu_millis,
@@ -310,6 +316,8 @@ pub async fn bot(conn: &Conn, cmd: BotCommand) -> anyhow::Result<i32> {
                         unlimited_memory,
                         unlimited_cpu,
                         unlimited_pids,
+                        disk_bytes,
+                        unlimited_disk,
                     })
                 },
                 start: !no_start,
@@ -347,7 +355,7 @@ pub async fn bot(conn: &Conn, cmd: BotCommand) -> anyhow::Result<i32> {
         }
         BotCommand::Get { name, json: as_json } => {
             let b = c
-                .get_bot(pb::GetBotRequest { name })
+                .get_bot(pb::GetBotRequest { name, disk_usage: true })
                 .await
                 .map_err(status_err("get"))?
                 .into_inner()

@@ -163,6 +163,11 @@ pub struct Args {
     #[arg(long, env = "BERTH_DEFAULT_PIDS")]
     #[serde(skip_serializing_if = "Option::is_none")]
     default_pids: Option<u64>,
+    /// Disk limit of a bot created without one (its writable layer: its files, /data included), in bytes;
+    /// 0 = unlimited. Enforced where containerd's root is on btrfs (scripts/run.sh makes one).
+    #[arg(long, env = "BERTH_DEFAULT_DISK_BYTES")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    default_disk_bytes: Option<u64>,
     /// HTTP address (IP:PORT) for /metrics, /healthz and /readyz; `off` turns it off; port 0 picks one.
     #[arg(long, env = "BERTH_METRICS_LISTEN")]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -220,6 +225,7 @@ pub struct Config {
     pub default_memory_bytes: u64,
     pub default_cpu_millis: u64,
     pub default_pids: u64,
+    pub default_disk_bytes: u64,
     pub metrics_listen: String,
     pub mcp_idle_timeout_ms: u64,
     pub mcp_listen: String,
@@ -258,6 +264,7 @@ impl Default for Config {
             default_memory_bytes: 2 << 30,
             default_cpu_millis: 2000,
             default_pids: 1024,
+            default_disk_bytes: 10 << 30,
             metrics_listen: "127.0.0.1:9464".into(),
             mcp_idle_timeout_ms: 15 * 60 * 1000,
             mcp_listen: "off".into(),
@@ -324,6 +331,7 @@ impl Config {
             ("default_memory_bytes", self.default_memory_bytes, limits::MIN_MEMORY_BYTES),
             ("default_cpu_millis", self.default_cpu_millis, limits::MIN_CPU_MILLIS),
             ("default_pids", self.default_pids, limits::MIN_PIDS),
+            ("default_disk_bytes", self.default_disk_bytes, limits::MIN_DISK_BYTES),
         ] {
             if v != 0 && v < min {
                 anyhow::bail!("{name}: {v} is below the smallest limit, {min} (0 = unlimited)");
@@ -364,6 +372,7 @@ impl Config {
             memory_bytes: some(self.default_memory_bytes),
             cpu_millis: some(self.default_cpu_millis),
             pids: some(self.default_pids),
+            disk_bytes: some(self.default_disk_bytes),
         }
     }
 

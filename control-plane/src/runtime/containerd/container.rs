@@ -40,11 +40,16 @@ async fn create_under(ctd: &Containerd, c: &ContainerConfig, lease: &str) -> Res
             snaps.prepare(ctd.request(prep, Some(lease))),
         )
         .await?;
+        super::snapshot::make_quota_dir(ctd, &key).await?;
     }
     let spec = spec::build(c, ctd.namespace());
+    let mut labels = c.labels.clone();
+    if let Some(bytes) = c.limits.disk_bytes {
+        labels.insert(crate::runtime::LABEL_DISK.to_string(), bytes.to_string());
+    }
     let container = Container {
         id: c.id.clone(),
-        labels: c.labels.clone(),
+        labels,
         image: c.image.name.clone(),
         runtime: Some(Runtime { name: RUNTIME.into(), options: None }),
         spec: Some(Any { type_url: spec::SPEC_TYPE_URL.into(), value: spec.to_string().into_bytes() }),

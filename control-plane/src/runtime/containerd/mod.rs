@@ -148,9 +148,19 @@ impl ContainerRuntime for Containerd {
         container::create(self, config).await
     }
 
-    async fn start(&self, id: &str) -> Result<u32, RuntimeError> {
+    async fn start(&self, id: &str) -> Result<super::Started, RuntimeError> {
         self.live.forget(id);
         task::start(self, id).await
+    }
+
+    async fn disk_usage(&self, id: &str) -> Result<super::DiskUsage, RuntimeError> {
+        let record = snapshot::container_record(self, id).await?;
+        let Some(upper) = snapshot::upper_dir(self, &record.snapshot_key).await? else {
+            return Ok(super::DiskUsage::default());
+        };
+        let used_bytes = super::quota::usage(&upper).await;
+        let enforced = used_bytes.is_some() && record.labels.contains_key(super::LABEL_DISK);
+        Ok(super::DiskUsage { used_bytes, enforced })
     }
 
     fn user_cgroup_procs(&self, id: &str) -> Result<Vec<std::os::fd::OwnedFd>, RuntimeError> {

@@ -48,6 +48,11 @@ fn spec(m: Mount) -> MountSpec {
     MountSpec { kind: m.r#type, source: m.source, options: m.options }
 }
 
+/// A mount of containerd's as a [`MountSpec`] (borrowed).
+pub fn spec_of(m: &Mount) -> MountSpec {
+    spec(m.clone())
+}
+
 /// The labels every kept snapshot gets on top of the caller's.
 fn rooted(mut labels: HashMap<String, String>) -> HashMap<String, String> {
     labels.insert(GC_ROOT.into(), rfc3339(std::time::SystemTime::now()));
@@ -55,10 +60,29 @@ fn rooted(mut labels: HashMap<String, String>) -> HashMap<String, String> {
 }
 
 pub async fn container_snapshot(ctd: &Containerd, id: &str) -> Result<String, RuntimeError> {
+    Ok(container_record(ctd, id).await?.snapshot_key)
+}
+
+/// The container's record (its snapshot key and labels).
+pub async fn container_record(ctd: &Containerd, id: &str) -> Result<Container, RuntimeError> {
     let mut c = ContainersClient::new(ctd.channel.clone());
     let req = GetContainerRequest { id: id.to_string() };
     let got = ctd.call("read the container", format!("container {id}"), c.get(ctd.request(req, None))).await?;
-    got.container.map(|c| c.snapshot_key).ok_or_else(|| RuntimeError::NotFound { what: format!("container {id}") })
+    got.container.ok_or_else(|| RuntimeError::NotFound { what: format!("container {id}") })
+}
+
+/// The host directory of writable snapshot `key`'s own files (an overlay's upper directory).
+pub async fn upper_dir(ctd: &Containerd, key: &str) -> Result<Option<std::path::PathBuf>, RuntimeError> {
+    Ok(mounts(ctd, key).await?.upper_dir())
+}
+
+/// Makes a just-prepared snapshot's (empty) upper directory a btrfs subvolume where containerd's root is
+/// on btrfs, so it can be given a disk limit (see `runtime::quota`).
+pub async fn make_quota_dir(ctd: &Containerd, key: &str) -> Result<(), RuntimeError> {
+    match upper_dir(ctd, key).await? {
+        Some(dir) => crate::runtime::quota::make_subvolume(&dir).await,
+        None => Ok(()),
+    }
 }
 
 pub async fn set_container_snapshot(ctd: &Containerd, id: &str, key: &str) -> Result<(), RuntimeError> {
@@ -116,7 +140,7 @@ pub async fn prepare(
         labels: rooted(labels),
     };
     ctd.call("prepare a snapshot", format!("snapshot {key}"), client(ctd).prepare(ctd.request(req, None))).await?;
-    Ok(())
+    make_quota_dir(ctd, key).await
 }
 
 pub async fn remove(ctd: &Containerd, key: &str) -> Result<(), RuntimeError> {

@@ -12,7 +12,7 @@ use containerd_client::services::v1::{
 use containerd_client::types::v1::{Process, Status};
 
 use super::{Containerd, SNAPSHOTTER};
-use crate::runtime::{RuntimeError, TaskState};
+use crate::runtime::{RuntimeError, Started, TaskState};
 
 /// How long to wait for a task to die after SIGKILL.
 const KILL_WAIT: Duration = Duration::from_secs(10);
@@ -24,16 +24,17 @@ pub fn log_uri(path: &std::path::Path) -> String {
 
 /// Creates and starts the task; returns its pid. A task left by an interrupted earlier start (created but
 /// never started, or dead) is removed first; one that is already running is adopted.
-pub async fn start(ctd: &Containerd, id: &str) -> Result<u32, RuntimeError> {
+pub async fn start(ctd: &Containerd, id: &str) -> Result<Started, RuntimeError> {
     match status(ctd, id).await? {
         None => {}
-        Some((Status::Running, pid)) => return Ok(pid),
+        Some((Status::Running, pid)) => return Ok(Started { pid, created: false }),
         Some((s, _)) => {
             tracing::warn!(container.id = id, status = ?s, "removing a task left by an interrupted start");
             remove(ctd, id).await?;
         }
     }
-    let key = super::snapshot::container_snapshot(ctd, id).await?;
+    let record = super::snapshot::container_record(ctd, id).await?;
+    let key = record.snapshot_key;
     let mut snaps = SnapshotsClient::new(ctd.channel.clone());
     let mounts = MountsRequest { snapshotter: SNAPSHOTTER.into(), key: key.clone() };
     let rootfs = ctd
@@ -45,8 +46,9 @@ pub async fn start(ctd: &Containerd, id: &str) -> Result<u32, RuntimeError> {
         std::fs::create_dir_all(dir)
             .map_err(|source| RuntimeError::Io { op: format!("create {}", dir.display()), source })?;
     }
-    // The user cgroup's files are bind-mounted into the container, so they must exist first.
+    // The user cgroup exists before the task, so berthd can hand its files to the agent at once.
     crate::runtime::cgroup::prepare(ctd.namespace(), id)?;
+    apply_disk_limit(id, &rootfs, record.labels.get(crate::runtime::LABEL_DISK)).await;
     let mut tasks = TasksClient::new(ctd.channel.clone());
     let create = CreateTaskRequest {
         container_id: id.to_string(),
@@ -64,7 +66,7 @@ pub async fn start(ctd: &Containerd, id: &str) -> Result<u32, RuntimeError> {
                 // The bot runs, only without the agent's reserve: worth an error in the log, not a failed start.
                 tracing::error!(container.id = id, error = %crate::error::chain(&e), "cannot limit the user cgroup");
             }
-            Ok(r.pid)
+            Ok(Started { pid: r.pid, created: true })
         }
         Err(e) => {
             remove(ctd, id).await?;
@@ -172,5 +174,25 @@ async fn delete_task(ctd: &Containerd, id: &str) -> Result<(), RuntimeError> {
             Ok(())
         }
         Err(e) => Err(e),
+    }
+}
+
+/// Applies the container's disk limit (label [`LABEL_DISK`](crate::runtime::LABEL_DISK), absent =
+/// unlimited) to its writable layer before the task runs. Where containerd's root has no quotas the bot
+/// runs without one, and `disk_usage` says so; that is logged, not a failed start.
+async fn apply_disk_limit(id: &str, rootfs: &[containerd_client::types::Mount], label: Option<&String>) {
+    let Some(upper) = rootfs.first().and_then(|m| super::snapshot::spec_of(m).upper_dir()) else { return };
+    let limit = label.and_then(|v| v.parse::<u64>().ok());
+    if !crate::runtime::quota::supported(&upper) {
+        if limit.is_some() {
+            tracing::warn!(
+                container.id = id,
+                "containerd's root is not on btrfs: the bot's disk limit is not enforced"
+            );
+        }
+        return;
+    }
+    if let Err(e) = crate::runtime::quota::set_limit(&upper, limit).await {
+        tracing::warn!(container.id = id, error = %crate::error::chain(&e), "cannot apply the bot's disk limit");
     }
 }

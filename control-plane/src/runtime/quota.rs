@@ -1,0 +1,89 @@
+//! Per-bot disk quotas. containerd's overlayfs snapshotter has none, so where containerd's root is on
+//! btrfs, each writable layer's directory (an overlay's upper directory) is made a btrfs subvolume the
+//! moment it is prepared (still empty), and its qgroup gets the bot's limit when its task starts: a write
+//! past it fails with EDQUOT in that bot only. Elsewhere the layers are plain directories and bots have no
+//! disk quota (berthd says so in the bot's `disk_quota`; see docs/SECURITY.md).
+//!
+//! btrfs is driven through `btrfs` from btrfs-progs (subvolume create, quota enable, qgroup limit/show),
+//! with a deadline on every call. The directories are under containerd's root, which no bot can write.
+
+use std::path::Path;
+use std::time::Duration;
+
+use super::RuntimeError;
+
+/// `statfs` magic of btrfs.
+const BTRFS_SUPER_MAGIC: i64 = 0x9123_683e;
+/// How long one `btrfs` command may take.
+const BTRFS_DEADLINE: Duration = Duration::from_secs(20);
+
+/// Whether `dir` is on btrfs (so quotas can be had there).
+pub fn supported(dir: &Path) -> bool {
+    #[allow(clippy::unnecessary_cast)] // f_type's width differs between architectures
+    rustix::fs::statfs(dir).is_ok_and(|s| s.f_type as i64 == BTRFS_SUPER_MAGIC)
+}
+
+/// Makes the empty directory `dir` a btrfs subvolume (so it can get a limit), with quotas on for its
+/// file system. A directory that is already one, holds files, or is not on btrfs is left alone.
+pub async fn make_subvolume(dir: &Path) -> Result<(), RuntimeError> {
+    if !supported(dir) || is_subvolume(dir) {
+        return Ok(());
+    }
+    let empty = std::fs::read_dir(dir).map(|mut d| d.next().is_none()).unwrap_or(false);
+    if !empty {
+        return Ok(());
+    }
+    let io = |op: &str, source| RuntimeError::Io { op: format!("{op} {}", dir.display()), source };
+    std::fs::remove_dir(dir).map_err(|e| io("replace with a subvolume", e))?;
+    btrfs(&["subvolume", "create"], dir).await?;
+    // Quotas on the file system (a no-op once on); a limit set later needs them.
+    btrfs(&["quota", "enable"], dir).await
+}
+
+/// Sets (`Some`) or lifts (`None`) the limit of subvolume `dir`, counting every byte it references.
+pub async fn set_limit(dir: &Path, bytes: Option<u64>) -> Result<(), RuntimeError> {
+    if !is_subvolume(dir) {
+        return Err(RuntimeError::Conflict {
+            op: format!("limit the disk use of {}", dir.display()),
+            reason: "it is not a btrfs subvolume (containerd's root is not on btrfs, or the layer predates it)".into(),
+        });
+    }
+    let size = bytes.map_or_else(|| "none".to_string(), |b| b.to_string());
+    btrfs(&["qgroup", "limit", &size], dir).await
+}
+
+/// Bytes subvolume `dir` uses, as its qgroup counts them (`None` when it is no subvolume).
+pub async fn usage(dir: &Path) -> Option<u64> {
+    if !is_subvolume(dir) {
+        return None;
+    }
+    let out = run(&["qgroup", "show", "-rfe", "--raw"], dir).await.ok()?;
+    // "qgroupid rfer excl max_rfer max_excl [path]": the row of this subvolume's own qgroup (0/ID).
+    out.lines().filter(|l| l.starts_with("0/")).find_map(|l| l.split_whitespace().nth(1)?.parse().ok())
+}
+
+/// A subvolume's root directory has inode number 256 on btrfs.
+fn is_subvolume(dir: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    supported(dir) && std::fs::symlink_metadata(dir).is_ok_and(|m| m.is_dir() && m.ino() == 256)
+}
+
+async fn btrfs(args: &[&str], dir: &Path) -> Result<(), RuntimeError> {
+    run(args, dir).await.map(|_| ())
+}
+
+async fn run(args: &[&str], dir: &Path) -> Result<String, RuntimeError> {
+    let op = format!("btrfs {} {}", args.join(" "), dir.display());
+    let mut cmd = tokio::process::Command::new("btrfs");
+    cmd.args(args).arg(dir).kill_on_drop(true);
+    let out = match tokio::time::timeout(BTRFS_DEADLINE, cmd.output()).await {
+        Ok(Ok(out)) => out,
+        Ok(Err(source)) => return Err(RuntimeError::Io { op, source }),
+        Err(_) => return Err(RuntimeError::Timeout { op, after: BTRFS_DEADLINE }),
+    };
+    if !out.status.success() {
+        let said = String::from_utf8_lossy(&out.stderr).trim().to_string();
+        return Err(RuntimeError::Io { op, source: std::io::Error::other(format!("{}: {said}", out.status)) });
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
