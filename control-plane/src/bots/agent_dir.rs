@@ -88,7 +88,7 @@ impl AgentDir {
     /// the bot left there (files, links, a fake socket) survives into the next.
     pub fn reset_sock(&self) -> std::io::Result<()> {
         if self.sock_mounted()? {
-            rustix::mount::unmount(&self.sock_dir(), rustix::mount::UnmountFlags::DETACH)?;
+            rustix::mount::unmount(self.sock_dir(), rustix::mount::UnmountFlags::DETACH)?;
         }
         self.prepare()
     }
@@ -97,7 +97,7 @@ impl AgentDir {
     /// walked), then what berthd wrote. Blocking.
     pub fn remove(&self) -> std::io::Result<()> {
         if std::fs::symlink_metadata(self.sock_dir()).is_ok_and(|m| m.is_dir()) && self.sock_mounted()? {
-            rustix::mount::unmount(&self.sock_dir(), rustix::mount::UnmountFlags::DETACH)?;
+            rustix::mount::unmount(self.sock_dir(), rustix::mount::UnmountFlags::DETACH)?;
         }
         match std::fs::remove_dir_all(&self.root) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
