@@ -8,7 +8,7 @@ mkdir -p "$deps"
 
 # containerd, runc and the CNI plugins run bots; busybox-static goes into the minimal image; the tests
 # start private PostgreSQL servers and OCI registries (docker-registry, htpasswd from apache2-utils, certificates from openssl); debootstrap builds the full image; iptables carries the firewall rules berthd owns; docker-compose (Python, no engine needed) validates devenv/docker-compose.yml.
-apt_pkgs=(protobuf-compiler python3-venv containerd runc containernetworking-plugins busybox-static postgresql docker-registry apache2-utils openssl debootstrap iptables iproute2 docker-compose curl)
+apt_pkgs=(protobuf-compiler python3-venv containerd runc containernetworking-plugins busybox-static postgresql docker-registry apache2-utils openssl debootstrap iptables iproute2 docker-compose curl btrfs-progs)
 missing=()
 for p in "${apt_pkgs[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 if [ "${#missing[@]}" -gt 0 ]; then

@@ -288,7 +288,9 @@ async fn concurrency(b: &TestBerthd, report: &mut Report) {
                             unary.push(t.elapsed());
                         }
                         let t = Instant::now();
-                        g.get_bot(pb::GetBotRequest { name: format!("c{}", k % 4), ..Default::default() }).await.unwrap();
+                        g.get_bot(pb::GetBotRequest { name: format!("c{}", k % 4), ..Default::default() })
+                            .await
+                            .unwrap();
                         if i >= 5 {
                             get.push(t.elapsed());
                         }

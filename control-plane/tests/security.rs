@@ -677,3 +677,44 @@ async fn limits_and_environment_names_out_of_range_are_refused_with_their_bounds
     );
     assert_eq!(b.sh("bounded", "echo ok").await, "ok\n");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bot_cannot_write_past_its_disk_quota_and_the_others_keep_working() {
+    // containerd's root on btrfs, as scripts/run.sh sets it up; a 64 MiB default disk limit.
+    let ctd = support::containerd::PrivateContainerd::start_on_btrfs(2048);
+    let b = TestBerthd::start_on(ctd, None, &["--default-disk-bytes", "67108864"]);
+    b.cli(&["bot", "create", "filler"]);
+    b.cli(&["bot", "create", "other", "--disk", "unlimited"]);
+    let got: serde_json::Value = serde_json::from_str(&b.cli(&["bot", "get", "filler", "--json"])).unwrap();
+    assert_eq!(
+        (got["disk_bytes"].as_u64(), got["disk_quota_enforced"].as_bool()),
+        (Some(64 << 20), Some(true)),
+        "{got}"
+    );
+    let fill = "dd if=/dev/zero of=/data/fill bs=1M count=200 2>&1; sync; du -m /data/fill | cut -f1";
+    let (_, out) = attempt(&b, "filler", fill).await;
+    assert!(out.contains("quota exceeded"), "200 MB went into a bot with a 64 MiB quota: {out}");
+    let written: u64 = out.lines().last().unwrap().trim().parse().unwrap();
+    assert!((32..=64).contains(&written), "{written} MiB written under a 64 MiB quota: {out}");
+    // The host, the other bot, containerd (a snapshot) and the full bot's own agent keep working.
+    assert_eq!(
+        b.sh("other", "dd if=/dev/zero of=/data/big bs=1M count=100 2>/dev/null && echo wrote").await,
+        "wrote\n"
+    );
+    b.cli(&["snapshot", "create", "other", "--name", "fine"]);
+    assert_eq!(b.sh("filler", "echo alive").await, "alive\n");
+    let got: serde_json::Value = serde_json::from_str(&b.cli(&["bot", "get", "filler", "--json"])).unwrap();
+    assert!(got["disk_used_bytes"].as_u64().unwrap() >= 32 << 20, "{got}");
+    // Freeing space works; the quota holds across a restart and on the layer a rollback makes.
+    assert_eq!(b.sh("filler", "rm /data/fill && echo freed > /data/x && cat /data/x").await, "freed\n");
+    b.cli(&["snapshot", "create", "filler", "--name", "small"]);
+    b.cli(&["snapshot", "rollback", "filler", "small"]);
+    b.cli(&["bot", "stop", "filler"]);
+    b.cli(&["bot", "start", "filler"]);
+    let (_, out) = attempt(&b, "filler", fill).await;
+    assert!(out.contains("quota exceeded"), "the quota was lost in a rollback and restart: {out}");
+    record(
+        "fill the disk (200 MB into a bot whose default disk limit is 64 MiB)",
+        "EDQUOT (\"Disk quota exceeded\") at the limit, in that bot only: another bot writes 100 MB, a snapshot is taken, the full bot's agent answers; the limit holds after a rollback and a restart (btrfs qgroup on the writable layer)",
+    );
+}

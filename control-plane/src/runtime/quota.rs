@@ -1,7 +1,7 @@
 //! Per-bot disk quotas. containerd's overlayfs snapshotter has none, so where containerd's root is on
-//! btrfs, each writable layer's directory (an overlay's upper directory) is made a btrfs subvolume the
-//! moment it is prepared (still empty), and its qgroup gets the bot's limit when its task starts: a write
-//! past it fails with EDQUOT in that bot only. Elsewhere the layers are plain directories and bots have no
+//! btrfs, each writable snapshot's directory (an overlay's upper and work directories, which overlayfs
+//! needs on one subvolume) is made a btrfs subvolume the moment it is prepared (still empty), and its
+//! qgroup gets the bot's limit when its task starts: a write past it fails with EDQUOT in that bot only. Elsewhere the layers are plain directories and bots have no
 //! disk quota (berthd says so in the bot's `disk_quota`; see docs/SECURITY.md).
 //!
 //! btrfs is driven through `btrfs` from btrfs-progs (subvolume create, quota enable, qgroup limit/show),
@@ -23,21 +23,49 @@ pub fn supported(dir: &Path) -> bool {
     rustix::fs::statfs(dir).is_ok_and(|s| s.f_type as i64 == BTRFS_SUPER_MAGIC)
 }
 
-/// Makes the empty directory `dir` a btrfs subvolume (so it can get a limit), with quotas on for its
-/// file system. A directory that is already one, holds files, or is not on btrfs is left alone.
-pub async fn make_subvolume(dir: &Path) -> Result<(), RuntimeError> {
-    if !supported(dir) || is_subvolume(dir) {
-        return Ok(());
+/// Makes the directory of a just-prepared overlay snapshot (the parent of its empty upper directory
+/// `upper` and of its work directory, which overlayfs needs on the same subvolume) a btrfs subvolume, so
+/// it can get a limit, with quotas on for its file system. A snapshot that is already one, holds files,
+/// or is not on btrfs is left alone. Returns the subvolume's path (when there is one).
+pub async fn make_subvolume(upper: &Path) -> Result<Option<std::path::PathBuf>, RuntimeError> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    let Some(snapshot) = upper.parent() else { return Ok(None) };
+    if !supported(snapshot) {
+        return Ok(None);
     }
-    let empty = std::fs::read_dir(dir).map(|mut d| d.next().is_none()).unwrap_or(false);
-    if !empty {
-        return Ok(());
+    if is_subvolume(snapshot) {
+        return Ok(Some(snapshot.to_path_buf()));
     }
-    let io = |op: &str, source| RuntimeError::Io { op: format!("{op} {}", dir.display()), source };
-    std::fs::remove_dir(dir).map_err(|e| io("replace with a subvolume", e))?;
-    btrfs(&["subvolume", "create"], dir).await?;
+    let io = |op: &str, source| RuntimeError::Io { op: format!("{op} {}", snapshot.display()), source };
+    // Only the two empty directories containerd just made, kept with their modes.
+    let mut children = Vec::new();
+    for entry in std::fs::read_dir(snapshot).map_err(|e| io("read", e))? {
+        let entry = entry.map_err(|e| io("read", e))?;
+        let meta = entry.metadata().map_err(|e| io("read", e))?;
+        let empty = std::fs::read_dir(entry.path()).map(|mut d| d.next().is_none()).unwrap_or(false);
+        if !meta.is_dir() || !empty {
+            return Ok(None);
+        }
+        children.push((entry.file_name(), meta.permissions().mode()));
+    }
+    for (name, _) in &children {
+        std::fs::remove_dir(snapshot.join(name)).map_err(|e| io("empty", e))?;
+    }
+    std::fs::remove_dir(snapshot).map_err(|e| io("replace with a subvolume", e))?;
+    btrfs(&["subvolume", "create"], snapshot).await?;
+    for (name, mode) in &children {
+        std::fs::DirBuilder::new().mode(*mode & 0o7777).create(snapshot.join(name)).map_err(|e| io("refill", e))?;
+        std::fs::set_permissions(snapshot.join(name), std::fs::Permissions::from_mode(*mode & 0o7777))
+            .map_err(|e| io("refill", e))?;
+    }
     // Quotas on the file system (a no-op once on); a limit set later needs them.
-    btrfs(&["quota", "enable"], dir).await
+    btrfs(&["quota", "enable"], snapshot).await?;
+    Ok(Some(snapshot.to_path_buf()))
+}
+
+/// The subvolume holding upper directory `upper` (its snapshot's directory), if it is one.
+pub fn subvolume_of(upper: &Path) -> Option<&Path> {
+    upper.parent().filter(|p| is_subvolume(p))
 }
 
 /// Sets (`Some`) or lifts (`None`) the limit of subvolume `dir`, counting every byte it references.

@@ -25,10 +25,32 @@ impl PrivateContainerd {
     /// Starts containerd with its root (images and bots' writable layers) on a tmpfs of `mib` MiB, so a
     /// bot can fill its disk without filling the host's.
     pub fn start_with_disk(mib: Option<u64>) -> PrivateContainerd {
+        Self::start_on(mib.map(Disk::Tmpfs))
+    }
+
+    /// Starts containerd with its root on a loop-mounted btrfs image of `mib` MiB with quotas on (what
+    /// `scripts/run.sh` sets up), where berthd enforces per-bot disk limits.
+    pub fn start_on_btrfs(mib: u64) -> PrivateContainerd {
+        Self::start_on(Some(Disk::Btrfs(mib)))
+    }
+
+    fn start_on(disk: Option<Disk>) -> PrivateContainerd {
         let bin = which("containerd").expect("containerd is not installed: run scripts/install-deps.sh");
         let dir = tempfile::tempdir().expect("tempdir");
         let d = dir.path();
-        if let Some(mib) = mib {
+        if let Some(Disk::Btrfs(mib)) = disk {
+            let (image, root) = (d.join("root.img"), d.join("root"));
+            std::fs::create_dir_all(&root).expect("containerd root");
+            std::fs::File::create(&image).and_then(|f| f.set_len(mib << 20)).expect("btrfs image");
+            let run = |cmd: &mut Command| {
+                let o = cmd.output().expect("run");
+                assert!(o.status.success(), "{cmd:?}: {}", String::from_utf8_lossy(&o.stderr));
+            };
+            run(Command::new("mkfs.btrfs").arg("-q").arg(&image));
+            run(Command::new("mount").args(["-o", "loop"]).arg(&image).arg(&root));
+            run(Command::new("btrfs").args(["quota", "enable"]).arg(&root));
+        }
+        if let Some(Disk::Tmpfs(mib)) = disk {
             std::fs::create_dir_all(d.join("root")).expect("containerd root");
             let st = Command::new("mount")
                 .args(["-t", "tmpfs", "-o", &format!("size={mib}m"), "tmpfs"])
@@ -121,6 +143,13 @@ impl PrivateContainerd {
     pub fn ctr_ls(&self, what: &str) -> Vec<String> {
         self.ctr(&[what, "ls"]).lines().skip(1).filter_map(|l| l.split_whitespace().next().map(String::from)).collect()
     }
+}
+
+/// What containerd's root is on, when not the test's temporary directory.
+#[derive(Debug, Clone, Copy)]
+enum Disk {
+    Tmpfs(u64),
+    Btrfs(u64),
 }
 
 impl Drop for PrivateContainerd {

@@ -158,7 +158,8 @@ impl ContainerRuntime for Containerd {
         let Some(upper) = snapshot::upper_dir(self, &record.snapshot_key).await? else {
             return Ok(super::DiskUsage::default());
         };
-        let used_bytes = super::quota::usage(&upper).await;
+        let Some(subvolume) = super::quota::subvolume_of(&upper) else { return Ok(super::DiskUsage::default()) };
+        let used_bytes = super::quota::usage(subvolume).await;
         let enforced = used_bytes.is_some() && record.labels.contains_key(super::LABEL_DISK);
         Ok(super::DiskUsage { used_bytes, enforced })
     }

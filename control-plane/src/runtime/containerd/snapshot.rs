@@ -80,7 +80,7 @@ pub async fn upper_dir(ctd: &Containerd, key: &str) -> Result<Option<std::path::
 /// on btrfs, so it can be given a disk limit (see `runtime::quota`).
 pub async fn make_quota_dir(ctd: &Containerd, key: &str) -> Result<(), RuntimeError> {
     match upper_dir(ctd, key).await? {
-        Some(dir) => crate::runtime::quota::make_subvolume(&dir).await,
+        Some(dir) => crate::runtime::quota::make_subvolume(&dir).await.map(|_| ()),
         None => Ok(()),
     }
 }

@@ -183,16 +183,13 @@ async fn delete_task(ctd: &Containerd, id: &str) -> Result<(), RuntimeError> {
 async fn apply_disk_limit(id: &str, rootfs: &[containerd_client::types::Mount], label: Option<&String>) {
     let Some(upper) = rootfs.first().and_then(|m| super::snapshot::spec_of(m).upper_dir()) else { return };
     let limit = label.and_then(|v| v.parse::<u64>().ok());
-    if !crate::runtime::quota::supported(&upper) {
+    let Some(subvolume) = crate::runtime::quota::subvolume_of(&upper) else {
         if limit.is_some() {
-            tracing::warn!(
-                container.id = id,
-                "containerd's root is not on btrfs: the bot's disk limit is not enforced"
-            );
+            tracing::warn!(container.id = id, "the bot's layer is no btrfs subvolume: its disk limit is not enforced");
         }
         return;
-    }
-    if let Err(e) = crate::runtime::quota::set_limit(&upper, limit).await {
+    };
+    if let Err(e) = crate::runtime::quota::set_limit(subvolume, limit).await {
         tracing::warn!(container.id = id, error = %crate::error::chain(&e), "cannot apply the bot's disk limit");
     }
 }
