@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Sets up and runs Berth on this machine: installs what is missing, builds berthd, the berth CLI, the
-# static agent and the minimal bot image, starts a private containerd (its own root, state and socket
-# under ./.run) and berthd on SQLite, and prints how to connect. Ctrl-C stops everything cleanly: berthd,
+# static agent and the minimal bot image, starts a private containerd (its own root, on a loop-mounted
+# btrfs image for disk quotas, state and socket under ./.run) and berthd on SQLite, and prints how to
+# connect. Ctrl-C stops everything cleanly: berthd,
 # the bots' tasks (their data stays), and the private containerd.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
@@ -15,6 +16,24 @@ run="$root/.run"
 ctd="$run/containerd"
 ns=berth
 mkdir -p "$ctd" "$run/state" "$run/run"
+
+# containerd's root on btrfs, so every bot gets a hard disk quota (a qgroup on its writable layer): a
+# sparse image file, loop-mounted, sized half the free space here (at most 256 GiB; BERTH_ROOT_SIZE, e.g.
+# 100G, overrides). A root that already holds an older, non-btrfs setup is kept as it is: bots then run
+# without a disk quota (`berth bot get` says disk_quota_enforced: false).
+img="$run/containerd-root.btrfs"
+mkdir -p "$ctd/root"
+if ! mountpoint -q "$ctd/root"; then
+  if [ ! -f "$img" ] && [ -z "$(ls -A "$ctd/root")" ]; then
+    free_kib=$(df -Pk "$run" | awk 'NR==2 {print $4}')
+    size="${BERTH_ROOT_SIZE:-$(( free_kib / 2 / 1024 / 1024 < 256 ? free_kib / 2 / 1024 / 1024 : 256 ))G}"
+    truncate -s "$size" "$img" && mkfs.btrfs -q "$img" >/dev/null || { rm -f "$img"; echo "run.sh: no btrfs image: bots get no disk quota" >&2; }
+  fi
+  if [ -f "$img" ]; then
+    mount -o loop "$img" "$ctd/root" && btrfs quota enable "$ctd/root" \
+      || echo "run.sh: cannot mount $img with quotas: bots get no disk quota" >&2
+  fi
+fi
 cat > "$ctd/config.toml" <<TOML
 version = 2
 root = "$ctd/root"
@@ -44,6 +63,7 @@ cleanup() {
     done
   fi
   [ -n "${ctd_pid:-}" ] && kill -TERM "$ctd_pid" 2>/dev/null && wait "$ctd_pid" 2>/dev/null || true
+  if mountpoint -q "$ctd/root"; then umount "$ctd/root" 2>/dev/null || umount -l "$ctd/root" || true; fi
   echo "stopped. Bots and their data are kept in $run; run scripts/run.sh again to continue."
 }
 trap cleanup INT TERM EXIT
