@@ -105,6 +105,14 @@ impl AgentDir {
         }
     }
 
+    /// Whether this is the layout of berthd before the split (the token and socket directly in the bot's
+    /// read-write directory): such a bot's container mounts the whole directory and passes the old agent
+    /// arguments, so it cannot be started safely; it has to be re-created.
+    pub fn is_old_layout(&self) -> bool {
+        std::fs::symlink_metadata(self.root.join("token")).is_ok()
+            || std::fs::symlink_metadata(self.root.join("agent.sock")).is_ok()
+    }
+
     /// Whether `sock/` is a mount point (a different device than its parent).
     fn sock_mounted(&self) -> std::io::Result<bool> {
         use std::os::unix::fs::MetadataExt;

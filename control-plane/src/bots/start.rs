@@ -46,6 +46,12 @@ impl<R: ContainerRuntime, N: Network> BotManager<R, N> {
         self.evict_agent(name);
         let mut bot = bot.clone();
         let started = async {
+            if self.bot_dir(name).is_old_layout() {
+                return Err(Error::FailedPrecondition(format!(
+                    "bot `{name}` was created by an older berthd, whose agent directory its bot could write; \
+                     re-create it to start it: berth bot rm --keep-data {name}; berth bot create {name} --restore"
+                )));
+            }
             let running_already =
                 fresh == Fresh::No && matches!(self.runtime.state(&bot.container_id).await?, TaskState::Running { .. });
             if fresh == Fresh::No && !running_already {

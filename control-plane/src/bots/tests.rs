@@ -129,3 +129,16 @@ async fn a_failed_network_setup_leaves_the_bot_in_error_without_a_container() {
     m.delete("online", false).await.expect("delete");
     assert!(m.network.attached().is_empty());
 }
+
+#[tokio::test]
+async fn a_bot_with_the_old_writable_agent_directory_is_not_started_and_says_how_to_recreate_it() {
+    let (m, dir) = manager().await;
+    m.create(req("legacy")).await.expect("create");
+    // What berthd before the split left: the token straight in the bot's (then read-write) directory.
+    std::fs::write(dir.path().join("run/legacy/token"), "old").expect("old token");
+    let e = m.start("legacy").await.expect_err("an old-layout bot started");
+    assert!(matches!(&e, Error::FailedPrecondition(m) if m.contains("berth bot create legacy --restore")), "{e:?}");
+    let b = m.store.get_bot("legacy").await.expect("get");
+    assert_eq!(b.state, BotState::Error);
+    assert!(b.last_error.contains("re-create it"), "{}", b.last_error);
+}
