@@ -29,9 +29,13 @@ if ! mountpoint -q "$ctd/root"; then
     size="${BERTH_ROOT_SIZE:-$(( free_kib / 2 / 1024 / 1024 < 256 ? free_kib / 2 / 1024 / 1024 : 256 ))G}"
     truncate -s "$size" "$img" && mkfs.btrfs -q "$img" >/dev/null || { rm -f "$img"; echo "run.sh: no btrfs image: bots get no disk quota" >&2; }
   fi
-  if [ -f "$img" ]; then
-    mount -o loop "$img" "$ctd/root" && btrfs quota enable "$ctd/root" \
-      || echo "run.sh: cannot mount $img with quotas: bots get no disk quota" >&2
+  # Only onto an empty root: one an earlier run filled without the image stays as it is.
+  if [ -f "$img" ] && [ -z "$(ls -A "$ctd/root")" ]; then
+    if ! mount -o loop,discard "$img" "$ctd/root"; then
+      echo "run.sh: cannot mount $img: bots get no disk quota" >&2
+    elif ! btrfs quota enable "$ctd/root"; then
+      echo "run.sh: cannot turn on btrfs quotas on $img: bots get no disk quota" >&2
+    fi
   fi
 fi
 cat > "$ctd/config.toml" <<TOML

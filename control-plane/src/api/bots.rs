@@ -48,7 +48,7 @@ impl<R: ContainerRuntime, N: Network> BotService for Bots<R, N> {
     async fn get_bot(&self, r: Request<pb::GetBotRequest>) -> Res<pb::GetBotResponse> {
         Scope::of(&r).allow(&r.get_ref().name)?;
         let (b, pid) = self.m.get(&r.get_ref().name).await?;
-        let disk = if r.get_ref().disk_usage { Some(self.m.disk_usage(&b).await?) } else { None };
+        let disk = if r.get_ref().disk_usage { Some(self.m.disk_usage(&b).await) } else { None };
         let mut bot = convert::bot(b, pid);
         if let Some(d) = disk {
             bot.disk_used_bytes = d.used_bytes.unwrap_or(0);

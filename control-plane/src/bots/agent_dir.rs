@@ -87,7 +87,8 @@ impl AgentDir {
     /// Empties `sock/` for a task about to be created: a fresh file system, so nothing an earlier run of
     /// the bot left there (files, links, a fake socket) survives into the next.
     pub fn reset_sock(&self) -> std::io::Result<()> {
-        if self.sock_mounted()? {
+        // After a reboot (`run_dir` on a tmpfs) nothing is there: prepare makes it all.
+        if std::fs::symlink_metadata(self.sock_dir()).is_ok_and(|m| m.is_dir()) && self.sock_mounted()? {
             rustix::mount::unmount(self.sock_dir(), rustix::mount::UnmountFlags::DETACH)?;
         }
         self.prepare()
@@ -322,5 +323,9 @@ mod tests {
         assert_eq!(std::fs::read_dir(dir.sock_dir()).unwrap().count(), 0);
         dir.remove().unwrap();
         assert!(!dir.root().exists());
+        // After a reboot (run_dir on a tmpfs) nothing is there at all: a fresh start makes it again.
+        dir.reset_sock().unwrap();
+        assert!(dir.sock_dir().is_dir() && dir.conf().is_dir());
+        dir.remove().unwrap();
     }
 }

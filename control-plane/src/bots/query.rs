@@ -26,8 +26,16 @@ impl<R: ContainerRuntime, N: Network> BotManager<R, N> {
     }
 
     /// What the bot's writable layer holds and whether its disk limit is enforced.
-    pub async fn disk_usage(&self, bot: &BotRecord) -> Result<crate::runtime::DiskUsage> {
-        Ok(self.runtime.disk_usage(&bot.container_id).await?)
+    /// Informational: a bot without a container (a failed create) or a runtime that cannot tell reads as
+    /// nothing known, never as a failed `GetBot`.
+    pub async fn disk_usage(&self, bot: &BotRecord) -> crate::runtime::DiskUsage {
+        match self.runtime.disk_usage(&bot.container_id).await {
+            Ok(d) => d,
+            Err(e) => {
+                tracing::debug!(bot.name = %bot.name, error = %crate::error::chain(&e), "disk usage unknown");
+                crate::runtime::DiskUsage::default()
+            }
+        }
     }
 
     /// A page of bots whose labels include `selector`, after `page_token` (a bot name).

@@ -25,10 +25,12 @@ pub fn supported(dir: &Path) -> bool {
 
 /// Makes the directory of a just-prepared overlay snapshot (the parent of its empty upper directory
 /// `upper` and of its work directory, which overlayfs needs on the same subvolume) a btrfs subvolume, so
-/// it can get a limit, with quotas on for its file system. A snapshot that is already one, holds files,
-/// or is not on btrfs is left alone. Returns the subvolume's path (when there is one).
+/// it can get a limit. Only where quotas are already on for that file system (berthd never turns them on
+/// for a whole file system it does not own; `scripts/run.sh` turns them on for its own image). A snapshot
+/// that is already one, holds files, is not on btrfs, or whose subvolume cannot be made is left a plain
+/// directory (no quota, logged): a quota problem never fails a create. Returns the subvolume, if any.
 pub async fn make_subvolume(upper: &Path) -> Result<Option<std::path::PathBuf>, RuntimeError> {
-    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    use std::os::unix::fs::MetadataExt;
     let Some(snapshot) = upper.parent() else { return Ok(None) };
     if !supported(snapshot) {
         return Ok(None);
@@ -36,8 +38,12 @@ pub async fn make_subvolume(upper: &Path) -> Result<Option<std::path::PathBuf>, 
     if is_subvolume(snapshot) {
         return Ok(Some(snapshot.to_path_buf()));
     }
+    if let Err(e) = run(&["qgroup", "show"], snapshot).await {
+        tracing::debug!(dir = %snapshot.display(), error = %crate::error::chain(&e), "no btrfs quotas here: no disk quota");
+        return Ok(None);
+    }
     let io = |op: &str, source| RuntimeError::Io { op: format!("{op} {}", snapshot.display()), source };
-    // Only the two empty directories containerd just made, kept with their modes.
+    // Only the (empty) directories containerd just made, kept with their modes and owners.
     let mut children = Vec::new();
     for entry in std::fs::read_dir(snapshot).map_err(|e| io("read", e))? {
         let entry = entry.map_err(|e| io("read", e))?;
@@ -46,21 +52,33 @@ pub async fn make_subvolume(upper: &Path) -> Result<Option<std::path::PathBuf>, 
         if !meta.is_dir() || !empty {
             return Ok(None);
         }
-        children.push((entry.file_name(), meta.permissions().mode()));
+        children.push(Child { name: entry.file_name(), mode: meta.mode() & 0o7777, uid: meta.uid(), gid: meta.gid() });
     }
-    for (name, _) in &children {
-        std::fs::remove_dir(snapshot.join(name)).map_err(|e| io("empty", e))?;
+    for c in &children {
+        std::fs::remove_dir(snapshot.join(&c.name)).map_err(|e| io("empty", e))?;
     }
     std::fs::remove_dir(snapshot).map_err(|e| io("replace with a subvolume", e))?;
-    btrfs(&["subvolume", "create"], snapshot).await?;
-    for (name, mode) in &children {
-        std::fs::DirBuilder::new().mode(*mode & 0o7777).create(snapshot.join(name)).map_err(|e| io("refill", e))?;
-        std::fs::set_permissions(snapshot.join(name), std::fs::Permissions::from_mode(*mode & 0o7777))
+    let made = btrfs(&["subvolume", "create"], snapshot).await;
+    if let Err(e) = &made {
+        tracing::warn!(dir = %snapshot.display(), error = %crate::error::chain(e), "cannot make a subvolume: no disk quota for this layer");
+        std::fs::create_dir(snapshot).map_err(|e| io("restore", e))?;
+    }
+    for c in &children {
+        let path = snapshot.join(&c.name);
+        std::fs::create_dir(&path).map_err(|e| io("refill", e))?;
+        std::os::unix::fs::chown(&path, Some(c.uid), Some(c.gid)).map_err(|e| io("refill", e))?;
+        std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(c.mode))
             .map_err(|e| io("refill", e))?;
     }
-    // Quotas on the file system (a no-op once on); a limit set later needs them.
-    btrfs(&["quota", "enable"], snapshot).await?;
-    Ok(Some(snapshot.to_path_buf()))
+    Ok(made.ok().map(|()| snapshot.to_path_buf()))
+}
+
+/// A directory of a snapshot's, as containerd made it.
+struct Child {
+    name: std::ffi::OsString,
+    mode: u32,
+    uid: u32,
+    gid: u32,
 }
 
 /// The subvolume holding upper directory `upper` (its snapshot's directory), if it is one.
