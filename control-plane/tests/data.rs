@@ -368,3 +368,122 @@ async fn temporary_files_of_uploads_cut_short_are_removed_at_the_next_start() {
     }
     assert_eq!(left, "/data/.x.berth-nothex00000.tmp\n/data/a/keep.tmp\n");
 }
+
+/// Type, path, mode, links, size on disk (KiB) and sha256 of every entry under the directories a layer
+/// test changes: /data and parts of the image (whose deletions are overlay whiteouts and opaque dirs).
+const LAYER_PRINT: &str = r#"for d in /data /etc /usr/sbin /root; do cd $d && find . | sort | while read -r f; do
+  if [ -L "$f" ]; then echo "L $d/$f -> $(readlink "$f")";
+  elif [ -d "$f" ]; then echo "D $d/$f $(stat -c %a "$f")";
+  else echo "F $d/$f $(stat -c '%a %h' "$f") $(du -k "$f" | cut -f1) $(sha256sum < "$f" | cut -d' ' -f1)"; fi
+done; done"#;
+
+/// How many layers the bot's root file system is mounted from, as the bot sees it.
+async fn layers(b: &TestBerthd, bot: &str) -> usize {
+    let info = b.sh(bot, "cat /proc/self/mountinfo").await;
+    let root = info.lines().find(|l| l.split_whitespace().nth(4) == Some("/")).unwrap();
+    let lower = root.split(',').find_map(|o| o.strip_prefix("lowerdir=")).unwrap_or("");
+    lower.split(':').filter(|l| !l.is_empty()).count()
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+/// Snapshot layers cannot pile up: every rollback lays the bot on the snapshot it rolls back to, and a
+/// snapshot taken after it on that one, so a create/rollback loop deepened the overlay by one layer a
+/// round until the kernel refused it (round 485 in the review). Now a chain deeper than eight of the
+/// bot's layers is flattened into one, whiteouts, opaque directories, hard links and holes kept; a
+/// deleted snapshot's space comes back once nothing is layered on it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_rollbacks_keep_layers_shallow_and_the_data_whole() {
+    let b = TestBerthd::start(None);
+    b.cli(&["bot", "create", "deep"]);
+    let image_layers = layers(&b, "deep").await;
+    b.sh(
+        "deep",
+        "set -e; mkdir -p /data/d; head -c 3000000 /dev/urandom > /data/big; echo a > /data/d/a; ln /data/d/a /data/d/a2
+         dd of=/data/sparse bs=1M seek=64 count=0 2>/dev/null; echo tail >> /data/sparse
+         rm /etc/nsswitch.conf; rm -rf /usr/sbin; mkdir /usr/sbin; echo mine > /usr/sbin/only",
+    )
+    .await;
+    let mut client = data(&b).await;
+    let snap = async |c: &mut DataServiceClient<Channel>, name: &str| {
+        c.create_snapshot(pb::CreateSnapshotRequest { bot: "deep".into(), name: name.into() }).await.unwrap();
+    };
+    let rollback = async |c: &mut DataServiceClient<Channel>, name: &str| {
+        c.rollback(pb::RollbackRequest { bot: "deep".into(), snapshot: name.into() }).await.unwrap();
+    };
+    let delete = async |c: &mut DataServiceClient<Channel>, name: &str| {
+        c.delete_snapshot(pb::DeleteSnapshotRequest { bot: "deep".into(), name: name.into() }).await.unwrap();
+    };
+
+    // A running bot, changed every round: each rollback shows exactly what was snapshotted, through
+    // the rounds that flatten.
+    let mut deepest = 0;
+    for round in 0..12 {
+        b.sh(
+            "deep",
+            &format!(
+                "set -e; echo {round} > /data/r{round}; rm -f /data/r$(({round} - 1)); echo {round} >> /data/counter
+                 rm -rf /data/o; mkdir /data/o; echo {round} > /data/o/only-{round}"
+            ),
+        )
+        .await;
+        let before = b.sh("deep", LAYER_PRINT).await;
+        snap(&mut client, &format!("r{round}")).await;
+        b.sh("deep", "rm -rf /data/*; echo junk > /etc/junk").await;
+        rollback(&mut client, &format!("r{round}")).await;
+        assert_eq!(b.sh("deep", LAYER_PRINT).await, before, "round {round}: rollback shows what was snapshotted");
+        deepest = deepest.max(layers(&b, "deep").await - image_layers);
+    }
+    let print = b.sh("deep", LAYER_PRINT).await;
+    assert!(print.contains("F /data/./d/a2 644 2 "), "hard link kept: {print}");
+    assert!(print.contains("F /data/./sparse 644 1 4 "), "sparse file kept sparse: {print}");
+    assert!(!print.contains("nsswitch") && print.contains("/usr/sbin/./only"), "image deletions kept: {print}");
+    assert!(deepest <= 8, "the bot's own layers reached {deepest}");
+
+    // A thousand rounds on the stopped bot, keeping the last two snapshots (and the first).
+    b.cli(&["bot", "stop", "deep"]);
+    let pid = b.pid().unwrap();
+    let mut rss_100 = 0;
+    for round in 0..1000 {
+        snap(&mut client, &format!("s{round}")).await;
+        rollback(&mut client, &format!("s{round}")).await;
+        if round >= 2 {
+            delete(&mut client, &format!("s{}", round - 2)).await;
+        }
+        if round == 100 {
+            rss_100 = rss_kib(pid);
+        }
+    }
+    let rss_1000 = rss_kib(pid);
+    let flattened = b.log().matches("flattened a snapshot").count();
+    assert!(flattened >= 1000 / 9, "only {flattened} flattenings in 1000 rounds");
+    eprintln!("berthd RSS: {rss_100} KiB after 100 rounds, {rss_1000} KiB after 1000");
+    b.cli(&["bot", "start", "deep"]);
+    assert_eq!(b.sh("deep", LAYER_PRINT).await, print, "the data after 1000 rounds");
+    assert!(layers(&b, "deep").await - image_layers <= 8);
+
+    // What containerd holds for the bot is bounded: its writable layer, the snapshots kept and the
+    // hidden layers they sit on.
+    let ls = client.list_snapshots(pb::ListSnapshotsRequest { bot: "deep".into() }).await.unwrap().into_inner();
+    let names: Vec<&str> = ls.snapshots.iter().map(|s| s.name.as_str()).collect();
+    assert_eq!(names.len(), 14, "{names:?}");
+    let held = b.containerd.ctr(&["snapshots", "ls"]);
+    let ours = held.lines().filter(|l| l.contains("berth.deep.")).count();
+    eprintln!("containerd holds {ours} snapshots of the bot");
+    assert!(ours <= 40, "containerd holds {ours} snapshots of the bot:\n{held}");
+    assert!(rss_1000 < rss_100 + 16 * 1024, "berthd grew from {rss_100} to {rss_1000} KiB");
+
+    // Deleting every snapshot frees them all.
+    for n in names {
+        delete(&mut client, n).await;
+    }
+    let held = b.containerd.ctr(&["snapshots", "ls"]);
+    let ours: Vec<&str> = held.lines().filter(|l| l.contains("berth.deep.")).collect();
+    // What is left is the bot's writable layer and the (hidden) layers it sits on.
+    assert!(ours.len() <= 1 + 8, "left after deleting every snapshot: {ours:?}");
+    assert_eq!(b.sh("deep", LAYER_PRINT).await, print, "the data after deleting every snapshot");
+}

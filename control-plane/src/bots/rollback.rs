@@ -3,17 +3,30 @@
 //! container pointed at the new snapshot, the old writable layer discarded (the user asked to replace
 //! it) and the bot started again. The operation row records both keys before the switch, so a berthd
 //! killed half-way settles it on restart: the container's snapshot key says which side won.
+//!
+//! Every rollback and import lays the bot's new writable snapshot on a snapshot that may itself sit on
+//! others (a snapshot taken after a rollback is layered on the one rolled back to), so layers would
+//! stack without end. A parent deeper than [`MAX_LAYERS`] of the bot's own layers is first flattened
+//! into one layer on the image (a hidden snapshot, removed once nothing is layered on it), and the old
+//! chain is freed as its snapshots are deleted.
 
 use std::collections::HashMap;
 
 use super::BotManager;
 use super::model::BotRecord;
 use super::ops::Operation;
+use super::snapshot::LABEL_DELETED;
 use super::snapshot::LABEL_OP;
 use super::start::Fresh;
 use crate::error::Result;
 use crate::network::Network;
-use crate::runtime::{ContainerRuntime, KIND_ACTIVE, LABEL_BOT, LABEL_KIND, TaskState};
+use crate::runtime::{ContainerRuntime, KIND_ACTIVE, KIND_FLAT, LABEL_BOT, LABEL_KIND, SnapshotInfo, TaskState};
+
+/// The most of a bot's own committed layers its writable snapshot is prepared on. An overlay mount
+/// names every layer (the image's too) in one option string of at most a page, and the kernel allows
+/// 500 layers: eight keeps a bot far below both while flattening (a copy, or a clone on btrfs) only
+/// every eighth rollback of a chain.
+pub const MAX_LAYERS: usize = 8;
 
 /// Label marking a writable snapshot a user asked to discard (removed by recovery if removal failed).
 pub const LABEL_DISCARD: &str = "io.berth.discard";
@@ -36,8 +49,28 @@ impl<R: ContainerRuntime, N: Network> BotManager<R, N> {
         Ok((self.store.get_bot(name).await?, op.id))
     }
 
-    /// Prepares a new writable snapshot for the bot on `parent`, named after the operation.
+    /// Prepares a new writable snapshot for the bot on `parent` (flattened first if it is too deep),
+    /// named after the operation.
     pub(super) async fn prepare_active(&self, bot: &BotRecord, parent: &str, op: &Operation) -> Result<String> {
+        let all = self.runtime.snapshots(LABEL_BOT, &bot.name).await?;
+        let (depth, base) = chain(&all, parent);
+        let flat;
+        let parent = if depth > MAX_LAYERS {
+            let key = format!("berth.{}.flat.{}", bot.name, op.id);
+            let labels: HashMap<String, String> = [
+                (LABEL_BOT.to_string(), bot.name.clone()),
+                (LABEL_KIND.to_string(), KIND_FLAT.to_string()),
+                (LABEL_OP.to_string(), op.id.clone()),
+                // Never listed, and swept as soon as nothing is layered on it (a crash included).
+                (LABEL_DELETED.to_string(), "true".to_string()),
+            ]
+            .into();
+            tracing::info!(bot.name = %bot.name, snapshot = parent, layers = depth, "flattening a deep snapshot");
+            flat = self.runtime.flatten_snapshot(parent, &base, &key, labels).await?.key;
+            flat.as_str()
+        } else {
+            parent
+        };
         let new = format!("berth.{}.active.{}", bot.name, op.id);
         let labels: HashMap<String, String> = [
             (LABEL_BOT.to_string(), bot.name.clone()),
@@ -74,6 +107,10 @@ impl<R: ContainerRuntime, N: Network> BotManager<R, N> {
             return Err(e);
         }
         self.discard_active(&bot.name, &old).await;
+        // The old writable snapshot may have been the last thing layered on deleted snapshots.
+        if let Err(e) = self.sweep_snapshots(&bot.name).await {
+            tracing::warn!(bot.name = %bot.name, error = %crate::error::chain(&e), "failed to sweep snapshots");
+        }
         if running {
             self.start_locked(bot, Fresh::No).await?;
         }
@@ -90,5 +127,49 @@ impl<R: ContainerRuntime, N: Network> BotManager<R, N> {
                 tracing::warn!(bot.name = bot, snapshot = key, error = %crate::error::chain(&e), "failed to mark a replaced snapshot");
             }
         }
+    }
+}
+
+/// How many of the bot's own snapshots (`all`) `key` and its ancestors are, and the first ancestor that
+/// is not one of them (the image's top layer, or `""`).
+fn chain(all: &[SnapshotInfo], key: &str) -> (usize, String) {
+    let mut depth = 0;
+    let mut at = key;
+    // Bounded by the number of snapshots, whatever their labels say.
+    while depth <= all.len() {
+        match all.iter().find(|s| s.key == at) {
+            Some(s) => {
+                depth += 1;
+                at = &s.parent;
+            }
+            None => break,
+        }
+    }
+    (depth, at.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn snap(key: &str, parent: &str) -> SnapshotInfo {
+        SnapshotInfo {
+            key: key.into(),
+            parent: parent.into(),
+            committed: true,
+            created_at_ms: 0,
+            labels: HashMap::new(),
+        }
+    }
+
+    #[test]
+    fn chain_counts_the_bots_own_layers_down_to_the_image() {
+        let all = [snap("c", "b"), snap("b", "a"), snap("a", "image"), snap("x", "a")];
+        assert_eq!(chain(&all, "c"), (3, "image".to_string()));
+        assert_eq!(chain(&all, "a"), (1, "image".to_string()));
+        assert_eq!(chain(&all, "image"), (0, "image".to_string()));
+        // A cycle (impossible in containerd) cannot loop for ever.
+        let cyc = [snap("p", "q"), snap("q", "p")];
+        assert!(chain(&cyc, "p").0 <= 3);
     }
 }

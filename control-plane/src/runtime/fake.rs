@@ -204,6 +204,17 @@ impl ContainerRuntime for FakeRuntime {
         Ok(self.add_snapshot(key, &parent, true, labels))
     }
 
+    async fn flatten_snapshot(
+        &self,
+        key: &str,
+        base: &str,
+        new_key: &str,
+        labels: Map<String, String>,
+    ) -> Result<SnapshotInfo, RuntimeError> {
+        self.snapshot(key).await?;
+        Ok(self.add_snapshot(new_key, base, true, labels))
+    }
+
     async fn remove_snapshot(&self, key: &str) -> Result<(), RuntimeError> {
         let mut snaps = self.snaps();
         if snaps.values().any(|s| s.parent == key) {

@@ -5,6 +5,7 @@
 pub mod cgroup;
 pub mod containerd;
 pub mod fake;
+pub mod layers;
 pub mod mount;
 pub mod quota;
 pub mod registry;
@@ -111,12 +112,15 @@ pub enum TaskState {
 pub const LABEL_BOT: &str = "io.berth.bot";
 /// Container label holding its writable layer's disk limit in bytes (applied at every task start).
 pub const LABEL_DISK: &str = "io.berth.disk-bytes";
-/// Label saying what a snapshot of ours is: [`KIND_ACTIVE`] or [`KIND_SNAPSHOT`].
+/// Label saying what a snapshot of ours is: [`KIND_ACTIVE`], [`KIND_SNAPSHOT`] or [`KIND_FLAT`].
 pub const LABEL_KIND: &str = "io.berth.kind";
 /// The writable snapshot a bot's container runs on.
 pub const KIND_ACTIVE: &str = "active";
 /// A user-visible, read-only snapshot of a bot.
 pub const KIND_SNAPSHOT: &str = "snapshot";
+/// A snapshot's layers merged into one, which a bot's writable snapshot is prepared on instead of the
+/// deep original (never listed; removed once nothing is layered on it).
+pub const KIND_FLAT: &str = "flat";
 
 /// A snapshot as the runtime reports it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -232,6 +236,16 @@ pub trait ContainerRuntime: Send + Sync + 'static {
         active: &str,
         freeze: Option<&str>,
         key: &str,
+        labels: HashMap<String, String>,
+    ) -> impl Future<Output = Result<SnapshotInfo, RuntimeError>> + Send;
+    /// Makes a new committed snapshot `new_key` on `base` holding, in one layer, the files committed
+    /// snapshot `key` shows through its layers above `base` (an ancestor of `key`, or `""` for none):
+    /// the same tree, fewer layers. `key` is left as it was.
+    fn flatten_snapshot(
+        &self,
+        key: &str,
+        base: &str,
+        new_key: &str,
         labels: HashMap<String, String>,
     ) -> impl Future<Output = Result<SnapshotInfo, RuntimeError>> + Send;
     /// Removes a snapshot; [`RuntimeError::Conflict`] if others are layered on it. Removing what is gone

@@ -234,6 +234,16 @@ impl ContainerRuntime for Containerd {
         snapshot::capture(self, active, freeze, key, labels).await
     }
 
+    async fn flatten_snapshot(
+        &self,
+        key: &str,
+        base: &str,
+        new_key: &str,
+        labels: HashMap<String, String>,
+    ) -> Result<SnapshotInfo, RuntimeError> {
+        snapshot::flatten(self, key, base, new_key, labels).await
+    }
+
     async fn remove_snapshot(&self, key: &str) -> Result<(), RuntimeError> {
         snapshot::remove(self, key).await
     }

@@ -5,7 +5,7 @@
 //! made under a lease, so a crash leaves nothing that is not collected.
 
 use std::collections::HashMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use containerd_client::services::v1::containers_client::ContainersClient;
@@ -195,14 +195,125 @@ pub async fn capture(
 ) -> Result<SnapshotInfo, RuntimeError> {
     let source = stat(ctd, active).await?;
     let from = mounts(ctd, active).await?.upper_dir().ok_or_else(|| unsupported(active))?;
-    // The staging snapshot lives under a lease until committed: a crash leaves it for the collector.
+    staged(ctd, &source.parent, key, labels, |to| async move {
+        let frozen = match freeze {
+            Some(id) => pause(ctd, id).await?,
+            None => false,
+        };
+        let copied = copy_layer(&from, &to).await;
+        if frozen && let Some(id) = freeze {
+            resume(ctd, id).await?;
+        }
+        copied
+    })
+    .await
+}
+
+/// See [`crate::runtime::ContainerRuntime::flatten_snapshot`].
+pub async fn flatten(
+    ctd: &Containerd,
+    key: &str,
+    base: &str,
+    new_key: &str,
+    labels: HashMap<String, String>,
+) -> Result<SnapshotInfo, RuntimeError> {
+    // How many layers lie between `key` and `base` (`key`'s included).
+    let mut depth = 0usize;
+    let mut at = key.to_string();
+    while at != base {
+        if at.is_empty() {
+            return Err(RuntimeError::NotFound { what: format!("snapshot {base} below snapshot {key}") });
+        }
+        depth += 1;
+        at = stat(ctd, &at).await?.parent;
+    }
+    let layers = lower_dirs(ctd, key).await?;
+    let layers: Vec<PathBuf> = layers.into_iter().take(depth).collect();
+    if layers.len() != depth {
+        return Err(unsupported(key));
+    }
+    staged(ctd, base, new_key, labels, |to| async move {
+        let started = std::time::Instant::now();
+        let merged = tokio::task::spawn_blocking(move || {
+            crate::runtime::layers::merge(&layers, &to)?;
+            sync_dir(&to)?;
+            Ok::<_, std::io::Error>(())
+        });
+        tokio::time::timeout(COPY_TIMEOUT, merged)
+            .await
+            .map_err(|_| RuntimeError::Timeout { op: "flatten a snapshot".into(), after: COPY_TIMEOUT })?
+            .map_err(|e| RuntimeError::Io { op: "flatten a snapshot".into(), source: std::io::Error::other(e) })?
+            .map_err(|source| match source.raw_os_error() {
+                Some(libc::ENOSPC) | Some(libc::EDQUOT) => {
+                    RuntimeError::NoSpace { op: "merge the bot's snapshot layers".into(), detail: source.to_string() }
+                }
+                _ => RuntimeError::Io { op: format!("merge the {depth} layers of snapshot {key}"), source },
+            })?;
+        tracing::info!(
+            snapshot = key,
+            layers = depth,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "flattened a snapshot"
+        );
+        Ok(())
+    })
+    .await
+}
+
+/// The directories of committed snapshot `key`'s layers, its own first, as a view of it mounts them.
+async fn lower_dirs(ctd: &Containerd, key: &str) -> Result<Vec<PathBuf>, RuntimeError> {
+    let spec = view_of(ctd, key).await?;
+    match spec.kind.as_str() {
+        "bind" => Ok(vec![PathBuf::from(spec.source)]),
+        "overlay" => Ok(spec
+            .options
+            .iter()
+            .find_map(|o| o.strip_prefix("lowerdir="))
+            .map(|l| l.split(':').map(PathBuf::from).collect())
+            .unwrap_or_default()),
+        _ => Err(unsupported(key)),
+    }
+}
+
+/// How a read-only view of committed snapshot `key` is mounted. Such a view mounts only its (immutable)
+/// parents' directories, so the view itself is needed just long enough to learn them.
+async fn view_of(ctd: &Containerd, key: &str) -> Result<MountSpec, RuntimeError> {
+    let lease = ctd.lease("view").await?;
+    let view = format!("{key}.view.{}", uuid::Uuid::new_v4().simple());
+    let req = ViewSnapshotRequest {
+        snapshotter: SNAPSHOTTER.into(),
+        key: view.clone(),
+        parent: key.to_string(),
+        labels: HashMap::new(),
+    };
+    let r =
+        ctd.call("view a snapshot", format!("snapshot {key}"), client(ctd).view(ctd.request(req, Some(&lease)))).await;
+    let _ = remove(ctd, &view).await;
+    ctd.drop_lease(&lease).await;
+    single(key, r?.mounts)
+}
+
+/// Makes committed snapshot `key` on `parent`: a staging snapshot is prepared under a lease (so a crash
+/// leaves nothing the collector does not take), `fill` writes its files into the given directory, and
+/// the result is committed with `labels` (a garbage-collection root).
+async fn staged<F, Fut>(
+    ctd: &Containerd,
+    parent: &str,
+    key: &str,
+    labels: HashMap<String, String>,
+    fill: F,
+) -> Result<SnapshotInfo, RuntimeError>
+where
+    F: FnOnce(PathBuf) -> Fut,
+    Fut: std::future::Future<Output = Result<(), RuntimeError>>,
+{
     let lease = ctd.lease("capture").await?;
     let result = async {
         let staging = format!("{key}.staging");
         let req = PrepareSnapshotRequest {
             snapshotter: SNAPSHOTTER.into(),
             key: staging.clone(),
-            parent: source.parent.clone(),
+            parent: parent.to_string(),
             labels: HashMap::new(),
         };
         let prepared = ctd
@@ -213,15 +324,7 @@ pub async fn capture(
             )
             .await?;
         let to = single(&staging, prepared.mounts)?.upper_dir().ok_or_else(|| unsupported(&staging))?;
-        let frozen = match freeze {
-            Some(id) => pause(ctd, id).await?,
-            None => false,
-        };
-        let copied = copy_layer(&from, &to).await;
-        if frozen && let Some(id) = freeze {
-            resume(ctd, id).await?;
-        }
-        copied?;
+        fill(to).await?;
         let req = CommitSnapshotRequest {
             snapshotter: SNAPSHOTTER.into(),
             name: key.to_string(),
@@ -265,13 +368,16 @@ async fn copy_layer(from: &Path, to: &Path) -> Result<(), RuntimeError> {
         });
     }
     let dir = to.to_path_buf();
-    tokio::task::spawn_blocking(move || {
-        let f = std::fs::File::open(&dir)?;
-        rustix::fs::syncfs(&f).map_err(std::io::Error::from)
-    })
-    .await
-    .map_err(|e| RuntimeError::Io { op: "flush a snapshot".into(), source: std::io::Error::other(e) })?
-    .map_err(io(format!("flush {}", to.display())))
+    tokio::task::spawn_blocking(move || sync_dir(&dir))
+        .await
+        .map_err(|e| RuntimeError::Io { op: "flush a snapshot".into(), source: std::io::Error::other(e) })?
+        .map_err(io(format!("flush {}", to.display())))
+}
+
+/// Flushes the file system holding `dir` to disk.
+fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    let f = std::fs::File::open(dir)?;
+    rustix::fs::syncfs(&f).map_err(std::io::Error::from)
 }
 
 /// Freezes a container's task; `false` if it has no running task.
@@ -300,22 +406,7 @@ pub async fn resume(ctd: &Containerd, id: &str) -> Result<(), RuntimeError> {
 pub async fn mount_on(ctd: &Containerd, key: &str, target: &Path, readonly: bool) -> Result<Mounted, RuntimeError> {
     let snap = stat(ctd, key).await?;
     let spec = if snap.committed {
-        // A view of a committed snapshot mounts only its (immutable) parents' directories, so the view
-        // itself is needed just long enough to learn them.
-        let lease = ctd.lease("view").await?;
-        let view = format!("{key}.view.{}", uuid::Uuid::new_v4().simple());
-        let req = ViewSnapshotRequest {
-            snapshotter: SNAPSHOTTER.into(),
-            key: view.clone(),
-            parent: key.to_string(),
-            labels: HashMap::new(),
-        };
-        let r = ctd
-            .call("view a snapshot", format!("snapshot {key}"), client(ctd).view(ctd.request(req, Some(&lease))))
-            .await;
-        let _ = remove(ctd, &view).await;
-        ctd.drop_lease(&lease).await;
-        single(key, r?.mounts)?.readonly()
+        view_of(ctd, key).await?.readonly()
     } else if readonly {
         mounts(ctd, key).await?.readonly()
     } else {
