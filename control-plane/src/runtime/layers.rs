@@ -12,20 +12,21 @@
 //! cloned where the file system can (btrfs, XFS: no data copied) and copied hole by hole elsewhere, so
 //! sparse files stay sparse; hard links within a layer stay hard links.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::ffi::OsStr;
 use std::fs::{self, File, Metadata};
 use std::io;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use rustix::fs::{AtFlags, CWD, FileType, Mode, SeekFrom, Timestamps};
 
-/// overlayfs's marker of a directory that hides the layers below it.
+/// overlayfs's marker of a directory that hides the layers below it (value `y`).
 const OPAQUE: &str = "trusted.overlay.opaque";
-/// The prefix of overlayfs's own attributes; only [`OPAQUE`] is carried over, the rest describe the
-/// old layers (origins, impurity) and must not be copied into a new one.
+/// The prefix of overlayfs's own attributes; none is copied (they describe the old layers: origins,
+/// impurity, opacity, which the merge decides afresh).
 const OVERLAY_PREFIX: &[u8] = b"trusted.overlay.";
 /// overlayfs attributes whose meaning lives in other layers: a merge cannot keep them true.
 const UNSUPPORTED: [&[u8]; 2] = [b"trusted.overlay.redirect", b"trusted.overlay.metacopy"];
@@ -40,82 +41,138 @@ pub struct Merged {
     pub cloned: bool,
 }
 
-/// Merges `layers` (top first) into `target`, an existing empty directory.
-pub fn merge(layers: &[PathBuf], target: &Path) -> io::Result<Merged> {
-    let mut m = Merge { stats: Merged { cloned: true, ..Merged::default() }, dirs: Vec::new() };
-    for layer in layers {
-        let mut links = HashMap::new();
-        m.merge_dir(layer, target, &mut links)?;
-    }
-    // A directory's times are its top layer's: set last, deepest first, once nothing is added to it.
-    for (dir, meta) in m.dirs.iter().rev() {
-        set_times(dir, meta)?;
+/// Merges `layers` (top first) into `target`, an existing empty directory. Stops with
+/// [`io::ErrorKind::Interrupted`] once `cancel` is set.
+pub fn merge(layers: &[PathBuf], target: &Path, cancel: &AtomicBool) -> io::Result<Merged> {
+    let mut m =
+        Merge { layers, target, cancel, stats: Merged { cloned: true, ..Merged::default() }, links: HashMap::new() };
+    let top = layers.first().ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "no layers to merge"))?;
+    // The root directory's own owner, mode and attributes are the top layer's.
+    let root = fs::symlink_metadata(top)?;
+    m.set_attrs(top, &root, target)?;
+    // Depth first without recursion (a bot's tree may be thousands deep); a directory's times are set
+    // when everything in it is done.
+    let mut work = vec![
+        Work::Finish { rel: PathBuf::new(), meta: root },
+        Work::Dir { rel: PathBuf::new(), from: (0..layers.len()).collect() },
+    ];
+    while let Some(w) = work.pop() {
+        match w {
+            Work::Dir { rel, from } => m.merge_dir(&rel, &from, &mut work).map_err(|e| at(&target.join(&rel), e))?,
+            Work::Finish { rel, meta } => set_times(&target.join(&rel), &meta)?,
+        }
     }
     Ok(m.stats)
 }
 
-struct Merge {
-    stats: Merged,
-    /// Directories made, parents before children, with the metadata whose times they must end with.
-    dirs: Vec<(PathBuf, Metadata)>,
+enum Work {
+    /// Merge directory `rel` from the layers (indices, top first) that show it.
+    Dir { rel: PathBuf, from: Vec<usize> },
+    /// Give directory `rel` its times.
+    Finish { rel: PathBuf, meta: Metadata },
 }
 
-/// Where a layer's file with several names went, by (device, inode).
-type Links = HashMap<(u64, u64), PathBuf>;
+struct Merge<'a> {
+    layers: &'a [PathBuf],
+    target: &'a Path,
+    cancel: &'a AtomicBool,
+    stats: Merged,
+    /// Where a file with several names went, by (device, inode).
+    links: HashMap<(u64, u64), PathBuf>,
+}
 
-impl Merge {
-    fn merge_dir(&mut self, src_dir: &Path, dst_dir: &Path, links: &mut Links) -> io::Result<()> {
-        for entry in fs::read_dir(src_dir)? {
-            let name = entry?.file_name();
-            let src = src_dir.join(&name);
-            let dst = dst_dir.join(&name);
-            let meta = fs::symlink_metadata(&src)?;
-            check_attrs(&src)?;
-            match fs::symlink_metadata(&dst) {
-                // A higher layer has this path: a non-directory or an opaque directory there hides this
-                // layer's; two plain directories merge.
-                Ok(have) => {
-                    if have.is_dir() && meta.is_dir() && !is_opaque(&dst)? {
-                        self.merge_dir(&src, &dst, links)?;
-                    }
-                }
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                    self.copy_entry(&src, &meta, &dst, links)?;
-                    if meta.is_dir() {
-                        self.merge_dir(&src, &dst, links)?;
-                    }
-                }
-                Err(e) => return Err(e),
+/// Names the path an error happened at.
+fn at(path: &Path, e: io::Error) -> io::Error {
+    io::Error::new(e.kind(), format!("{}: {e}", path.display()))
+}
+
+fn lstat(path: &Path) -> io::Result<Option<Metadata>> {
+    match fs::symlink_metadata(path) {
+        Ok(m) => Ok(Some(m)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+impl Merge<'_> {
+    /// Merges directory `rel`, which layers `from` (top first) show, as overlayfs looks it up: each
+    /// name is taken from the first of them that has it. A subdirectory continues into the lower
+    /// layers that have a directory there, until one of them is opaque or has something else there
+    /// (a whiteout, a file); such a cut makes the merged directory opaque, so it hides the base too.
+    fn merge_dir(&mut self, rel: &Path, from: &[usize], work: &mut Vec<Work>) -> io::Result<()> {
+        let mut names = BTreeSet::new();
+        for &i in from {
+            for entry in fs::read_dir(self.layers[i].join(rel))? {
+                names.insert(entry?.file_name());
             }
+        }
+        for name in names {
+            if self.cancel.load(Ordering::Relaxed) {
+                return Err(io::Error::new(io::ErrorKind::Interrupted, "the merge was stopped"));
+            }
+            let rel = rel.join(&name);
+            let mut found = None;
+            for (pos, &i) in from.iter().enumerate() {
+                let src = self.layers[i].join(&rel);
+                if let Some(meta) = lstat(&src)? {
+                    found = Some((pos, src, meta));
+                    break;
+                }
+            }
+            let Some((pos, src, meta)) = found else { continue };
+            check_attrs(&src)?;
+            let dst = self.target.join(&rel);
+            if !meta.is_dir() {
+                self.copy_entry(&src, &meta, &dst)?;
+                continue;
+            }
+            let mut below = vec![from[pos]];
+            let mut cut = is_opaque(&src)?;
+            for &k in &from[pos + 1..] {
+                if cut {
+                    break;
+                }
+                match lstat(&self.layers[k].join(&rel))? {
+                    Some(m) if m.is_dir() => {
+                        below.push(k);
+                        cut = is_opaque(&self.layers[k].join(&rel))?;
+                    }
+                    Some(_) => cut = true,
+                    None => {}
+                }
+            }
+            self.stats.entries += 1;
+            rustix::fs::mkdirat(CWD, &dst, Mode::from_raw_mode(0o700))?;
+            if cut {
+                rustix::fs::lsetxattr(&dst, OPAQUE, b"y", rustix::fs::XattrFlags::empty())?;
+            }
+            self.set_attrs(&src, &meta, &dst)?;
+            work.push(Work::Finish { rel: rel.clone(), meta });
+            work.push(Work::Dir { rel, from: below });
         }
         Ok(())
     }
 
-    /// Creates `dst` as a copy of `src` (a directory without its entries), owner, mode, attributes
-    /// and times included.
-    fn copy_entry(&mut self, src: &Path, meta: &Metadata, dst: &Path, links: &mut Links) -> io::Result<()> {
+    /// Creates non-directory `dst` as a copy of `src`: owner, mode, attributes and times included.
+    fn copy_entry(&mut self, src: &Path, meta: &Metadata, dst: &Path) -> io::Result<()> {
         self.stats.entries += 1;
         let ft = meta.file_type();
-        let mode = meta.mode() & 0o7777;
-        if ft.is_dir() {
-            rustix::fs::mkdirat(CWD, dst, Mode::from_raw_mode(0o700))?;
-            self.dirs.push((dst.to_path_buf(), meta.clone()));
-        } else if ft.is_symlink() {
+        if ft.is_symlink() {
             let target = fs::read_link(src)?;
             std::os::unix::fs::symlink(target, dst)?;
         } else if ft.is_file() {
             let id = (meta.dev(), meta.ino());
             if meta.nlink() > 1
-                && let Some(first) = links.get(&id)
+                && let Some(first) = self.links.get(&id)
             {
                 // Another name of a file this layer already gave: link, and leave its attributes alone.
                 return fs::hard_link(first, dst);
             }
-            let cloned = copy_file(src, dst, meta.len())?;
+            let cloned = copy_file(src, meta, dst)?;
             self.stats.file_bytes += meta.len();
             self.stats.cloned &= cloned;
             if meta.nlink() > 1 {
-                links.insert(id, dst.to_path_buf());
+                self.links.insert(id, dst.to_path_buf());
             }
         } else if ft.is_char_device() || ft.is_block_device() || ft.is_fifo() || ft.is_socket() {
             let kind = FileType::from_raw_mode(meta.mode());
@@ -123,14 +180,18 @@ impl Merge {
         } else {
             return Err(io::Error::new(io::ErrorKind::Unsupported, format!("{} is of an unknown type", src.display())));
         }
+        self.set_attrs(src, meta, dst)?;
+        set_times(dst, meta)
+    }
+
+    /// Gives `dst` `src`'s owner, attributes (not overlayfs's) and mode.
+    fn set_attrs(&self, src: &Path, meta: &Metadata, dst: &Path) -> io::Result<()> {
+        let symlink = meta.file_type().is_symlink();
         std::os::unix::fs::lchown(dst, Some(meta.uid()), Some(meta.gid()))?;
-        copy_xattrs(src, dst, ft.is_symlink())?;
-        if !ft.is_symlink() {
+        copy_xattrs(src, dst, symlink)?;
+        if !symlink {
             // After the owner: chown clears set-id bits.
-            rustix::fs::chmodat(CWD, dst, Mode::from_raw_mode(mode), AtFlags::empty())?;
-        }
-        if !ft.is_dir() {
-            set_times(dst, meta)?;
+            rustix::fs::chmodat(CWD, dst, Mode::from_raw_mode(meta.mode() & 0o7777), AtFlags::empty())?;
         }
         Ok(())
     }
@@ -154,8 +215,10 @@ fn check_attrs(path: &Path) -> io::Result<()> {
 }
 
 fn is_opaque(path: &Path) -> io::Result<bool> {
-    match rustix::fs::lgetxattr(path, OPAQUE, &mut [0u8; 8][..]) {
-        Ok(n) => Ok(n == 1),
+    let mut value = [0u8; 8];
+    match rustix::fs::lgetxattr(path, OPAQUE, &mut value[..]) {
+        // `x` (kernel 6.7+) marks a directory holding xattr whiteouts, not an opaque one.
+        Ok(n) => Ok(value[..n] == *b"y"),
         Err(rustix::io::Errno::NODATA) => Ok(false),
         Err(e) => Err(e.into()),
     }
@@ -182,7 +245,7 @@ fn xattr_names(path: &Path) -> io::Result<Vec<std::ffi::OsString>> {
 fn copy_xattrs(src: &Path, dst: &Path, symlink: bool) -> io::Result<()> {
     for name in xattr_names(src)? {
         let bytes = name.as_bytes();
-        if bytes.starts_with(OVERLAY_PREFIX) && bytes != OPAQUE.as_bytes() {
+        if bytes.starts_with(OVERLAY_PREFIX) {
             continue;
         }
         let mut value = vec![0u8; 64 * 1024];
@@ -209,8 +272,14 @@ fn set_times(path: &Path, meta: &Metadata) -> io::Result<()> {
 
 /// Copies a regular file's contents into a new file `dst`: cloned when the file system can (`true`),
 /// else copied range by range with its holes left holes.
-fn copy_file(src: &Path, dst: &Path, len: u64) -> io::Result<bool> {
-    let from = File::options().read(true).custom_flags(libc::O_NOFOLLOW).open(src)?;
+fn copy_file(src: &Path, meta: &Metadata, dst: &Path) -> io::Result<bool> {
+    let len = meta.len();
+    let from =
+        File::options().read(true).custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_NOCTTY).open(src)?;
+    let opened = from.metadata()?;
+    if (opened.dev(), opened.ino()) != (meta.dev(), meta.ino()) || !opened.is_file() {
+        return Err(io::Error::other(format!("{} changed while it was merged", src.display())));
+    }
     let to = File::options().write(true).create_new(true).mode(0o600).custom_flags(libc::O_NOFOLLOW).open(dst)?;
     if len == 0 || rustix::fs::ioctl_ficlone(&to, &from).is_ok() {
         return Ok(true);
@@ -312,7 +381,7 @@ mod tests {
         std::os::unix::fs::symlink("/etc/shadow", top.join("link")).unwrap();
         fs::set_permissions(top.join("merged"), std::os::unix::fs::PermissionsExt::from_mode(0o751)).unwrap();
 
-        merge(&[top.clone(), low.clone()], &out).unwrap();
+        merge(&[top.clone(), low.clone()], &out, &AtomicBool::new(false)).unwrap();
         assert_eq!(
             tree(&out),
             vec![
@@ -351,7 +420,7 @@ mod tests {
         };
         rustix::fs::utimensat(CWD, layer.join("d"), &old, AtFlags::empty()).unwrap();
 
-        let merged = merge(std::slice::from_ref(&layer), &out).unwrap();
+        let merged = merge(std::slice::from_ref(&layer), &out, &AtomicBool::new(false)).unwrap();
         assert_eq!(merged.entries, 4, "{merged:?}");
         let (a, b) = (fs::metadata(out.join("a")).unwrap(), fs::metadata(out.join("d/b")).unwrap());
         assert_eq!((a.ino(), a.nlink()), (b.ino(), 2), "the two names are one file");
@@ -376,7 +445,75 @@ mod tests {
             rustix::fs::XattrFlags::empty(),
         )
         .unwrap();
-        let e = merge(&[layer], &out).unwrap_err();
+        let e = merge(&[layer], &out, &AtomicBool::new(false)).unwrap_err();
         assert_eq!(e.kind(), io::ErrorKind::Unsupported, "{e}");
+    }
+
+    /// A directory copied up into a higher layer loses its opaque mark (overlayfs copies none of its
+    /// own attributes), yet the kernel still stops at the lower, opaque copy: so must the merge. The
+    /// same for a plain directory over a lower whiteout or file.
+    #[test]
+    fn a_copied_up_directory_over_an_opaque_one_stays_opaque_and_the_root_keeps_its_mode() {
+        let t = tempfile::tempdir().unwrap();
+        let (top, mid, low, out) =
+            (t.path().join("top"), t.path().join("mid"), t.path().join("low"), t.path().join("out"));
+        for d in [&top, &mid, &low, &out] {
+            fs::create_dir(d).unwrap();
+        }
+        for d in [&top, &mid, &low] {
+            fs::create_dir(d.join("d")).unwrap();
+        }
+        fs::write(low.join("d/old"), "low").unwrap();
+        opaque(&mid.join("d"));
+        fs::write(mid.join("d/new"), "mid").unwrap();
+        fs::write(top.join("d/newer"), "top").unwrap();
+        whiteout(&low.join("w"));
+        fs::create_dir(top.join("w")).unwrap();
+        fs::write(top.join("w/x"), "top").unwrap();
+        fs::write(low.join("f"), "low").unwrap();
+        fs::create_dir(mid.join("f")).unwrap();
+        fs::set_permissions(&top, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
+
+        merge(&[top.clone(), mid.clone(), low.clone()], &out, &AtomicBool::new(false)).unwrap();
+        assert_eq!(
+            tree(&out),
+            vec![
+                "d: dir opaque 755",
+                "d/new: file mid 644",
+                "d/newer: file top 644",
+                "f: dir opaque 755",
+                "w: dir opaque 755",
+                "w/x: file top 644",
+            ]
+        );
+        assert_eq!(fs::metadata(&out).unwrap().mode() & 0o7777, 0o700, "the root's mode is the top layer's");
+    }
+
+    #[test]
+    fn a_tree_deeper_than_any_stack_merges() {
+        let t = tempfile::tempdir().unwrap();
+        let (layer, out) = (t.path().join("layer"), t.path().join("out"));
+        fs::create_dir(&out).unwrap();
+        let mut deep = layer.clone();
+        for _ in 0..1500 {
+            deep.push("d");
+        }
+        fs::create_dir_all(&deep).unwrap();
+        fs::write(deep.join("f"), "bottom").unwrap();
+        let cancel = AtomicBool::new(false);
+        // On a thread with a small stack, as recursion would need far more.
+        let (l, o) = (layer.clone(), out.clone());
+        let merged = std::thread::Builder::new()
+            .stack_size(256 << 10)
+            .spawn(move || merge(&[l], &o, &cancel))
+            .unwrap()
+            .join()
+            .unwrap()
+            .unwrap();
+        assert_eq!(merged.entries, 1501);
+        assert_eq!(fs::read(out.join(deep.strip_prefix(&layer).unwrap()).join("f")).unwrap(), b"bottom");
+        let stopped = AtomicBool::new(true);
+        let e = merge(&[layer], &t.path().join("out"), &stopped).unwrap_err();
+        assert!(matches!(e.kind(), io::ErrorKind::Interrupted | io::ErrorKind::AlreadyExists), "{e}");
     }
 }

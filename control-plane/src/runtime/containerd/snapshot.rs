@@ -234,14 +234,22 @@ pub async fn flatten(
     }
     staged(ctd, base, new_key, labels, |to| async move {
         let started = std::time::Instant::now();
+        let cancel = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stop = cancel.clone();
         let merged = tokio::task::spawn_blocking(move || {
-            crate::runtime::layers::merge(&layers, &to)?;
+            let merged = crate::runtime::layers::merge(&layers, &to, &stop)?;
             sync_dir(&to)?;
-            Ok::<_, std::io::Error>(())
+            Ok::<_, std::io::Error>(merged)
         });
-        tokio::time::timeout(COPY_TIMEOUT, merged)
-            .await
-            .map_err(|_| RuntimeError::Timeout { op: "flatten a snapshot".into(), after: COPY_TIMEOUT })?
+        let merged = match tokio::time::timeout(COPY_TIMEOUT, merged).await {
+            Ok(joined) => joined,
+            Err(_) => {
+                // The blocking walk cannot be aborted; it stops at its next entry.
+                cancel.store(true, std::sync::atomic::Ordering::Relaxed);
+                return Err(RuntimeError::Timeout { op: "flatten a snapshot".into(), after: COPY_TIMEOUT });
+            }
+        };
+        let merged = merged
             .map_err(|e| RuntimeError::Io { op: "flatten a snapshot".into(), source: std::io::Error::other(e) })?
             .map_err(|source| match source.raw_os_error() {
                 Some(libc::ENOSPC) | Some(libc::EDQUOT) => {
@@ -252,6 +260,9 @@ pub async fn flatten(
         tracing::info!(
             snapshot = key,
             layers = depth,
+            entries = merged.entries,
+            file_bytes = merged.file_bytes,
+            cloned = merged.cloned,
             elapsed_ms = started.elapsed().as_millis() as u64,
             "flattened a snapshot"
         );
@@ -265,11 +276,12 @@ async fn lower_dirs(ctd: &Containerd, key: &str) -> Result<Vec<PathBuf>, Runtime
     let spec = view_of(ctd, key).await?;
     match spec.kind.as_str() {
         "bind" => Ok(vec![PathBuf::from(spec.source)]),
-        "overlay" => Ok(spec
+        // With `userxattr` overlayfs keeps its marks under other names, which the merge does not read.
+        "overlay" if !spec.options.iter().any(|o| o == "userxattr") => Ok(spec
             .options
             .iter()
             .find_map(|o| o.strip_prefix("lowerdir="))
-            .map(|l| l.split(':').map(PathBuf::from).collect())
+            .map(|l| l.split(':').map(PathBuf::from).filter(|p| p.is_absolute()).collect())
             .unwrap_or_default()),
         _ => Err(unsupported(key)),
     }
