@@ -427,7 +427,8 @@ async fn a_thousand_rollbacks_keep_layers_shallow_and_the_data_whole() {
             "deep",
             &format!(
                 "set -e; echo {round} > /data/r{round}; rm -f /data/r$(({round} - 1)); echo {round} >> /data/counter
-                 rm -rf /data/o; mkdir /data/o; echo {round} > /data/o/only-{round}"
+                 rm -rf /data/o; mkdir /data/o; echo {round} > /data/o/only-{round}
+                 echo {round} > /usr/sbin/only-{round}; [ ! -e /usr/sbin/chroot ]"
             ),
         )
         .await;
@@ -442,6 +443,9 @@ async fn a_thousand_rollbacks_keep_layers_shallow_and_the_data_whole() {
     assert!(print.contains("F /data/./d/a2 644 2 "), "hard link kept: {print}");
     assert!(print.contains("F /data/./sparse 644 1 4 "), "sparse file kept sparse: {print}");
     assert!(!print.contains("nsswitch") && print.contains("/usr/sbin/./only"), "image deletions kept: {print}");
+    // /usr/sbin was replaced in the first layer (opaque there) and written in every later one (copied
+    // up, so not marked opaque in those): the image's applets must stay hidden through every flattening.
+    assert!(!print.contains("/usr/sbin/./chroot"), "the image's /usr/sbin came back: {print}");
     assert!(deepest <= 8, "the bot's own layers reached {deepest}");
 
     // A thousand rounds on the stopped bot, keeping the last two snapshots (and the first).
@@ -486,4 +490,35 @@ async fn a_thousand_rollbacks_keep_layers_shallow_and_the_data_whole() {
     // What is left is the bot's writable layer and the (hidden) layers it sits on.
     assert!(ours.len() <= 1 + 8, "left after deleting every snapshot: {ours:?}");
     assert_eq!(b.sh("deep", LAYER_PRINT).await, print, "the data after deleting every snapshot");
+}
+
+/// A 256 MiB sparse file exports as its data only and imports sparse; a fifo is not archived but listed,
+/// in the manifest and by the CLI.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn export_keeps_sparse_files_sparse_and_lists_what_it_skips() {
+    let b = TestBerthd::start(None);
+    b.cli(&["bot", "create", "holes"]);
+    b.sh(
+        "holes",
+        "set -e; dd of=/data/sparse bs=1M seek=256 count=0 2>/dev/null; echo tail >> /data/sparse; mkfifo /data/pipe",
+    )
+    .await;
+    let sum = b.sh("holes", "sha256sum < /data/sparse").await;
+    let archive = b.dir.path().join("holes.tar");
+    let o = b
+        .berth(&["data", "export", "holes", "-o", archive.to_str().unwrap(), "--compression", "none"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{stderr}");
+    assert!(stderr.contains("skipped 1 entries") && stderr.contains("pipe: a fifo"), "{stderr}");
+    let size = std::fs::metadata(&archive).unwrap().len();
+    assert!(size < 1 << 20, "a 256 MiB sparse file made a {size}-byte uncompressed archive");
+
+    b.cli(&["bot", "create", "copy"]);
+    b.cli(&["data", "import", "copy", archive.to_str().unwrap(), "--replace"]);
+    assert_eq!(b.sh("copy", "sha256sum < /data/sparse").await, sum);
+    let kib: u64 = b.sh("copy", "du -k /data/sparse | cut -f1").await.trim().parse().unwrap();
+    assert!(kib < 1024, "imported dense: {kib} KiB on disk");
+    assert_eq!(b.sh("copy", "ls /data").await, "sparse\n", "the fifo is not made on import");
 }

@@ -74,7 +74,11 @@ impl<R: ContainerRuntime, N: Network> DataService for Data<R, N> {
         tokio::spawn(async move {
             let started = out_tx.clone();
             let export = m.export_data(&r.bot, compression, ChannelWriter::new(bytes_tx), move |id| {
-                let _ = started.try_send(Ok(pb::ExportDataChunk { data: Vec::new(), operation_id: id.to_string() }));
+                let _ = started.try_send(Ok(pb::ExportDataChunk {
+                    data: Vec::new(),
+                    operation_id: id.to_string(),
+                    summary: None,
+                }));
             });
             tokio::pin!(export);
             let mut open = true;
@@ -83,7 +87,7 @@ impl<R: ContainerRuntime, N: Network> DataService for Data<R, N> {
                     r = &mut export => break r,
                     b = bytes_rx.recv(), if open => match b {
                         Some(b) => {
-                            let chunk = pb::ExportDataChunk { data: b.to_vec(), operation_id: String::new() };
+                            let chunk = pb::ExportDataChunk { data: b.to_vec(), operation_id: String::new(), summary: None };
                             if out_tx.send(Ok(chunk)).await.is_err() {
                                 // The client went away: closing makes the writer fail and the export end.
                                 open = false;
@@ -95,14 +99,22 @@ impl<R: ContainerRuntime, N: Network> DataService for Data<R, N> {
                 }
             };
             while let Some(b) = bytes_rx.recv().await {
-                if out_tx.send(Ok(pb::ExportDataChunk { data: b.to_vec(), operation_id: String::new() })).await.is_err()
+                if out_tx
+                    .send(Ok(pb::ExportDataChunk { data: b.to_vec(), operation_id: String::new(), summary: None }))
+                    .await
+                    .is_err()
                 {
                     break;
                 }
             }
-            if let Err(e) = result {
-                let _ = out_tx.send(Err(e.into())).await;
-            }
+            let last = match result {
+                Ok(s) => {
+                    let summary = pb::ExportSummary { entries: s.entries, bytes: s.bytes, skipped: s.skipped };
+                    Ok(pb::ExportDataChunk { data: Vec::new(), operation_id: String::new(), summary: Some(summary) })
+                }
+                Err(e) => Err(e.into()),
+            };
+            let _ = out_tx.send(last).await;
         });
         Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(out_rx))))
     }

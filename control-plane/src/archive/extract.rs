@@ -8,7 +8,7 @@
 
 use std::cell::Cell;
 use std::collections::{HashMap, HashSet};
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader, Read, Seek, Write};
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::Path;
 use std::rc::Rc;
@@ -84,7 +84,7 @@ pub fn extract<R: Read>(
         Box::new(buffered)
     };
     let limited = Limited { inner: decoded, left: opts.max_bytes, exceeded: exceeded.clone() };
-    let result = extract_tar(limited, root.as_ref());
+    let result = extract_tar(limited, root.as_ref(), opts.max_bytes);
     match result {
         Err(_) if exceeded.get() => Err(ArchiveError::TooLarge { limit: opts.max_bytes }),
         r => r,
@@ -225,7 +225,7 @@ fn plan<R: Read>(entry: &tar::Entry<'_, R>, depth: usize, files: &HashSet<String
     let target = || entry.link_name_bytes().map(|t| t.into_owned()).unwrap_or_default();
     match entry.header().entry_type() {
         tar::EntryType::Directory => Ok(Plan::Dir),
-        tar::EntryType::Regular | tar::EntryType::Continuous => Ok(Plan::File),
+        tar::EntryType::Regular | tar::EntryType::Continuous | tar::EntryType::GNUSparse => Ok(Plan::File),
         tar::EntryType::Symlink => {
             let t = String::from_utf8(target()).map_err(|_| "the link target is not UTF-8".to_string())?;
             if t.is_empty() || climbs_out(depth, &t) {
@@ -264,17 +264,27 @@ fn copy_hashing<R: Read>(
     loop {
         let n = entry.read(&mut buf).map_err(|e| ArchiveError::Corrupt(format!("{rel}: {e}")))?;
         if n == 0 {
+            if let Some(f) = out {
+                f.set_len(size).map_err(io(format!("write {rel}")))?;
+            }
             return Ok((size, hex::encode(hash.finalize())));
         }
         hash.update(&buf[..n]);
         if let Some(f) = out.as_deref_mut() {
-            f.write_all(&buf[..n]).map_err(io(format!("write {rel}")))?;
+            // Zeros become a hole: a sparse file (or any run of zeros) stays sparse.
+            if buf[..n].iter().all(|b| *b == 0) {
+                f.seek(std::io::SeekFrom::Current(n as i64)).map_err(io(format!("write {rel}")))?;
+            } else {
+                f.write_all(&buf[..n]).map_err(io(format!("write {rel}")))?;
+            }
         }
         size += n as u64;
     }
 }
 
-fn extract_tar<R: Read>(input: R, root: Option<&OwnedFd>) -> Result<Summary, ArchiveError> {
+fn extract_tar<R: Read>(input: R, root: Option<&OwnedFd>, max_bytes: u64) -> Result<Summary, ArchiveError> {
+    // Files' lengths, holes included: a sparse entry's holes cost nothing to store but are hashed.
+    let mut logical_left = max_bytes;
     let mut archive = tar::Archive::new(input);
     let mut summary = Summary::default();
     let mut manifest: Option<Manifest> = None;
@@ -352,6 +362,8 @@ fn extract_tar<R: Read>(input: R, root: Option<&OwnedFd>) -> Result<Summary, Arc
                 }
             }
             Plan::File => {
+                logical_left =
+                    logical_left.checked_sub(entry.size()).ok_or(ArchiveError::TooLarge { limit: max_bytes })?;
                 let mut file = match &parent {
                     Some(parent) => {
                         clear(parent, name).map_err(&hostile)?;

@@ -1,5 +1,7 @@
 //! Writing a data archive from a directory that does not change while it is read (a mounted snapshot).
-//! Symbolic links are archived as links, never followed; hard links are archived once and linked.
+//! Symbolic links are archived as links, never followed; hard links are archived once and linked; files
+//! with holes are archived as GNU sparse entries (their data only), so a sparse file stays sparse; what
+//! an archive cannot hold (sockets, fifos, device nodes) is listed in the manifest's `skipped`.
 
 use std::collections::HashMap;
 use std::io::{Read, Write};
@@ -134,13 +136,31 @@ fn write_tar<W: Write>(
                         linked.insert((m.dev(), m.ino()), name.clone());
                     }
                     let f = std::fs::File::open(&path).map_err(io(format!("open {}", path.display())))?;
-                    let mut r = Hashing { inner: f, hash: Sha256::new(), n: 0 };
-                    tar.append_data(&mut header, &in_tar, &mut r).map_err(add)?;
+                    let holes = sparse_segments(&f, &m).map_err(io(format!("find the holes of {}", path.display())))?;
+                    let (n, sha256) = match holes {
+                        None => {
+                            let mut r = Hashing { inner: f, hash: Sha256::new(), n: 0 };
+                            tar.append_data(&mut header, &in_tar, &mut r).map_err(add)?;
+                            (r.n, hex::encode(r.hash.finalize()))
+                        }
+                        Some(segments) => {
+                            let (ext, stored) = sparse_header(&mut header, &segments, m.len());
+                            let mut r = Sparse::new(f, segments, m.len());
+                            tar.append_data(&mut header, &in_tar, ext.as_slice().chain(&mut r)).map_err(add)?;
+                            if r.stored != stored {
+                                return Err(ArchiveError::Io {
+                                    op: format!("archive {name}"),
+                                    source: std::io::Error::other("the file changed while it was archived"),
+                                });
+                            }
+                            (m.len(), r.finish())
+                        }
+                    };
                     entry.kind = Kind::File;
-                    entry.size = r.n;
-                    entry.sha256 = hex::encode(r.hash.finalize());
-                    summary.bytes += r.n;
-                    progress(r.n);
+                    entry.size = n;
+                    entry.sha256 = sha256;
+                    summary.bytes += n;
+                    progress(n);
                 }
             } else {
                 let what = if ft.is_socket() {
@@ -175,4 +195,183 @@ fn write_tar<W: Write>(
     let out = tar.into_inner().map_err(io("finish the archive"))?;
     summary.verified = true;
     Ok((out, summary))
+}
+
+/// A file's data segments, 512-byte aligned as tar needs them, when it has holes worth keeping (at least
+/// 64 KiB of them); `None` for a dense file.
+fn sparse_segments(f: &std::fs::File, m: &std::fs::Metadata) -> std::io::Result<Option<Vec<(u64, u64)>>> {
+    let len = m.len();
+    if len < 64 << 10 || m.blocks().saturating_mul(512) + (64 << 10) > len {
+        return Ok(None);
+    }
+    let mut segments: Vec<(u64, u64)> = Vec::new();
+    let mut at = 0u64;
+    while at < len {
+        let start = match rustix::fs::seek(f, rustix::fs::SeekFrom::Data(at)) {
+            Ok(s) => s,
+            Err(rustix::io::Errno::NXIO) => break,
+            Err(e) => return Err(e.into()),
+        };
+        let end = rustix::fs::seek(f, rustix::fs::SeekFrom::Hole(start))?.min(len);
+        let (start, end) = (start & !511, end.div_ceil(512).saturating_mul(512).min(len));
+        match segments.last_mut() {
+            Some(last) if start <= last.1 => last.1 = last.1.max(end),
+            _ => segments.push((start, end)),
+        }
+        at = end.max(at + 1);
+    }
+    let stored: u64 = segments.iter().map(|(s, e)| e - s).sum();
+    Ok((stored + (64 << 10) <= len).then_some(segments))
+}
+
+/// Makes `header` a GNU sparse header for `segments` of a `len`-byte file; returns the extension
+/// blocks that follow it and the bytes of data stored.
+fn sparse_header(header: &mut tar::Header, segments: &[(u64, u64)], len: u64) -> (Vec<u8>, u64) {
+    // The last block, of no data at the file's end, gives its length when it ends in a hole.
+    let mut blocks: Vec<(u64, u64)> = segments.iter().map(|&(s, e)| (s, e - s)).collect();
+    blocks.push((len, 0));
+    let stored: u64 = segments.iter().map(|(s, e)| e - s).sum();
+    header.set_entry_type(tar::EntryType::GNUSparse);
+    header.set_size(stored);
+    let mut ext = Vec::new();
+    if let Some(gnu) = header.as_gnu_mut() {
+        gnu.set_real_size(len);
+        let (first, rest) = blocks.split_at(blocks.len().min(gnu.sparse.len()));
+        for (slot, &(off, n)) in gnu.sparse.iter_mut().zip(first) {
+            slot.set_offset(off);
+            slot.set_length(n);
+        }
+        gnu.set_is_extended(!rest.is_empty());
+        let chunks: Vec<&[(u64, u64)]> = rest.chunks(21).collect();
+        for (i, chunk) in chunks.iter().enumerate() {
+            let mut e = tar::GnuExtSparseHeader::new();
+            for (slot, &(off, n)) in e.sparse.iter_mut().zip(chunk.iter()) {
+                slot.set_offset(off);
+                slot.set_length(n);
+            }
+            e.set_is_extended(i + 1 < chunks.len());
+            ext.extend_from_slice(e.as_bytes());
+        }
+    }
+    (ext, stored)
+}
+
+/// Reads a sparse file's data segments in order while hashing its whole content (holes as zeros).
+struct Sparse {
+    file: std::fs::File,
+    segments: std::vec::IntoIter<(u64, u64)>,
+    current: Option<(u64, u64)>,
+    /// How far the hash has got through the file.
+    hashed: u64,
+    len: u64,
+    hash: Sha256,
+    stored: u64,
+}
+
+impl Sparse {
+    fn new(file: std::fs::File, segments: Vec<(u64, u64)>, len: u64) -> Sparse {
+        Sparse { file, segments: segments.into_iter(), current: None, hashed: 0, len, hash: Sha256::new(), stored: 0 }
+    }
+
+    fn zeros_to(&mut self, to: u64) {
+        let zeros = [0u8; 64 << 10];
+        while self.hashed < to {
+            let n = (to - self.hashed).min(zeros.len() as u64);
+            self.hash.update(&zeros[..n as usize]);
+            self.hashed += n;
+        }
+    }
+
+    /// The hex sha256 of the whole file.
+    fn finish(mut self) -> String {
+        self.zeros_to(self.len);
+        hex::encode(self.hash.finalize())
+    }
+}
+
+impl Read for Sparse {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        loop {
+            let (at, end) = match self.current {
+                Some((at, end)) if at < end => (at, end),
+                _ => match self.segments.next() {
+                    Some(seg) => {
+                        self.current = Some(seg);
+                        continue;
+                    }
+                    None => return Ok(0),
+                },
+            };
+            self.zeros_to(at);
+            let want = (end - at).min(buf.len() as u64) as usize;
+            let n = std::os::unix::fs::FileExt::read_at(&self.file, &mut buf[..want], at)?;
+            if n == 0 {
+                return Err(std::io::Error::other("the file shrank while it was archived"));
+            }
+            self.hash.update(&buf[..n]);
+            self.hashed += n as u64;
+            self.stored += n as u64;
+            self.current = Some((at + n as u64, end));
+            return Ok(n);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::{FileExt, MetadataExt};
+
+    use super::super::extract::{Options, extract};
+    use super::*;
+
+    /// A 256 MiB file with 30 islands of data (more than a GNU header's four slots), ending in a hole.
+    fn islands(path: &Path) -> Vec<u8> {
+        let f = std::fs::File::create(path).unwrap();
+        f.set_len(256 << 20).unwrap();
+        for i in 0..30u64 {
+            f.write_at(format!("island {i}").as_bytes(), i * (8 << 20) + 777).unwrap();
+        }
+        std::fs::read(path).unwrap()
+    }
+
+    #[test]
+    fn sparse_files_stay_sparse_and_what_cannot_be_archived_is_listed() {
+        let t = tempfile::tempdir().unwrap();
+        let (src, dst) = (t.path().join("src"), t.path().join("dst"));
+        std::fs::create_dir_all(&src).unwrap();
+        std::fs::create_dir_all(&dst).unwrap();
+        let want = islands(&src.join("sparse"));
+        std::fs::write(src.join("dense"), vec![7u8; 200 << 10]).unwrap();
+        rustix::fs::mknodat(rustix::fs::CWD, src.join("fifo"), rustix::fs::FileType::Fifo, 0o600.into(), 0).unwrap();
+        let _sock = std::os::unix::net::UnixListener::bind(src.join("sock")).unwrap();
+
+        let archive = t.path().join("a.tar");
+        let out = std::fs::File::create(&archive).unwrap();
+        let summary = write_archive(&src, "b", Compression::None, out, &mut |_| {}).unwrap();
+        assert_eq!(summary.skipped, vec!["fifo: a fifo".to_string(), "sock: a socket".to_string()]);
+        let size = std::fs::metadata(&archive).unwrap().len();
+        assert!(size < 1 << 20, "a 256 MiB sparse file made a {size}-byte archive");
+        let manifest = String::from_utf8_lossy(&std::fs::read(&archive).unwrap()).into_owned();
+        assert!(manifest.contains("\"fifo: a fifo\""), "the manifest lists what was skipped");
+
+        // Ours extracts it sparse and verified.
+        let opts = Options { max_bytes: 1 << 30, replace: true };
+        let got = extract(std::fs::File::open(&archive).unwrap(), Some(&dst), opts, &mut |_| {}).unwrap();
+        assert!(got.verified);
+        let m = std::fs::metadata(dst.join("data/sparse")).unwrap();
+        assert_eq!(std::fs::read(dst.join("data/sparse")).unwrap(), want);
+        assert!(m.blocks() * 512 < 1 << 20, "extracted dense: {} blocks", m.blocks());
+        // GNU tar reads it too, to the same bytes.
+        let gnu = t.path().join("gnu");
+        std::fs::create_dir(&gnu).unwrap();
+        let st = std::process::Command::new("tar").arg("-xf").arg(&archive).arg("-C").arg(&gnu).status().unwrap();
+        assert!(st.success());
+        assert_eq!(std::fs::read(gnu.join("data/sparse")).unwrap(), want);
+        assert_eq!(std::fs::read(gnu.join("data/dense")).unwrap(), vec![7u8; 200 << 10]);
+
+        // A sparse entry's holes count against the expansion limit: no hashing a terabyte of holes.
+        let small = Options { max_bytes: 64 << 20, replace: true };
+        let e = extract(std::fs::File::open(&archive).unwrap(), None, small, &mut |_| {}).unwrap_err();
+        assert!(matches!(e, ArchiveError::TooLarge { .. }), "{e}");
+    }
 }

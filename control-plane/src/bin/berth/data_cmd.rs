@@ -170,20 +170,37 @@ pub async fn data(conn: &Conn, cmd: DataCommand) -> anyhow::Result<i32> {
             };
             let mut progress = Progress::new("export", None);
             let mut op = String::new();
+            let mut summary = None;
             while let Some(chunk) = stream.message().await.map_err(status_err("export"))? {
                 if !chunk.operation_id.is_empty() {
                     op = chunk.operation_id;
                 }
                 out.write_all(&chunk.data).context("cannot write the archive")?;
                 progress.add(chunk.data.len() as u64);
+                summary = summary.or(chunk.summary);
             }
             out.flush()?;
             drop(out);
             progress.finish();
+            // The summary comes after the last byte: without it the archive may be cut short.
+            let summary =
+                summary.context("the export ended before berthd said it was complete; no archive was kept")?;
             if let Some(t) = tmp {
                 t.as_file().sync_all()?;
                 t.persist(&output).with_context(|| format!("cannot write {output}"))?;
-                eprintln!("exported {} bytes to {output} (operation {op})", progress.done);
+                eprintln!(
+                    "exported {} entries ({} bytes of files) in {} bytes to {output} (operation {op})",
+                    summary.entries, summary.bytes, progress.done
+                );
+            }
+            if !summary.skipped.is_empty() {
+                eprintln!(
+                    "skipped {} entries an archive cannot hold (listed in its manifest too):",
+                    summary.skipped.len()
+                );
+                for s in &summary.skipped {
+                    eprintln!("  {s}");
+                }
             }
         }
         DataCommand::Import { bot, file, replace, unverified } => {
