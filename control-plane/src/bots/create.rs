@@ -1,6 +1,6 @@
 //! Creating a bot: validate, record it (state `creating`), create its container with the agent as PID 1
-//! and its agent directory bind-mounted, then `stopped` (or start it). A failure leaves the bot in
-//! `error` with the reason, and no container behind.
+//! and its agent directory bind-mounted, then `stopped` (or start it). A failure before `stopped`
+//! removes everything, the record included, and returns the reason: nothing is left half-made.
 
 use std::collections::BTreeMap;
 
@@ -72,59 +72,9 @@ impl<R: ContainerRuntime, N: Network> BotManager<R, N> {
         };
         self.store.insert_bot(&bot).await?;
         self.announce(&bot.name, BotState::Creating, "creating", "").await;
-        // The network and the container do not depend on each other (the container only records where its
-        // namespace will be): make both at once, and undo whichever succeeded if the other failed.
-        let netns = self.network.netns_path(&bot.name);
-        let (attached, made) =
-            tokio::join!(self.network.attach(&bot.name), self.make_container(&bot, &image, &netns, None));
-        let attachment = match (attached, made) {
-            (Ok(a), Ok(())) => a,
-            (Err(e), made) => {
-                let mut reason = format!("network setup failed: {}", crate::error::chain(&e));
-                if made.is_ok()
-                    && let Err(d) = self.runtime.delete(&bot.container_id).await
-                {
-                    reason.push_str(&format!("; removing its container also failed: {}", crate::error::chain(&d)));
-                }
-                self.transition(&bot, BotState::Error, "error", &reason).await?;
-                return Err(Error::Unavailable(reason));
-            }
-            (Ok(a), Err(e)) => {
-                let mut reason = format!("create failed: {}", crate::error::chain(&e));
-                match self.network.detach(&bot.name, Some(&a)).await {
-                    Ok(()) => {}
-                    Err(d) => {
-                        self.store.set_network(&bot.name, Some(&a)).await?;
-                        reason.push_str(&format!("; removing its network also failed: {}", crate::error::chain(&d)))
-                    }
-                }
-                self.transition(&bot, BotState::Error, "error", &reason).await?;
-                return Err(e);
-            }
-        };
-        self.store.set_network(&bot.name, Some(&attachment)).await?;
-        // A restricted bot never runs a moment without its policy (an unrestricted one is covered by the
-        // chains' default, so its create costs no firewall round).
-        if req.egress != crate::network::Egress::AllowAll
-            && let Err(e) = self.ensure_network_rules().await
-        {
-            let reason = format!("applying its egress policy failed: {}", crate::error::chain(&e));
-            self.transition(&bot, BotState::Error, "error", &reason).await?;
+        if let Err(e) = self.make_parts(&bot, &image, &req, &kept).await {
+            self.undo_create(&bot, &e).await;
             return Err(e);
-        }
-        if req.restore {
-            let op = self.begin_op(&bot.name, "restore", &kept.display().to_string(), serde_json::json!({})).await?;
-            let restored = async {
-                let file = std::fs::File::open(&kept)
-                    .map_err(|e| Error::internal(format!("cannot open {}", kept.display()), e))?;
-                self.import_locked(&bot, file, true, false, &op).await
-            }
-            .await;
-            if let Err(e) = self.end_op(&op, &kept.display().to_string(), restored).await {
-                let reason = format!("restoring its kept data failed: {}", crate::error::chain(&e));
-                self.transition(&bot, BotState::Error, "error", &reason).await?;
-                return Err(e);
-            }
         }
         self.transition(&bot, BotState::Stopped, "created", "").await?;
         if req.start {
@@ -132,6 +82,84 @@ impl<R: ContainerRuntime, N: Network> BotManager<R, N> {
             self.start_locked(&bot, Fresh::Yes).await?;
         }
         Ok(self.store.get_bot(&bot.name).await?)
+    }
+
+    /// Makes what a recorded bot needs: its network and container (at once: neither depends on the
+    /// other; the container only records where its namespace will be), its egress rules and, with
+    /// `restore`, its kept data. On failure the caller undoes whatever exists.
+    async fn make_parts(
+        &self,
+        bot: &BotRecord,
+        image: &crate::runtime::Image,
+        req: &CreateBot,
+        kept: &std::path::Path,
+    ) -> Result<()> {
+        let netns = self.network.netns_path(&bot.name);
+        let (attached, made) =
+            tokio::join!(self.network.attach(&bot.name), self.make_container(bot, image, &netns, None));
+        // Recorded before anything else can fail, so the undo finds what to detach.
+        if let Ok(a) = &attached {
+            self.store.set_network(&bot.name, Some(a)).await?;
+        }
+        attached.map_err(|e| Error::Unavailable(format!("network setup failed: {}", crate::error::chain(&e))))?;
+        made?;
+        // A restricted bot never runs a moment without its policy (an unrestricted one is covered by the
+        // chains' default, so its create costs no firewall round).
+        if req.egress != crate::network::Egress::AllowAll {
+            self.ensure_network_rules().await?;
+        }
+        if req.restore {
+            let op = self.begin_op(&bot.name, "restore", &kept.display().to_string(), serde_json::json!({})).await?;
+            let restored = async {
+                let file = std::fs::File::open(kept)
+                    .map_err(|e| Error::internal(format!("cannot open {}", kept.display()), e))?;
+                self.import_locked(bot, file, true, false, &op).await
+            }
+            .await;
+            self.end_op(&op, &kept.display().to_string(), restored).await?;
+        }
+        Ok(())
+    }
+
+    /// Undoes a create that failed: removes its container, snapshots, network, agent directory and
+    /// record, so a failed create leaves nothing for the reconciler to chase and the name is free again
+    /// (a container that containerd makes after all, late, is an orphan and removed as one). What cannot
+    /// be removed keeps the record, in `error`, not wanted running, for `bot rm` to finish.
+    async fn undo_create(&self, bot: &BotRecord, cause: &Error) {
+        let undone = async {
+            self.runtime.delete(&bot.container_id).await?;
+            self.remove_all_snapshots(&bot.name).await?;
+            let network = self.store.get_bot(&bot.name).await?.network;
+            self.network
+                .detach(&bot.name, network.as_ref())
+                .await
+                .map_err(|e| Error::Unavailable(format!("removing its network: {}", crate::error::chain(&e))))?;
+            self.remove_bot_dir(&bot.name).await?;
+            self.store.delete_bot(&bot.name).await?;
+            Ok::<_, Error>(())
+        }
+        .await;
+        let cause = crate::error::chain(cause);
+        match undone {
+            Ok(()) => {
+                tracing::warn!(bot.name = %bot.name, error = %cause, "create failed; removed what it made");
+                self.announce(&bot.name, BotState::Deleting, "deleted", &format!("create failed: {cause}")).await;
+            }
+            Err(u) => {
+                let reason = format!(
+                    "create failed: {cause}; removing what it made also failed: {}; `berth bot rm {}` finishes it",
+                    crate::error::chain(&u),
+                    bot.name
+                );
+                tracing::error!(bot.name = %bot.name, error = %reason, "a failed create left parts behind");
+                if let Err(e) = self.store.set_desired(&bot.name, false).await {
+                    tracing::warn!(bot.name = %bot.name, error = %e, "failed to record the bot as not wanted running");
+                }
+                if let Err(e) = self.transition(bot, BotState::Error, "error", &reason).await {
+                    tracing::warn!(bot.name = %bot.name, error = %crate::error::chain(&e), "failed to record a failed create");
+                }
+            }
+        }
     }
 
     /// Creates the bot's container (on `snapshot` if given, else on a new snapshot of `image`).

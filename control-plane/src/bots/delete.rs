@@ -40,14 +40,7 @@ impl<R: ContainerRuntime, N: Network> BotManager<R, N> {
             self.transition(&bot, BotState::Error, "error", &reason).await?;
             return Err(Error::Unavailable(reason));
         }
-        // The bot's socket directory is its own file system: detached, never walked.
-        let dir = self.bot_dir(name);
-        let root = dir.root().display().to_string();
-        match tokio::task::spawn_blocking(move || dir.remove()).await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => return Err(Error::internal(format!("cannot remove {root}"), e)),
-            Err(e) => return Err(Error::internal(format!("cannot remove {root}"), std::io::Error::other(e))),
-        }
+        self.remove_bot_dir(name).await?;
         self.store.delete_bot(name).await?;
         self.announce(name, BotState::Deleting, "deleted", "").await;
         drop(guard);
@@ -55,8 +48,20 @@ impl<R: ContainerRuntime, N: Network> BotManager<R, N> {
         Ok(())
     }
 
+    /// Removes the bot's agent directory. Its socket directory is its own file system: detached, never
+    /// walked.
+    pub(super) async fn remove_bot_dir(&self, name: &str) -> Result<()> {
+        let dir = self.bot_dir(name);
+        let root = dir.root().display().to_string();
+        match tokio::task::spawn_blocking(move || dir.remove()).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(Error::internal(format!("cannot remove {root}"), e)),
+            Err(e) => Err(Error::internal(format!("cannot remove {root}"), std::io::Error::other(e))),
+        }
+    }
+
     /// Removes every snapshot labelled as the bot's, children before parents.
-    async fn remove_all_snapshots(&self, name: &str) -> Result<()> {
+    pub(super) async fn remove_all_snapshots(&self, name: &str) -> Result<()> {
         loop {
             let all = self.runtime.snapshots(crate::runtime::LABEL_BOT, name).await?;
             if all.is_empty() {

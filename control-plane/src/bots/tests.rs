@@ -54,18 +54,17 @@ async fn create_records_a_stopped_bot_with_its_agent_directory() {
 }
 
 #[tokio::test]
-async fn a_failed_create_leaves_the_bot_in_error_with_the_reason() {
+async fn a_failed_create_leaves_nothing_and_the_name_free() {
     let (m, _dir) = manager().await;
     m.runtime.fail_create.store(true, Ordering::SeqCst);
-    assert!(m.create(req("broken")).await.is_err());
-    let (b, _) = m.get("broken").await.expect("get");
-    assert_eq!(b.state, BotState::Error);
-    assert!(b.last_error.contains("injected failure"), "{}", b.last_error);
+    let e = m.create(req("broken")).await.expect_err("the runtime fails");
+    assert!(crate::error::chain(&e).contains("injected failure"), "{e:?}");
+    assert!(matches!(m.get("broken").await, Err(Error::NotFound(_))), "a record was left for the reconciler");
     assert!(m.runtime.containers().is_empty());
     assert!(m.network.attached().is_empty(), "the network was left attached");
-    // It can be deleted.
-    m.delete("broken", false).await.expect("delete");
-    assert!(matches!(m.get("broken").await, Err(Error::NotFound(_))));
+    // The name is free again.
+    m.runtime.fail_create.store(false, Ordering::SeqCst);
+    m.create(req("broken")).await.expect("create again");
 }
 
 #[tokio::test]
@@ -115,13 +114,12 @@ async fn recover_corrects_bots_whose_task_is_gone() {
 }
 
 #[tokio::test]
-async fn a_failed_network_setup_leaves_the_bot_in_error_without_a_container() {
+async fn a_failed_network_setup_leaves_no_bot_and_no_container() {
     let (m, _dir) = manager().await;
     m.network.fail.store(true, Ordering::SeqCst);
-    assert!(matches!(m.create(req("offline")).await, Err(Error::Unavailable(_))));
-    let (b, _) = m.get("offline").await.expect("get");
-    assert_eq!(b.state, BotState::Error);
-    assert!(b.last_error.contains("network setup failed"), "{}", b.last_error);
+    let e = m.create(req("offline")).await.expect_err("the network fails");
+    assert!(matches!(&e, Error::Unavailable(r) if r.contains("network setup failed")), "{e:?}");
+    assert!(matches!(m.get("offline").await, Err(Error::NotFound(_))));
     assert!(m.runtime.containers().is_empty());
     m.network.fail.store(false, Ordering::SeqCst);
     let ok = m.create(req("online")).await.expect("create");
