@@ -85,7 +85,9 @@ async fn async_main() {
     for i in 0..12 {
         let name = format!("cold{i}");
         let t = Instant::now();
-        bots.create_bot(pb::CreateBotRequest { name: name.clone(), start: true, ..Default::default() }).await.unwrap();
+        bots.create_bot(pb::CreateBotRequest { name: name.clone(), start: Some(true), ..Default::default() })
+            .await
+            .unwrap();
         let mut a = agent_client::agent_on(ch.clone(), BearerAuth::none().with_bot(&name).unwrap());
         assert_eq!(run(&mut a, argv(&["/bin/true"])).await.unwrap().code(), Some(0));
         if i >= 2 {
@@ -100,7 +102,9 @@ async fn async_main() {
     );
 
     // Exec round trips on one running bot.
-    bots.create_bot(pb::CreateBotRequest { name: "hot".into(), start: true, ..Default::default() }).await.unwrap();
+    bots.create_bot(pb::CreateBotRequest { name: "hot".into(), start: Some(true), ..Default::default() })
+        .await
+        .unwrap();
     let mut via_berthd = agent_client::agent_on(ch.clone(), BearerAuth::none().with_bot("hot").unwrap());
     let token = std::fs::read_to_string(b.dir.path().join("run/hot/conf/token")).unwrap();
     let mut direct: AgentClient =
@@ -202,7 +206,9 @@ async fn data_ops(b: &TestBerthd, report: &mut Report) {
     let ch = agent_client::channel(b.socket.to_str().unwrap()).await.unwrap();
     let mut bots = BotServiceClient::new(ch.clone());
     let mut data = DataServiceClient::new(ch).max_decoding_message_size(64 << 20);
-    bots.create_bot(pb::CreateBotRequest { name: "heavy".into(), start: true, ..Default::default() }).await.unwrap();
+    bots.create_bot(pb::CreateBotRequest { name: "heavy".into(), start: Some(true), ..Default::default() })
+        .await
+        .unwrap();
     let ch = agent_client::channel(b.socket.to_str().unwrap()).await.unwrap();
     let mut agent = agent_client::agent_on(ch, BearerAuth::none().with_bot("heavy").unwrap());
     for (label, mib, n) in [("10 MiB", 10u64, 5usize), ("1 GiB", 1024, 2)] {
@@ -263,7 +269,7 @@ async fn concurrency(b: &TestBerthd, report: &mut Report) {
     let ch = agent_client::channel(b.socket.to_str().unwrap()).await.unwrap();
     let mut bots = BotServiceClient::new(ch);
     for i in 0..4 {
-        bots.create_bot(pb::CreateBotRequest { name: format!("c{i}"), start: true, ..Default::default() })
+        bots.create_bot(pb::CreateBotRequest { name: format!("c{i}"), start: Some(true), ..Default::default() })
             .await
             .unwrap();
     }
@@ -361,7 +367,9 @@ async fn restart_with_bots(b: &mut TestBerthd, report: &mut Report) {
     let mut bots = BotServiceClient::new(ch);
     let names: Vec<String> = (0..20).map(|i| format!("r{i}")).collect();
     for n in &names {
-        bots.create_bot(pb::CreateBotRequest { name: n.clone(), start: true, ..Default::default() }).await.unwrap();
+        bots.create_bot(pb::CreateBotRequest { name: n.clone(), start: Some(true), ..Default::default() })
+            .await
+            .unwrap();
     }
     let pids = |bots: Vec<pb::Bot>| bots.into_iter().map(|b| (b.name, b.pid)).collect::<Vec<_>>();
     let mut before = Vec::new();

@@ -180,7 +180,7 @@ async fn errors_carry_the_right_codes() {
     let create = |name: &str, image: &str| pb::CreateBotRequest {
         name: name.into(),
         image: image.into(),
-        start: true,
+        start: Some(true),
         ..Default::default()
     };
     let err = c.create_bot(create("Bad_Name", "")).await.unwrap_err();
@@ -232,7 +232,7 @@ async fn events_and_exec_cancellation_flow_through() {
     let b = TestBerthd::start(None);
     let mut c = bots(&b).await;
     let mut events = c.watch_events(pb::WatchEventsRequest { name: "gamma".into() }).await.unwrap().into_inner();
-    c.create_bot(pb::CreateBotRequest { name: "gamma".into(), start: true, ..Default::default() }).await.unwrap();
+    c.create_bot(pb::CreateBotRequest { name: "gamma".into(), start: Some(true), ..Default::default() }).await.unwrap();
     let mut kinds = Vec::new();
     while !kinds.contains(&"started".to_string()) {
         let e = tokio::time::timeout(Duration::from_secs(10), events.message()).await.unwrap().unwrap().unwrap();
@@ -265,7 +265,9 @@ async fn sixteen_clients_at_once_on_several_bots() {
     let b = TestBerthd::start(None);
     let mut c = bots(&b).await;
     for name in ["d1", "d2", "d3"] {
-        c.create_bot(pb::CreateBotRequest { name: name.into(), start: true, ..Default::default() }).await.unwrap();
+        c.create_bot(pb::CreateBotRequest { name: name.into(), start: Some(true), ..Default::default() })
+            .await
+            .unwrap();
     }
     let mut tasks = Vec::new();
     for i in 0..16 {
@@ -305,7 +307,7 @@ async fn sixteen_clients_at_once_on_several_bots() {
 }
 
 #[tokio::test]
-async fn tcp_requires_an_api_token_and_checks_it() {
+async fn tcp_requires_an_api_token_the_socket_checks_one_when_sent() {
     let dir = tempfile::tempdir().unwrap();
     let tokens = dir.path().join("tokens");
     std::fs::write(&tokens, "first-token-0123456789\nsecond-token-0123456789\n").unwrap();
@@ -313,15 +315,16 @@ async fn tcp_requires_an_api_token_and_checks_it() {
     let addr = format!("127.0.0.1:{port}");
     let b = TestBerthd::start_with(None, &["--listen-tcp", &addr, "--api-token-file", tokens.to_str().unwrap()]);
     let url = format!("http://{addr}");
-    // No token, a wrong token: refused, on the socket and on TCP alike.
+    // Over TCP: no token, a wrong token: refused, saying which file the tokens come from.
+    let (rc, _, err) = out({
+        let mut c = b.berth(&["bot", "ls"]);
+        c.env("BERTH_ADDR", &url);
+        c
+    });
+    assert_eq!(rc, 1);
+    assert!(err.contains("api token") && err.contains("api_token_file"), "{err}");
+    // A wrong token is refused on the socket too: a token, when sent, is always checked.
     for target in [url.as_str(), b.socket.to_str().unwrap()] {
-        let (rc, _, err) = out({
-            let mut c = b.berth(&["bot", "ls"]);
-            c.env("BERTH_ADDR", target);
-            c
-        });
-        assert_eq!(rc, 1, "{target}");
-        assert!(err.contains("api token"), "{err}");
         let (rc, _, err) = out({
             let mut c = b.berth(&["bot", "ls"]);
             c.env("BERTH_ADDR", target).env("BERTH_TOKEN", "not-a-valid-token");
@@ -330,6 +333,13 @@ async fn tcp_requires_an_api_token_and_checks_it() {
         assert_eq!(rc, 1);
         assert!(err.contains("invalid API token"), "{err}");
     }
+    // The Unix socket is guarded by its permissions (0600, berthd's user): no token needed there.
+    let (rc, _, err) = out({
+        let mut c = b.berth(&["bot", "ls"]);
+        c.env("BERTH_ADDR", b.socket.to_str().unwrap());
+        c
+    });
+    assert_eq!(rc, 0, "the socket without a token: {err}");
     // Either configured token works, over TCP too, for lifecycle and proxied agent calls.
     for token in ["first-token-0123456789", "second-token-0123456789"] {
         let (rc, _, err) = out({
@@ -394,7 +404,7 @@ async fn bots_get_a_stable_address_on_their_own_network_namespace() {
     let b = TestBerthd::start(None);
     let mut c = bots(&b).await;
     let bot = c
-        .create_bot(pb::CreateBotRequest { name: "net1".into(), start: true, ..Default::default() })
+        .create_bot(pb::CreateBotRequest { name: "net1".into(), start: Some(true), ..Default::default() })
         .await
         .unwrap()
         .into_inner()
@@ -465,7 +475,7 @@ async fn transient_cni_failures_are_retried_to_success() {
     let b = TestBerthd::start_with(None, &["--cni-bin-dir", bin.to_str().unwrap()]);
     let mut c = bots(&b).await;
     let bot = c
-        .create_bot(pb::CreateBotRequest { name: "flaky".into(), start: true, ..Default::default() })
+        .create_bot(pb::CreateBotRequest { name: "flaky".into(), start: Some(true), ..Default::default() })
         .await
         .unwrap()
         .into_inner()
@@ -484,7 +494,7 @@ async fn a_permanent_cni_failure_fails_the_create_and_leaks_nothing() {
     let b = TestBerthd::start_with(None, &["--cni-bin-dir", bin.to_str().unwrap(), "--cni-attempts", "2"]);
     let mut c = bots(&b).await;
     let err = c
-        .create_bot(pb::CreateBotRequest { name: "doomed".into(), start: true, ..Default::default() })
+        .create_bot(pb::CreateBotRequest { name: "doomed".into(), start: Some(true), ..Default::default() })
         .await
         .unwrap_err();
     assert_eq!(err.code(), tonic::Code::Unavailable);
@@ -564,7 +574,7 @@ async fn masquerade_is_installed_restored_when_deleted_and_removed_when_turned_o
     assert_eq!(count(&rule), 1, "{}", nat_rules());
     bots(&b)
         .await
-        .create_bot(pb::CreateBotRequest { name: "out".into(), start: true, ..Default::default() })
+        .create_bot(pb::CreateBotRequest { name: "out".into(), start: Some(true), ..Default::default() })
         .await
         .unwrap();
     // Deleted by hand (or by a firewall reload): the reconciler puts it back, and says so.

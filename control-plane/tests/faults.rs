@@ -38,7 +38,7 @@ async fn get(b: &TestBerthd, name: &str) -> pb::Bot {
 }
 
 async fn create(b: &TestBerthd, name: &str, resources: Option<pb::Resources>) -> pb::Bot {
-    let req = pb::CreateBotRequest { name: name.into(), start: true, resources, ..Default::default() };
+    let req = pb::CreateBotRequest { name: name.into(), start: Some(true), resources, ..Default::default() };
     bots(b).await.create_bot(req).await.unwrap().into_inner().bot.unwrap()
 }
 

@@ -29,7 +29,7 @@ async fn two_hundred_create_delete_cycles_leak_nothing() {
     let b = TestBerthd::start(None);
     // Warm up once (first-use allocations, connection pools), then count.
     let mut c = BotServiceClient::new(agent_client::channel(b.socket.to_str().unwrap()).await.unwrap());
-    c.create_bot(pb::CreateBotRequest { name: "warm".into(), start: true, ..Default::default() }).await.unwrap();
+    c.create_bot(pb::CreateBotRequest { name: "warm".into(), start: Some(true), ..Default::default() }).await.unwrap();
     c.delete_bot(pb::DeleteBotRequest { name: "warm".into(), keep_data: false }).await.unwrap();
     let pid = b.pid().unwrap();
     let fds_before = fds(pid);
@@ -42,7 +42,7 @@ async fn two_hundred_create_delete_cycles_leak_nothing() {
             let mut c = BotServiceClient::new(ch.clone());
             for i in 0..CYCLES_PER_WORKER {
                 let name = format!("soak-{w}-{i}");
-                c.create_bot(pb::CreateBotRequest { name: name.clone(), start: true, ..Default::default() })
+                c.create_bot(pb::CreateBotRequest { name: name.clone(), start: Some(true), ..Default::default() })
                     .await
                     .unwrap_or_else(|e| panic!("create {name}: {e:?}"));
                 let mut a = agent_client::agent_on(

@@ -81,7 +81,7 @@ fn generate() -> String {
     let mut out = String::from(
         "# Berth API reference\n\nGenerated from the `.proto` files under `proto/berth/` by \
          `proto/tests/api_docs.rs`; do not edit by hand. Every RPC returns a gRPC status with a code and a \
-         message a person can act on; berthd also serves gRPC reflection and `grpc.health.v1`.\n\n",
+         message a person can act on; berthd also serves gRPC reflection (`grpc.reflection.v1` and `v1alpha`, with these comments) and `grpc.health.v1`. On berthd's Unix socket any gRPC client works with its default options (a socket path sent as `:authority` is accepted) and needs no token (the socket's permissions guard it); over TCP every call carries `authorization: Bearer <api token>`.\n\n",
     );
     for file in set.file.iter().filter(|f| f.name().starts_with("berth/")) {
         out.push_str(&format!("## Package `{}` (`{}`)\n\n", file.package(), file.name()));

@@ -37,7 +37,7 @@ impl<R: ContainerRuntime, N: Network> BotService for Bots<R, N> {
             env: r.env.into_iter().collect(),
             labels: r.labels.into_iter().collect(),
             limits: convert::limits(r.resources),
-            start: r.start,
+            start: r.start.unwrap_or(true),
             restore: r.restore,
             egress: convert::egress(r.egress)?,
         };

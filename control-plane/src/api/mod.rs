@@ -11,6 +11,7 @@ mod images;
 mod mcp;
 mod proxy;
 pub mod scope;
+pub mod uds;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -89,16 +90,26 @@ impl ApiTokens {
         self.0.is_empty()
     }
 
-    fn check(&self, mut req: Request<()>) -> Result<Request<()>, Status> {
+    /// Admits a request. On a listener where a token is `optional` (the Unix socket, guarded by its
+    /// file permissions) a request without one is admitted with every right; a token, when sent, is
+    /// checked all the same and limits the caller to its scope.
+    fn check(&self, mut req: Request<()>, optional: bool) -> Result<Request<()>, Status> {
         if self.0.is_empty() {
             return Ok(req);
         }
-        let presented = req
-            .metadata()
-            .get("authorization")
-            .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "))
-            .ok_or_else(|| Status::unauthenticated("missing `authorization: Bearer <api token>`"))?;
-        let scope = self.verify(presented).ok_or_else(|| Status::unauthenticated("invalid API token"))?;
+        let header = req.metadata().get("authorization");
+        if header.is_none() && optional {
+            return Ok(req);
+        }
+        let presented = header.and_then(|v| v.as_bytes().strip_prefix(b"Bearer ")).ok_or_else(|| {
+            Status::unauthenticated(
+                "missing `authorization: Bearer <api token>` (a token from berthd's api_token_file; BERTH_TOKEN for \
+                 the CLI)",
+            )
+        })?;
+        let scope = self.verify(presented).ok_or_else(|| {
+            Status::unauthenticated("invalid API token: it is not one of the tokens in berthd's api_token_file")
+        })?;
         req.extensions_mut().insert(scope);
         Ok(req)
     }
@@ -116,6 +127,16 @@ impl ApiTokens {
     }
 }
 
+/// Who may call on a listener.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// A token is needed whenever tokens are configured (TCP).
+    Token,
+    /// The listener is guarded by its file permissions (the Unix socket): a token is optional and, when
+    /// sent, limits the caller to its scope.
+    Socket,
+}
+
 /// The API's router: every service, behind the RPC latency layer.
 pub type ApiRouter = tonic::transport::server::Router<
     tower::layer::util::Stack<crate::metrics::RpcLatencyLayer, tower::layer::util::Identity>,
@@ -128,20 +149,34 @@ pub async fn router<R: ContainerRuntime, N: Network>(
     tokens: ApiTokens,
     health: &tonic_health::server::HealthReporter,
     tls: Option<tonic::transport::ServerTlsConfig>,
+    access: Access,
 ) -> Result<ApiRouter, tonic::transport::Error> {
     let health_service = health::service(health);
-    // Reflection (grpcurl and friends); the descriptors come from the proto crate, so this cannot fail
-    // unless the build is broken, in which case berthd serves without it and says so.
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(berth_proto::FILE_DESCRIPTOR_SET)
+    // Reflection (grpcurl, Python's grpc_reflection and friends), both versions clients use, each
+    // listing every service served (health and both reflections included) with the protos' comments.
+    // The descriptors are compiled in, so this cannot fail unless the build is broken, in which case
+    // berthd serves without it and says so.
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(berth_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let reflection = reflection()
+        .register_encoded_file_descriptor_set(tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET)
         .build_v1()
+        .and_then(|v1| {
+            let alpha = reflection()
+                .register_encoded_file_descriptor_set(tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET)
+                .build_v1alpha()?;
+            Ok((v1, alpha))
+        })
         .map_err(|e| tracing::error!(error = %e, "gRPC reflection is unavailable"))
         .ok();
     health.set_serving::<BotServiceServer<bots::Bots<R, N>>>().await;
     health.set_serving::<DataServiceServer<data::Data<R, N>>>().await;
     health.set_serving::<ImageServiceServer<images::Images<R, N>>>().await;
     health.set_serving::<McpServiceServer<mcp::Mcp<R, N>>>().await;
-    let auth = move |req| tokens.check(req);
+    let auth = move |req| tokens.check(req, access == Access::Socket);
     let bots = BotServiceServer::new(bots::Bots::new(manager.clone()));
     let images = ImageServiceServer::new(images::Images::new(manager.clone()));
     let data = DataServiceServer::new(data::Data::new(manager.clone()))
@@ -170,7 +205,9 @@ pub async fn router<R: ContainerRuntime, N: Network>(
         .add_service(InterceptedService::new(mcp, auth.clone()))
         .add_service(InterceptedService::new(proxy, auth.clone()));
     Ok(match reflection {
-        Some(r) => router.add_service(InterceptedService::new(r, auth)),
+        Some((v1, alpha)) => router
+            .add_service(InterceptedService::new(v1, auth.clone()))
+            .add_service(InterceptedService::new(alpha, auth)),
         None => router,
     })
 }

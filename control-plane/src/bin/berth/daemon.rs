@@ -320,7 +320,7 @@ pub async fn bot(conn: &Conn, cmd: BotCommand) -> anyhow::Result<i32> {
                         unlimited_disk,
                     })
                 },
-                start: !no_start,
+                start: Some(!no_start),
                 restore,
                 egress,
             };

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use berth_control_plane::api::{ApiTokens, router};
+use berth_control_plane::api::{Access, ApiTokens, router};
 use berth_control_plane::bots::{BotManager, ManagerConfig};
 use berth_control_plane::mcp::{McpConfig, McpHub};
 use berth_control_plane::network::{Cni, NetworkConfig};
@@ -165,7 +165,7 @@ async fn main() -> anyhow::Result<()> {
             _ => None,
         };
         let secure = tls.is_some();
-        let r = router(manager.clone(), hub.clone(), tokens.clone(), &health, tls)
+        let r = router(manager.clone(), hub.clone(), tokens.clone(), &health, tls, Access::Token)
             .await
             .context("tls_cert_file/tls_key_file: not a usable certificate and key")?;
         servers.push(tokio::spawn(r.serve_with_incoming_shutdown(TcpListenerStream::new(l), wait(stop_rx.clone()))));
@@ -173,10 +173,14 @@ async fn main() -> anyhow::Result<()> {
     }
     let unix_path = args.unix_socket();
     let unix = listen_unix(&unix_path)?;
-    let r = router(manager.clone(), hub.clone(), tokens.clone(), &health, None)
+    let r = router(manager.clone(), hub.clone(), tokens.clone(), &health, None, Access::Socket)
         .await
         .context("cannot build the API router")?;
-    servers.push(tokio::spawn(r.serve_with_incoming_shutdown(UnixListenerStream::new(unix), wait(stop_rx.clone()))));
+    // Each connection's request headers are fixed up so any gRPC client's Unix-socket `:authority` works.
+    let incoming = tokio_stream::StreamExt::map(UnixListenerStream::new(unix), |c| {
+        c.map(berth_control_plane::api::uds::UdsStream::new)
+    });
+    servers.push(tokio::spawn(r.serve_with_incoming_shutdown(incoming, wait(stop_rx.clone()))));
     tracing::info!(socket = %unix_path.display(), "berthd listening");
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
