@@ -1,14 +1,23 @@
 #!/usr/bin/env bash
-# Installs everything Berth's build, tests and benchmarks need, by package name, from Debian, PyPI and npm.
-# Safe to run twice: each step checks before it installs. Test-only tools go under .deps/ (git-ignored).
+# Installs what Berth needs, by package name, from Debian, PyPI and npm. `install-deps.sh run`: only what
+# running Berth needs (scripts/run.sh); with no argument (or `test`): that and everything the tests,
+# benchmarks and fuzzers need (scripts/test.sh). Safe to run twice: each step checks before it installs.
+# Test-only tools go under .deps/ (git-ignored).
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 deps="$root/.deps"
-mkdir -p "$deps"
+what="${1:-test}"
+case "$what" in run|test) ;; *) echo "install-deps: run or test, not '$what'" >&2; exit 2;; esac
 
-# containerd, runc and the CNI plugins run bots; busybox-static goes into the minimal image; the tests
-# start private PostgreSQL servers and OCI registries (docker-registry, htpasswd from apache2-utils, certificates from openssl); debootstrap builds the full image; iptables carries the firewall rules berthd owns; docker-compose (Python, no engine needed) validates devenv/docker-compose.yml.
-apt_pkgs=(protobuf-compiler python3-venv containerd runc containernetworking-plugins busybox-static postgresql docker-registry apache2-utils openssl debootstrap iptables iproute2 docker-compose curl btrfs-progs)
+# To run: containerd, runc and the CNI plugins run bots; busybox-static goes into the minimal image;
+# iptables carries the firewall rules berthd owns; btrfs-progs makes the disk-quota image; curl reads
+# metrics. To test as well: private PostgreSQL servers and OCI registries (docker-registry, htpasswd
+# from apache2-utils, certificates from openssl); debootstrap builds the full image; docker-compose
+# (Python, no engine needed) validates devenv/docker-compose.yml; python3-venv holds the test clients.
+apt_pkgs=(containerd runc containernetworking-plugins busybox-static iptables iproute2 curl btrfs-progs)
+if [ "$what" = test ]; then
+  apt_pkgs+=(protobuf-compiler python3-venv postgresql docker-registry apache2-utils openssl debootstrap docker-compose)
+fi
 missing=()
 for p in "${apt_pkgs[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 if [ "${#missing[@]}" -gt 0 ]; then
@@ -17,6 +26,11 @@ if [ "${#missing[@]}" -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 
+if [ "$what" = run ]; then
+  echo "install-deps: ok (to run)"
+  exit 0
+fi
+mkdir -p "$deps"
 command -v cargo-nextest >/dev/null 2>&1 || cargo install --locked cargo-nextest
 command -v cargo-fuzz >/dev/null 2>&1 || cargo install --locked cargo-fuzz
 

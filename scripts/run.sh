@@ -2,12 +2,13 @@
 # Sets up and runs Berth on this machine: installs what is missing, builds berthd, the berth CLI, the
 # static agent and the minimal bot image, starts a private containerd (its own root, on a loop-mounted
 # btrfs image for disk quotas, state and socket under ./.run) and berthd on SQLite, and prints how to
-# connect. Ctrl-C stops everything cleanly: berthd,
-# the bots' tasks (their data stays), and the private containerd.
+# connect. berthd is supervised: if it dies it is started again (with backoff, logged) and the bots keep
+# running. Ctrl-C stops everything cleanly: berthd, the bots' tasks (their data stays), and the private
+# containerd.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
-bash scripts/install-deps.sh
+bash scripts/install-deps.sh run
 cargo build --locked --release -p berth-control-plane --bin berth --bin berthd
 agent="$(bash scripts/build-agent.sh)"
 image="$(BERTH_AGENT_BIN="$agent" bash scripts/build-image.sh minimal)"
@@ -51,9 +52,10 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
   path = "$ctd/opt"
 TOML
 
-pids=()
+stopping=0
 cleanup() {
   trap - INT TERM EXIT
+  stopping=1
   echo "stopping berthd, the bots' tasks and containerd..."
   [ -n "${berthd_pid:-}" ] && kill -TERM "$berthd_pid" 2>/dev/null && wait "$berthd_pid" 2>/dev/null || true
   if [ -S "$ctd/containerd.sock" ]; then
@@ -70,7 +72,8 @@ cleanup() {
   if mountpoint -q "$ctd/root"; then umount "$ctd/root" 2>/dev/null || umount -l "$ctd/root" || true; fi
   echo "stopped. Bots and their data are kept in $run; run scripts/run.sh again to continue."
 }
-trap cleanup INT TERM EXIT
+trap cleanup EXIT
+trap 'cleanup; exit 130' INT TERM
 
 # Own sessions: a terminal's Ctrl-C reaches only this script, whose trap then stops things in order.
 setsid containerd --config "$ctd/config.toml" >"$ctd/containerd.log" 2>&1 &
@@ -78,9 +81,13 @@ ctd_pid=$!
 for _ in $(seq 100); do [ -S "$ctd/containerd.sock" ] && break; sleep 0.1; done
 [ -S "$ctd/containerd.sock" ] || { echo "containerd did not start; see $ctd/containerd.log" >&2; exit 1; }
 
-setsid "$root/target/release/berthd" --containerd-socket "$ctd/containerd.sock" --namespace "$ns" \
-  --state-dir "$run/state" --run-dir "$run/run" --image-archive "$image" >"$run/berthd.log" 2>&1 &
-berthd_pid=$!
+start_berthd() {
+  setsid "$root/target/release/berthd" --containerd-socket "$ctd/containerd.sock" --namespace "$ns" \
+    --state-dir "$run/state" --run-dir "$run/run" --image-archive "$image" >>"$run/berthd.log" 2>&1 &
+  berthd_pid=$!
+  berthd_started=$(date +%s)
+}
+start_berthd
 for _ in $(seq 150); do [ -S "$run/run/berthd.sock" ] && break; sleep 0.1; done
 [ -S "$run/run/berthd.sock" ] || { echo "berthd did not start; see $run/berthd.log" >&2; exit 1; }
 
@@ -93,6 +100,21 @@ Berth is running (berthd log: $run/berthd.log). In another shell:
   berth exec -it demo -- sh
   berth bot ls
 
-Ctrl-C here stops everything.
+MCP clients reach a bot's registered servers with \`berth mcp BOT SERVER\` (stdio; set BERTH_ADDR as
+above), or over Streamable HTTP when berthd runs with mcp_listen and api_token_file (see README.md).
+
+Ctrl-C here stops everything. If berthd dies it is restarted; the bots keep running.
 MSG
-wait "$berthd_pid"
+# Supervision: a berthd that exits is started again (1 s, doubling to 30 s while it keeps failing within
+# a minute of its start); the bots' tasks are never touched.
+backoff=1
+while :; do
+  rc=0
+  wait "$berthd_pid" || rc=$?
+  [ "$stopping" = 1 ] && break
+  if (( $(date +%s) - berthd_started > 60 )); then backoff=1; fi
+  echo "run.sh: berthd exited (status $rc); starting it again in ${backoff}s; the bots keep running (log: $run/berthd.log)" >&2
+  sleep "$backoff"
+  backoff=$(( backoff < 30 ? backoff * 2 : 30 ))
+  start_berthd
+done

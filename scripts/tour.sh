@@ -2,7 +2,8 @@
 # Runs the README's five-minute tour verbatim, as a new user would: starts `scripts/run.sh`, takes the
 # commands from the tour's code block, runs them one by one in one shell (each must succeed; the
 # interactive one gets a real terminal from `script` and types `exit`), then stops run.sh as Ctrl-C
-# would (with SIGTERM) and checks it stopped cleanly. Part of scripts/test.sh.
+# would (with SIGTERM) and checks it stopped cleanly. In between, it SIGKILLs berthd and checks run.sh
+# starts it again while a bot keeps its processes. Part of scripts/test.sh.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
@@ -59,6 +60,25 @@ if ! bash "$work/tour.sh" </dev/null; then
   tail -50 .run/berthd.log >&2 || true
   exit 1
 fi
+
+# run.sh supervises berthd: SIGKILL it, and it is started again while a bot keeps its processes.
+export BERTH_ADDR="$root/.run/run/berthd.sock"
+berth="$root/target/release/berth"
+"$berth" bot create survivor >/dev/null
+pid_of() { "$berth" bot get survivor --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["pid"])'; }
+before="$(pid_of)"
+pkill -KILL -f "$root/target/release/berthd --containerd-socket"
+for _ in $(seq 300); do
+  grep -q "run.sh: berthd exited" "$log" && "$berth" bot ls >/dev/null 2>&1 && break
+  sleep 0.1
+done
+grep -q "run.sh: berthd exited (status 137)" "$log" || { echo "tour: run.sh did not notice berthd's death:" >&2; cat "$log" >&2; exit 1; }
+after="$(pid_of)"
+[ -n "$before" ] && [ "$before" = "$after" ] || { echo "tour: the bot's agent changed across berthd's restart ($before -> $after)" >&2; exit 1; }
+"$berth" exec survivor -- true
+"$berth" bot rm survivor >/dev/null
+echo "tour: berthd killed and restarted by run.sh; the bot kept its agent (pid $after)"
+
 trap 'rm -rf "$work"' EXIT
 stop_run
 grep -q "stopped. Bots and their data are kept" "$log" || { echo "tour: run.sh did not stop cleanly:" >&2; cat "$log" >&2; exit 1; }
