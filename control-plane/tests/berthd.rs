@@ -595,10 +595,10 @@ async fn masquerade_is_installed_restored_when_deleted_and_removed_when_turned_o
     }
     // No per-bot NAT chains: one rule per network.
     assert!(!nat_rules().contains("CNI-"), "{}", nat_rules());
-    // Restarted without the flag: the rule goes (the bot keeps running).
+    // Restarted with it turned off: the rule goes (the bot keeps running).
     b.halt(libc::SIGTERM);
     let pos = b.args_mut().iter().position(|a| a == "--masquerade").unwrap();
-    b.args_mut().remove(pos);
+    b.args_mut().insert(pos + 1, "false".into());
     b.spawn();
     assert_eq!(count(&rule), 0, "{}", nat_rules());
     assert!(b.cli(&["bot", "ls"]).contains("running"));

@@ -125,8 +125,13 @@ async fn streamable_http_serves_a_real_server_in_a_bot_and_keeps_the_transport_r
     assert_eq!(st, 404, "{body}");
     assert!(body.contains("MCP server `ghost` of bot `tools`"), "{body}");
     // Authentication and scopes: no token, a wrong one, one scoped to another bot.
-    let (st, hd, _) = h.post(path, "wrong-token-0123456789abcdef", Some(&sid), "application/json", list).await;
-    assert_eq!((st, hd.get("www-authenticate").map(|v| v.to_str().unwrap())), (401, Some("Bearer")));
+    // Each 401 says in its body which it is and what to send (a client that reads only "401 Bearer"
+    // would start an OAuth flow and hide a mistyped token).
+    let (st, hd, body) = h.post(path, "wrong-token-0123456789abcdef", Some(&sid), "application/json", list).await;
+    assert_eq!(st, 401);
+    assert!(body.contains("invalid API token") && body.contains("api_token_file"), "{body}");
+    let challenge = hd.get("www-authenticate").unwrap().to_str().unwrap();
+    assert!(challenge.starts_with("Bearer realm=\"berth\"") && challenge.contains("invalid_token"), "{challenge}");
     let r = h
         .client
         .post(format!("{}{path}", h.base))
@@ -136,6 +141,8 @@ async fn streamable_http_serves_a_real_server_in_a_bot_and_keeps_the_transport_r
         .await
         .unwrap();
     assert_eq!(r.status().as_u16(), 401);
+    let body = r.text().await.unwrap();
+    assert!(body.contains("no API token") && body.contains("not OAuth"), "{body}");
     let (st, _, body) = h.post(path, OTHER, Some(&sid), "application/json", list).await;
     assert_eq!(st, 403, "{body}");
     // DNS rebinding: a foreign Host or Origin is refused before anything else.

@@ -718,3 +718,44 @@ async fn a_bot_cannot_write_past_its_disk_quota_and_the_others_keep_working() {
         "EDQUOT (\"Disk quota exceeded\") at the limit, in that bot only: another bot writes 100 MB, a snapshot is taken, the full bot's agent answers; the limit holds after a rollback and a restart (btrfs qgroup on the writable layer)",
     );
 }
+
+/// A bot created with every default reaches the outside by name: berthd NATs the bots' traffic by
+/// default and gives every bot a resolv.conf (the minimal image has none). The outside here has no
+/// route back to the bots' subnet (as the internet has none), so only NAT can answer (checked by hand:
+/// with `--masquerade false` this test fails at the HTTP step). With egress `none`, a lookup fails at
+/// once (refused), not after a resolver timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_default_bot_resolves_names_and_reaches_the_outside_and_egress_none_fails_at_once() {
+    let outside = Outside::start();
+    sh(&format!("ip netns exec {} ip route del default", outside.ns));
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/dns_server.py");
+    let mut dns = Command::new("ip")
+        .args(["netns", "exec", &outside.ns, "python3", script, &outside.addr, &outside.addr])
+        .spawn()
+        .unwrap();
+    let b = TestBerthd::start_with(None, &["--dns-servers", &outside.addr]);
+    b.cli(&["bot", "create", "web"]);
+    let resolv = b.sh("web", "cat /etc/resolv.conf").await;
+    assert!(resolv.contains(&format!("nameserver {}\n", outside.addr)), "{resolv}");
+    // busybox's own resolver (its static wget cannot use glibc's name service; the full image's tools can).
+    let (rc, out) = attempt(&b, "web", "nslookup files.example.test").await;
+    assert!(rc == 0 && out.contains(&format!("Address: {}", outside.addr)), "the name did not resolve: {out}");
+    let http = format!("printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 5 {} 9000", outside.addr);
+    let (rc, out) = attempt(&b, "web", &http).await;
+    assert!(rc == 0 && out.contains("200 OK") && out.trim_end().ends_with("outside"), "through NAT: {out}");
+    // The bot cannot rewrite its resolver.
+    let (rc, _) = attempt(&b, "web", "echo nameserver 203.0.113.9 > /etc/resolv.conf").await;
+    assert_ne!(rc, 0, "the bot's resolv.conf must be read-only");
+
+    b.cli(&["bot", "egress", "web", "none"]);
+    let t = Instant::now();
+    let (rc, out) = attempt(&b, "web", "nslookup files.example.test").await;
+    let took = t.elapsed();
+    let _ = dns.kill();
+    assert_ne!(rc, 0, "{out}");
+    assert!(took < Duration::from_secs(3), "a refused lookup took {took:?} (a resolver timeout): {out}");
+    record(
+        "egress `none`: a name lookup",
+        "fails at once (the query is refused, not dropped), not after the resolver's timeout",
+    );
+}

@@ -174,12 +174,23 @@ impl<R: ContainerRuntime, N: Network> BotManager<R, N> {
         let io = |what: &str, e: std::io::Error| Error::internal(format!("cannot {what} for bot `{}`", bot.name), e);
         dir.prepare().map_err(|e| io("create the agent directory", e))?;
         dir.write_token(&bot.token).map_err(|e| io("write the agent token", e))?;
+        let mut mounts = dir.mounts();
+        let (resolv, resolver) = super::dns::write(&self.config.run_dir, &self.config.dns_servers)
+            .map_err(|e| io("write the bots' resolv.conf", e))?;
+        if resolver.servers.is_empty() {
+            tracing::warn!(bot.name = %bot.name, "bots get no name server: the host has only loopback ones; set dns_servers");
+        }
+        mounts.push(crate::runtime::BindMount {
+            source: resolv,
+            destination: super::dns::IN_BOT.into(),
+            readonly: true,
+        });
         let config = ContainerConfig {
             id: bot.container_id.clone(),
             image: image.clone(),
             args: super::agent_dir::AgentDir::agent_args(),
             env: bot.env.iter().map(|(k, v)| format!("{k}={v}")).collect(),
-            mounts: dir.mounts(),
+            mounts,
             limits: bot.limits,
             netns: Some(netns.to_path_buf()),
             hostname: bot.name.clone(),

@@ -6,6 +6,7 @@ pub mod agent_dir;
 mod create;
 mod data;
 mod delete;
+pub mod dns;
 pub mod limits;
 pub mod model;
 pub mod ops;
@@ -58,6 +59,8 @@ pub struct ManagerConfig {
     pub import_max_bytes: u64,
     /// Limits of a bot created without its own (`None` = unlimited).
     pub default_limits: crate::runtime::Limits,
+    /// Name servers for the bots' resolv.conf; empty = the host's (see [`dns`]).
+    pub dns_servers: Vec<std::net::IpAddr>,
 }
 
 pub use agent_dir::AGENT_DIR;

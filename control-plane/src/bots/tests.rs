@@ -29,6 +29,7 @@ async fn manager() -> (Arc<BotManager<FakeRuntime, FakeNetwork>>, tempfile::Temp
             pids: Some(512),
             disk_bytes: None,
         },
+        dns_servers: Vec::new(),
     };
     let m = Arc::new(BotManager::new(FakeRuntime::default(), FakeNetwork::default(), store, config));
     m.import_image(std::path::Path::new("img")).await.expect("import");

@@ -216,9 +216,22 @@ async fn handle<R: ContainerRuntime, N: Network>(front: &Arc<Front<R, N>>, req: 
     if !front.tokens.is_empty() {
         let presented = header(req.headers(), "authorization").and_then(|v| v.strip_prefix("Bearer "));
         let Some(scope) = presented.and_then(|t| front.tokens.verify(t.as_bytes())) else {
-            let mut r =
-                rpc_error(StatusCode::UNAUTHORIZED, -32000, "a valid `Authorization: Bearer <api token>` is required");
-            r.headers_mut().insert("www-authenticate", HeaderValue::from_static("Bearer"));
+            // Said in the body, where a person reads it: which of the two it is and what to send. The
+            // challenge names the realm and, for a wrong token, RFC 6750's `invalid_token`.
+            let (message, challenge) = match presented {
+                None => (
+                    "no API token: send `Authorization: Bearer <token>` with a token from berthd's api_token_file \
+                     (this endpoint uses static API tokens, not OAuth)",
+                    "Bearer realm=\"berth\"",
+                ),
+                Some(_) => (
+                    "invalid API token: it is not one of the tokens in berthd's api_token_file (check for a typo or a \
+                     stale token)",
+                    "Bearer realm=\"berth\", error=\"invalid_token\", error_description=\"not a token berthd knows\"",
+                ),
+            };
+            let mut r = rpc_error(StatusCode::UNAUTHORIZED, -32001, message);
+            r.headers_mut().insert("www-authenticate", HeaderValue::from_static(challenge));
             return r;
         };
         if !scope.sees(&bot) {

@@ -115,7 +115,8 @@ pub struct Args {
     #[arg(long, env = "BERTH_SUBNET")]
     #[serde(skip_serializing_if = "Option::is_none")]
     subnet: Option<String>,
-    /// NAT the bots' outbound traffic (MASQUERADE), giving them access beyond the host.
+    /// NAT the bots' outbound traffic (MASQUERADE), giving them access beyond the host (on by default: a
+    /// bot whose egress allows it reaches the internet; `false` when the bots' subnet is routed instead).
     #[arg(long, env = "BERTH_MASQUERADE", num_args = 0..=1, default_missing_value = "true",
           value_parser = clap::builder::BoolishValueParser::new())]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -125,6 +126,12 @@ pub struct Args {
     #[arg(long = "egress-deny", env = "BERTH_EGRESS_DENY", value_delimiter = ',')]
     #[serde(skip_serializing_if = "Option::is_none")]
     egress_deny: Option<Vec<String>>,
+    /// Name servers (IP addresses) every bot's /etc/resolv.conf lists. Empty = the host's own, without
+    /// loopback ones (a bot cannot reach the host's 127.0.0.53; systemd-resolved's upstream servers are
+    /// used instead).
+    #[arg(long = "dns-servers", env = "BERTH_DNS_SERVERS", value_delimiter = ',')]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    dns_servers: Option<Vec<std::net::IpAddr>>,
     /// Where the CNI plugins are.
     #[arg(long, env = "BERTH_CNI_BIN_DIR")]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -216,6 +223,7 @@ pub struct Config {
     pub subnet: String,
     pub masquerade: bool,
     pub egress_deny: Vec<String>,
+    pub dns_servers: Vec<std::net::IpAddr>,
     pub cni_bin_dir: PathBuf,
     pub cni_attempts: u32,
     pub insecure_registries: Vec<String>,
@@ -253,8 +261,9 @@ impl Default for Config {
             agent_ready_timeout_ms: 15_000,
             bridge: "berth0".into(),
             subnet: "10.213.0.0/16".into(),
-            masquerade: false,
+            masquerade: true,
             egress_deny: vec!["169.254.0.0/16".into()],
+            dns_servers: Vec::new(),
             cni_bin_dir: "/usr/lib/cni".into(),
             cni_attempts: 4,
             insecure_registries: Vec::new(),

@@ -87,6 +87,7 @@ async fn main() -> anyhow::Result<()> {
         state_dir: args.state_dir.clone(),
         import_max_bytes: args.import_max_bytes,
         default_limits: args.default_limits(),
+        dns_servers: args.dns_servers.clone(),
     };
     let network = Cni::new(NetworkConfig {
         cni_bin_dir: args.cni_bin_dir.clone(),

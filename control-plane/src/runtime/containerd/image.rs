@@ -19,6 +19,9 @@ use super::{Containerd, SNAPSHOTTER, content};
 use crate::runtime::source::{Desc, ImageSource};
 use crate::runtime::{Image, RuntimeError};
 
+/// Longest a layer may take to unpack.
+const APPLY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(15 * 60);
+
 /// Chain IDs of a layer stack: chain[0] = diff[0]; chain[n] = sha256(chain[n-1] + " " + diff[n]).
 pub fn chain_ids(diff_ids: &[String]) -> Vec<String> {
     let mut out: Vec<String> = Vec::with_capacity(diff_ids.len());
@@ -122,7 +125,15 @@ async fn unpack(
         };
         let mounts = ctd.call("prepare snapshot", &key, snaps.prepare(ctd.request(prep, Some(lease)))).await?.mounts;
         let apply = ApplyRequest { diff: Some(descriptor(layer)), mounts, payloads: HashMap::new(), sync_fs: true };
-        let applied = ctd.call("apply layer", &layer.digest, diff.apply(ctd.request(apply, Some(lease)))).await;
+        // Unpacking takes as long as the layer is big (hundreds of MB for a Debian base on a busy disk).
+        let applied = ctd
+            .call_within(
+                "apply layer",
+                &layer.digest,
+                APPLY_TIMEOUT,
+                diff.apply(ctd.request_within(apply, Some(lease), APPLY_TIMEOUT)),
+            )
+            .await;
         let ok = match applied {
             Ok(r) => r.applied.map(|d| d.digest) == Some(diff_ids[i].clone()),
             Err(e) => {

@@ -74,6 +74,11 @@ impl Containerd {
 
     /// A request with the namespace header, an optional lease and the call deadline.
     fn request<T>(&self, msg: T, lease: Option<&str>) -> tonic::Request<T> {
+        self.request_within(msg, lease, self.call_timeout)
+    }
+
+    /// [`Self::request`] with a deadline of its own, for work that grows with its input (a layer).
+    fn request_within<T>(&self, msg: T, lease: Option<&str>, timeout: Duration) -> tonic::Request<T> {
         let mut r = tonic::Request::new(msg);
         // Both values are validated ASCII (namespace and lease ids are ours).
         if let Ok(ns) = self.namespace.parse() {
@@ -82,7 +87,7 @@ impl Containerd {
         if let Some(Ok(l)) = lease.map(str::parse) {
             r.metadata_mut().insert("containerd-lease", l);
         }
-        r.set_timeout(self.call_timeout);
+        r.set_timeout(timeout);
         r
     }
 
@@ -93,9 +98,20 @@ impl Containerd {
         what: impl Into<String>,
         fut: impl Future<Output = Result<tonic::Response<T>, tonic::Status>>,
     ) -> Result<T, RuntimeError> {
+        self.call_within(op, what, self.call_timeout, fut).await
+    }
+
+    /// [`Self::call`] with a deadline of its own (give the request the same one).
+    async fn call_within<T>(
+        &self,
+        op: impl Into<String>,
+        what: impl Into<String>,
+        timeout: Duration,
+        fut: impl Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    ) -> Result<T, RuntimeError> {
         let op = op.into();
-        match tokio::time::timeout(self.call_timeout + Duration::from_secs(1), fut).await {
-            Err(_) => Err(RuntimeError::Timeout { op, after: self.call_timeout }),
+        match tokio::time::timeout(timeout + Duration::from_secs(1), fut).await {
+            Err(_) => Err(RuntimeError::Timeout { op, after: timeout }),
             Ok(Ok(r)) => Ok(r.into_inner()),
             Ok(Err(s)) => Err(classify(op, what.into(), s)),
         }
