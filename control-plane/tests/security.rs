@@ -752,6 +752,7 @@ async fn a_default_bot_resolves_names_and_reaches_the_outside_and_egress_none_fa
     let (rc, out) = attempt(&b, "web", "nslookup files.example.test").await;
     let took = t.elapsed();
     let _ = dns.kill();
+    let _ = dns.wait();
     assert_ne!(rc, 0, "{out}");
     assert!(took < Duration::from_secs(3), "a refused lookup took {took:?} (a resolver timeout): {out}");
     record(
