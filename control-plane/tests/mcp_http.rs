@@ -327,3 +327,88 @@ async fn a_dual_era_python_server_in_a_bot_passes_every_mode_over_stdio_and_http
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+/// A minimal MCP stdio server in shell: answers `initialize` (id 1) and `ping` (id 2), until stdin ends.
+const SH_SERVER: &str = r#"while read -r l; do case "$l" in *'"initialize"'*) echo '{"jsonrpc":"2.0","id":1,"result":{"protocolVersion":"2025-11-25","capabilities":{},"serverInfo":{"name":"sh","version":"1"}}}';; *'"ping"'*) echo '{"jsonrpc":"2.0","id":2,"result":{}}';; esac; done"#;
+
+/// Clients that never send DELETE (the Inspector's CLI among them) cannot pile up server processes in a
+/// bot: past a per-server or per-bot cap, opening a session closes the least recently used one, and its
+/// client is told why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_sessions_nobody_closes_are_capped_per_server_and_per_bot() {
+    let dir = tempfile::tempdir().unwrap();
+    let tokens = dir.path().join("tokens");
+    std::fs::write(&tokens, format!("{ADMIN}\n")).unwrap();
+    let b = TestBerthd::start_with(
+        None,
+        &[
+            "--api-token-file",
+            tokens.to_str().unwrap(),
+            "--mcp-listen",
+            "127.0.0.1:0",
+            "--mcp-http-max-sessions-per-server",
+            "2",
+            "--mcp-http-max-sessions-per-bot",
+            "3",
+        ],
+    );
+    b.cli(&["bot", "create", "cap"]);
+    b.cli(&["mcp-server", "add", "cap", "one", "--", "sh", "-c", SH_SERVER]);
+    b.cli(&["mcp-server", "add", "cap", "two", "--", "sh", "-c", SH_SERVER]);
+    let h = Http { base: format!("http://{}", b.mcp_addr()), client: reqwest::Client::new() };
+    let ping = r#"{"jsonrpc":"2.0","id":2,"method":"ping"}"#;
+    let (one, two) = ("/bots/cap/mcp/one", "/bots/cap/mcp/two");
+    let servers = async || {
+        // Each session is one `sh -c` server process; a closed one exits when its stdin ends.
+        let t = Instant::now();
+        loop {
+            let n = b.sh("cap", "ps -o args | grep -c '^sh -c while read'").await.trim().parse::<usize>().unwrap();
+            if n <= 3 || t.elapsed() > Duration::from_secs(10) {
+                return n;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+
+    let s1 = h.session(one).await;
+    let s2 = h.session(one).await;
+    let s3 = h.session(one).await;
+    let (st, _, body) = h.post(one, ADMIN, Some(&s1), "application/json", ping).await;
+    assert_eq!(st, 404, "{body}");
+    assert!(body.contains("closed by berthd") && body.contains("mcp_http_max_sessions_per_server"), "{body}");
+    for s in [&s2, &s3] {
+        let (st, _, body) = h.post(one, ADMIN, Some(s), "application/json", ping).await;
+        assert_eq!(st, 200, "{body}");
+    }
+    // Per bot: a third session (on another server) fits, a fourth closes the least recently used (s2).
+    let s4 = h.session(two).await;
+    assert_eq!(h.post(one, ADMIN, Some(&s3), "application/json", ping).await.0, 200);
+    let _s5 = h.session(two).await;
+    let (st, _, body) = h.post(one, ADMIN, Some(&s2), "application/json", ping).await;
+    assert_eq!(st, 404, "{body}");
+    assert!(body.contains("mcp_http_max_sessions_per_bot"), "{body}");
+    assert_eq!(h.post(two, ADMIN, Some(&s4), "application/json", ping).await.0, 200);
+    assert_eq!(servers().await, 3, "closed sessions' server processes must exit");
+}
+
+/// An MCP server the kernel's OOM killer kills is named as such, not only "killed by SIGKILL".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_mcp_server_killed_for_memory_is_named_as_the_oom_killers() {
+    let b = TestBerthd::start(None);
+    b.cli(&["bot", "create", "small", "--memory", "64M"]);
+    let hog = "read -r l; exec dd if=/dev/zero of=/dev/null bs=200M count=1";
+    let mut cmd = b.berth(&["mcp", "small", "--", "sh", "-c", hog]);
+    cmd.stdin(std::process::Stdio::piped()).stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped());
+    let mut child = cmd.spawn().unwrap();
+    {
+        use std::io::Write;
+        let mut stdin = child.stdin.take().unwrap();
+        stdin.write_all(b"{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"ping\"}\n").unwrap();
+        // Kept open: the server, not the client, ends the session.
+        std::mem::forget(stdin);
+    }
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(128 + 9), "{err}");
+    assert!(err.contains("OOM killer"), "the exit does not say why: {err}");
+}

@@ -25,6 +25,13 @@ impl<R: ContainerRuntime, N: Network> BotManager<R, N> {
         Ok((bot, pid))
     }
 
+    /// How many of the bot's processes the kernel's OOM killer has killed (its container cgroup's counter,
+    /// which counts the user cgroup below it too); `None` when unknown.
+    pub async fn oom_kills(&self, name: &str) -> Option<u64> {
+        let bot = self.store.get_bot(name).await.ok()?;
+        self.runtime.oom_kills(&bot.container_id).await
+    }
+
     /// What the bot's writable layer holds and whether its disk limit is enforced.
     /// Informational: a bot without a container (a failed create) or a runtime that cannot tell reads as
     /// nothing known, never as a failed `GetBot`.

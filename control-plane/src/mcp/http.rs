@@ -44,6 +44,8 @@ const BODY_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long reading a request's headers may take.
 const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
 const SESSION_HEADER: &str = "mcp-session-id";
+/// How many closed sessions' reasons are kept.
+const EVICTED_KEPT: usize = 256;
 
 pub(super) type Body = BoxBody<Bytes, Infallible>;
 
@@ -51,6 +53,8 @@ pub(super) type Body = BoxBody<Bytes, Infallible>;
 pub(super) struct HttpSession {
     pub(super) bot: String,
     pub(super) server: String,
+    /// When a client last used it (for closing the least recently used first).
+    pub(super) last_used: Mutex<std::time::Instant>,
     pub(super) to_server: Mutex<Option<mpsc::Sender<In>>>,
     pub(super) router: Mutex<Router>,
 }
@@ -61,6 +65,9 @@ pub struct Front<R, N> {
     tokens: ApiTokens,
     hosts: Hosts,
     sessions: Mutex<HashMap<String, Arc<HttpSession>>>,
+    /// Sessions berthd closed to stay within its caps, with why (the latest [`EVICTED_KEPT`]), so their
+    /// clients are told rather than just "no such session".
+    evicted: Mutex<std::collections::VecDeque<(String, String)>>,
     /// The shared process of each (bot, server) serving stateless (2026-07-28) requests.
     pub(super) stateless: Mutex<HashMap<(String, String), Arc<HttpSession>>>,
     /// Request ids and progress tokens given to stateless requests (unique per process).
@@ -78,6 +85,7 @@ impl<R: ContainerRuntime, N: Network> Front<R, N> {
             tokens,
             hosts,
             sessions: Mutex::new(HashMap::new()),
+            evicted: Mutex::new(std::collections::VecDeque::new()),
             stateless: Mutex::new(HashMap::new()),
             next_id: std::sync::atomic::AtomicU64::new(1),
         })
@@ -266,13 +274,76 @@ fn session<R, N>(front: &Front<R, N>, h: &HeaderMap, bot: &str, server: &str) ->
         ));
     };
     match lock(&front.sessions).get(id) {
-        Some(s) if s.bot == bot && s.server == server => Ok(s.clone()),
-        _ => Err(Reject::new(
-            StatusCode::NOT_FOUND,
-            -32001,
-            "no such MCP session (it ended or never existed): initialize again",
-        )),
+        Some(s) if s.bot == bot && s.server == server => {
+            *lock(&s.last_used) = std::time::Instant::now();
+            return Ok(s.clone());
+        }
+        _ => {}
     }
+    let why = lock(&front.evicted).iter().find(|(e, _)| e == id).map(|(_, why)| why.clone());
+    Err(Reject::new(
+        StatusCode::NOT_FOUND,
+        -32001,
+        match why {
+            Some(why) => format!("this MCP session was closed by berthd: {why}; initialize again"),
+            None => "no such MCP session (it ended or never existed): initialize again".to_string(),
+        },
+    ))
+}
+
+/// The sessions to close before one more of `server` in `bot` opens, least recently used first, so that
+/// both caps hold after it: `(id, bot, server, last used)` of every open session.
+fn over_caps(
+    open: &[(String, String, String, std::time::Instant)],
+    bot: &str,
+    server: &str,
+    per_server: usize,
+    per_bot: usize,
+) -> Vec<(String, String)> {
+    let mut ours: Vec<&(String, String, String, std::time::Instant)> = open.iter().filter(|s| s.1 == bot).collect();
+    ours.sort_by_key(|s| s.3);
+    let mut close = Vec::new();
+    let mut same = ours.iter().filter(|s| s.2 == server).count();
+    let mut all = ours.len();
+    for s in &ours {
+        let server_full = same >= per_server.max(1) && s.2 == server;
+        let bot_full = all >= per_bot.max(1);
+        if !(server_full || bot_full) {
+            continue;
+        }
+        let why = if server_full {
+            format!(
+                "bot `{bot}` reached its limit of {per_server} open HTTP sessions with MCP server `{server}` \
+                 (mcp_http_max_sessions_per_server); this was the least recently used"
+            )
+        } else {
+            format!(
+                "bot `{bot}` reached its limit of {per_bot} open MCP HTTP sessions (mcp_http_max_sessions_per_bot); \
+                 this was the least recently used"
+            )
+        };
+        close.push((s.0.clone(), why));
+        all -= 1;
+        if s.2 == server {
+            same -= 1;
+        }
+    }
+    close
+}
+
+/// Closes a session berthd had to end: its server's stdin is closed (MCP's shutdown), its waiting
+/// requests fail with `why`, and a client using it later is told `why`.
+fn evict<R, N>(front: &Front<R, N>, id: &str, why: &str) {
+    let Some(s) = lock(&front.sessions).remove(id) else { return };
+    tracing::info!(bot.name = %s.bot, mcp.server = %s.server, reason = why, "closing an MCP HTTP session");
+    let mut evicted = lock(&front.evicted);
+    evicted.push_back((id.to_string(), why.to_string()));
+    while evicted.len() > EVICTED_KEPT {
+        evicted.pop_front();
+    }
+    drop(evicted);
+    lock(&s.to_server).take();
+    lock(&s.router).fail_all(why);
 }
 
 fn accepts(h: &HeaderMap, what: &str) -> bool {
@@ -387,6 +458,16 @@ async fn start<R: ContainerRuntime, N: Network>(
     server: &str,
 ) -> Result<(String, Arc<HttpSession>), Reject> {
     let id = crate::bots::new_token();
+    let config = &front.hub.config;
+    let open: Vec<_> = lock(&front.sessions)
+        .iter()
+        .map(|(id, s)| (id.clone(), s.bot.clone(), s.server.clone(), *lock(&s.last_used)))
+        .collect();
+    for (victim, why) in
+        over_caps(&open, bot, server, config.http_max_sessions_per_server, config.http_max_sessions_per_bot)
+    {
+        evict(front, &victim, &why);
+    }
     let (f, sid) = (front.clone(), id.clone());
     let session = launch(front, bot, server, Box::new(move |_| drop(lock(&f.sessions).remove(&sid)))).await?;
     lock(&front.sessions).insert(id.clone(), session.clone());
@@ -400,7 +481,8 @@ pub(super) async fn launch<R: ContainerRuntime, N: Network>(
     server: &str,
     on_end: OnEnd,
 ) -> Result<Arc<HttpSession>, Reject> {
-    let io = front.hub.open(bot, Target::Registered(server.to_string()), false, 0).await.map_err(|e| {
+    let idle_ms = u32::try_from(front.hub.config.http_idle_timeout.as_millis()).unwrap_or(u32::MAX);
+    let io = front.hub.open(bot, Target::Registered(server.to_string()), false, idle_ms).await.map_err(|e| {
         let status = match &e {
             crate::error::Error::NotFound(_) => StatusCode::NOT_FOUND,
             crate::error::Error::InvalidArgument(_) => StatusCode::BAD_REQUEST,
@@ -412,6 +494,7 @@ pub(super) async fn launch<R: ContainerRuntime, N: Network>(
     let session = Arc::new(HttpSession {
         bot: bot.to_string(),
         server: server.to_string(),
+        last_used: Mutex::new(std::time::Instant::now()),
         to_server: Mutex::new(Some(io.to_server)),
         router: Mutex::new(Router::default()),
     });
@@ -473,6 +556,24 @@ fn delete<R, N>(front: &Front<R, N>, bot: &str, server: &str, h: &HeaderMap) -> 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_least_recently_used_sessions_go_first_so_both_caps_hold() {
+        let t0 = std::time::Instant::now();
+        let at = |s: u64| t0 + Duration::from_secs(s);
+        let s = |id: &str, bot: &str, server: &str, used: u64| (id.to_string(), bot.into(), server.into(), at(used));
+        let open = vec![s("a1", "b", "fs", 5), s("a2", "b", "fs", 1), s("a3", "b", "fs", 9), s("x", "b", "web", 0)];
+        // Per server 3: the oldest `fs` session goes, not the older `web` one.
+        let close = over_caps(&open, "b", "fs", 3, 10);
+        assert_eq!(close.iter().map(|c| c.0.as_str()).collect::<Vec<_>>(), ["a2"]);
+        assert!(close[0].1.contains("mcp_http_max_sessions_per_server"), "{}", close[0].1);
+        // Per bot 3: the oldest of all goes.
+        let close = over_caps(&open, "b", "web", 10, 3);
+        assert_eq!(close.iter().map(|c| c.0.as_str()).collect::<Vec<_>>(), ["x", "a2"]);
+        assert!(close[0].1.contains("mcp_http_max_sessions_per_bot"), "{}", close[0].1);
+        // Other bots' sessions never count.
+        assert!(over_caps(&open, "other", "fs", 1, 1).is_empty());
+    }
 
     #[test]
     fn paths() {

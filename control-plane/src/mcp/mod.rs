@@ -46,11 +46,23 @@ pub struct McpServer {
 pub struct McpConfig {
     /// A session with no message either way for this long is closed (the longest a client may ask for).
     pub idle_timeout: Duration,
+    /// The same for Streamable HTTP sessions, shorter: HTTP clients often never send DELETE.
+    pub http_idle_timeout: Duration,
+    /// Most open HTTP sessions (server processes) per bot and registered server; a new one closes the
+    /// least recently used beyond it.
+    pub http_max_sessions_per_server: usize,
+    /// Most open HTTP sessions per bot, all its servers together.
+    pub http_max_sessions_per_bot: usize,
 }
 
 impl Default for McpConfig {
     fn default() -> Self {
-        McpConfig { idle_timeout: Duration::from_secs(15 * 60) }
+        McpConfig {
+            idle_timeout: Duration::from_secs(15 * 60),
+            http_idle_timeout: Duration::from_secs(5 * 60),
+            http_max_sessions_per_server: 4,
+            http_max_sessions_per_bot: 8,
+        }
     }
 }
 

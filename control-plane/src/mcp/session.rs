@@ -87,6 +87,9 @@ impl<R: ContainerRuntime, N: Network> McpHub<R, N> {
             0 => configured,
             ms => Duration::from_millis(ms.into()).min(configured),
         };
+        // The bot's OOM kill count before the server runs: a SIGKILL later is named as the OOM killer's
+        // when the count moved (the agent sees only the signal).
+        let oom_before = self.manager.oom_kills(bot).await;
         let up = start_upstream(&self.manager, bot, &open).await?;
         let pid = up.started.pid;
         let (to_server, client_rx) = mpsc::channel(64);
@@ -101,7 +104,17 @@ impl<R: ContainerRuntime, N: Network> McpHub<R, N> {
                 let manager = manager.clone();
                 async move { start_upstream(&manager, &b, &o).await }
             };
-            relay(up, client_rx, client_tx, idle, starter, bot, open).await;
+            let oom_now = {
+                let manager = manager.clone();
+                let bot = bot.clone();
+                move || {
+                    let manager = manager.clone();
+                    let bot = bot.clone();
+                    async move { manager.oom_kills(&bot).await }
+                }
+            };
+            let ends = Ends { oom_before, oom_now };
+            relay(up, client_rx, client_tx, idle, starter, bot, open, ends).await;
         });
         Ok(SessionIo { to_server, from_server, pid })
     }
@@ -146,8 +159,37 @@ fn from_agent(s: tonic::Status) -> Error {
     }
 }
 
+/// How a session's end is explained: the bot's OOM kill count at its start, and a way to read it now.
+struct Ends<O> {
+    oom_before: Option<u64>,
+    oom_now: O,
+}
+
+impl<O, OFut> Ends<O>
+where
+    O: Fn() -> OFut,
+    OFut: std::future::Future<Output = Option<u64>>,
+{
+    /// Names a SIGKILL as the kernel's OOM killer's when the bot's count of OOM kills moved.
+    async fn explain(&self, e: &mut pb::Exited) {
+        if e.signal != Some(libc::SIGKILL) {
+            return;
+        }
+        if let (Some(before), Some(now)) = (self.oom_before, (self.oom_now)().await)
+            && now > before
+        {
+            e.message = format!(
+                "{} by the kernel's OOM killer: the bot ran out of memory (its memory limit; raise it with \
+                 `berth bot create --memory`, or close sessions it does not need)",
+                e.message
+            );
+        }
+    }
+}
+
 /// Relays one session until it ends (see the module's rules).
-async fn relay<F, Fut>(
+#[allow(clippy::too_many_arguments)] // the session's parts, each used once
+async fn relay<F, Fut, O, OFut>(
     mut up: Upstream,
     mut client_rx: mpsc::Receiver<In>,
     client_tx: mpsc::Sender<Result<Out>>,
@@ -155,9 +197,12 @@ async fn relay<F, Fut>(
     restart: F,
     bot: String,
     open: pb::McpOpen,
+    ends: Ends<O>,
 ) where
     F: Fn(String, pb::McpOpen) -> Fut,
     Fut: std::future::Future<Output = Result<Upstream>>,
+    O: Fn() -> OFut,
+    OFut: std::future::Future<Output = Option<u64>>,
 {
     let mut client_sent = false;
     let mut client_open = true;
@@ -208,7 +253,11 @@ async fn relay<F, Fut>(
                             }
                         }
                     }
-                    Out::Exited(e) => {
+                    Out::Exited(mut e) => {
+                        ends.explain(&mut e).await;
+                        if e.signal == Some(libc::SIGKILL) {
+                            tracing::warn!(bot.name = %bot, command = %open.command, exit = %e.message, "MCP server killed");
+                        }
                         let _ = client_tx.send(Ok(Out::Exited(e))).await;
                         return;
                     }

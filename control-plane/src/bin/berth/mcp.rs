@@ -236,7 +236,7 @@ async fn relay(mut responses: tonic::Streaming<pb::McpSessionResponse>) -> anyho
                 stderr.flush().await?;
             }
             Some(Out::Exited(e)) => {
-                if e.reason != pb::ExitReason::Exited as i32 || e.exit_code.unwrap_or(0) != 0 {
+                if e.reason != pb::ExitReason::Exited as i32 || e.exit_code.unwrap_or(0) != 0 || e.signal.is_some() {
                     eprintln!("berth: MCP server {}", e.message);
                     if !e.stderr_tail.is_empty() {
                         eprintln!("berth: its stderr ended with:\n{}", String::from_utf8_lossy(&e.stderr_tail));

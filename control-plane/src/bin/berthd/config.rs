@@ -184,6 +184,20 @@ pub struct Args {
     #[arg(long, env = "BERTH_MCP_IDLE_TIMEOUT_MS")]
     #[serde(skip_serializing_if = "Option::is_none")]
     mcp_idle_timeout_ms: Option<u64>,
+    /// The same for Streamable HTTP sessions, in milliseconds: shorter, since HTTP clients often leave
+    /// without DELETE (at most mcp_idle_timeout_ms).
+    #[arg(long, env = "BERTH_MCP_HTTP_IDLE_TIMEOUT_MS")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    mcp_http_idle_timeout_ms: Option<u64>,
+    /// Most open Streamable HTTP sessions (one server process each) per bot and MCP server; opening one
+    /// more closes the least recently used, telling its client why.
+    #[arg(long, env = "BERTH_MCP_HTTP_MAX_SESSIONS_PER_SERVER")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    mcp_http_max_sessions_per_server: Option<usize>,
+    /// Most open Streamable HTTP sessions per bot, all its MCP servers together (same rule).
+    #[arg(long, env = "BERTH_MCP_HTTP_MAX_SESSIONS_PER_BOT")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    mcp_http_max_sessions_per_bot: Option<usize>,
     /// HTTP address (IP:PORT) of the MCP Streamable HTTP front-end (`/bots/BOT/mcp/SERVER`); `off` turns it
     /// off; port 0 picks one. Needs api_token_file: every request carries a bearer token.
     #[arg(long, env = "BERTH_MCP_LISTEN")]
@@ -236,6 +250,9 @@ pub struct Config {
     pub default_disk_bytes: u64,
     pub metrics_listen: String,
     pub mcp_idle_timeout_ms: u64,
+    pub mcp_http_idle_timeout_ms: u64,
+    pub mcp_http_max_sessions_per_server: usize,
+    pub mcp_http_max_sessions_per_bot: usize,
     pub mcp_listen: String,
     pub mcp_allowed_hosts: Vec<String>,
     pub log_format: LogFormat,
@@ -276,6 +293,9 @@ impl Default for Config {
             default_disk_bytes: 10 << 30,
             metrics_listen: "127.0.0.1:9464".into(),
             mcp_idle_timeout_ms: 15 * 60 * 1000,
+            mcp_http_idle_timeout_ms: 5 * 60 * 1000,
+            mcp_http_max_sessions_per_server: 4,
+            mcp_http_max_sessions_per_bot: 8,
             mcp_listen: "off".into(),
             mcp_allowed_hosts: Vec::new(),
             log_format: LogFormat::Text,
@@ -351,6 +371,15 @@ impl Config {
         }
         if self.mcp_idle_timeout_ms < 1000 {
             anyhow::bail!("mcp_idle_timeout_ms: {} is too short (at least 1000 ms)", self.mcp_idle_timeout_ms);
+        }
+        if self.mcp_http_idle_timeout_ms < 1000 {
+            anyhow::bail!(
+                "mcp_http_idle_timeout_ms: {} is too short (at least 1000 ms)",
+                self.mcp_http_idle_timeout_ms
+            );
+        }
+        if self.mcp_http_max_sessions_per_server == 0 || self.mcp_http_max_sessions_per_bot == 0 {
+            anyhow::bail!("mcp_http_max_sessions_per_server and mcp_http_max_sessions_per_bot: at least 1");
         }
         if self.mcp_addr()?.is_some() && self.api_token_file.is_none() {
             anyhow::bail!("mcp_listen needs api_token_file: the MCP front-end is never served without authentication");

@@ -103,7 +103,12 @@ async fn main() -> anyhow::Result<()> {
     let manager = Arc::new(BotManager::new(runtime, network, store, config));
     let hub = Arc::new(McpHub::new(
         manager.clone(),
-        McpConfig { idle_timeout: Duration::from_millis(args.mcp_idle_timeout_ms) },
+        McpConfig {
+            idle_timeout: Duration::from_millis(args.mcp_idle_timeout_ms),
+            http_idle_timeout: Duration::from_millis(args.mcp_http_idle_timeout_ms.min(args.mcp_idle_timeout_ms)),
+            http_max_sessions_per_server: args.mcp_http_max_sessions_per_server,
+            http_max_sessions_per_bot: args.mcp_http_max_sessions_per_bot,
+        },
     ));
     for a in &args.image_archives {
         manager.import_image(a).await.with_context(|| format!("cannot import {}", a.display()))?;

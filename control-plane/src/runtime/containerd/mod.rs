@@ -304,7 +304,11 @@ impl ContainerRuntime for Containerd {
             let text = std::fs::read_to_string(path).ok()?;
             text.lines().find_map(|l| l.strip_prefix("oom_kill ")).and_then(|n| n.trim().parse().ok())
         };
-        read(format!("/sys/fs/cgroup/{rel}/memory.events"))
-            .or_else(|| read(format!("/sys/fs/cgroup/memory/{rel}/memory.oom_control")))
+        // v2's counter includes the user cgroup below; v1 counts per cgroup, so the user cgroup's (where
+        // the bot's processes run) is added.
+        read(format!("/sys/fs/cgroup/{rel}/memory.events")).or_else(|| {
+            let own = read(format!("/sys/fs/cgroup/memory/{rel}/memory.oom_control"))?;
+            Some(own + read(format!("/sys/fs/cgroup/memory/{rel}/user/memory.oom_control")).unwrap_or(0))
+        })
     }
 }
