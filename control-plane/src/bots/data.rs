@@ -4,7 +4,6 @@
 //! when a bot of the same name is created. All host-side file work happens on snapshots mounted by
 //! berthd under `<state>/mnt/`, which no container uses at the time.
 
-use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -13,12 +12,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use super::BotManager;
 use super::model::BotRecord;
 use super::ops::Operation;
-use super::snapshot::{LABEL_DELETED, LABEL_OP};
 use super::start::Fresh;
 use crate::archive::{self, ArchiveError, Compression, Summary};
 use crate::error::{Error, Result};
 use crate::network::Network;
-use crate::runtime::{ContainerRuntime, KIND_SNAPSHOT, LABEL_BOT, LABEL_KIND, TaskState};
+use crate::runtime::{ContainerRuntime, KIND_SNAPSHOT, TaskState};
 
 impl From<ArchiveError> for Error {
     fn from(e: ArchiveError) -> Error {
@@ -73,14 +71,7 @@ impl<R: ContainerRuntime, N: Network> BotManager<R, N> {
         let running = matches!(self.runtime.state(&bot.container_id).await?, TaskState::Running { .. });
         let temp = if running {
             let key = format!("berth.{}.export.{}", bot.name, op.id);
-            let labels: HashMap<String, String> = [
-                (LABEL_BOT.to_string(), bot.name.clone()),
-                (LABEL_KIND.to_string(), KIND_SNAPSHOT.to_string()),
-                (LABEL_OP.to_string(), op.id.clone()),
-                // Never listed; swept if a crash leaves it behind.
-                (LABEL_DELETED.to_string(), "true".to_string()),
-            ]
-            .into();
+            let labels = super::snapshot::hidden_labels(&bot.name, KIND_SNAPSHOT, &op.id);
             self.runtime.capture_snapshot(&active, Some(&bot.container_id), &key, labels).await?;
             Some(key)
         } else {

@@ -15,7 +15,6 @@ use std::collections::HashMap;
 use super::BotManager;
 use super::model::BotRecord;
 use super::ops::Operation;
-use super::snapshot::LABEL_DELETED;
 use super::snapshot::LABEL_OP;
 use super::start::Fresh;
 use crate::error::Result;
@@ -57,14 +56,7 @@ impl<R: ContainerRuntime, N: Network> BotManager<R, N> {
         let flat;
         let parent = if depth > MAX_LAYERS {
             let key = format!("berth.{}.flat.{}", bot.name, op.id);
-            let labels: HashMap<String, String> = [
-                (LABEL_BOT.to_string(), bot.name.clone()),
-                (LABEL_KIND.to_string(), KIND_FLAT.to_string()),
-                (LABEL_OP.to_string(), op.id.clone()),
-                // Never listed, and swept as soon as nothing is layered on it (a crash included).
-                (LABEL_DELETED.to_string(), "true".to_string()),
-            ]
-            .into();
+            let labels = super::snapshot::hidden_labels(&bot.name, KIND_FLAT, &op.id);
             tracing::info!(bot.name = %bot.name, snapshot = parent, layers = depth, "flattening a deep snapshot");
             flat = self.runtime.flatten_snapshot(parent, &base, &key, labels).await?.key;
             flat.as_str()

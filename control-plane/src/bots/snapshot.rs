@@ -50,6 +50,18 @@ pub fn validate_snapshot_name(name: &str) -> Result<()> {
     }
 }
 
+/// The labels of a snapshot of `bot` that operation `op` makes for its own use: of kind `kind`, never
+/// listed, and swept as soon as nothing is layered on it (after a crash too).
+pub(super) fn hidden_labels(bot: &str, kind: &str, op: &str) -> HashMap<String, String> {
+    [
+        (LABEL_BOT.to_string(), bot.to_string()),
+        (LABEL_KIND.to_string(), kind.to_string()),
+        (LABEL_OP.to_string(), op.to_string()),
+        (LABEL_DELETED.to_string(), "true".to_string()),
+    ]
+    .into()
+}
+
 /// A bot's own snapshots (not deleted), by key.
 pub(super) fn visible(all: &[SnapshotInfo]) -> impl Iterator<Item = &SnapshotInfo> {
     all.iter().filter(|s| {
