@@ -401,11 +401,15 @@ async fn a_thousand_rollbacks_keep_layers_shallow_and_the_data_whole() {
     let b = TestBerthd::start(None);
     b.cli(&["bot", "create", "deep"]);
     let image_layers = layers(&b, "deep").await;
+    // Attack: a link to a host file and a fifo in the layers the merge reads (a merge that followed the
+    // link would write or read the host's file; one that opened the fifo would hang).
+    let host_before = std::fs::read("/etc/hostname").unwrap();
     b.sh(
         "deep",
         "set -e; mkdir -p /data/d; head -c 3000000 /dev/urandom > /data/big; echo a > /data/d/a; ln /data/d/a /data/d/a2
          dd of=/data/sparse bs=1M seek=64 count=0 2>/dev/null; echo tail >> /data/sparse
-         rm /etc/nsswitch.conf; rm -rf /usr/sbin; mkdir /usr/sbin; echo mine > /usr/sbin/only",
+         rm /etc/nsswitch.conf; rm -rf /usr/sbin; mkdir /usr/sbin; echo mine > /usr/sbin/only
+         ln -s /etc/hostname /data/host-file; mkfifo /tmp/blocker; mknod /tmp/zero c 1 5 2>/dev/null || true",
     )
     .await;
     let mut client = data(&b).await;
@@ -447,6 +451,9 @@ async fn a_thousand_rollbacks_keep_layers_shallow_and_the_data_whole() {
     // up, so not marked opaque in those): the image's applets must stay hidden through every flattening.
     assert!(!print.contains("/usr/sbin/./chroot"), "the image's /usr/sbin came back: {print}");
     assert!(deepest <= 8, "the bot's own layers reached {deepest}");
+    assert!(print.contains("L /data/./host-file -> /etc/hostname"), "the link is kept as a link: {print}");
+    assert_eq!(std::fs::read("/etc/hostname").unwrap(), host_before, "the host's file is untouched");
+    assert_eq!(b.sh("deep", "[ -p /tmp/blocker ] && echo fifo").await, "fifo\n", "the fifo is kept as a fifo");
 
     // A thousand rounds on the stopped bot, keeping the last two snapshots (and the first).
     b.cli(&["bot", "stop", "deep"]);
