@@ -115,7 +115,9 @@ async fn streamable_http_serves_a_real_server_in_a_bot_and_keeps_the_transport_r
     let call = r#"{"jsonrpc":"2.0","id":3,"method":"tools/call","params":{"name":"echo","arguments":{"message":"over sse"},"_meta":{"progressToken":"p"}}}"#;
     let (st, hd, body) = h.post(path, ADMIN, Some(&sid), "application/json, text/event-stream", call).await;
     assert_eq!((st, hd["content-type"].to_str().unwrap()), (200, "text/event-stream"), "{body}");
-    assert!(body.starts_with("event: message\ndata: {") && body.contains("Echo: over sse"), "{body}");
+    // Every event has an id (resumable); a 2025-11-25 client gets the priming event first.
+    assert!(body.starts_with("id: ") && body.contains("retry: 1000\ndata: \n\n"), "{body}");
+    assert!(body.contains("event: message\ndata: {") && body.contains("Echo: over sse"), "{body}");
     // Errors a client can act on: no session, an unknown one, a batch, not JSON, a server not registered.
     assert_eq!(h.post(path, ADMIN, None, "application/json", list).await.0, 400);
     assert_eq!(h.post(path, ADMIN, Some("nope"), "application/json", list).await.0, 404);
@@ -331,27 +333,22 @@ async fn a_dual_era_python_server_in_a_bot_passes_every_mode_over_stdio_and_http
 /// A minimal MCP stdio server in shell: answers `initialize` (id 1) and `ping` (id 2), until stdin ends.
 const SH_SERVER: &str = r#"while read -r l; do case "$l" in *'"initialize"'*) echo '{"jsonrpc":"2.0","id":1,"result":{"protocolVersion":"2025-11-25","capabilities":{},"serverInfo":{"name":"sh","version":"1"}}}';; *'"ping"'*) echo '{"jsonrpc":"2.0","id":2,"result":{}}';; esac; done"#;
 
+/// berthd with the HTTP front-end and the ADMIN token, on the minimal image only (no `full` import).
+fn minimal_http(extra: &[&str]) -> (TestBerthd, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let tokens = dir.path().join("tokens");
+    std::fs::write(&tokens, format!("{ADMIN}\n")).unwrap();
+    let args = [&["--api-token-file", tokens.to_str().unwrap(), "--mcp-listen", "127.0.0.1:0"][..], extra].concat();
+    (TestBerthd::start_with(None, &args), dir)
+}
+
 /// Clients that never send DELETE (the Inspector's CLI among them) cannot pile up server processes in a
 /// bot: past a per-server or per-bot cap, opening a session closes the least recently used one, and its
 /// client is told why.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http_sessions_nobody_closes_are_capped_per_server_and_per_bot() {
-    let dir = tempfile::tempdir().unwrap();
-    let tokens = dir.path().join("tokens");
-    std::fs::write(&tokens, format!("{ADMIN}\n")).unwrap();
-    let b = TestBerthd::start_with(
-        None,
-        &[
-            "--api-token-file",
-            tokens.to_str().unwrap(),
-            "--mcp-listen",
-            "127.0.0.1:0",
-            "--mcp-http-max-sessions-per-server",
-            "2",
-            "--mcp-http-max-sessions-per-bot",
-            "3",
-        ],
-    );
+    let (b, _tokens) =
+        minimal_http(&["--mcp-http-max-sessions-per-server", "2", "--mcp-http-max-sessions-per-bot", "3"]);
     b.cli(&["bot", "create", "cap"]);
     b.cli(&["mcp-server", "add", "cap", "one", "--", "sh", "-c", SH_SERVER]);
     b.cli(&["mcp-server", "add", "cap", "two", "--", "sh", "-c", SH_SERVER]);
@@ -411,4 +408,107 @@ async fn an_mcp_server_killed_for_memory_is_named_as_the_oom_killers() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(128 + 9), "{err}");
     assert!(err.contains("OOM killer"), "the exit does not say why: {err}");
+}
+
+/// A server whose one tool reports progress five times, 300 ms apart, then answers.
+const SLOW_SERVER: &str = r#"while read -r l; do case "$l" in *'"initialize"'*) echo '{"jsonrpc":"2.0","id":1,"result":{"protocolVersion":"2025-11-25","capabilities":{"tools":{}},"serverInfo":{"name":"slow","version":"1"}}}';; *'"tools/call"'*) for i in 1 2 3 4 5; do echo '{"jsonrpc":"2.0","method":"notifications/progress","params":{"progressToken":"p","progress":'$i'}}'; sleep 0.3; done; echo '{"jsonrpc":"2.0","id":2,"result":{"content":[{"type":"text","text":"done"}]}}';; esac; done"#;
+
+/// Reads SSE events off `resp` until it ends, or until `stop` says the events so far are enough.
+async fn sse_events(resp: &mut reqwest::Response, stop: impl Fn(&[String]) -> bool) -> Vec<String> {
+    let (mut buf, mut events) = (String::new(), Vec::new());
+    while !stop(&events) {
+        let chunk = tokio::time::timeout(Duration::from_secs(20), resp.chunk()).await.expect("the stream stalled");
+        let Some(chunk) = chunk.unwrap() else { break };
+        buf.push_str(std::str::from_utf8(&chunk).unwrap());
+        while let Some(end) = buf.find("\n\n") {
+            events.push(buf[..end].to_string());
+            buf.drain(..end + 2);
+        }
+    }
+    events
+}
+
+/// `id: …` of an SSE event.
+fn event_id(e: &str) -> &str {
+    e.lines().find_map(|l| l.strip_prefix("id: ")).unwrap_or_else(|| panic!("an event without an id: {e}"))
+}
+
+/// A client whose SSE stream drops mid-call gets the rest of it (SEP-1699): the POST stream opens with a
+/// priming event (an id, `retry:`, no data), every event has an id, and GET with `Last-Event-ID` after
+/// the connection dropped returns the events after it, the response last, with no gap and no duplicate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_sse_stream_dropped_mid_call_resumes_from_its_last_event_id() {
+    let (b, _tokens) = minimal_http(&[]);
+    b.cli(&["bot", "create", "resume"]);
+    b.cli(&["mcp-server", "add", "resume", "slow", "--", "sh", "-c", SLOW_SERVER]);
+    let h = Http { base: format!("http://{}", b.mcp_addr()), client: reqwest::Client::new() };
+    let path = "/bots/resume/mcp/slow";
+    let sid = h.session(path).await;
+    let call = r#"{"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":"slow","arguments":{},"_meta":{"progressToken":"p"}}}"#;
+    let mut resp = h
+        .client
+        .post(format!("{}{path}", h.base))
+        .bearer_auth(ADMIN)
+        .header("accept", "application/json, text/event-stream")
+        .header("content-type", "application/json")
+        .header("mcp-session-id", &sid)
+        .body(call)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
+    let first = sse_events(&mut resp, |e| e.len() >= 2).await;
+    assert!(first[0].contains("retry: 1000") && first[0].contains("data: "), "no priming event: {first:?}");
+    assert!(first[1].contains("\"progress\":1"), "{first:?}");
+    let stream = event_id(&first[0]).split('-').next().unwrap().to_string();
+    assert_eq!(event_id(&first[0]), format!("{stream}-0"));
+    // The connection drops mid-call; the server goes on.
+    drop(resp);
+    tokio::time::sleep(Duration::from_millis(700)).await;
+
+    let mut resumed = h
+        .client
+        .get(format!("{}{path}", h.base))
+        .bearer_auth(ADMIN)
+        .header("accept", "text/event-stream")
+        .header("mcp-session-id", &sid)
+        .header("last-event-id", event_id(&first[1]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resumed.status().as_u16(), 200);
+    let rest = sse_events(&mut resumed, |_| false).await;
+    let ids: Vec<&str> = rest.iter().map(|e| event_id(e)).collect();
+    let want: Vec<String> = (2..=6).map(|n| format!("{stream}-{n}")).collect();
+    assert_eq!(ids, want, "{rest:?}");
+    for (i, e) in rest[..4].iter().enumerate() {
+        assert!(e.contains(&format!("\"progress\":{}", i + 2)), "{e}");
+    }
+    assert!(rest[4].contains("\"id\":2") && rest[4].contains("done"), "the response must come last: {rest:?}");
+
+    // Resuming again from the priming event replays the whole stream; an id never given is refused (409),
+    // saying why, rather than answered with a gap.
+    let again = h
+        .client
+        .get(format!("{}{path}", h.base))
+        .bearer_auth(ADMIN)
+        .header("accept", "text/event-stream")
+        .header("mcp-session-id", &sid)
+        .header("last-event-id", format!("{stream}-0"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(again.text().await.unwrap().matches("id: ").count(), 6);
+    let r = h
+        .client
+        .get(format!("{}{path}", h.base))
+        .bearer_auth(ADMIN)
+        .header("accept", "text/event-stream")
+        .header("mcp-session-id", &sid)
+        .header("last-event-id", format!("{stream}-99"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 409);
+    assert!(r.text().await.unwrap().contains("never sent"));
 }

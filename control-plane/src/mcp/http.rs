@@ -4,7 +4,8 @@
 //! one session is one process (ids never collide between clients); DELETE ends it; an unknown or ended
 //! session is 404, so the client initializes again. Requests are answered as SSE (related messages
 //! first, the response last) or as JSON, as the client accepts; notifications and responses get 202;
-//! GET opens the stream for server messages unrelated to a request (see `route.rs`). Every request needs
+//! GET opens the stream for server messages unrelated to a request (see `route.rs`), or, with
+//! `Last-Event-ID`, resumes a stream whose connection dropped (see `replay.rs`). Every request needs
 //! an API token allowed on the bot, a Host naming this machine and, when sent, an Origin on it (a web
 //! page elsewhere cannot drive a bot's tools through a user's browser: DNS rebinding).
 
@@ -57,6 +58,10 @@ pub(super) struct HttpSession {
     pub(super) last_used: Mutex<std::time::Instant>,
     pub(super) to_server: Mutex<Option<mpsc::Sender<In>>>,
     pub(super) router: Mutex<Router>,
+    /// Its SSE streams, resumable with `Last-Event-ID`.
+    pub(super) streams: super::replay::Streams,
+    /// Its client speaks spec 2025-11-25 or later, so its SSE streams open with a priming event.
+    pub(super) priming: std::sync::atomic::AtomicBool,
 }
 
 /// The front-end's state.
@@ -254,7 +259,7 @@ async fn handle<R: ContainerRuntime, N: Network>(front: &Arc<Front<R, N>>, req: 
             r.headers_mut().insert("allow", HeaderValue::from_static("POST"));
             r
         }
-        Method::GET => get(front, &bot, &server, req.headers()),
+        Method::GET => get(front, &bot, &server, req.headers()).await,
         Method::DELETE => delete(front, &bot, &server, req.headers()),
         _ => {
             let mut r = full(StatusCode::METHOD_NOT_ALLOWED, "text/plain", "use POST, GET or DELETE\n");
@@ -382,7 +387,12 @@ async fn post<R: ContainerRuntime, N: Network>(
     }
     let (session, minted) = match (&kind, header(&headers, SESSION_HEADER)) {
         (Kind::Request { method, .. }, None) if method == "initialize" => match start(front, bot, server).await {
-            Ok((id, s)) => (s, Some(id)),
+            Ok((id, s)) => {
+                // Dates compare as strings; the priming event is SEP-1699's, of spec 2025-11-25.
+                let version = value.pointer("/params/protocolVersion").and_then(Value::as_str);
+                s.priming.store(version.is_some_and(|v| v >= "2025-11-25"), std::sync::atomic::Ordering::Relaxed);
+                (s, Some(id))
+            }
             Err(r) => return r.into_response(),
         },
         _ => match session(front, &headers, bot, server) {
@@ -402,7 +412,8 @@ async fn post<R: ContainerRuntime, N: Network>(
                 return rpc_error(StatusCode::NOT_FOUND, -32001, "the MCP server has exited: initialize again");
             }
             if sse {
-                sse_response(ReceiverStream::new(rx))
+                let priming = session.priming.load(std::sync::atomic::Ordering::Relaxed);
+                sse_body(session.streams.open(rx, priming))
             } else {
                 match rx.recv().await {
                     Some(m) => full(StatusCode::OK, "application/json", m),
@@ -425,26 +436,26 @@ async fn post<R: ContainerRuntime, N: Network>(
     response
 }
 
-/// A `text/event-stream` reply: one event per message of `messages`, ending when it does.
+/// A `text/event-stream` reply without event ids: one event per message of `messages`, ending when it does.
 pub(super) fn sse_response(
     messages: impl tokio_stream::Stream<Item = Vec<u8>> + Send + Sync + 'static,
 ) -> Response<Body> {
-    let events = messages.map(|m| Ok::<_, Infallible>(Frame::data(sse_event(&m))));
+    sse_frames(messages.map(|m| super::replay::event(None, &m)))
+}
+
+/// The reply carrying a resumable stream's events.
+fn sse_body(client: super::replay::Client) -> Response<Body> {
+    sse_frames(ReceiverStream::new(client))
+}
+
+fn sse_frames(frames: impl tokio_stream::Stream<Item = Bytes> + Send + Sync + 'static) -> Response<Body> {
+    let events = frames.map(|f| Ok::<_, Infallible>(Frame::data(f)));
     let mut r = Response::new(StreamBody::new(events).boxed());
     let h = r.headers_mut();
     h.insert(hyper::header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
     h.insert(hyper::header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     h.insert("x-accel-buffering", HeaderValue::from_static("no"));
     r
-}
-
-/// One SSE event carrying one message (MCP messages hold no raw newline, so one `data:` line).
-fn sse_event(m: &[u8]) -> Bytes {
-    let mut b = Vec::with_capacity(m.len() + 24);
-    b.extend_from_slice(b"event: message\ndata: ");
-    b.extend_from_slice(m);
-    b.extend_from_slice(b"\n\n");
-    Bytes::from(b)
 }
 
 /// Starts a session's server process and the task routing its messages.
@@ -497,6 +508,8 @@ pub(super) async fn launch<R: ContainerRuntime, N: Network>(
         last_used: Mutex::new(std::time::Instant::now()),
         to_server: Mutex::new(Some(io.to_server)),
         router: Mutex::new(Router::default()),
+        streams: super::replay::Streams::default(),
+        priming: std::sync::atomic::AtomicBool::new(false),
     });
     tracing::info!(bot.name = bot, mcp.server = server, pid = io.pid, "MCP HTTP server process started");
     let s = session.clone();
@@ -526,7 +539,9 @@ pub(super) async fn launch<R: ContainerRuntime, N: Network>(
     Ok(session)
 }
 
-fn get<R, N>(front: &Front<R, N>, bot: &str, server: &str, h: &HeaderMap) -> Response<Body> {
+/// GET: with `Last-Event-ID`, the rest of the stream it names; without, the stream of server messages
+/// unrelated to any request (replacing an older one).
+async fn get<R, N>(front: &Front<R, N>, bot: &str, server: &str, h: &HeaderMap) -> Response<Body> {
     if !accepts(h, "text/event-stream") {
         return rpc_error(StatusCode::NOT_ACCEPTABLE, -32000, "GET opens an event stream: accept text/event-stream");
     }
@@ -534,9 +549,16 @@ fn get<R, N>(front: &Front<R, N>, bot: &str, server: &str, h: &HeaderMap) -> Res
         Ok(s) => s,
         Err(r) => return r.into_response(),
     };
+    if let Some(last) = header(h, "last-event-id") {
+        return match s.streams.resume(last).await {
+            Ok(client) => sse_body(client),
+            Err(why) => rpc_error(StatusCode::CONFLICT, -32000, &format!("cannot resume: {why}")),
+        };
+    }
     let (sink, rx) = mpsc::channel(route::STREAM_BUFFER);
     lock(&s.router).open_get(sink);
-    sse_response(ReceiverStream::new(rx))
+    let priming = s.priming.load(std::sync::atomic::Ordering::Relaxed);
+    sse_body(s.streams.open(rx, priming))
 }
 
 fn delete<R, N>(front: &Front<R, N>, bot: &str, server: &str, h: &HeaderMap) -> Response<Body> {

@@ -1,12 +1,13 @@
 //! MCP tool servers inside bots: the per-bot registry of named servers (`registry.rs`), sessions with
 //! them relayed through the bot's agent with idle reaping (`session.rs`), and the Streamable HTTP
-//! front-end (`http.rs`, message routing in `route.rs`, the stateless era in `stateless.rs`). A session
-//! is one server process in the bot: no two clients share a process, so JSON-RPC ids never collide and
-//! every server→client message has exactly one home. The one exception is stateless (2026-07-28) HTTP,
+//! front-end (`http.rs`, message routing in `route.rs`, resumable SSE streams in `replay.rs`, the
+//! stateless era in `stateless.rs`). A session is one server process in the bot: no two clients share
+//! a process, so JSON-RPC ids never collide and every server→client message has exactly one home. The one exception is stateless (2026-07-28) HTTP,
 //! which the spec lets share a process: there berthd gives every request an id of its own.
 
 pub mod http;
 mod registry;
+mod replay;
 pub mod route;
 pub mod session;
 mod stateless;
