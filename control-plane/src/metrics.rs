@@ -6,6 +6,7 @@
 //! - `berth_rpc_duration_seconds{method}`: time to answer an API call (for a stream: to its headers);
 //! - `berth_reconcile_repairs_total{kind}`: what the reconciler fixed (network, firewall, lease, …);
 //! - `berth_bot_restarts_total{reason}`: restarts by the supervisor (task exited, agent unresponsive);
+//! - `berth_oom_kills_total`: processes in bots killed by the kernel's OOM killer, as the reconciler saw;
 //! - `berth_reconcile_passes_total`, `berth_mcp_sessions` (open) and `berth_mcp_sessions_total`.
 
 use std::sync::LazyLock;
@@ -58,6 +59,7 @@ pub struct Metrics {
     pub repairs: Family<KindLabel, Counter>,
     pub restarts: Family<ReasonLabel, Counter>,
     pub reconcile_passes: Counter,
+    pub oom_kills: Counter,
     pub mcp_sessions: Gauge,
     pub mcp_sessions_total: Counter,
 }
@@ -77,6 +79,7 @@ impl Metrics {
             repairs: Family::default(),
             restarts: Family::default(),
             reconcile_passes: Counter::default(),
+            oom_kills: Counter::default(),
             mcp_sessions: Gauge::default(),
             mcp_sessions_total: Counter::default(),
             registry: Registry::default(),
@@ -91,6 +94,7 @@ impl Metrics {
         registry.register("reconcile_repairs", "Repairs made by the reconciler, by kind", m.repairs.clone());
         registry.register("bot_restarts", "Bot restarts by the supervisor, by reason", m.restarts.clone());
         registry.register("reconcile_passes", "Reconcile passes completed", m.reconcile_passes.clone());
+        registry.register("oom_kills", "Processes in bots killed by the kernel's OOM killer", m.oom_kills.clone());
         registry.register("mcp_sessions", "MCP sessions open through berthd", m.mcp_sessions.clone());
         registry.register("mcp_sessions_opened", "MCP sessions opened through berthd", m.mcp_sessions_total.clone());
         Metrics { registry, ..m }
@@ -106,6 +110,10 @@ impl Metrics {
 
     pub fn repaired(&self, kind: &str) {
         self.repairs.get_or_create(&KindLabel { kind: kind.into() }).inc();
+    }
+
+    pub fn oom_killed(&self, n: u64) {
+        self.oom_kills.inc_by(n);
     }
 
     pub fn restarted(&self, reason: &str) {

@@ -444,8 +444,14 @@ async fn http_sessions_nobody_closes_are_capped_per_server_and_per_bot() {
 /// An MCP server the kernel's OOM killer kills is named as such, not only "killed by SIGKILL".
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_mcp_server_killed_for_memory_is_named_as_the_oom_killers() {
-    let b = TestBerthd::start(None);
+    let b = TestBerthd::start_with(None, &["--reconcile-interval-ms", "300"]);
     b.cli(&["bot", "create", "small", "--memory", "64M"]);
+    let ch = berth_control_plane::agent_client::channel(b.socket.to_str().unwrap()).await.unwrap();
+    let mut bots = berth_proto::controlplane::v1::bot_service_client::BotServiceClient::new(ch);
+    let watch = berth_proto::controlplane::v1::WatchEventsRequest { name: "small".into() };
+    let mut events = bots.watch_events(watch).await.unwrap().into_inner();
+    // A reconcile pass sees the bot running (its OOM count's baseline) before anything is killed.
+    tokio::time::sleep(Duration::from_millis(1000)).await;
     let hog = "read -r l; exec dd if=/dev/zero of=/dev/null bs=200M count=1";
     let mut cmd = b.berth(&["mcp", "small", "--", "sh", "-c", hog]);
     cmd.stdin(std::process::Stdio::piped()).stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped());
@@ -461,6 +467,19 @@ async fn an_mcp_server_killed_for_memory_is_named_as_the_oom_killers() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(128 + 9), "{err}");
     assert!(err.contains("OOM killer"), "the exit does not say why: {err}");
+    // The reconciler announces it as a bot event too, whatever process it hit.
+    let t = Instant::now();
+    let oom = loop {
+        let left = Duration::from_secs(15).saturating_sub(t.elapsed());
+        let e = tokio::time::timeout(left, events.message()).await.expect("no oom_kill event").unwrap().unwrap();
+        if e.kind == "oom_kill" {
+            break e;
+        }
+    };
+    assert!(oom.message.contains("OOM killer killed 1 process in the bot"), "{}", oom.message);
+    // And it is counted once: no second event for the same kill.
+    let again = tokio::time::timeout(Duration::from_secs(2), events.message()).await;
+    assert!(again.is_err() || again.unwrap().unwrap().unwrap().kind != "oom_kill");
 }
 
 /// A server whose one tool reports progress five times, 300 ms apart, then answers.

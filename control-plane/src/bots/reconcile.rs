@@ -35,6 +35,8 @@ pub(super) struct Supervision {
     next_restart: Option<Instant>,
     restarted_at: Option<Instant>,
     agent_misses: u32,
+    /// The bot's OOM kill count when last looked at (None: not yet seen since berthd started).
+    oom_seen: Option<u64>,
 }
 
 /// What one reconcile pass did.
@@ -164,6 +166,7 @@ impl<R: ContainerRuntime, N: Network> BotManager<R, N> {
                         }
                     }
                 }
+                self.note_oom_kills(bot).await;
                 match self.health(bot).await {
                     Ok(()) => {
                         {
@@ -206,6 +209,31 @@ impl<R: ContainerRuntime, N: Network> BotManager<R, N> {
             }
         }
         Ok(())
+    }
+
+    /// Announces kills by the kernel's OOM killer in a running bot since the last pass (an `oom_kill`
+    /// event), whatever process they hit: a server, an exec, something in the background. The count is
+    /// the bot cgroup's own (`memory.events`), so a bot cannot fake or hide one. Kills before berthd's
+    /// first look after a start are not announced (the first look sets the baseline).
+    async fn note_oom_kills(&self, bot: &BotRecord) {
+        let Some(now) = self.runtime.oom_kills(&bot.container_id).await else { return };
+        let before = {
+            let mut sup = super::lock(&self.supervision);
+            let s = sup.entry(bot.name.clone()).or_default();
+            s.oom_seen.replace(now)
+        };
+        if let Some(before) = before
+            && now > before
+        {
+            let n = now - before;
+            let message = format!(
+                "the kernel's OOM killer killed {n} process{} in the bot: it reached its memory limit (raise it \
+                 with `berth bot create --memory`, or run less at once)",
+                if n == 1 { "" } else { "es" }
+            );
+            crate::metrics::metrics().oom_killed(n);
+            self.announce(&bot.name, bot.state, "oom_kill", &message).await;
+        }
     }
 
     /// A dead task: record why, then restart now or report the wait.
