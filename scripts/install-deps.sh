@@ -46,9 +46,9 @@ if ! "$deps/venv/bin/python" -c 'import jwt, cryptography' >/dev/null 2>&1; then
   "$deps/venv/bin/pip" install -q 'pyjwt[crypto]>=2.8'
 fi
 # The outside-client tests: Python gRPC as a user installs it (default options, reflection).
-if ! "$deps/venv/bin/python" -c 'import grpc, grpc_reflection' >/dev/null 2>&1; then
-  echo "install-deps: grpcio and grpcio-reflection"
-  "$deps/venv/bin/pip" install -q 'grpcio==1.85.4' 'grpcio-reflection==1.85.1'
+if ! "$deps/venv/bin/python" -c 'import grpc, grpc_reflection, h2' >/dev/null 2>&1; then
+  echo "install-deps: grpcio, grpcio-reflection and h2"
+  "$deps/venv/bin/pip" install -q 'grpcio==1.85.4' 'grpcio-reflection==1.85.1' 'h2==4.3.0'
 fi
 everything="$deps/node/node_modules/@modelcontextprotocol/server-everything/dist/index.js"
 if [ ! -f "$everything" ]; then

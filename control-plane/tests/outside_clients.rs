@@ -1,6 +1,7 @@
 //! Clients we did not write, as a new user would first try them: Python `grpcio` with default options on
 //! berthd's Unix socket (grpc-core sends the socket path as `:authority`), discovering the API through
-//! `v1alpha` reflection and driving a bot from create to delete.
+//! `v1alpha` reflection and driving a bot from create to delete; Python's `h2` sending the raw socket path
+//! Huffman-coded, as netty (grpc-java) does.
 
 #![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
 
@@ -42,4 +43,21 @@ fn python_grpcio_with_default_options_drives_a_bot_through_reflection() {
     }
     // The rewrite of the socket path is said once, not per call.
     assert_eq!(b.log().matches("sent a socket path as its :authority").count(), 1, "{}", b.log());
+}
+
+/// netty (grpc-java) sends the raw socket path as `:authority`, Huffman-coded: here Python's `h2` and
+/// `hpack` libraries make the same request, and berthd answers it rather than resetting the stream.
+#[test]
+fn a_huffman_coded_socket_path_authority_is_accepted() {
+    let b = TestBerthd::start(None);
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/h2_huffman_client.py");
+    let out = std::process::Command::new(common::dep("venv/bin/python"))
+        .args([script, b.socket.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stdout}\n{stderr}\n--- berthd log ---\n{}", b.log());
+    assert!(stdout.contains("authority huffman"), "the control failed: {stdout}");
+    assert!(stdout.contains("status 0") && stdout.contains("serving"), "{stdout}");
 }

@@ -7,6 +7,7 @@ mod convert;
 mod data;
 pub mod health;
 pub mod http;
+mod huffman;
 mod images;
 mod mcp;
 mod proxy;

@@ -4,8 +4,8 @@
 //! and resets every stream (grpc/grpc#38142, hyperium/h2#442), so a user's first Python call failed with
 //! no clue. The authority means nothing on a Unix socket, so each request header block is read as it
 //! arrives and an `:authority` that is not a valid host gets its offending bytes replaced, in place and
-//! at the same length (so HPACK's table stays in step on both sides). Everything else passes untouched;
-//! a header block this cannot read (a Huffman-coded value, one split over CONTINUATION frames) passes as
+//! at the same length (so HPACK's table stays in step on both sides), Huffman-coded or not. Everything
+//! else passes untouched; a header block this cannot read (one split over CONTINUATION frames) passes as
 //! it came.
 
 use std::io;
@@ -28,6 +28,8 @@ const MAX_HEADERS: usize = 1 << 20;
 
 /// Whether a rewrite has been logged (once per process).
 static LOGGED: AtomicBool = AtomicBool::new(false);
+/// Whether an authority that could not be fixed has been logged (once per process).
+static CANNOT: AtomicBool = AtomicBool::new(false);
 
 /// A client's connection on berthd's Unix socket, with its request headers fixed up.
 pub struct UdsStream {
@@ -164,6 +166,8 @@ fn fix_block(block: &mut [u8]) -> bool {
         let Some((start, end, huffman)) = string(block, at) else { return changed };
         if authority && !huffman {
             changed |= sanitize(&mut block[start..end]);
+        } else if authority {
+            changed |= sanitize_huffman(&mut block[start..end]);
         }
         at = end;
     }
@@ -220,6 +224,29 @@ fn sanitize(value: &mut [u8]) -> bool {
              as a host name (logged once)"
         );
     }
+    true
+}
+
+/// [`sanitize`] for a Huffman-coded value: decoded, fixed, coded again and written back when that has the
+/// same length (the bytes replaced, `/` `%` `_` and space, code in 6 bits like `-`: a socket path always
+/// fits); otherwise left as it came, and said once.
+fn sanitize_huffman(coded: &mut [u8]) -> bool {
+    let Some(mut value) = super::huffman::decode(coded) else { return false };
+    if !sanitize(&mut value) {
+        return false;
+    }
+    let again = super::huffman::encode(&value);
+    if again.len() != coded.len() {
+        if !CANNOT.swap(true, Ordering::Relaxed) {
+            tracing::warn!(
+                authority = %String::from_utf8_lossy(&value),
+                "a client on the Unix socket sent an :authority that is not a host name and cannot be fixed at its \
+                 length; the HTTP/2 server will refuse its requests (logged once)"
+            );
+        }
+        return false;
+    }
+    coded.copy_from_slice(&again);
     true
 }
 
@@ -313,14 +340,40 @@ mod tests {
     }
 
     #[test]
+    fn a_huffman_coded_socket_path_is_fixed_in_the_same_bytes() {
+        use super::super::huffman::{decode, encode};
+        // As netty (grpc-java) sends it: literal without indexing, name index 1, Huffman-coded value.
+        let path = b"/tmp/.tmpAb_9/run/berthd.sock";
+        let coded = encode(path);
+        let mut block = vec![0x01, 0x80 | coded.len() as u8];
+        block.extend(&coded);
+        block.push(0x86);
+        assert!(fix_block(&mut block));
+        assert_eq!(block.len(), coded.len() + 3);
+        assert_eq!(decode(&block[2..2 + coded.len()]).unwrap(), b"-tmp-.tmpAb-9-run-berthd.sock");
+        assert_eq!(block[block.len() - 1], 0x86, "the rest is untouched");
+        // A character whose code is longer than `-`'s cannot be fixed at the same length: left as it came.
+        let odd = encode(b"/run/a@b.sock");
+        let mut block = vec![0x01, 0x80 | odd.len() as u8];
+        block.extend(&odd);
+        let before = block.clone();
+        assert!(!fix_block(&mut block));
+        assert_eq!(block, before);
+    }
+
+    #[test]
     fn valid_authorities_and_unreadable_blocks_are_left_alone() {
         for ok in [&b"@\n:authority\x09localhost"[..], b"\x41\x0flocalhost:50051", b"\x41\x00"] {
             let mut block = ok.to_vec();
             assert!(!fix_block(&mut block), "{ok:?}");
             assert_eq!(block, ok);
         }
-        // Huffman-coded, truncated, and an endless integer: untouched, no panic.
-        for odd in [&b"\x41\x85abcde"[..], b"@\n:authority\x7f", b"\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff"] {
+        // A Huffman-coded valid host; bad Huffman (EOS inside); truncated; an endless integer: untouched, no panic.
+        let coded = super::super::huffman::encode(b"localhost");
+        let mut local = vec![0x41, 0x80 | coded.len() as u8];
+        local.extend(coded);
+        let bad_huffman = b"\x41\x84\xff\xff\xff\xff";
+        for odd in [&local[..], bad_huffman, b"@\n:authority\x7f", b"\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff"] {
             let mut block = odd.to_vec();
             fix_block(&mut block);
             assert_eq!(block, odd);
