@@ -60,4 +60,14 @@ fn a_huffman_coded_socket_path_authority_is_accepted() {
     assert!(out.status.success(), "{stdout}\n{stderr}\n--- berthd log ---\n{}", b.log());
     assert!(stdout.contains("authority huffman"), "the control failed: {stdout}");
     assert!(stdout.contains("status 0") && stdout.contains("serving"), "{stdout}");
+    // A request HTTP/2 forbids (an upper-case header name) is still refused, and berthd's log says why, once.
+    for _ in 0..2 {
+        let out = std::process::Command::new(common::dep("venv/bin/python"))
+            .args([script, b.socket.to_str().unwrap(), "--bad"])
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(stdout.contains("refused"), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    }
+    assert_eq!(b.log().matches("an upper-case header name").count(), 1, "{}", b.log());
 }

@@ -28,6 +28,8 @@ const MAX_HEADERS: usize = 1 << 20;
 
 /// Whether a rewrite has been logged (once per process).
 static LOGGED: AtomicBool = AtomicBool::new(false);
+/// Whether a request with a header HTTP/2 forbids has been logged (once per process).
+static REFUSED: AtomicBool = AtomicBool::new(false);
 /// Whether an authority that could not be fixed has been logged (once per process).
 static CANNOT: AtomicBool = AtomicBool::new(false);
 
@@ -161,6 +163,11 @@ fn fix_block(block: &mut [u8]) -> bool {
         if index == 0 {
             let Some((start, end, huffman)) = string(block, at) else { return changed };
             authority = !huffman && &block[start..end] == b":authority";
+            if !huffman {
+                refused_name(&block[start..end]);
+            } else if let Some(name) = super::huffman::decode(&block[start..end]) {
+                refused_name(&name);
+            }
             at = end;
         }
         let Some((start, end, huffman)) = string(block, at) else { return changed };
@@ -225,6 +232,26 @@ fn sanitize(value: &mut [u8]) -> bool {
         );
     }
     true
+}
+
+/// Says (once per process) why the HTTP/2 server is about to reset a request whose header `name` HTTP/2
+/// forbids: the server resets such a stream with PROTOCOL_ERROR and logs nothing a user sees.
+fn refused_name(name: &[u8]) {
+    const CONNECTION_SPECIFIC: [&[u8]; 5] =
+        [b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"upgrade"];
+    let why = if name.iter().any(u8::is_ascii_uppercase) {
+        "an upper-case header name"
+    } else if CONNECTION_SPECIFIC.contains(&name) {
+        "a connection-specific header, which HTTP/2 forbids"
+    } else {
+        return;
+    };
+    if !REFUSED.swap(true, Ordering::Relaxed) {
+        tracing::warn!(
+            header = %String::from_utf8_lossy(name),
+            "a client on the Unix socket sent {why}; the HTTP/2 server resets its requests as malformed (logged once)"
+        );
+    }
 }
 
 /// [`sanitize`] for a Huffman-coded value: decoded, fixed, coded again and written back when that has the
