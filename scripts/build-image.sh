@@ -5,8 +5,11 @@
 # minimal: layer 1 = a busybox-static root file system (/bin/sh and the usual tools, /etc/passwd, /data);
 # full:    layer 1 = a Debian root file system made by debootstrap (minbase, the host's release) with
 #          nodejs, npm (npx), python3 (venv, pip) and ca-certificates, for bots that run npx/uvx-style
-#          tool servers. Built once and cached in target/images/cache (BERTH_REBUILD_IMAGE=1 rebuilds);
-#          BERTH_DEBIAN_MIRROR picks the mirror (default deb.debian.org).
+#          tool servers. The Debian layer is cached outside the clone, like cargo's registry, keyed by the
+#          hash of its recipe (this script's full_base, the release, the mirror): in
+#          $BERTH_CACHE_DIR (default ~/.cache/berth), rebuilt when the recipe changes, when older than
+#          14 days (security updates), or with BERTH_REBUILD_IMAGE=1. BERTH_DEBIAN_MIRROR picks the
+#          mirror (default deb.debian.org).
 # Both:    layer 2 = the static berth-agent at /sbin/berth-agent, the image's entrypoint (PID 1).
 # The minimal archive is reproducible: sorted entries, fixed owners and times, gzip without names or
 # stamps (the full one is as reproducible as the Debian archive it is built from on a given day).
@@ -81,15 +84,21 @@ if [ "$flavor" = minimal ]; then
   minimal_base
   read -r diff1 dig1 size1 < <(layer "$work/base")
 else
-  cache="$root/target/images/cache"
+  suite="$(. /etc/os-release && echo "$VERSION_CODENAME")"
+  recipe="$( { declare -f full_base layer; echo "$suite ${BERTH_DEBIAN_MIRROR:-}"; } | sha256sum | cut -c1-16)"
+  cache="${BERTH_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/berth}/images/full-base-$suite-$recipe"
   mkdir -p "$cache"
-  if [ -n "${BERTH_REBUILD_IMAGE:-}" ] || [ ! -s "$cache/full-base.ids" ]; then
+  ids="$cache/full-base.ids"
+  if [ -n "${BERTH_REBUILD_IMAGE:-}" ] || [ ! -s "$ids" ] || [ -n "$(find "$ids" -mtime +14)" ] \
+      || ! read -r diff1 dig1 size1 < "$ids" \
+      || [ "$(sha256sum "$cache/full-base.blob" 2>/dev/null | cut -d' ' -f1)" != "${dig1#sha256:}" ]; then
     full_base
     read -r diff1 dig1 size1 < <(GZIP_LEVEL=6 layer "$work/base")
-    cp "$work/blobs/sha256/${dig1#sha256:}" "$cache/full-base.blob"
-    echo "$diff1 $dig1 $size1" > "$cache/full-base.ids"
+    cp "$work/blobs/sha256/${dig1#sha256:}" "$cache/full-base.blob.tmp"
+    mv "$cache/full-base.blob.tmp" "$cache/full-base.blob"
+    echo "$diff1 $dig1 $size1" > "$ids.tmp" && mv "$ids.tmp" "$ids"
   else
-    read -r diff1 dig1 size1 < "$cache/full-base.ids"
+    echo "build-image: the Debian layer from $cache (recipe $recipe)" >&2
     cp "$cache/full-base.blob" "$work/blobs/sha256/${dig1#sha256:}"
   fi
 fi

@@ -4,19 +4,27 @@
 # btrfs image for disk quotas, state and socket under ./.run) and berthd on SQLite, and prints how to
 # connect. berthd is supervised: if it dies it is started again (with backoff, logged) and the bots keep
 # running. Ctrl-C stops everything cleanly: berthd, the bots' tasks (their data stays), and the private
-# containerd.
+# containerd. `berth` and `berthd` are linked into ./.run/bin. BERTH_BIN_DIR=DIR takes them from DIR
+# instead of a release build (scripts/tour.sh passes the test suite's build, which it already has).
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
 bash scripts/install-deps.sh run
-cargo build --locked --release -p berth-control-plane --bin berth --bin berthd
+if [ -n "${BERTH_BIN_DIR:-}" ]; then
+  bin="$(cd "$BERTH_BIN_DIR" && pwd)"
+else
+  cargo build --locked --release -p berth-control-plane --bin berth --bin berthd
+  bin="$root/target/release"
+fi
 agent="$(bash scripts/build-agent.sh)"
 image="$(BERTH_AGENT_BIN="$agent" bash scripts/build-image.sh minimal)"
 
 run="$root/.run"
 ctd="$run/containerd"
 ns=berth
-mkdir -p "$ctd" "$run/state" "$run/run"
+mkdir -p "$ctd" "$run/state" "$run/run" "$run/bin"
+ln -sfn "$bin/berth" "$run/bin/berth"
+ln -sfn "$bin/berthd" "$run/bin/berthd"
 
 # containerd's root on btrfs, so every bot gets a hard disk quota (a qgroup on its writable layer): a
 # sparse image file, loop-mounted, sized half the free space here (at most 256 GiB; BERTH_ROOT_SIZE, e.g.
@@ -82,7 +90,7 @@ for _ in $(seq 100); do [ -S "$ctd/containerd.sock" ] && break; sleep 0.1; done
 [ -S "$ctd/containerd.sock" ] || { echo "containerd did not start; see $ctd/containerd.log" >&2; exit 1; }
 
 start_berthd() {
-  setsid "$root/target/release/berthd" --containerd-socket "$ctd/containerd.sock" --namespace "$ns" \
+  setsid "$run/bin/berthd" --containerd-socket "$ctd/containerd.sock" --namespace "$ns" \
     --state-dir "$run/state" --run-dir "$run/run" --image-archive "$image" >>"$run/berthd.log" 2>&1 &
   berthd_pid=$!
   berthd_started=$(date +%s)
@@ -94,7 +102,7 @@ for _ in $(seq 150); do [ -S "$run/run/berthd.sock" ] && break; sleep 0.1; done
 cat <<MSG
 Berth is running (berthd log: $run/berthd.log). In another shell:
 
-  export BERTH_ADDR=$run/run/berthd.sock PATH=$root/target/release:\$PATH
+  export BERTH_ADDR=$run/run/berthd.sock PATH=$run/bin:\$PATH
   berth bot create demo --memory 512M
   berth exec demo -- sh -c 'echo hello from \$(hostname)'
   berth exec -it demo -- sh

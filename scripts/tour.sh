@@ -18,7 +18,8 @@ log="$work/run.log"
 awk '/^## A five-minute tour/{t=1} t&&/^```sh/{b=1;next} b&&/^```/{exit} b{print}' README.md > "$work/tour.txt"
 [ -s "$work/tour.txt" ] || { echo "tour: no commands found in README.md" >&2; exit 1; }
 
-setsid bash scripts/run.sh >"$log" 2>&1 &
+# The binaries the test suite built (scripts/test.sh), not a second, release build of the same code.
+BERTH_BIN_DIR="${BERTH_BIN_DIR:-$root/target/debug}" setsid bash scripts/run.sh >"$log" 2>&1 &
 run_pid=$!
 stop_run() {
   # SIGTERM: run.sh stops as on Ctrl-C (a background job ignores SIGINT, so that cannot be sent here).
@@ -63,11 +64,11 @@ fi
 
 # run.sh supervises berthd: SIGKILL it, and it is started again while a bot keeps its processes.
 export BERTH_ADDR="$root/.run/run/berthd.sock"
-berth="$root/target/release/berth"
+berth="$root/.run/bin/berth"
 "$berth" bot create survivor >/dev/null
 pid_of() { "$berth" bot get survivor --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["pid"])'; }
 before="$(pid_of)"
-pkill -KILL -f "$root/target/release/berthd --containerd-socket"
+pkill -KILL -f "$root/.run/bin/berthd --containerd-socket"
 for _ in $(seq 300); do
   grep -q "run.sh: berthd exited" "$log" && "$berth" bot ls >/dev/null 2>&1 && break
   sleep 0.1
