@@ -11,7 +11,6 @@
 
 pub mod agent_client;
 pub mod api;
-pub mod archive;
 pub mod bots;
 pub mod error;
 pub mod mcp;
@@ -20,3 +19,6 @@ pub mod network;
 pub mod runtime;
 pub mod store;
 pub mod time;
+
+/// The data archive format (its own crate, `control-plane/archive`, so the fuzzer links only it).
+pub use berth_archive as archive;

@@ -3,7 +3,7 @@
 //! expand past its limit.
 #![no_main]
 
-use berth_control_plane::archive::extract::{Options, extract};
+use berth_archive::extract::{Options, extract};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

@@ -4,6 +4,8 @@
 //! rejects absolute paths, `..`, links that climb out of the root, device nodes, writes through symbolic
 //! links and archives that expand past a limit, and never follows a link on the host.
 
+#![forbid(unsafe_code)]
+
 pub mod extract;
 pub mod manifest;
 pub mod pipe;
@@ -42,7 +44,7 @@ pub enum ArchiveError {
     },
 }
 
-pub(crate) fn io(op: impl Into<String>) -> impl FnOnce(std::io::Error) -> ArchiveError {
+pub fn io(op: impl Into<String>) -> impl FnOnce(std::io::Error) -> ArchiveError {
     let op = op.into();
     move |source| ArchiveError::Io { op, source }
 }

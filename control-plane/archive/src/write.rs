@@ -182,7 +182,9 @@ fn write_tar<W: Write>(
     let manifest = Manifest {
         format: manifest::FORMAT.into(),
         bot: bot.into(),
-        created_at_ms: crate::bots::model::now_ms(),
+        created_at_ms: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX)),
         entries,
         skipped: summary.skipped.clone(),
     };
