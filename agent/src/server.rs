@@ -18,12 +18,11 @@ use crate::fs::root::Root;
 use crate::process::reaper::{self, ReaperStats};
 use crate::process::registry::Registry;
 use crate::state::{Agent, MAX_MESSAGE_BYTES};
+// HTTP/2 windows: see `berth_proto::wire` on h2's small-frame budget.
+use berth_proto::wire::{CONNECTION_WINDOW_BYTES, STREAM_WINDOW_BYTES};
 
 /// How long sessions get to exit after SIGTERM when the agent shuts down.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
-/// HTTP/2 windows; see the agent client's notes on h2's small-frame budget.
-const STREAM_WINDOW_BYTES: u32 = 256 << 10;
-const CONNECTION_WINDOW_BYTES: u32 = 64 << 20;
 /// How long open streams get to finish after the sessions ended.
 const SERVER_DRAIN: Duration = Duration::from_secs(1);
 

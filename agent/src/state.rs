@@ -7,8 +7,8 @@ use crate::fs::root::Root;
 use crate::process::reaper::ReaperStats;
 use crate::process::registry::Registry;
 
-/// Largest gRPC message accepted or sent (the largest MCP message plus framing fits).
-pub const MAX_MESSAGE_BYTES: usize = 64 << 20;
+// Largest gRPC message accepted or sent (the largest MCP message plus framing fits).
+pub use berth_proto::wire::MAX_MESSAGE_BYTES;
 /// Largest MCP message (one stdout line) relayed by default. A 16 MiB tool argument echoed back by a
 /// server that returns it twice (text and structured content) needs about 33 MiB.
 pub const MAX_MCP_MESSAGE_BYTES: usize = 48 << 20;

@@ -1,8 +1,6 @@
-//! The control plane's boundary error: what the caller should do, not where it came from. Module errors
-//! convert into it here; `api/mod.rs` maps it to a gRPC status in one place.
-
-use crate::runtime::RuntimeError;
-use crate::store::StoreError;
+//! The control plane's boundary error: what the caller should do, not where it came from. It sits below
+//! every module: each module's own error converts into it where that error is defined (`runtime/`,
+//! `store/`, `network/`), and `api/mod.rs` maps it to a gRPC status in one place.
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -37,6 +35,15 @@ impl Error {
     }
 }
 
+/// What a client may be shown of a failure in a dependency (containerd, the database) or inside berthd:
+/// the error's own message, which says what was being done, and an id; its causes (addresses, paths,
+/// driver texts) go to the log under that id, not to the client.
+pub fn with_id(e: &(dyn std::error::Error + 'static)) -> String {
+    let id = uuid::Uuid::new_v4();
+    tracing::warn!(error.id = %id, error = %chain(e), "a request failed");
+    format!("{e} (error {id}; see the berthd log)")
+}
+
 /// "a: b: c" for an error and its sources.
 pub fn chain(e: &(dyn std::error::Error + 'static)) -> String {
     let mut s = e.to_string();
@@ -47,49 +54,4 @@ pub fn chain(e: &(dyn std::error::Error + 'static)) -> String {
         src = x.source();
     }
     s
-}
-
-impl From<RuntimeError> for Error {
-    fn from(e: RuntimeError) -> Error {
-        match e {
-            RuntimeError::NotFound { what } => Error::NotFound(format!("{what} not found in containerd")),
-            RuntimeError::AlreadyExists { what } => {
-                Error::AlreadyExists(format!("{what} already exists in containerd"))
-            }
-            e @ (RuntimeError::Unavailable { .. } | RuntimeError::Timeout { .. }) => Error::Unavailable(chain(&e)),
-            e @ RuntimeError::InvalidImage { .. } => Error::InvalidArgument(e.to_string()),
-            e @ RuntimeError::NoSpace { .. } => Error::ResourceExhausted(e.to_string()),
-            e => Error::internal("container runtime failure", e),
-        }
-    }
-}
-
-impl From<crate::network::NetworkError> for Error {
-    fn from(e: crate::network::NetworkError) -> Error {
-        Error::internal("bot network failure", e)
-    }
-}
-
-impl From<StoreError> for Error {
-    fn from(e: StoreError) -> Error {
-        match e {
-            StoreError::NotFound { what } => Error::NotFound(format!("{what} not found")),
-            StoreError::AlreadyExists { what } => Error::AlreadyExists(format!("{what} already exists")),
-            e @ StoreError::Unavailable { .. } => Error::Unavailable(chain(&e)),
-            e => Error::internal("database failure", e),
-        }
-    }
-}
-
-impl From<crate::runtime::registry::RegistryError> for Error {
-    fn from(e: crate::runtime::registry::RegistryError) -> Error {
-        use crate::runtime::registry::RegistryError as R;
-        match e {
-            e @ R::BadReference(_) => Error::InvalidArgument(e.to_string()),
-            e @ R::NotFound { .. } => Error::NotFound(e.to_string()),
-            e @ R::Unauthorized { .. } => Error::FailedPrecondition(e.to_string()),
-            e @ R::Invalid(_) => Error::InvalidArgument(e.to_string()),
-            e => Error::Unavailable(chain(&e)),
-        }
-    }
 }

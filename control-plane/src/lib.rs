@@ -1,6 +1,7 @@
 //! Berth's control plane: the library behind the `berthd` daemon and the `berth` CLI.
 //!
 //! # Layout
+//! - [`daemon`]: berthd as a library: start everything from a [`daemon::Config`], stop it.
 //! - [`api`]: the gRPC services and the HTTP endpoint (metrics, health), thin handlers over [`bots`].
 //! - [`bots`]: the domain: lifecycle, data operations, reconciliation.
 //! - [`runtime`], [`network`], [`store`]: containerd, CNI and the firewall, the database.
@@ -11,13 +12,17 @@
 
 pub mod agent_client;
 pub mod api;
+pub mod auth;
 pub mod bots;
+pub mod daemon;
 pub mod error;
+pub mod listen;
 pub mod mcp;
 pub mod metrics;
 pub mod network;
 pub mod runtime;
 pub mod store;
+pub mod sync;
 pub mod time;
 
 /// The data archive format (its own crate, `control-plane/archive`, so the fuzzer links only it).

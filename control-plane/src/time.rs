@@ -1,5 +1,5 @@
-//! UTC calendar formatting without a date library: the few timestamps berthd writes (containerd's label
-//! values, generated snapshot names).
+//! Time as berthd writes it, without a date library: milliseconds since the epoch (records, events) and
+//! UTC calendar formatting (containerd's label values, generated snapshot names).
 
 /// Year, month, day, hour, minute, second (UTC) of `secs` since the Unix epoch (Howard Hinnant's
 /// days-to-civil algorithm).
@@ -16,6 +16,11 @@ pub fn utc_parts(secs: i64) -> (i64, i64, i64, i64, i64, i64) {
     let m = if mp < 10 { mp + 3 } else { mp - 9 };
     let y = yoe + era * 400 + i64::from(m <= 2);
     (y, m, d, rem / 3600, rem % 3600 / 60, rem % 60)
+}
+
+/// Milliseconds since the Unix epoch, now.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
 }
 
 /// Seconds since the epoch of a system time (0 before the epoch).

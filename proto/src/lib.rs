@@ -5,6 +5,23 @@
 //!   `berthd` too, routed by the `berth-bot` metadata).
 //! - [`controlplane::v1`]: `BotService` (lifecycle), `DataService` (snapshots, export/import, operations), `ImageService`.
 
+/// What both ends of a Berth gRPC connection must agree on, named once: berthd's API, its proxy of the
+/// agent protocol, and the agent.
+pub mod wire {
+    /// Largest message sent or accepted, on every Berth gRPC connection.
+    pub const MAX_MESSAGE_BYTES: usize = 64 << 20;
+    /// HTTP/2 flow-control windows. h2 closes a whole connection (GOAWAY `ENHANCE_YOUR_CALM`) once the
+    /// small DATA frames it buffers unread exceed half the connection window. A small per-stream window
+    /// bounds what one stalled stream (a watch or exec output nobody reads) can buffer, and a large
+    /// connection window keeps many such streams from ever reaching the limit. Over a Unix socket a
+    /// 256 KiB window still moves GiB/s.
+    pub const STREAM_WINDOW_BYTES: u32 = 256 << 10;
+    /// See [`STREAM_WINDOW_BYTES`].
+    pub const CONNECTION_WINDOW_BYTES: u32 = 64 << 20;
+    /// Metadata naming the bot an agent-protocol call sent to berthd is for.
+    pub const BOT_HEADER: &str = "berth-bot";
+}
+
 /// Every Berth protocol's encoded `FileDescriptorSet`, for gRPC server reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/berth_descriptor.bin"));
 

@@ -266,7 +266,7 @@ extern "C" fn child_main(arg: *mut libc::c_void) -> libc::c_int {
                 }
             }
         }
-        super::spawn::demote_oom_score();
+        demote_oom_score();
         for fd in ctx.cgroup_procs {
             // "0" is the writing process itself.
             if libc::write(*fd, b"0".as_ptr().cast(), 1) < 0 {
@@ -361,6 +361,25 @@ fn reap(pid: libc::pid_t, status: &mut Option<ExitStatus>) -> io::Result<Option<
             Ok(*status)
         }
         _ => Err(io::Error::last_os_error()),
+    }
+}
+
+/// What the agent's children add to their OOM score: when a bot runs out of memory, the kernel kills one
+/// of them, never the agent serving every session.
+const CHILD_OOM_SCORE_ADJ: &[u8] = b"500";
+
+/// Between clone and exec: marks the child as the OOM killer's first choice (see [`CHILD_OOM_SCORE_ADJ`]).
+/// Raising one's own score needs no privilege (and undoes the -1000 berthd gives the agent where it may).
+/// Best effort: a failure leaves the inherited score.
+fn demote_oom_score() {
+    const PATH: &[u8] = b"/proc/self/oom_score_adj\0";
+    // SAFETY: async-signal-safe syscalls on a NUL-terminated constant path and a static buffer.
+    unsafe {
+        let fd = libc::open(PATH.as_ptr().cast(), libc::O_WRONLY | libc::O_CLOEXEC);
+        if fd >= 0 {
+            let _ = libc::write(fd, CHILD_OOM_SCORE_ADJ.as_ptr().cast(), CHILD_OOM_SCORE_ADJ.len());
+            libc::close(fd);
+        }
     }
 }
 

@@ -140,25 +140,6 @@ fn above_stdio(fd: OwnedFd) -> std::io::Result<OwnedFd> {
     if fd.as_raw_fd() > 2 { Ok(fd) } else { Ok(rustix::io::fcntl_dupfd_cloexec(&fd, 3)?) }
 }
 
-/// What the agent's children add to their OOM score: when a bot runs out of memory, the kernel kills one
-/// of them, never the agent serving every session.
-const CHILD_OOM_SCORE_ADJ: &[u8] = b"500";
-
-/// Between clone and exec: marks the child as the OOM killer's first choice (see [`CHILD_OOM_SCORE_ADJ`]).
-/// Raising one's own score needs no privilege (and undoes the -1000 berthd gives the agent where it may).
-/// Best effort: a failure leaves the inherited score.
-pub(super) fn demote_oom_score() {
-    const PATH: &[u8] = b"/proc/self/oom_score_adj\0";
-    // SAFETY: async-signal-safe syscalls on a NUL-terminated constant path and a static buffer.
-    unsafe {
-        let fd = libc::open(PATH.as_ptr().cast(), libc::O_WRONLY | libc::O_CLOEXEC);
-        if fd >= 0 {
-            let _ = libc::write(fd, CHILD_OOM_SCORE_ADJ.as_ptr().cast(), CHILD_OOM_SCORE_ADJ.len());
-            libc::close(fd);
-        }
-    }
-}
-
 fn spawn_error(program: &str, step: Step, e: std::io::Error) -> Error {
     if step == Step::Setup {
         return Error::io("set up the process for", program, e);

@@ -300,13 +300,7 @@ fn extract_tar<R: Read>(input: R, root: Option<&OwnedFd>, max_bytes: u64) -> Res
         let hostile = |reason: String| ArchiveError::Hostile { entry: shown.clone(), reason };
         let comps = match place(&raw).map_err(&hostile)? {
             Place::Manifest => {
-                let mut json = Vec::new();
-                entry
-                    .read_to_end(&mut json)
-                    .map_err(|e| ArchiveError::Corrupt(format!("reading the manifest: {e}")))?;
-                manifest = Some(
-                    serde_json::from_slice(&json).map_err(|e| ArchiveError::Corrupt(format!("the manifest: {e}")))?,
-                );
+                manifest = Some(read_manifest(&mut entry)?);
                 continue;
             }
             Place::Data(c) => c,
@@ -331,10 +325,7 @@ fn extract_tar<R: Read>(input: R, root: Option<&OwnedFd>, max_bytes: u64) -> Res
         files.remove(&rel);
         // With a root, where the entry goes: its parent directory, never reached through a link.
         let parent = root.map(|r| open_dirs(r, parents)).transpose().map_err(&hostile)?;
-        let ctx = |op: &str| {
-            let op = format!("{op} {rel}");
-            move |e: Errno| ArchiveError::Io { op, source: e.into() }
-        };
+        let at = Dest { root, parent: parent.as_ref(), name, rel: &rel, shown: &shown, mode, uid, gid, mtime };
         let mut record = Entry {
             path: rel.clone(),
             kind: Kind::Dir,
@@ -346,46 +337,11 @@ fn extract_tar<R: Read>(input: R, root: Option<&OwnedFd>, max_bytes: u64) -> Res
             target: String::new(),
         };
         match plan {
-            Plan::Dir => {
-                if let Some(parent) = &parent {
-                    make_dir(parent, name, mode).map_err(ctx("create"))?;
-                    let d = rustix::fs::openat2(
-                        parent,
-                        name.as_str(),
-                        OFlags::DIRECTORY | OFlags::RDONLY | OFlags::CLOEXEC,
-                        Mode::empty(),
-                        RESOLVE,
-                    )
-                    .map_err(ctx("open"))?;
-                    rustix::fs::fchmod(&d, Mode::from_raw_mode(mode)).map_err(ctx("chmod"))?;
-                    chown(&d, uid, gid).map_err(ctx("chown"))?;
-                }
-            }
+            Plan::Dir => at.dir()?,
             Plan::File => {
                 logical_left =
                     logical_left.checked_sub(entry.size()).ok_or(ArchiveError::TooLarge { limit: max_bytes })?;
-                let mut file = match &parent {
-                    Some(parent) => {
-                        clear(parent, name).map_err(&hostile)?;
-                        let f = rustix::fs::openat(
-                            parent,
-                            name.as_str(),
-                            OFlags::CREATE | OFlags::EXCL | OFlags::WRONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-                            Mode::from_raw_mode(0o600),
-                        )
-                        .map_err(ctx("create"))?;
-                        Some(std::fs::File::from(f))
-                    }
-                    None => None,
-                };
-                let (size, sha256) = copy_hashing(&mut entry, file.as_mut(), &rel)?;
-                if let Some(file) = file {
-                    chown(file.as_fd(), uid, gid).map_err(ctx("chown"))?;
-                    rustix::fs::fchmod(&file, Mode::from_raw_mode(mode)).map_err(ctx("chmod"))?;
-                    let t = rustix::fs::Timespec { tv_sec: mtime as i64, tv_nsec: 0 };
-                    rustix::fs::futimens(&file, &Timestamps { last_access: t, last_modification: t })
-                        .map_err(ctx("set times of"))?;
-                }
+                let (size, sha256) = at.file(&mut entry)?;
                 record.kind = Kind::File;
                 record.size = size;
                 record.sha256 = sha256;
@@ -393,28 +349,14 @@ fn extract_tar<R: Read>(input: R, root: Option<&OwnedFd>, max_bytes: u64) -> Res
                 files.insert(rel.clone());
             }
             Plan::Symlink(target) => {
-                if let Some(parent) = &parent {
-                    clear(parent, name).map_err(&hostile)?;
-                    rustix::fs::symlinkat(target.as_str(), parent, name.as_str()).map_err(ctx("create link"))?;
-                    let (u, g) =
-                        (Some(rustix::fs::Uid::from_raw(uid as u32)), Some(rustix::fs::Gid::from_raw(gid as u32)));
-                    rustix::fs::chownat(parent, name.as_str(), u, g, AtFlags::SYMLINK_NOFOLLOW)
-                        .map_err(ctx("chown"))?;
-                }
+                at.symlink(&target)?;
                 record.kind = Kind::Symlink;
                 record.mode = 0o777;
                 record.target = target;
                 links.insert(rel.clone());
             }
             Plan::Hardlink(tcomps) => {
-                if let (Some(root), Some(parent)) = (root, &parent) {
-                    let (tname, tparents) =
-                        tcomps.split_last().ok_or_else(|| hostile("empty hard link target".into()))?;
-                    let tdir = open_dirs(root, tparents).map_err(&hostile)?;
-                    clear(parent, name).map_err(&hostile)?;
-                    rustix::fs::linkat(&tdir, tname.as_str(), parent, name.as_str(), AtFlags::empty())
-                        .map_err(ctx("link"))?;
-                }
+                at.hardlink(&tcomps)?;
                 record.kind = Kind::Hardlink;
                 record.target = tcomps.join("/");
             }
@@ -428,6 +370,87 @@ fn extract_tar<R: Read>(input: R, root: Option<&OwnedFd>, max_bytes: u64) -> Res
         summary.skipped = m.skipped;
     }
     Ok(summary)
+}
+
+fn read_manifest(entry: &mut impl Read) -> Result<Manifest, ArchiveError> {
+    let mut json = Vec::new();
+    entry.read_to_end(&mut json).map_err(|e| ArchiveError::Corrupt(format!("reading the manifest: {e}")))?;
+    serde_json::from_slice(&json).map_err(|e| ArchiveError::Corrupt(format!("the manifest: {e}")))
+}
+
+/// Where one entry goes (nothing is written without a root: a check only) and what it carries.
+struct Dest<'a> {
+    root: Option<&'a OwnedFd>,
+    /// Its parent directory, opened without following a link.
+    parent: Option<&'a OwnedFd>,
+    name: &'a str,
+    rel: &'a str,
+    /// Its path as the archive spells it, for refusals.
+    shown: &'a str,
+    mode: u32,
+    uid: u64,
+    gid: u64,
+    mtime: u64,
+}
+
+impl Dest<'_> {
+    fn io(&self, op: &str) -> impl FnOnce(Errno) -> ArchiveError + use<> {
+        let op = format!("{op} {}", self.rel);
+        move |e: Errno| ArchiveError::Io { op, source: e.into() }
+    }
+
+    fn hostile(&self, reason: String) -> ArchiveError {
+        ArchiveError::Hostile { entry: self.shown.to_string(), reason }
+    }
+
+    fn dir(&self) -> Result<(), ArchiveError> {
+        let Some(parent) = self.parent else { return Ok(()) };
+        make_dir(parent, self.name, self.mode).map_err(self.io("create"))?;
+        let flags = OFlags::DIRECTORY | OFlags::RDONLY | OFlags::CLOEXEC;
+        let d = rustix::fs::openat2(parent, self.name, flags, Mode::empty(), RESOLVE).map_err(self.io("open"))?;
+        rustix::fs::fchmod(&d, Mode::from_raw_mode(self.mode)).map_err(self.io("chmod"))?;
+        chown(&d, self.uid, self.gid).map_err(self.io("chown"))
+    }
+
+    /// Writes (or, without a root, only reads) the file's content; its size and sha256.
+    fn file<R: Read>(&self, entry: &mut tar::Entry<'_, R>) -> Result<(u64, String), ArchiveError> {
+        let mut file = match self.parent {
+            Some(parent) => {
+                clear(parent, self.name).map_err(|r| self.hostile(r))?;
+                let flags = OFlags::CREATE | OFlags::EXCL | OFlags::WRONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+                let f = rustix::fs::openat(parent, self.name, flags, Mode::from_raw_mode(0o600))
+                    .map_err(self.io("create"))?;
+                Some(std::fs::File::from(f))
+            }
+            None => None,
+        };
+        let hashed = copy_hashing(entry, file.as_mut(), self.rel)?;
+        if let Some(file) = file {
+            chown(file.as_fd(), self.uid, self.gid).map_err(self.io("chown"))?;
+            rustix::fs::fchmod(&file, Mode::from_raw_mode(self.mode)).map_err(self.io("chmod"))?;
+            let t = rustix::fs::Timespec { tv_sec: self.mtime as i64, tv_nsec: 0 };
+            rustix::fs::futimens(&file, &Timestamps { last_access: t, last_modification: t })
+                .map_err(self.io("set times of"))?;
+        }
+        Ok(hashed)
+    }
+
+    fn symlink(&self, target: &str) -> Result<(), ArchiveError> {
+        let Some(parent) = self.parent else { return Ok(()) };
+        clear(parent, self.name).map_err(|r| self.hostile(r))?;
+        rustix::fs::symlinkat(target, parent, self.name).map_err(self.io("create link"))?;
+        let (u, g) =
+            (Some(rustix::fs::Uid::from_raw(self.uid as u32)), Some(rustix::fs::Gid::from_raw(self.gid as u32)));
+        rustix::fs::chownat(parent, self.name, u, g, AtFlags::SYMLINK_NOFOLLOW).map_err(self.io("chown"))
+    }
+
+    fn hardlink(&self, target: &[String]) -> Result<(), ArchiveError> {
+        let (Some(root), Some(parent)) = (self.root, self.parent) else { return Ok(()) };
+        let (tname, tparents) = target.split_last().ok_or_else(|| self.hostile("empty hard link target".into()))?;
+        let tdir = open_dirs(root, tparents).map_err(|r| self.hostile(r))?;
+        clear(parent, self.name).map_err(|r| self.hostile(r))?;
+        rustix::fs::linkat(&tdir, tname.as_str(), parent, self.name, AtFlags::empty()).map_err(self.io("link"))
+    }
 }
 
 /// Makes directory `name`, replacing a non-directory in its place.

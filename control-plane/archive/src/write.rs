@@ -135,27 +135,7 @@ fn write_tar<W: Write>(
                     if m.nlink() > 1 {
                         linked.insert((m.dev(), m.ino()), name.clone());
                     }
-                    let f = std::fs::File::open(&path).map_err(io(format!("open {}", path.display())))?;
-                    let holes = sparse_segments(&f, &m).map_err(io(format!("find the holes of {}", path.display())))?;
-                    let (n, sha256) = match holes {
-                        None => {
-                            let mut r = Hashing { inner: f, hash: Sha256::new(), n: 0 };
-                            tar.append_data(&mut header, &in_tar, &mut r).map_err(add)?;
-                            (r.n, hex::encode(r.hash.finalize()))
-                        }
-                        Some(segments) => {
-                            let (ext, stored) = sparse_header(&mut header, &segments, m.len());
-                            let mut r = Sparse::new(f, segments, m.len());
-                            tar.append_data(&mut header, &in_tar, ext.as_slice().chain(&mut r)).map_err(add)?;
-                            if r.stored != stored {
-                                return Err(ArchiveError::Io {
-                                    op: format!("archive {name}"),
-                                    source: std::io::Error::other("the file changed while it was archived"),
-                                });
-                            }
-                            (m.len(), r.finish())
-                        }
-                    };
+                    let (n, sha256) = append_file(&mut tar, &mut header, &in_tar, &path, &m)?;
                     entry.kind = Kind::File;
                     entry.size = n;
                     entry.sha256 = sha256;
@@ -163,14 +143,7 @@ fn write_tar<W: Write>(
                     progress(n);
                 }
             } else {
-                let what = if ft.is_socket() {
-                    "a socket"
-                } else if ft.is_fifo() {
-                    "a fifo"
-                } else {
-                    "a device node"
-                };
-                summary.skipped.push(format!("{name}: {what}"));
+                summary.skipped.push(format!("{name}: {}", special_kind(ft)));
                 continue;
             }
             summary.entries += 1;
@@ -179,24 +152,66 @@ fn write_tar<W: Write>(
         // Depth first, in name order.
         stack.extend(subdirs.into_iter().rev());
     }
-    let manifest = Manifest {
-        format: manifest::FORMAT.into(),
-        bot: bot.into(),
-        created_at_ms: std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX)),
-        entries,
-        skipped: summary.skipped.clone(),
+    append_manifest(&mut tar, bot, entries, summary.skipped.clone())?;
+    let out = tar.into_inner().map_err(io("finish the archive"))?;
+    summary.verified = true;
+    Ok((out, summary))
+}
+
+/// Appends a regular file's content, as a sparse entry when it has holes worth keeping; its length and
+/// sha256.
+fn append_file<W: Write>(
+    tar: &mut tar::Builder<W>,
+    header: &mut tar::Header,
+    in_tar: &str,
+    path: &Path,
+    m: &std::fs::Metadata,
+) -> Result<(u64, String), ArchiveError> {
+    let add = |e: std::io::Error| ArchiveError::Io { op: format!("archive {}", path.display()), source: e };
+    let f = std::fs::File::open(path).map_err(io(format!("open {}", path.display())))?;
+    let holes = sparse_segments(&f, m).map_err(io(format!("find the holes of {}", path.display())))?;
+    let Some(segments) = holes else {
+        let mut r = Hashing { inner: f, hash: Sha256::new(), n: 0 };
+        tar.append_data(header, in_tar, &mut r).map_err(add)?;
+        return Ok((r.n, hex::encode(r.hash.finalize())));
     };
+    let (ext, stored) = sparse_header(header, &segments, m.len());
+    let mut r = Sparse::new(f, segments, m.len());
+    tar.append_data(header, in_tar, ext.as_slice().chain(&mut r)).map_err(add)?;
+    if r.stored != stored {
+        return Err(add(std::io::Error::other("the file changed while it was archived")));
+    }
+    Ok((m.len(), r.finish()))
+}
+
+/// What a file that is not archived is (sockets, fifos and device nodes are left out, and said).
+fn special_kind(ft: std::fs::FileType) -> &'static str {
+    if ft.is_socket() {
+        "a socket"
+    } else if ft.is_fifo() {
+        "a fifo"
+    } else {
+        "a device node"
+    }
+}
+
+/// Appends `manifest.json`, last: every entry, and what was left out.
+fn append_manifest<W: Write>(
+    tar: &mut tar::Builder<W>,
+    bot: &str,
+    entries: Vec<Entry>,
+    skipped: Vec<String>,
+) -> Result<(), ArchiveError> {
+    let created_at_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+    let manifest = Manifest { format: manifest::FORMAT.into(), bot: bot.into(), created_at_ms, entries, skipped };
     let json = serde_json::to_vec_pretty(&manifest).map_err(|e| ArchiveError::Corrupt(e.to_string()))?;
     let mut header = tar::Header::new_gnu();
     header.set_size(json.len() as u64);
     header.set_mode(0o644);
-    header.set_mtime((manifest.created_at_ms / 1000) as u64);
-    tar.append_data(&mut header, MANIFEST, json.as_slice()).map_err(io("write the manifest"))?;
-    let out = tar.into_inner().map_err(io("finish the archive"))?;
-    summary.verified = true;
-    Ok((out, summary))
+    header.set_mtime((created_at_ms / 1000) as u64);
+    tar.append_data(&mut header, MANIFEST, json.as_slice()).map_err(io("write the manifest"))
 }
 
 /// A file's data segments, 512-byte aligned as tar needs them, when it has holes worth keeping (at least

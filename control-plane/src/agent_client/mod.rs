@@ -11,17 +11,9 @@ use tonic::service::Interceptor;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint, Uri};
 
-/// Largest message sent to or accepted from an agent (matches the agent's own limit).
-pub const MAX_MESSAGE_BYTES: usize = 64 << 20;
+pub use berth_proto::wire::{CONNECTION_WINDOW_BYTES, MAX_MESSAGE_BYTES, STREAM_WINDOW_BYTES};
 /// How long connecting may take before it fails.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-/// HTTP/2 flow-control windows. h2 closes a whole connection (GOAWAY `ENHANCE_YOUR_CALM`) once the small
-/// DATA frames it buffers unread exceed half the connection window. A small per-stream window bounds what
-/// one stalled stream (a watch or exec output nobody reads) can buffer, and a large connection window keeps
-/// many such streams from ever reaching the limit. Over a Unix socket a 256 KiB window still moves GiB/s.
-pub const STREAM_WINDOW_BYTES: u32 = 256 << 10;
-/// See [`STREAM_WINDOW_BYTES`].
-pub const CONNECTION_WINDOW_BYTES: u32 = 64 << 20;
 
 /// A connected agent client.
 pub type AgentClient = ContainerServiceClient<InterceptedService<Channel, BearerAuth>>;
@@ -96,7 +88,7 @@ impl Interceptor for BearerAuth {
             req.metadata_mut().insert("authorization", h.clone());
         }
         if let Some(b) = &self.bot {
-            req.metadata_mut().insert("berth-bot", b.clone());
+            req.metadata_mut().insert(berth_proto::wire::BOT_HEADER, b.clone());
         }
         Ok(req)
     }
@@ -207,4 +199,19 @@ where
 /// Connects over TCP to `addr` (an IP and port).
 pub async fn connect_tcp(addr: std::net::SocketAddr, auth: BearerAuth) -> Result<AgentClient, ConnectError> {
     Ok(client(tcp_channel(format!("http://{addr}")).await?, auth))
+}
+
+/// An agent's status as berthd's error: the one mapping of the agent protocol's statuses (the agent's
+/// message is already meant for people).
+pub fn to_error(s: tonic::Status) -> crate::error::Error {
+    use crate::error::Error;
+    use tonic::Code;
+    let m = format!("the bot's agent: {}", s.message());
+    match s.code() {
+        Code::NotFound => Error::NotFound(m),
+        Code::InvalidArgument | Code::OutOfRange => Error::InvalidArgument(m),
+        Code::FailedPrecondition | Code::PermissionDenied => Error::FailedPrecondition(m),
+        Code::ResourceExhausted => Error::ResourceExhausted(m),
+        _ => Error::Unavailable(m),
+    }
 }

@@ -10,16 +10,15 @@ use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
 use super::{Scope, convert};
+use crate::bots::Platform;
 use crate::bots::{BotManager, CreateBot};
-use crate::network::Network;
-use crate::runtime::ContainerRuntime;
 
-pub struct Bots<R, N> {
-    m: Arc<BotManager<R, N>>,
+pub struct Bots<P: Platform> {
+    m: Arc<BotManager<P>>,
 }
 
-impl<R, N> Bots<R, N> {
-    pub fn new(m: Arc<BotManager<R, N>>) -> Self {
+impl<P: Platform> Bots<P> {
+    pub fn new(m: Arc<BotManager<P>>) -> Self {
         Bots { m }
     }
 }
@@ -27,7 +26,7 @@ impl<R, N> Bots<R, N> {
 type Res<T> = Result<Response<T>, Status>;
 
 #[tonic::async_trait]
-impl<R: ContainerRuntime, N: Network> BotService for Bots<R, N> {
+impl<P: Platform> BotService for Bots<P> {
     async fn create_bot(&self, r: Request<pb::CreateBotRequest>) -> Res<pb::CreateBotResponse> {
         Scope::of(&r).allow(&r.get_ref().name)?;
         let r = r.into_inner();

@@ -15,15 +15,14 @@ use super::{Scope, convert};
 use crate::archive::Compression;
 use crate::archive::pipe::{ChannelReader, ChannelWriter};
 use crate::bots::BotManager;
-use crate::network::Network;
-use crate::runtime::ContainerRuntime;
+use crate::bots::Platform;
 
-pub struct Data<R, N> {
-    m: Arc<BotManager<R, N>>,
+pub struct Data<P: Platform> {
+    m: Arc<BotManager<P>>,
 }
 
-impl<R, N> Data<R, N> {
-    pub fn new(m: Arc<BotManager<R, N>>) -> Self {
+impl<P: Platform> Data<P> {
+    pub fn new(m: Arc<BotManager<P>>) -> Self {
         Data { m }
     }
 }
@@ -31,7 +30,7 @@ impl<R, N> Data<R, N> {
 type Res<T> = Result<Response<T>, Status>;
 
 #[tonic::async_trait]
-impl<R: ContainerRuntime, N: Network> DataService for Data<R, N> {
+impl<P: Platform> DataService for Data<P> {
     async fn create_snapshot(&self, r: Request<pb::CreateSnapshotRequest>) -> Res<pb::CreateSnapshotResponse> {
         Scope::of(&r).allow(&r.get_ref().bot)?;
         let r = r.into_inner();

@@ -10,9 +10,8 @@ use tonic_health::ServingStatus;
 use tonic_health::server::{HealthReporter, HealthService};
 
 use crate::bots::BotManager;
+use crate::bots::Platform;
 use crate::bots::model::BotState;
-use crate::network::Network;
-use crate::runtime::ContainerRuntime;
 
 /// The health service name of a bot.
 pub fn bot_service(name: &str) -> String {
@@ -24,10 +23,7 @@ fn status(state: BotState) -> ServingStatus {
 }
 
 /// A reporter kept in step with the bots until `stop` turns true; share it between listeners.
-pub fn track<R: ContainerRuntime, N: Network>(
-    manager: Arc<BotManager<R, N>>,
-    mut stop: tokio::sync::watch::Receiver<bool>,
-) -> HealthReporter {
+pub fn track<P: Platform>(manager: Arc<BotManager<P>>, mut stop: tokio::sync::watch::Receiver<bool>) -> HealthReporter {
     let reporter = HealthReporter::new();
     let mut r = reporter.clone();
     // Subscribed before the first sync, so no change falls between the two.
@@ -59,11 +55,7 @@ pub fn track<R: ContainerRuntime, N: Network>(
 }
 
 /// Sets every bot's status from the database and clears those of bots that are gone; returns the names.
-async fn sync<R: ContainerRuntime, N: Network>(
-    manager: &BotManager<R, N>,
-    r: &mut HealthReporter,
-    previous: Vec<String>,
-) -> Vec<String> {
+async fn sync<P: Platform>(manager: &BotManager<P>, r: &mut HealthReporter, previous: Vec<String>) -> Vec<String> {
     let bots = match manager.all_bots().await {
         Ok(b) => b,
         Err(e) => {

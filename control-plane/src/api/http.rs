@@ -13,19 +13,18 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 
 use crate::bots::BotManager;
-use crate::network::Network;
-use crate::runtime::ContainerRuntime;
+use crate::bots::Platform;
 
 /// How long one request may take (a readiness check included) before the connection is dropped.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Serves until `stop` turns true.
-pub async fn serve<R: ContainerRuntime, N: Network>(
+pub async fn serve<P: Platform>(
     listener: TcpListener,
-    manager: Arc<BotManager<R, N>>,
+    manager: Arc<BotManager<P>>,
     stop: tokio::sync::watch::Receiver<bool>,
 ) {
-    accept_until_stopped(listener, stop, "metrics endpoint", move |stream| {
+    crate::listen::accept_until_stopped(listener, stop, "metrics endpoint", move |stream| {
         let manager = manager.clone();
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |req| {
@@ -41,32 +40,7 @@ pub async fn serve<R: ContainerRuntime, N: Network>(
     .await;
 }
 
-/// Accepts connections on `listener` and hands each to `serve` until `stop` turns true; a failed accept
-/// (out of descriptors, say) is logged and retried after a pause. Shared by berthd's HTTP listeners.
-pub async fn accept_until_stopped(
-    listener: TcpListener,
-    mut stop: tokio::sync::watch::Receiver<bool>,
-    what: &'static str,
-    serve: impl Fn(tokio::net::TcpStream),
-) {
-    loop {
-        tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => serve(stream),
-                Err(e) => {
-                    tracing::warn!(error = %e, listener = what, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-            },
-            _ = async { let _ = stop.wait_for(|v| *v).await; } => return,
-        }
-    }
-}
-
-async fn handle<R: ContainerRuntime, N: Network, B>(
-    manager: &BotManager<R, N>,
-    req: Request<B>,
-) -> Response<Full<Bytes>> {
+async fn handle<P: Platform, B>(manager: &BotManager<P>, req: Request<B>) -> Response<Full<Bytes>> {
     match req.uri().path() {
         "/metrics" => match manager.count_by_state().await {
             Ok(counts) => {

@@ -7,16 +7,16 @@ use pb::image_service_server::ImageService;
 use tonic::{Request, Response, Status};
 
 use crate::bots::BotManager;
-use crate::network::Network;
+use crate::bots::Platform;
+use crate::runtime::Image;
 use crate::runtime::registry::Credentials;
-use crate::runtime::{ContainerRuntime, Image};
 
-pub struct Images<R, N> {
-    m: Arc<BotManager<R, N>>,
+pub struct Images<P: Platform> {
+    m: Arc<BotManager<P>>,
 }
 
-impl<R, N> Images<R, N> {
-    pub fn new(m: Arc<BotManager<R, N>>) -> Self {
+impl<P: Platform> Images<P> {
+    pub fn new(m: Arc<BotManager<P>>) -> Self {
         Images { m }
     }
 }
@@ -26,7 +26,7 @@ fn image(i: Image) -> pb::Image {
 }
 
 #[tonic::async_trait]
-impl<R: ContainerRuntime, N: Network> ImageService for Images<R, N> {
+impl<P: Platform> ImageService for Images<P> {
     async fn list_images(
         &self,
         _r: Request<pb::ListImagesRequest>,

@@ -12,20 +12,19 @@ use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
 
 use super::Scope;
+use crate::bots::Platform;
 use crate::mcp::session::{SessionIo, Target};
 use crate::mcp::{LaunchSpec, McpHub, McpServer};
-use crate::network::Network;
-use crate::runtime::ContainerRuntime;
 
 /// How long a client may take to send its `connect` frame.
 const CONNECT_DEADLINE: Duration = Duration::from_secs(30);
 
-pub struct Mcp<R, N> {
-    hub: Arc<McpHub<R, N>>,
+pub struct Mcp<P: Platform> {
+    hub: Arc<McpHub<P>>,
 }
 
-impl<R, N> Mcp<R, N> {
-    pub fn new(hub: Arc<McpHub<R, N>>) -> Self {
+impl<P: Platform> Mcp<P> {
+    pub fn new(hub: Arc<McpHub<P>>) -> Self {
         Mcp { hub }
     }
 }
@@ -45,7 +44,7 @@ fn to_pb(s: McpServer) -> pb::McpServer {
 }
 
 #[tonic::async_trait]
-impl<R: ContainerRuntime, N: Network> McpService for Mcp<R, N> {
+impl<P: Platform> McpService for Mcp<P> {
     async fn register_mcp_server(&self, r: Request<pb::RegisterMcpServerRequest>) -> Res<pb::McpServer> {
         let scope = Scope::of(&r);
         let r = r.into_inner();

@@ -22,21 +22,16 @@ use berth_proto::controlplane::v1::bot_service_server::BotServiceServer;
 use berth_proto::controlplane::v1::data_service_server::DataServiceServer;
 use berth_proto::controlplane::v1::image_service_server::ImageServiceServer;
 use berth_proto::controlplane::v1::mcp_service_server::McpServiceServer;
-use subtle::ConstantTimeEq;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Server;
 use tonic::{Request, Status};
 
+pub use crate::auth::{ApiTokens, Scope};
 use crate::bots::BotManager;
 use crate::error::Error;
-use crate::network::Network;
-use crate::runtime::ContainerRuntime;
-pub use scope::Scope;
 
-/// Largest message accepted or sent (matches the agent's).
-pub const MAX_MESSAGE_BYTES: usize = 64 << 20;
-/// Metadata naming the bot an agent-protocol call is for.
-pub const BOT_HEADER: &str = "berth-bot";
+use crate::bots::Platform;
+pub use berth_proto::wire::{BOT_HEADER, MAX_MESSAGE_BYTES};
 
 impl From<Error> for Status {
     fn from(e: Error) -> Status {
@@ -56,46 +51,13 @@ impl From<Error> for Status {
     }
 }
 
-/// Accepted API tokens, each with its [`Scope`]; none = no authentication (only for a private Unix
-/// socket).
-#[derive(Clone, Default)]
-pub struct ApiTokens(Arc<Vec<(Vec<u8>, Scope)>>);
-
-impl std::fmt::Debug for ApiTokens {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "ApiTokens({} configured)", self.0.len())
-    }
-}
-
+/// The gRPC side of [`ApiTokens`].
 impl ApiTokens {
-    /// Parses a token file: one token per line, optionally followed by `bots=NAME,…` (see [`scope`]);
-    /// blank lines and `#` comments are skipped. Errors name the line, never the token.
-    pub fn parse(text: &str) -> Result<ApiTokens, String> {
-        let mut tokens = Vec::new();
-        for (i, line) in text.lines().enumerate() {
-            let line = line.trim();
-            if line.is_empty() || line.starts_with('#') {
-                continue;
-            }
-            let (token, rest) = line.split_once(char::is_whitespace).unwrap_or((line, ""));
-            if token.len() < 16 {
-                return Err(format!("line {}: the token is shorter than 16 characters", i + 1));
-            }
-            let scope = Scope::parse(rest).map_err(|e| format!("line {}: {e}", i + 1))?;
-            tokens.push((token.as_bytes().to_vec(), scope));
-        }
-        Ok(ApiTokens(Arc::new(tokens)))
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
-
     /// Admits a request. On a listener where a token is `optional` (the Unix socket, guarded by its
     /// file permissions) a request without one is admitted with every right; a token, when sent, is
     /// checked all the same and limits the caller to its scope.
     fn check(&self, mut req: Request<()>, optional: bool) -> Result<Request<()>, Status> {
-        if self.0.is_empty() {
+        if self.is_empty() {
             return Ok(req);
         }
         let header = req.metadata().get("authorization");
@@ -113,18 +75,6 @@ impl ApiTokens {
         })?;
         req.extensions_mut().insert(scope);
         Ok(req)
-    }
-
-    /// The scope of a presented token, if it is one of ours. Compares against every token (no early
-    /// exit), so the time taken says nothing about the tokens.
-    pub fn verify(&self, presented: &[u8]) -> Option<Scope> {
-        let mut matched = None;
-        for (token, scope) in self.0.iter() {
-            if bool::from(presented.ct_eq(token)) && matched.is_none() {
-                matched = Some(scope.clone());
-            }
-        }
-        matched
     }
 }
 
@@ -144,9 +94,9 @@ pub type ApiRouter = tonic::transport::server::Router<
 >;
 
 /// The router serving every service.
-pub async fn router<R: ContainerRuntime, N: Network>(
-    manager: Arc<BotManager<R, N>>,
-    hub: Arc<crate::mcp::McpHub<R, N>>,
+pub async fn router<P: Platform>(
+    manager: Arc<BotManager<P>>,
+    hub: Arc<crate::mcp::McpHub<P>>,
     tokens: ApiTokens,
     health: &tonic_health::server::HealthReporter,
     tls: Option<tonic::transport::ServerTlsConfig>,
@@ -173,10 +123,10 @@ pub async fn router<R: ContainerRuntime, N: Network>(
         })
         .map_err(|e| tracing::error!(error = %e, "gRPC reflection is unavailable"))
         .ok();
-    health.set_serving::<BotServiceServer<bots::Bots<R, N>>>().await;
-    health.set_serving::<DataServiceServer<data::Data<R, N>>>().await;
-    health.set_serving::<ImageServiceServer<images::Images<R, N>>>().await;
-    health.set_serving::<McpServiceServer<mcp::Mcp<R, N>>>().await;
+    health.set_serving::<BotServiceServer<bots::Bots<P>>>().await;
+    health.set_serving::<DataServiceServer<data::Data<P>>>().await;
+    health.set_serving::<ImageServiceServer<images::Images<P>>>().await;
+    health.set_serving::<McpServiceServer<mcp::Mcp<P>>>().await;
     let auth = move |req| tokens.check(req, access == Access::Socket);
     let bots = BotServiceServer::new(bots::Bots::new(manager.clone()));
     let images = ImageServiceServer::new(images::Images::new(manager.clone()));

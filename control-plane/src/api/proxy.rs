@@ -14,20 +14,19 @@ use tonic::{Request, Response, Status, Streaming};
 use super::BOT_HEADER;
 use crate::agent_client::AgentClient;
 use crate::bots::BotManager;
-use crate::network::Network;
-use crate::runtime::ContainerRuntime;
+use crate::bots::Platform;
 
-pub struct Proxy<R, N> {
-    m: Arc<BotManager<R, N>>,
+pub struct Proxy<P: Platform> {
+    m: Arc<BotManager<P>>,
 }
 
-impl<R, N> Proxy<R, N> {
-    pub fn new(m: Arc<BotManager<R, N>>) -> Self {
+impl<P: Platform> Proxy<P> {
+    pub fn new(m: Arc<BotManager<P>>) -> Self {
         Proxy { m }
     }
 }
 
-impl<R: ContainerRuntime, N: Network> Proxy<R, N> {
+impl<P: Platform> Proxy<P> {
     async fn agent<T>(&self, r: &Request<T>) -> Result<AgentClient, Status> {
         let bot =
             r.metadata().get(BOT_HEADER).and_then(|v| v.to_str().ok()).ok_or_else(|| {
@@ -52,7 +51,7 @@ fn down<T: Send + 'static>(r: Response<Streaming<T>>) -> Response<BoxStream<T>> 
 }
 
 #[tonic::async_trait]
-impl<R: ContainerRuntime, N: Network> ContainerService for Proxy<R, N> {
+impl<P: Platform> ContainerService for Proxy<P> {
     async fn read_file(&self, r: Request<pb::ReadFileRequest>) -> Res<pb::ReadFileResponse> {
         self.agent(&r).await?.read_file(r.into_inner()).await
     }

@@ -4,6 +4,7 @@
 
 use std::collections::BTreeMap;
 
+use super::Platform;
 use super::model::{BotRecord, BotState, now_ms, validate_name};
 use super::start::Fresh;
 use super::{BotManager, lock};
@@ -27,7 +28,7 @@ pub struct CreateBot {
     pub egress: crate::network::Egress,
 }
 
-impl<R: ContainerRuntime, N: Network> BotManager<R, N> {
+impl<P: Platform> BotManager<P> {
     #[tracing::instrument(skip_all, fields(bot.name = %req.name))]
     pub async fn create(&self, req: CreateBot) -> Result<BotRecord> {
         validate_name(&req.name).map_err(Error::InvalidArgument)?;

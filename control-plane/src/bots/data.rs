@@ -10,12 +10,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::BotManager;
+use super::Platform;
 use super::model::BotRecord;
 use super::ops::Operation;
 use super::start::Fresh;
 use crate::archive::{self, ArchiveError, Compression, Summary};
 use crate::error::{Error, Result};
-use crate::network::Network;
 use crate::runtime::{ContainerRuntime, KIND_SNAPSHOT, TaskState};
 
 impl From<ArchiveError> for Error {
@@ -29,7 +29,7 @@ impl From<ArchiveError> for Error {
     }
 }
 
-impl<R: ContainerRuntime, N: Network> BotManager<R, N> {
+impl<P: Platform> BotManager<P> {
     /// Where kept data of deleted bots lives.
     pub fn archive_dir(&self) -> PathBuf {
         self.config.state_dir.join("archives")
@@ -70,7 +70,7 @@ impl<R: ContainerRuntime, N: Network> BotManager<R, N> {
         let active = self.runtime.container_snapshot(&bot.container_id).await?;
         let running = matches!(self.runtime.state(&bot.container_id).await?, TaskState::Running { .. });
         let temp = if running {
-            let key = format!("berth.{}.export.{}", bot.name, op.id);
+            let key = super::keys::export(&bot.name, &op.id);
             let labels = super::snapshot::hidden_labels(&bot.name, KIND_SNAPSHOT, &op.id);
             self.runtime.capture_snapshot(&active, Some(&bot.container_id), &key, labels).await?;
             Some(key)
@@ -249,7 +249,7 @@ impl<R: ContainerRuntime, N: Network> BotManager<R, N> {
     ) -> Result<Summary> {
         let base = if undo_point {
             self.capture(bot, &super::snapshot::pre_import_name(&op.id), &op.id).await?;
-            Some(format!("berth.{}.snap.{}", bot.name, op.id))
+            Some(super::keys::snapshot(&bot.name, &op.id))
         } else {
             None
         };

@@ -1,13 +1,14 @@
 //! Deleting a bot: its task, container and every snapshot of it, its agent directory, then its record.
 //! With `keep_data`, its `/data` is first written to its kept archive; if that fails nothing is deleted.
 
+use super::Platform;
 use super::model::BotState;
 use super::{BotManager, lock};
 use crate::error::{Error, Result};
 use crate::network::Network;
 use crate::runtime::ContainerRuntime;
 
-impl<R: ContainerRuntime, N: Network> BotManager<R, N> {
+impl<P: Platform> BotManager<P> {
     #[tracing::instrument(skip_all, fields(bot.name = %name))]
     pub async fn delete(&self, name: &str, keep_data: bool) -> Result<()> {
         let bot_lock = self.bot_lock(name);

@@ -7,10 +7,12 @@ mod create;
 mod data;
 mod delete;
 pub mod dns;
+mod keys;
 pub mod limits;
 pub mod model;
 pub mod ops;
 mod orphans;
+mod platform;
 mod query;
 pub mod reconcile;
 mod recover;
@@ -29,7 +31,6 @@ use tokio::sync::broadcast;
 
 use crate::agent_client::{self, AgentClient, BearerAuth};
 use crate::error::{Error, Result};
-use crate::network::Network;
 use crate::runtime::{ContainerRuntime, Image};
 use crate::store::Store;
 use model::{BotEvent, BotRecord, BotState, now_ms};
@@ -64,11 +65,12 @@ pub struct ManagerConfig {
 }
 
 pub use agent_dir::AGENT_DIR;
+pub use platform::Platform;
 
 /// The lifecycle of every bot.
-pub struct BotManager<R, N> {
-    runtime: R,
-    network: N,
+pub struct BotManager<P: Platform> {
+    runtime: P::Runtime,
+    network: P::Network,
     store: Store,
     config: ManagerConfig,
     images: Mutex<HashMap<String, Image>>,
@@ -78,14 +80,14 @@ pub struct BotManager<R, N> {
     events: broadcast::Sender<BotEvent>,
 }
 
-impl<R, N> std::fmt::Debug for BotManager<R, N> {
+impl<P: Platform> std::fmt::Debug for BotManager<P> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("BotManager").field("config", &self.config).finish_non_exhaustive()
     }
 }
 
-impl<R: ContainerRuntime, N: Network> BotManager<R, N> {
-    pub fn new(runtime: R, network: N, store: Store, config: ManagerConfig) -> BotManager<R, N> {
+impl<P: Platform> BotManager<P> {
+    pub fn new(runtime: P::Runtime, network: P::Network, store: Store, config: ManagerConfig) -> BotManager<P> {
         let (events, _) = broadcast::channel(1024);
         BotManager {
             runtime,
@@ -121,11 +123,6 @@ impl<R: ContainerRuntime, N: Network> BotManager<R, N> {
         lock(&self.images).insert(image.name.clone(), image.clone());
         tracing::info!(image = %image.name, "image pulled");
         Ok(image)
-    }
-
-    /// The database (for the parts of berthd built on bots, such as MCP servers).
-    pub fn store(&self) -> &Store {
-        &self.store
     }
 
     /// The images creates can use, by name.
@@ -217,9 +214,7 @@ pub(crate) fn new_token() -> String {
 }
 
 /// Locks a std mutex, recovering from poisoning (the maps stay consistent under every panic point).
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-}
+use crate::sync::lock;
 
 #[cfg(test)]
 mod tests;

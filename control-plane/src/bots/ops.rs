@@ -4,57 +4,11 @@
 use super::BotManager;
 use super::model::now_ms;
 use crate::error::{Error, Result};
-use crate::network::Network;
-use crate::runtime::ContainerRuntime;
 
-/// Where an operation is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum OpState {
-    Running,
-    Succeeded,
-    Failed,
-}
+use super::Platform;
+pub use crate::store::records::{OpState, Operation};
 
-impl OpState {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            OpState::Running => "running",
-            OpState::Succeeded => "succeeded",
-            OpState::Failed => "failed",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<OpState> {
-        Some(match s {
-            "running" => OpState::Running,
-            "succeeded" => OpState::Succeeded,
-            "failed" => OpState::Failed,
-            _ => return None,
-        })
-    }
-}
-
-/// One operation's record.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Operation {
-    pub id: String,
-    pub bot: String,
-    /// `snapshot`, `rollback`, `export`, `import`, `backup`.
-    pub kind: String,
-    pub state: OpState,
-    /// What it acts on or produced (a snapshot name, a file).
-    pub target: String,
-    /// What a restarted berthd needs to settle it (keys it made, keys it replaces).
-    pub detail: serde_json::Value,
-    /// Bytes (or items) done, and the total when known (0 = unknown).
-    pub progress_done: u64,
-    pub progress_total: u64,
-    pub error: String,
-    pub created_at_ms: i64,
-    pub updated_at_ms: i64,
-}
-
-impl<R: ContainerRuntime, N: Network> BotManager<R, N> {
+impl<P: Platform> BotManager<P> {
     /// Records the start of an operation.
     pub(super) async fn begin_op(
         &self,

@@ -7,11 +7,11 @@
 use std::collections::BTreeMap;
 
 use super::BotManager;
+use super::Platform;
 use super::model::BotState;
 use super::rollback::LABEL_DISCARD;
 use crate::archive::Compression;
 use crate::error::{Error, Result};
-use crate::network::Network;
 use crate::runtime::{ContainerRuntime, KIND_ACTIVE, LABEL_BOT, LABEL_KIND, RuntimeError, SnapshotInfo};
 
 /// What orphan recovery did.
@@ -27,7 +27,7 @@ pub struct OrphanReport {
     pub lost: Vec<String>,
 }
 
-impl<R: ContainerRuntime, N: Network> BotManager<R, N> {
+impl<P: Platform> BotManager<P> {
     /// Finds and recovers orphaned data (see the module docs).
     pub async fn recover_orphans(&self) -> Result<OrphanReport> {
         let mut report = OrphanReport::default();
@@ -43,9 +43,8 @@ impl<R: ContainerRuntime, N: Network> BotManager<R, N> {
                 by_bot.entry(bot.clone()).or_default().push(s);
             }
         }
-        let mut after = String::new();
-        loop {
-            let page = self.store.list_bots(&after, 500).await?;
+        let mut pages = self.store.bot_pages("");
+        while let Some(page) = pages.next().await? {
             for bot in &page {
                 if !by_bot.contains_key(&bot.name) && matches!(bot.state, BotState::Running | BotState::Stopped) {
                     match self.runtime.container_snapshot(&bot.container_id).await {
@@ -59,10 +58,6 @@ impl<R: ContainerRuntime, N: Network> BotManager<R, N> {
                         Ok(_) => {}
                     }
                 }
-            }
-            match page.last() {
-                Some(b) if page.len() == 500 => after = b.name.clone(),
-                _ => break,
             }
         }
         for (name, mut snaps) in by_bot {

@@ -3,9 +3,9 @@
 use std::collections::BTreeMap;
 
 use super::BotManager;
+use super::Platform;
 use super::model::BotRecord;
 use crate::error::{Error, Result};
-use crate::network::Network;
 use crate::runtime::{ContainerRuntime, TaskState};
 
 /// How long each of readiness's checks may take (a hung dependency is "not ready", not a hung probe).
@@ -14,7 +14,7 @@ pub const READY_DEADLINE: std::time::Duration = std::time::Duration::from_secs(3
 /// Bots per page when the caller gives no size.
 pub const DEFAULT_PAGE_SIZE: u32 = 100;
 
-impl<R: ContainerRuntime, N: Network> BotManager<R, N> {
+impl<P: Platform> BotManager<P> {
     /// The bot and, if its task runs, the task's pid.
     pub async fn get(&self, name: &str) -> Result<(BotRecord, Option<u32>)> {
         let bot = self.store.get_bot(name).await?;
@@ -58,18 +58,11 @@ impl<R: ContainerRuntime, N: Network> BotManager<R, N> {
     /// Every bot (for counts and health; the API pages with [`list`](Self::list)).
     pub async fn all_bots(&self) -> Result<Vec<BotRecord>> {
         let mut all = Vec::new();
-        let mut after = String::new();
-        loop {
-            let page = self.store.list_bots(&after, 500).await?;
-            let done = page.len() < 500;
-            if let Some(b) = page.last() {
-                after = b.name.clone();
-            }
+        let mut pages = self.store.bot_pages("");
+        while let Some(page) = pages.next().await? {
             all.extend(page);
-            if done {
-                return Ok(all);
-            }
         }
+        Ok(all)
     }
 
     /// How many bots are in each state (every state, zero included).
@@ -93,12 +86,9 @@ impl<R: ContainerRuntime, N: Network> BotManager<R, N> {
     ) -> Result<(Vec<BotRecord>, String)> {
         let size = if page_size == 0 { DEFAULT_PAGE_SIZE } else { page_size.min(1000) } as usize;
         let mut out = Vec::new();
-        let mut after = page_token.to_string();
-        loop {
-            let batch = self.store.list_bots(&after, 500).await?;
-            let done = batch.len() < 500;
+        let mut pages = self.store.bot_pages(page_token);
+        while let Some(batch) = pages.next().await? {
             for b in batch {
-                after = b.name.clone();
                 if selector.iter().all(|(k, v)| b.labels.get(k) == Some(v)) {
                     if out.len() == size {
                         let token = out.last().map(|b: &BotRecord| b.name.clone()).unwrap_or_default();
@@ -107,9 +97,7 @@ impl<R: ContainerRuntime, N: Network> BotManager<R, N> {
                     out.push(b);
                 }
             }
-            if done {
-                return Ok((out, String::new()));
-            }
         }
+        Ok((out, String::new()))
     }
 }

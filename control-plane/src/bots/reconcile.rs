@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use berth_proto::agent::v1::VersionRequest;
 
 use super::BotManager;
+use super::Platform;
 use super::model::{BotRecord, BotState};
 use super::start::Fresh;
 use crate::error::{Error, Result};
@@ -58,7 +59,7 @@ pub fn describe_exit(exit_status: Option<u32>, oom_kills: Option<u64>) -> String
     }
 }
 
-impl<R: ContainerRuntime, N: Network> BotManager<R, N> {
+impl<P: Platform> BotManager<P> {
     /// Runs [`BotManager::reconcile`] every `every` until `stop` turns true.
     pub fn spawn_reconciler(
         self: &Arc<Self>,
@@ -92,10 +93,9 @@ impl<R: ContainerRuntime, N: Network> BotManager<R, N> {
     /// One pass over every bot, then over the address leases.
     pub async fn reconcile(&self) -> Result<ReconcileReport> {
         let mut report = ReconcileReport::default();
-        let mut after = String::new();
         let mut known = Vec::new();
-        loop {
-            let page = self.store.list_bots(&after, 500).await?;
+        let mut pages = self.store.bot_pages("");
+        while let Some(page) = pages.next().await? {
             known.extend(page.iter().map(|b| b.name.clone()));
             for bot in &page {
                 if !bot.desired_running {
@@ -111,10 +111,6 @@ impl<R: ContainerRuntime, N: Network> BotManager<R, N> {
                 if let Err(e) = self.reconcile_bot(&bot, &mut report).await {
                     tracing::warn!(bot.name = %bot.name, error = %crate::error::chain(&e), "could not reconcile bot");
                 }
-            }
-            match page.last() {
-                Some(b) if page.len() == 500 => after = b.name.clone(),
-                _ => break,
             }
         }
         let egress = match self.all_bots().await {

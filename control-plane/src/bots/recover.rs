@@ -3,6 +3,7 @@
 //! state berthd reports is never a lie.
 
 use super::BotManager;
+use super::Platform;
 use super::model::BotState;
 use crate::error::Result;
 use crate::network::Network;
@@ -18,7 +19,7 @@ pub(super) fn egress_of(bots: &[super::model::BotRecord]) -> Vec<crate::network:
         .collect()
 }
 
-impl<R: ContainerRuntime, N: Network> BotManager<R, N> {
+impl<P: Platform> BotManager<P> {
     /// Installs the host firewall rules the bots' network needs (at start: an error here stops berthd,
     /// since bots would run without what the operator asked for). Returns what was changed.
     pub async fn ensure_network_rules(&self) -> Result<Vec<String>> {
@@ -36,12 +37,9 @@ impl<R: ContainerRuntime, N: Network> BotManager<R, N> {
     /// Checks every bot against its task. Returns how many records were corrected.
     pub async fn recover(&self) -> Result<usize> {
         let mut fixed = 0;
-        let mut after = String::new();
-        loop {
-            let page = self.store.list_bots(&after, 500).await?;
-            let done = page.len() < 500;
+        let mut pages = self.store.bot_pages("");
+        while let Some(page) = pages.next().await? {
             for bot in page {
-                after = bot.name.clone();
                 let task = self.runtime.state(&bot.container_id).await?;
                 let running = matches!(task, TaskState::Running { .. });
                 let (state, kind, msg) = match (bot.state, running) {
@@ -61,9 +59,7 @@ impl<R: ContainerRuntime, N: Network> BotManager<R, N> {
                 self.transition(&bot, state, kind, msg).await?;
                 fixed += 1;
             }
-            if done {
-                return Ok(fixed);
-            }
         }
+        Ok(fixed)
     }
 }

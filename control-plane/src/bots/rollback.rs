@@ -13,12 +13,12 @@
 use std::collections::HashMap;
 
 use super::BotManager;
+use super::Platform;
 use super::model::BotRecord;
 use super::ops::Operation;
 use super::snapshot::LABEL_OP;
 use super::start::Fresh;
 use crate::error::Result;
-use crate::network::Network;
 use crate::runtime::{ContainerRuntime, KIND_ACTIVE, KIND_FLAT, LABEL_BOT, LABEL_KIND, SnapshotInfo, TaskState};
 
 /// The most of a bot's own committed layers its writable snapshot is prepared on. An overlay mount
@@ -30,7 +30,7 @@ pub const MAX_LAYERS: usize = 8;
 /// Label marking a writable snapshot a user asked to discard (removed by recovery if removal failed).
 pub const LABEL_DISCARD: &str = "io.berth.discard";
 
-impl<R: ContainerRuntime, N: Network> BotManager<R, N> {
+impl<P: Platform> BotManager<P> {
     /// Rolls the bot back to snapshot `snapshot`. Changes since are discarded; a running bot is restarted.
     #[tracing::instrument(skip_all, fields(bot.name = %name, snapshot = %snapshot))]
     pub async fn rollback(&self, name: &str, snapshot: &str) -> Result<(BotRecord, String)> {
@@ -55,7 +55,7 @@ impl<R: ContainerRuntime, N: Network> BotManager<R, N> {
         let (depth, base) = chain(&all, parent);
         let flat;
         let parent = if depth > MAX_LAYERS {
-            let key = format!("berth.{}.flat.{}", bot.name, op.id);
+            let key = super::keys::flat(&bot.name, &op.id);
             let labels = super::snapshot::hidden_labels(&bot.name, KIND_FLAT, &op.id);
             tracing::info!(bot.name = %bot.name, snapshot = parent, layers = depth, "flattening a deep snapshot");
             flat = self.runtime.flatten_snapshot(parent, &base, &key, labels).await?.key;
@@ -63,7 +63,7 @@ impl<R: ContainerRuntime, N: Network> BotManager<R, N> {
         } else {
             parent
         };
-        let new = format!("berth.{}.active.{}", bot.name, op.id);
+        let new = super::keys::active(&bot.name, &op.id);
         let labels: HashMap<String, String> = [
             (LABEL_BOT.to_string(), bot.name.clone()),
             (LABEL_KIND.to_string(), KIND_ACTIVE.to_string()),

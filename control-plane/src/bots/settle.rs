@@ -4,13 +4,13 @@
 //! mounts are detached, and partial archives are deleted. The bot's data is never touched.
 
 use super::BotManager;
+use super::Platform;
 use super::model::BotState;
 use super::ops::{OpState, Operation};
 use crate::error::Result;
-use crate::network::Network;
 use crate::runtime::ContainerRuntime;
 
-impl<R: ContainerRuntime, N: Network> BotManager<R, N> {
+impl<P: Platform> BotManager<P> {
     /// Settles every operation a crash left running. Returns how many there were.
     pub async fn settle_operations(&self) -> Result<usize> {
         self.clear_mounts();
@@ -25,25 +25,21 @@ impl<R: ContainerRuntime, N: Network> BotManager<R, N> {
                 tracing::warn!(bot.name = %op.bot, error = %crate::error::chain(&e), "failed to sweep snapshots");
             }
         }
-        let mut after = String::new();
-        loop {
-            let page = self.store.list_bots(&after, 500).await?;
+        let mut pages = self.store.bot_pages("");
+        while let Some(page) = pages.next().await? {
             for bot in &page {
                 if let Err(e) = self.runtime.thaw(&bot.container_id).await {
                     tracing::warn!(bot.name = %bot.name, error = %crate::error::chain(&e), "failed to thaw the bot's task");
                 }
             }
-            match page.last() {
-                Some(b) if page.len() == 500 => after = b.name.clone(),
-                _ => return Ok(ops.len()),
-            }
         }
+        Ok(ops.len())
     }
 
     /// What became of one interrupted operation, cleaning up after it.
     async fn settle(&self, op: &Operation) -> (OpState, String) {
         let interrupted = "berthd stopped during the operation";
-        let snap_key = format!("berth.{}.snap.{}", op.bot, op.id);
+        let snap_key = super::keys::snapshot(&op.bot, &op.id);
         match op.kind.as_str() {
             "snapshot" => match self.runtime.snapshot(&snap_key).await {
                 Ok(s) if s.committed => (OpState::Succeeded, String::new()),
@@ -82,7 +78,7 @@ impl<R: ContainerRuntime, N: Network> BotManager<R, N> {
                 }
             }
             _ => {
-                self.remove_leftover(&op.bot, &format!("berth.{}.export.{}", op.bot, op.id)).await;
+                self.remove_leftover(&op.bot, &super::keys::export(&op.bot, &op.id)).await;
                 (OpState::Failed, interrupted.to_string())
             }
         }

@@ -7,9 +7,9 @@
 use std::collections::HashMap;
 
 use super::BotManager;
+use super::Platform;
 use super::model::{BotRecord, BotState};
 use crate::error::{Error, Result};
-use crate::network::Network;
 use crate::runtime::{ContainerRuntime, KIND_SNAPSHOT, LABEL_BOT, LABEL_KIND, SnapshotInfo};
 
 /// Label holding a snapshot's user-visible name.
@@ -75,7 +75,7 @@ fn name_of(s: &SnapshotInfo) -> String {
     s.labels.get(LABEL_NAME).cloned().unwrap_or_else(|| s.key.clone())
 }
 
-impl<R: ContainerRuntime, N: Network> BotManager<R, N> {
+impl<P: Platform> BotManager<P> {
     /// Takes a snapshot of a bot's files (its whole writable layer, `/data` included). A running bot is
     /// frozen for the copy and then thawed: its processes and sessions carry on.
     #[tracing::instrument(skip_all, fields(bot.name = %name))]
@@ -104,7 +104,7 @@ impl<R: ContainerRuntime, N: Network> BotManager<R, N> {
     pub(super) async fn capture(&self, bot: &BotRecord, snapshot: &str, op: &str) -> Result<Snapshot> {
         let active = self.runtime.container_snapshot(&bot.container_id).await?;
         let freeze = (bot.state == BotState::Running).then_some(bot.container_id.as_str());
-        let key = format!("berth.{}.snap.{op}", bot.name);
+        let key = super::keys::snapshot(&bot.name, op);
         let labels: HashMap<String, String> = [
             (LABEL_BOT.to_string(), bot.name.clone()),
             (LABEL_KIND.to_string(), KIND_SNAPSHOT.to_string()),

@@ -6,12 +6,12 @@ use std::time::Instant;
 use berth_proto::agent::v1::VersionRequest;
 
 use super::BotManager;
+use super::Platform;
 use super::model::{BotRecord, BotState};
 use crate::error::{Error, Result};
-use crate::network::Network;
 use crate::runtime::{ContainerRuntime, TaskState};
 
-impl<R: ContainerRuntime, N: Network> BotManager<R, N> {
+impl<P: Platform> BotManager<P> {
     #[tracing::instrument(skip_all, fields(bot.name = %name))]
     pub async fn start(&self, name: &str) -> Result<BotRecord> {
         let bot_lock = self.bot_lock(name);

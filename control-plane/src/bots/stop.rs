@@ -3,12 +3,12 @@
 use std::time::Duration;
 
 use super::BotManager;
+use super::Platform;
 use super::model::{BotRecord, BotState};
 use crate::error::{Error, Result};
-use crate::network::Network;
 use crate::runtime::ContainerRuntime;
 
-impl<R: ContainerRuntime, N: Network> BotManager<R, N> {
+impl<P: Platform> BotManager<P> {
     #[tracing::instrument(skip_all, fields(bot.name = %name))]
     pub async fn stop(&self, name: &str, timeout: Option<Duration>) -> Result<BotRecord> {
         let bot_lock = self.bot_lock(name);

@@ -11,7 +11,15 @@ use crate::network::fake::FakeNetwork;
 use crate::runtime::fake::FakeRuntime;
 use crate::store::Store;
 
-async fn manager() -> (Arc<BotManager<FakeRuntime, FakeNetwork>>, tempfile::TempDir) {
+/// The fakes as a platform.
+struct Fakes;
+
+impl super::Platform for Fakes {
+    type Runtime = FakeRuntime;
+    type Network = FakeNetwork;
+}
+
+async fn manager() -> (Arc<BotManager<Fakes>>, tempfile::TempDir) {
     let dir = tempfile::tempdir().expect("tempdir");
     let store = Store::open(&format!("sqlite://{}?mode=rwc", dir.path().join("t.db").display())).await.expect("store");
     let config = ManagerConfig {
@@ -31,7 +39,7 @@ async fn manager() -> (Arc<BotManager<FakeRuntime, FakeNetwork>>, tempfile::Temp
         },
         dns_servers: Vec::new(),
     };
-    let m = Arc::new(BotManager::new(FakeRuntime::default(), FakeNetwork::default(), store, config));
+    let m = Arc::new(BotManager::<Fakes>::new(FakeRuntime::default(), FakeNetwork::default(), store, config));
     m.import_image(std::path::Path::new("img")).await.expect("import");
     (m, dir)
 }

@@ -9,34 +9,27 @@
 //! an API token allowed on the bot, a Host naming this machine and, when sent, an Origin on it (a web
 //! page elsewhere cannot drive a bot's tools through a user's browser: DNS rebinding).
 
-use std::collections::HashMap;
 use std::convert::Infallible;
-use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use berth_proto::agent::v1 as pb;
 use bytes::Bytes;
-use http_body_util::combinators::BoxBody;
-use http_body_util::{BodyExt, Full, Limited, StreamBody};
-use hyper::body::{Frame, Incoming};
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
 use hyper::header::{HeaderMap, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use pb::mcp_session_request::Frame as In;
-use pb::mcp_session_response::Frame as Out;
 use serde_json::Value;
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
-use tokio_stream::StreamExt;
-use tokio_stream::wrappers::ReceiverStream;
 
-use super::McpHub;
-use super::route::{self, Kind, Router};
-use super::session::Target;
-use crate::api::ApiTokens;
-use crate::network::Network;
-use crate::runtime::ContainerRuntime;
+use super::front::{Body, HttpSession, Reject, full, header, launch, sse_body};
+pub use super::front::{Front, Hosts};
+use super::route::{self, Kind};
+use crate::bots::Platform;
+use crate::sync::lock;
 
 /// Largest request body (one JSON-RPC message).
 const MAX_BODY: usize = 64 << 20;
@@ -48,62 +41,9 @@ const SESSION_HEADER: &str = "mcp-session-id";
 /// How many closed sessions' reasons are kept.
 const EVICTED_KEPT: usize = 256;
 
-pub(super) type Body = BoxBody<Bytes, Infallible>;
-
-/// One legacy session: one server process.
-pub(super) struct HttpSession {
-    pub(super) bot: String,
-    pub(super) server: String,
-    /// When a client last used it (for closing the least recently used first).
-    pub(super) last_used: Mutex<std::time::Instant>,
-    pub(super) to_server: Mutex<Option<mpsc::Sender<In>>>,
-    pub(super) router: Mutex<Router>,
-    /// Its SSE streams, resumable with `Last-Event-ID`.
-    pub(super) streams: super::replay::Streams,
-    /// Its client speaks spec 2025-11-25 or later, so its SSE streams open with a priming event.
-    pub(super) priming: std::sync::atomic::AtomicBool,
-}
-
-/// The front-end's state.
-pub struct Front<R, N> {
-    hub: Arc<McpHub<R, N>>,
-    tokens: ApiTokens,
-    hosts: Hosts,
-    sessions: Mutex<HashMap<String, Arc<HttpSession>>>,
-    /// Sessions berthd closed to stay within its caps, with why (the latest [`EVICTED_KEPT`]), so their
-    /// clients are told rather than just "no such session".
-    evicted: Mutex<std::collections::VecDeque<(String, String)>>,
-    /// The shared process of each (bot, server) serving stateless (2026-07-28) requests.
-    pub(super) stateless: Mutex<HashMap<(String, String), Arc<HttpSession>>>,
-    /// Request ids and progress tokens given to stateless requests (unique per process).
-    pub(super) next_id: std::sync::atomic::AtomicU64,
-}
-
-pub(super) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
-impl<R: ContainerRuntime, N: Network> Front<R, N> {
-    pub fn new(hub: Arc<McpHub<R, N>>, tokens: ApiTokens, hosts: Hosts) -> Arc<Self> {
-        Arc::new(Front {
-            hub,
-            tokens,
-            hosts,
-            sessions: Mutex::new(HashMap::new()),
-            evicted: Mutex::new(std::collections::VecDeque::new()),
-            stateless: Mutex::new(HashMap::new()),
-            next_id: std::sync::atomic::AtomicU64::new(1),
-        })
-    }
-}
-
 /// Serves until `stop` turns true.
-pub async fn serve<R: ContainerRuntime, N: Network>(
-    listener: TcpListener,
-    front: Arc<Front<R, N>>,
-    stop: tokio::sync::watch::Receiver<bool>,
-) {
-    crate::api::http::accept_until_stopped(listener, stop, "MCP front-end", move |stream| {
+pub async fn serve<P: Platform>(listener: TcpListener, front: Arc<Front<P>>, stop: tokio::sync::watch::Receiver<bool>) {
+    crate::listen::accept_until_stopped(listener, stop, "MCP front-end", move |stream| {
         // SSE replies go out as several small writes (headers, events, the last chunk): without this, Nagle's
         // algorithm holds the later ones for the client's delayed ACK (40 ms a reply).
         if let Err(e) = stream.set_nodelay(true) {
@@ -127,40 +67,9 @@ pub async fn serve<R: ContainerRuntime, N: Network>(
     .await;
 }
 
-pub(super) fn full(status: StatusCode, content_type: &'static str, body: impl Into<Bytes>) -> Response<Body> {
-    let mut r = Response::new(Full::new(body.into()).boxed());
-    *r.status_mut() = status;
-    r.headers_mut().insert(hyper::header::CONTENT_TYPE, HeaderValue::from_static(content_type));
-    r
-}
-
 /// An HTTP error with a JSON-RPC error body (what MCP clients show).
 fn rpc_error(status: StatusCode, code: i64, message: &str) -> Response<Body> {
     Reject::new(status, code, message).into_response()
-}
-
-/// A refused request, turned into its response at the end.
-#[derive(Debug)]
-pub(super) struct Reject {
-    status: StatusCode,
-    code: i64,
-    message: String,
-}
-
-impl Reject {
-    pub(super) fn new(status: StatusCode, code: i64, message: impl Into<String>) -> Reject {
-        Reject { status, code, message: message.into() }
-    }
-
-    pub(super) fn into_response(self) -> Response<Body> {
-        let body =
-            serde_json::json!({"jsonrpc": "2.0", "id": null, "error": {"code": self.code, "message": self.message}});
-        full(self.status, "application/json", body.to_string())
-    }
-}
-
-pub(super) fn header<'a>(h: &'a HeaderMap, name: &str) -> Option<&'a str> {
-    h.get(name).and_then(|v| v.to_str().ok())
 }
 
 /// `/bots/BOT/mcp/SERVER` → (BOT, SERVER).
@@ -169,28 +78,6 @@ fn parse_path(path: &str) -> Option<(&str, &str)> {
     let (bot, rest) = rest.split_once('/')?;
     let server = rest.strip_prefix("mcp/")?;
     (!bot.is_empty() && !server.is_empty() && !server.contains('/')).then_some((bot, server))
-}
-
-/// The host names the front-end answers to: loopback names, the listener's own address, and the names
-/// the operator allowed (`mcp_allowed_hosts`, e.g. the name a TLS proxy forwards).
-#[derive(Debug, Clone)]
-pub struct Hosts {
-    pub local: SocketAddr,
-    pub allowed: Vec<String>,
-}
-
-impl Hosts {
-    /// Whether `host` (no port; brackets allowed) is one of ours.
-    fn accepts(&self, host: &str) -> bool {
-        let h = host.trim_start_matches('[').trim_end_matches(']');
-        if h.eq_ignore_ascii_case("localhost") || self.allowed.iter().any(|a| a.eq_ignore_ascii_case(h)) {
-            return true;
-        }
-        match h.parse::<std::net::IpAddr>() {
-            Ok(ip) => ip.is_loopback() || (!self.local.ip().is_unspecified() && ip == self.local.ip()),
-            Err(_) => false,
-        }
-    }
 }
 
 /// Strips `:port` from a Host value (`[::1]:80` → `[::1]`).
@@ -218,7 +105,7 @@ fn check_origin(h: &HeaderMap, hosts: &Hosts) -> Result<(), Reject> {
     Ok(())
 }
 
-async fn handle<R: ContainerRuntime, N: Network>(front: &Arc<Front<R, N>>, req: Request<Incoming>) -> Response<Body> {
+async fn handle<P: Platform>(front: &Arc<Front<P>>, req: Request<Incoming>) -> Response<Body> {
     let Some((bot, server)) = parse_path(req.uri().path()) else {
         return full(StatusCode::NOT_FOUND, "text/plain", "not found: MCP servers are at /bots/BOT/mcp/SERVER\n");
     };
@@ -270,7 +157,7 @@ async fn handle<R: ContainerRuntime, N: Network>(front: &Arc<Front<R, N>>, req: 
 }
 
 /// The session a request names, if it is open and belongs to this bot and server.
-fn session<R, N>(front: &Front<R, N>, h: &HeaderMap, bot: &str, server: &str) -> Result<Arc<HttpSession>, Reject> {
+fn session<P: Platform>(front: &Front<P>, h: &HeaderMap, bot: &str, server: &str) -> Result<Arc<HttpSession>, Reject> {
     let Some(id) = header(h, SESSION_HEADER) else {
         return Err(Reject::new(
             StatusCode::BAD_REQUEST,
@@ -338,7 +225,7 @@ fn over_caps(
 
 /// Closes a session berthd had to end: its server's stdin is closed (MCP's shutdown), its waiting
 /// requests fail with `why`, and a client using it later is told `why`.
-fn evict<R, N>(front: &Front<R, N>, id: &str, why: &str) {
+fn evict<P: Platform>(front: &Front<P>, id: &str, why: &str) {
     let Some(s) = lock(&front.sessions).remove(id) else { return };
     tracing::info!(bot.name = %s.bot, mcp.server = %s.server, reason = why, "closing an MCP HTTP session");
     let mut evicted = lock(&front.evicted);
@@ -355,12 +242,7 @@ fn accepts(h: &HeaderMap, what: &str) -> bool {
     h.get_all("accept").iter().filter_map(|v| v.to_str().ok()).any(|v| v.contains(what) || v.contains("*/*"))
 }
 
-async fn post<R: ContainerRuntime, N: Network>(
-    front: &Arc<Front<R, N>>,
-    bot: &str,
-    server: &str,
-    req: Request<Incoming>,
-) -> Response<Body> {
+async fn post<P: Platform>(front: &Arc<Front<P>>, bot: &str, server: &str, req: Request<Incoming>) -> Response<Body> {
     let sse = accepts(req.headers(), "text/event-stream");
     if !sse && !accepts(req.headers(), "application/json") {
         return rpc_error(StatusCode::NOT_ACCEPTABLE, -32000, "accept application/json or text/event-stream");
@@ -436,35 +318,9 @@ async fn post<R: ContainerRuntime, N: Network>(
     response
 }
 
-/// A `text/event-stream` reply without event ids: one event per message of `messages`, ending when it does.
-pub(super) fn sse_response(
-    messages: impl tokio_stream::Stream<Item = Vec<u8>> + Send + Sync + 'static,
-) -> Response<Body> {
-    sse_frames(messages.map(|m| super::replay::event(None, &m)))
-}
-
-/// The reply carrying a resumable stream's events.
-fn sse_body(client: super::replay::Client) -> Response<Body> {
-    sse_frames(ReceiverStream::new(client))
-}
-
-fn sse_frames(frames: impl tokio_stream::Stream<Item = Bytes> + Send + Sync + 'static) -> Response<Body> {
-    let events = frames.map(|f| Ok::<_, Infallible>(Frame::data(f)));
-    let mut r = Response::new(StreamBody::new(events).boxed());
-    let h = r.headers_mut();
-    h.insert(hyper::header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
-    h.insert(hyper::header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-    h.insert("x-accel-buffering", HeaderValue::from_static("no"));
-    r
-}
-
-/// Starts a session's server process and the task routing its messages.
-/// Called once when a session's server has gone, with the reason.
-type OnEnd = Box<dyn FnOnce(&Arc<HttpSession>) + Send>;
-
 /// Starts a legacy session: a server process, its id minted.
-async fn start<R: ContainerRuntime, N: Network>(
-    front: &Arc<Front<R, N>>,
+async fn start<P: Platform>(
+    front: &Arc<Front<P>>,
     bot: &str,
     server: &str,
 ) -> Result<(String, Arc<HttpSession>), Reject> {
@@ -485,63 +341,9 @@ async fn start<R: ContainerRuntime, N: Network>(
     Ok((id, session))
 }
 
-/// Starts a server process and the task routing its messages; `on_end` runs when it has gone.
-pub(super) async fn launch<R: ContainerRuntime, N: Network>(
-    front: &Arc<Front<R, N>>,
-    bot: &str,
-    server: &str,
-    on_end: OnEnd,
-) -> Result<Arc<HttpSession>, Reject> {
-    let idle_ms = u32::try_from(front.hub.config.http_idle_timeout.as_millis()).unwrap_or(u32::MAX);
-    let io = front.hub.open(bot, Target::Registered(server.to_string()), false, idle_ms).await.map_err(|e| {
-        let status = match &e {
-            crate::error::Error::NotFound(_) => StatusCode::NOT_FOUND,
-            crate::error::Error::InvalidArgument(_) => StatusCode::BAD_REQUEST,
-            crate::error::Error::FailedPrecondition(_) => StatusCode::CONFLICT,
-            _ => StatusCode::SERVICE_UNAVAILABLE,
-        };
-        Reject::new(status, -32000, format!("cannot start MCP server `{server}` in bot `{bot}`: {e}"))
-    })?;
-    let session = Arc::new(HttpSession {
-        bot: bot.to_string(),
-        server: server.to_string(),
-        last_used: Mutex::new(std::time::Instant::now()),
-        to_server: Mutex::new(Some(io.to_server)),
-        router: Mutex::new(Router::default()),
-        streams: super::replay::Streams::default(),
-        priming: std::sync::atomic::AtomicBool::new(false),
-    });
-    tracing::info!(bot.name = bot, mcp.server = server, pid = io.pid, "MCP HTTP server process started");
-    let s = session.clone();
-    let mut from_server = io.from_server;
-    tokio::spawn(async move {
-        let why = loop {
-            match from_server.recv().await {
-                Some(Ok(Out::Message(m))) => lock(&s.router).route(m),
-                Some(Ok(Out::Exited(e))) => {
-                    let tail = String::from_utf8_lossy(&e.stderr_tail).trim().to_string();
-                    break if tail.is_empty() {
-                        format!("the MCP server {}", e.message)
-                    } else {
-                        format!("the MCP server {}; its stderr ended with: {tail}", e.message)
-                    };
-                }
-                Some(Ok(_)) => {}
-                Some(Err(e)) => break format!("the MCP session failed: {e}"),
-                None => break "the MCP session ended".to_string(),
-            }
-        };
-        tracing::info!(bot.name = %s.bot, mcp.server = %s.server, reason = %why, "MCP HTTP server process ended");
-        on_end(&s);
-        lock(&s.to_server).take();
-        lock(&s.router).fail_all(&why);
-    });
-    Ok(session)
-}
-
 /// GET: with `Last-Event-ID`, the rest of the stream it names; without, the stream of server messages
 /// unrelated to any request (replacing an older one).
-async fn get<R, N>(front: &Front<R, N>, bot: &str, server: &str, h: &HeaderMap) -> Response<Body> {
+async fn get<P: Platform>(front: &Front<P>, bot: &str, server: &str, h: &HeaderMap) -> Response<Body> {
     if !accepts(h, "text/event-stream") {
         return rpc_error(StatusCode::NOT_ACCEPTABLE, -32000, "GET opens an event stream: accept text/event-stream");
     }
@@ -561,7 +363,7 @@ async fn get<R, N>(front: &Front<R, N>, bot: &str, server: &str, h: &HeaderMap) 
     sse_body(s.streams.open(rx, priming))
 }
 
-fn delete<R, N>(front: &Front<R, N>, bot: &str, server: &str, h: &HeaderMap) -> Response<Body> {
+fn delete<P: Platform>(front: &Front<P>, bot: &str, server: &str, h: &HeaderMap) -> Response<Body> {
     let s = match session(front, h, bot, server) {
         Ok(s) => s,
         Err(r) => return r.into_response(),
@@ -608,7 +410,7 @@ mod tests {
 
     #[test]
     fn hosts_and_origins() {
-        let local: SocketAddr = "127.0.0.1:7000".parse().unwrap_or_else(|_| unreachable!());
+        let local: std::net::SocketAddr = "127.0.0.1:7000".parse().unwrap_or_else(|_| unreachable!());
         let local = Hosts { local, allowed: vec!["mcp.example.org".into()] };
         for ok in ["localhost", "127.0.0.1", "[::1]", "LOCALHOST", "mcp.example.org"] {
             assert!(local.accepts(ok), "{ok}");

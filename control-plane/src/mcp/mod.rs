@@ -5,6 +5,7 @@
 //! a process, so JSON-RPC ids never collide and every server→client message has exactly one home. The one exception is stateless (2026-07-28) HTTP,
 //! which the spec lets share a process: there berthd gives every request an id of its own.
 
+mod front;
 pub mod http;
 mod registry;
 mod replay;
@@ -12,35 +13,14 @@ pub mod route;
 pub mod session;
 mod stateless;
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
-
 use crate::bots::BotManager;
+use crate::store::Store;
 
-/// How a registered server is started in its bot.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct LaunchSpec {
-    pub command: String,
-    #[serde(default)]
-    pub args: Vec<String>,
-    #[serde(default)]
-    pub env: BTreeMap<String, String>,
-    /// Working directory in the bot; empty = the agent's default.
-    #[serde(default)]
-    pub cwd: String,
-}
-
-/// A server registered for a bot.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct McpServer {
-    pub bot: String,
-    pub name: String,
-    pub spec: LaunchSpec,
-    pub created_at_ms: i64,
-}
+use crate::bots::Platform;
+pub use crate::store::records::{LaunchSpec, McpServer};
 
 /// Settings of MCP sessions.
 #[derive(Debug, Clone)]
@@ -67,15 +47,17 @@ impl Default for McpConfig {
     }
 }
 
-/// The MCP side of berthd: registry, sessions, HTTP sessions.
-pub struct McpHub<R, N> {
-    manager: Arc<BotManager<R, N>>,
+/// The MCP side of berthd: registry, sessions, HTTP sessions. Bots are reached through their manager;
+/// the store only for the registry's own records.
+pub struct McpHub<P: Platform> {
+    manager: Arc<BotManager<P>>,
+    store: Store,
     config: McpConfig,
 }
 
-impl<R, N> McpHub<R, N> {
-    pub fn new(manager: Arc<BotManager<R, N>>, config: McpConfig) -> McpHub<R, N> {
-        McpHub { manager, config }
+impl<P: Platform> McpHub<P> {
+    pub fn new(manager: Arc<BotManager<P>>, store: Store, config: McpConfig) -> McpHub<P> {
+        McpHub { manager, store, config }
     }
 }
 

@@ -16,7 +16,7 @@ use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
-use super::http::lock;
+use crate::sync::lock;
 
 /// How long a stream waits for its client to come back after the connection dropped.
 pub const RETAIN: Duration = Duration::from_secs(60);

@@ -20,9 +20,8 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::Streaming;
 
 use super::McpHub;
+use crate::bots::Platform;
 use crate::error::{Error, Result};
-use crate::network::Network;
-use crate::runtime::ContainerRuntime;
 
 /// Starts of a server tried before its exit is reported (only while the client has sent nothing).
 pub const START_ATTEMPTS: u32 = 3;
@@ -58,7 +57,7 @@ struct Upstream {
     started: pb::Started,
 }
 
-impl<R: ContainerRuntime, N: Network> McpHub<R, N> {
+impl<P: Platform> McpHub<P> {
     /// Starts a session with `target` in `bot`. `idle_ms` = 0 means the configured idle timeout (a larger
     /// value is capped to it).
     pub async fn open(&self, bot: &str, target: Target, forward_stderr: bool, idle_ms: u32) -> Result<SessionIo> {
@@ -120,8 +119,8 @@ impl<R: ContainerRuntime, N: Network> McpHub<R, N> {
     }
 }
 
-async fn start_upstream<R: ContainerRuntime, N: Network>(
-    manager: &crate::bots::BotManager<R, N>,
+async fn start_upstream<P: Platform>(
+    manager: &crate::bots::BotManager<P>,
     bot: &str,
     open: &pb::McpOpen,
 ) -> Result<Upstream> {
@@ -129,14 +128,14 @@ async fn start_upstream<R: ContainerRuntime, N: Network>(
     let (tx, rx) = mpsc::channel(64);
     let first = pb::McpSessionRequest { frame: Some(In::Open(open.clone())) };
     tx.send(first).await.map_err(|_| Error::Unavailable("the MCP session closed before it opened".into()))?;
-    let mut rx = agent.mcp_session(ReceiverStream::new(rx)).await.map_err(from_agent)?.into_inner();
+    let mut rx = agent.mcp_session(ReceiverStream::new(rx)).await.map_err(crate::agent_client::to_error)?.into_inner();
     let started = match tokio::time::timeout(START_DEADLINE, rx.message()).await {
         Err(_) => {
             return Err(Error::Unavailable(format!(
                 "the agent of bot `{bot}` did not start the MCP server within 30 s"
             )));
         }
-        Ok(Err(status)) => return Err(from_agent(status)),
+        Ok(Err(status)) => return Err(crate::agent_client::to_error(status)),
         Ok(Ok(Some(pb::McpSessionResponse { frame: Some(Out::Started(s)) }))) => s,
         Ok(Ok(other)) => {
             return Err(Error::Unavailable(format!("the agent of bot `{bot}` answered an MCP open with {other:?}")));
@@ -144,19 +143,6 @@ async fn start_upstream<R: ContainerRuntime, N: Network>(
     };
     tracing::debug!(bot.name = bot, pid = started.pid, command = %open.command, "MCP server started");
     Ok(Upstream { tx, rx, started })
-}
-
-/// An agent's status as berthd's error (the agent's message is already meant for people).
-fn from_agent(s: tonic::Status) -> Error {
-    use tonic::Code;
-    let m = format!("the bot's agent: {}", s.message());
-    match s.code() {
-        Code::NotFound => Error::NotFound(m),
-        Code::InvalidArgument | Code::OutOfRange => Error::InvalidArgument(m),
-        Code::FailedPrecondition | Code::PermissionDenied => Error::FailedPrecondition(m),
-        Code::ResourceExhausted => Error::ResourceExhausted(m),
-        _ => Error::Unavailable(m),
-    }
 }
 
 /// How a session's end is explained: the bot's OOM kill count at its start, and a way to read it now.
@@ -235,7 +221,7 @@ async fn relay<F, Fut, O, OFut>(
                         return;
                     }
                     Err(s) => {
-                        let _ = client_tx.send(Err(from_agent(s))).await;
+                        let _ = client_tx.send(Err(crate::agent_client::to_error(s))).await;
                         return;
                     }
                 };

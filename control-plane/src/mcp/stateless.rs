@@ -22,10 +22,10 @@ use tokio::sync::mpsc;
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::ReceiverStream;
 
-use super::http::{Body, Front, HttpSession, Reject, full, header, launch, lock, sse_response};
+use super::front::{Body, Front, HttpSession, Reject, full, header, launch, sse_response};
 use super::route::{self, Kind};
-use crate::network::Network;
-use crate::runtime::ContainerRuntime;
+use crate::bots::Platform;
+use crate::sync::lock;
 use berth_proto::agent::v1 as pb;
 
 /// Error codes the 2026-07-28 spec reserves.
@@ -131,11 +131,7 @@ impl Drop for CancelOnDrop {
 }
 
 /// The shared process for (bot, server), started when there is none.
-async fn shared<R: ContainerRuntime, N: Network>(
-    front: &Arc<Front<R, N>>,
-    bot: &str,
-    server: &str,
-) -> Result<Arc<HttpSession>, Reject> {
+async fn shared<P: Platform>(front: &Arc<Front<P>>, bot: &str, server: &str) -> Result<Arc<HttpSession>, Reject> {
     let key = (bot.to_string(), server.to_string());
     if let Some(s) = lock(&front.stateless).get(&key)
         && lock(&s.to_server).is_some()
@@ -164,8 +160,8 @@ async fn shared<R: ContainerRuntime, N: Network>(
     }
 }
 
-pub(super) async fn post<R: ContainerRuntime, N: Network>(
-    front: &Arc<Front<R, N>>,
+pub(super) async fn post<P: Platform>(
+    front: &Arc<Front<P>>,
     bot: &str,
     server: &str,
     headers: &HeaderMap,

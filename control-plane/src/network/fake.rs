@@ -18,8 +18,7 @@ pub struct FakeNetwork {
 
 impl FakeNetwork {
     pub fn attached(&self) -> Vec<String> {
-        let mut v: Vec<String> =
-            self.attached.lock().unwrap_or_else(std::sync::PoisonError::into_inner).keys().cloned().collect();
+        let mut v: Vec<String> = crate::sync::lock(&self.attached).keys().cloned().collect();
         v.sort();
         v
     }
@@ -38,7 +37,7 @@ impl Network for FakeNetwork {
                 message: "injected failure".into(),
             });
         }
-        let mut m = self.attached.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut m = crate::sync::lock(&self.attached);
         let ip = format!("10.0.0.{}", m.len() + 2);
         let a = Attachment {
             netns: self.netns_path(bot),
@@ -50,7 +49,7 @@ impl Network for FakeNetwork {
     }
 
     async fn detach(&self, bot: &str, _attachment: Option<&Attachment>) -> Result<(), NetworkError> {
-        self.attached.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(bot);
+        crate::sync::lock(&self.attached).remove(bot);
         Ok(())
     }
 

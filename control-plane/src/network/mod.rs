@@ -484,3 +484,10 @@ pub fn repair_bridge_mac(bridge: &str) {
         std::process::Command::new("ip").args(["link", "set", bridge, "address", &new]).status().map(|s| s.success());
     tracing::warn!(bridge, mac = %new, repaired = ?ok, "bridge had a zero MAC");
 }
+
+/// A network failure is an internal one to a caller.
+impl From<NetworkError> for crate::error::Error {
+    fn from(e: NetworkError) -> crate::error::Error {
+        crate::error::Error::internal("bot network failure", e)
+    }
+}

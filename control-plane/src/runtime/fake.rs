@@ -27,7 +27,7 @@ pub struct FakeRuntime {
 
 impl FakeRuntime {
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, TaskState>> {
-        self.containers.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        crate::sync::lock(&self.containers)
     }
 
     /// Ids of the containers that exist.
@@ -38,11 +38,11 @@ impl FakeRuntime {
     }
 
     fn snaps(&self) -> std::sync::MutexGuard<'_, HashMap<String, SnapshotInfo>> {
-        self.snapshots.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        crate::sync::lock(&self.snapshots)
     }
 
     fn roots(&self) -> std::sync::MutexGuard<'_, HashMap<String, String>> {
-        self.roots.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        crate::sync::lock(&self.roots)
     }
 
     /// Keys of the snapshots that exist.
@@ -58,7 +58,7 @@ impl FakeRuntime {
             parent: parent.into(),
             committed,
             labels,
-            created_at_ms: crate::bots::model::now_ms(),
+            created_at_ms: crate::time::now_ms(),
         };
         self.snaps().insert(key.into(), info.clone());
         info

@@ -276,3 +276,22 @@ pub trait ContainerRuntime: Send + Sync + 'static {
     /// byte `from` of its log: the agent's own log, which says why it exited. `None` when there is none.
     fn task_log_tail(&self, id: &str, from: u64, max_bytes: u64) -> Option<String>;
 }
+
+/// What a runtime failure means to a caller.
+impl From<RuntimeError> for crate::error::Error {
+    fn from(e: RuntimeError) -> crate::error::Error {
+        use crate::error::Error;
+        match e {
+            RuntimeError::NotFound { what } => Error::NotFound(format!("{what} not found in containerd")),
+            RuntimeError::AlreadyExists { what } => {
+                Error::AlreadyExists(format!("{what} already exists in containerd"))
+            }
+            e @ (RuntimeError::Unavailable { .. } | RuntimeError::Timeout { .. }) => {
+                Error::Unavailable(crate::error::with_id(&e))
+            }
+            e @ RuntimeError::InvalidImage { .. } => Error::InvalidArgument(e.to_string()),
+            e @ RuntimeError::NoSpace { .. } => Error::ResourceExhausted(e.to_string()),
+            e => Error::internal("container runtime failure", e),
+        }
+    }
+}

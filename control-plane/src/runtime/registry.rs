@@ -270,6 +270,21 @@ fn content_type(h: &HeaderMap) -> String {
         .to_string()
 }
 
+/// What a registry failure means to a caller.
+impl From<RegistryError> for crate::error::Error {
+    fn from(e: RegistryError) -> crate::error::Error {
+        use crate::error::{Error, chain};
+        use RegistryError as R;
+        match e {
+            e @ R::BadReference(_) => Error::InvalidArgument(e.to_string()),
+            e @ R::NotFound { .. } => Error::NotFound(e.to_string()),
+            e @ R::Unauthorized { .. } => Error::FailedPrecondition(e.to_string()),
+            e @ R::Invalid(_) => Error::InvalidArgument(e.to_string()),
+            e => Error::Unavailable(chain(&e)),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

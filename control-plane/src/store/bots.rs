@@ -5,8 +5,8 @@ use std::collections::BTreeMap;
 use sqlx::Row;
 use sqlx::any::AnyRow;
 
+use super::records::{BotEvent, BotRecord, BotState};
 use super::{Store, StoreError, unavailable};
-use crate::bots::model::{BotEvent, BotRecord, BotState};
 use crate::network::Attachment;
 use crate::runtime::Limits;
 
@@ -115,7 +115,7 @@ impl Store {
     pub async fn set_egress(&self, name: &str, egress: &crate::network::Egress) -> Result<(), StoreError> {
         let r = sqlx::query("UPDATE bots SET egress = $1, updated_at_ms = $2 WHERE name = $3")
             .bind(egress.to_db())
-            .bind(crate::bots::model::now_ms())
+            .bind(crate::time::now_ms())
             .bind(name)
             .execute(self.pool())
             .await
@@ -133,6 +133,10 @@ impl Store {
             Some(r) => decode(&r),
             None => Err(StoreError::NotFound { what: format!("bot `{name}`") }),
         }
+    }
+    /// Every bot, a page at a time in name order, after `after` ("" = from the first).
+    pub fn bot_pages(&self, after: &str) -> BotPages<'_> {
+        BotPages { store: self, after: after.to_string(), done: false }
     }
 
     /// Bots after `after` (by name), in name order, at most `limit`.
@@ -161,7 +165,7 @@ impl Store {
         .bind(state.as_str())
         .bind(last_error)
         .bind(i64::from(restarted))
-        .bind(crate::bots::model::now_ms())
+        .bind(crate::time::now_ms())
         .bind(name)
         .execute(self.pool())
         .await
@@ -176,7 +180,7 @@ impl Store {
     pub async fn set_desired(&self, name: &str, running: bool) -> Result<(), StoreError> {
         sqlx::query("UPDATE bots SET desired = $1, updated_at_ms = $2 WHERE name = $3")
             .bind(if running { "running" } else { "stopped" })
-            .bind(crate::bots::model::now_ms())
+            .bind(crate::time::now_ms())
             .bind(name)
             .execute(self.pool())
             .await
@@ -188,7 +192,7 @@ impl Store {
     pub async fn set_last_exit(&self, name: &str, last_exit: &str) -> Result<(), StoreError> {
         sqlx::query("UPDATE bots SET last_exit = $1, updated_at_ms = $2 WHERE name = $3")
             .bind(last_exit)
-            .bind(crate::bots::model::now_ms())
+            .bind(crate::time::now_ms())
             .bind(name)
             .execute(self.pool())
             .await
@@ -200,7 +204,7 @@ impl Store {
     pub async fn set_token(&self, name: &str, token: &str) -> Result<(), StoreError> {
         sqlx::query("UPDATE bots SET token = $1, updated_at_ms = $2 WHERE name = $3")
             .bind(token)
-            .bind(crate::bots::model::now_ms())
+            .bind(crate::time::now_ms())
             .bind(name)
             .execute(self.pool())
             .await
@@ -214,7 +218,7 @@ impl Store {
             .bind(a.map(|n| n.netns.display().to_string()).unwrap_or_default())
             .bind(a.map(|n| n.ip.clone()).unwrap_or_default())
             .bind(a.map(|n| n.result.to_string()).unwrap_or_default())
-            .bind(crate::bots::model::now_ms())
+            .bind(crate::time::now_ms())
             .bind(name)
             .execute(self.pool())
             .await
@@ -247,5 +251,31 @@ impl Store {
         .await
         .map_err(unavailable("record event"))?;
         Ok(())
+    }
+}
+
+/// Bots read per page by [`BotPages`].
+const BOT_PAGE: u32 = 500;
+
+/// Pages over every bot: `while let Some(page) = pages.next().await? { … }`.
+pub struct BotPages<'a> {
+    store: &'a Store,
+    after: String,
+    done: bool,
+}
+
+impl BotPages<'_> {
+    /// The next page of bots (never empty), or `None` after the last.
+    pub async fn next(&mut self) -> Result<Option<Vec<BotRecord>>, StoreError> {
+        if self.done {
+            return Ok(None);
+        }
+        let page = self.store.list_bots(&self.after, BOT_PAGE).await?;
+        self.done = page.len() < BOT_PAGE as usize;
+        match page.last() {
+            Some(b) => self.after = b.name.clone(),
+            None => return Ok(None),
+        }
+        Ok(Some(page))
     }
 }

@@ -2,8 +2,8 @@
 
 use sqlx::Row;
 
+use super::records::McpServer;
 use super::{Store, StoreError, unavailable};
-use crate::mcp::McpServer;
 
 impl Store {
     /// Inserts a server, or replaces one of the same name when `replace`; `AlreadyExists` otherwise.

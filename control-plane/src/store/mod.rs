@@ -4,6 +4,9 @@
 mod bots;
 mod mcp;
 mod ops;
+pub mod records;
+
+pub use bots::BotPages;
 
 use sqlx::any::{AnyPoolOptions, install_default_drivers};
 use sqlx::{AnyPool, migrate::Migrator};
@@ -91,4 +94,17 @@ impl Store {
 
 fn unavailable(op: &str) -> impl FnOnce(sqlx::Error) -> StoreError + '_ {
     move |source| StoreError::Unavailable { op: op.to_string(), source }
+}
+
+/// What a database failure means to a caller.
+impl From<StoreError> for crate::error::Error {
+    fn from(e: StoreError) -> crate::error::Error {
+        use crate::error::Error;
+        match e {
+            StoreError::NotFound { what } => Error::NotFound(format!("{what} not found")),
+            StoreError::AlreadyExists { what } => Error::AlreadyExists(format!("{what} already exists")),
+            e @ StoreError::Unavailable { .. } => Error::Unavailable(crate::error::with_id(&e)),
+            e => Error::internal("database failure", e),
+        }
+    }
 }

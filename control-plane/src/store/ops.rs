@@ -4,9 +4,9 @@
 use sqlx::Row;
 use sqlx::any::AnyRow;
 
+use super::records::{OpState, Operation};
 use super::{Store, StoreError, unavailable};
-use crate::bots::model::now_ms;
-use crate::bots::ops::{OpState, Operation};
+use crate::time::now_ms;
 
 /// The operation columns, in one place (static SQL for sqlx, hence a macro for `concat!`).
 macro_rules! columns {

@@ -8,18 +8,9 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use anyhow::Context;
+use berth_control_plane::daemon::{Config, LogFormat};
 use clap::{CommandFactory, Parser};
 use serde::{Deserialize, Serialize};
-
-/// How berthd writes its log (to stderr).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
-#[serde(rename_all = "lowercase")]
-pub enum LogFormat {
-    /// Human-readable lines (coloured on a terminal).
-    Text,
-    /// One JSON object per line, with span fields (bot name, operation id).
-    Json,
-}
 
 /// berthd: runs one container per bot through containerd and serves Berth's API.
 ///
@@ -214,227 +205,20 @@ pub struct Args {
     log_format: Option<LogFormat>,
 }
 
-/// The effective settings (see [`Args`] for what each one means).
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct Config {
-    pub containerd_socket: PathBuf,
-    pub namespace: String,
-    pub state_dir: PathBuf,
-    pub run_dir: PathBuf,
-    pub database_url: Option<String>,
-    pub listen_unix: Option<PathBuf>,
-    pub listen_tcp: Option<SocketAddr>,
-    pub tls_cert_file: Option<PathBuf>,
-    pub tls_key_file: Option<PathBuf>,
-    pub allow_plaintext_tcp: bool,
-    pub image_archives: Vec<PathBuf>,
-    pub default_image: String,
-    pub api_token_file: Option<PathBuf>,
-    pub stop_timeout_ms: u64,
-    pub agent_ready_timeout_ms: u64,
-    pub bridge: String,
-    pub subnet: String,
-    pub masquerade: bool,
-    pub egress_deny: Vec<String>,
-    pub dns_servers: Vec<std::net::IpAddr>,
-    pub cni_bin_dir: PathBuf,
-    pub cni_attempts: u32,
-    pub insecure_registries: Vec<String>,
-    pub registry_cas: Vec<PathBuf>,
-    pub reconcile_interval_ms: u64,
-    pub import_max_bytes: u64,
-    pub default_memory_bytes: u64,
-    pub default_cpu_millis: u64,
-    pub default_pids: u64,
-    pub default_disk_bytes: u64,
-    pub metrics_listen: String,
-    pub mcp_idle_timeout_ms: u64,
-    pub mcp_http_idle_timeout_ms: u64,
-    pub mcp_http_max_sessions_per_server: usize,
-    pub mcp_http_max_sessions_per_bot: usize,
-    pub mcp_listen: String,
-    pub mcp_allowed_hosts: Vec<String>,
-    pub log_format: LogFormat,
-}
-
-impl Default for Config {
-    fn default() -> Config {
-        Config {
-            containerd_socket: "/run/containerd/containerd.sock".into(),
-            namespace: "berth".into(),
-            state_dir: "/var/lib/berth".into(),
-            run_dir: "/run/berth".into(),
-            database_url: None,
-            listen_unix: None,
-            listen_tcp: None,
-            tls_cert_file: None,
-            tls_key_file: None,
-            allow_plaintext_tcp: false,
-            image_archives: Vec::new(),
-            default_image: "berth/minimal:latest".into(),
-            api_token_file: None,
-            stop_timeout_ms: 10_000,
-            agent_ready_timeout_ms: 15_000,
-            bridge: "berth0".into(),
-            subnet: "10.213.0.0/16".into(),
-            masquerade: true,
-            egress_deny: vec!["169.254.0.0/16".into()],
-            dns_servers: Vec::new(),
-            cni_bin_dir: "/usr/lib/cni".into(),
-            cni_attempts: 4,
-            insecure_registries: Vec::new(),
-            registry_cas: Vec::new(),
-            reconcile_interval_ms: 5_000,
-            import_max_bytes: 64 << 30,
-            default_memory_bytes: 2 << 30,
-            default_cpu_millis: 2000,
-            default_pids: 1024,
-            default_disk_bytes: 10 << 30,
-            metrics_listen: "127.0.0.1:9464".into(),
-            mcp_idle_timeout_ms: 15 * 60 * 1000,
-            mcp_http_idle_timeout_ms: 5 * 60 * 1000,
-            mcp_http_max_sessions_per_server: 4,
-            mcp_http_max_sessions_per_bot: 8,
-            mcp_listen: "off".into(),
-            mcp_allowed_hosts: Vec::new(),
-            log_format: LogFormat::Text,
-        }
+/// Defaults, then the file, then environment and flags (both already in `args`); validated.
+pub fn load(args: &Args) -> anyhow::Result<Config> {
+    let mut table = toml::Table::try_from(Config::default()).context("cannot represent the defaults")?;
+    if let Some(path) = &args.config {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read the configuration file {}", path.display()))?;
+        let file: toml::Table = text.parse().with_context(|| format!("{} is not valid TOML", path.display()))?;
+        table.extend(file);
+        Config::deserialize(table.clone()).with_context(|| format!("invalid setting in {}", path.display()))?;
     }
-}
-
-impl Config {
-    /// Defaults, then the file, then environment and flags (both already in `args`); validated.
-    pub fn load(args: &Args) -> anyhow::Result<Config> {
-        let mut table = toml::Table::try_from(Config::default()).context("cannot represent the defaults")?;
-        if let Some(path) = &args.config {
-            let text = std::fs::read_to_string(path)
-                .with_context(|| format!("cannot read the configuration file {}", path.display()))?;
-            let file: toml::Table = text.parse().with_context(|| format!("{} is not valid TOML", path.display()))?;
-            table.extend(file);
-            Config::deserialize(table.clone()).with_context(|| format!("invalid setting in {}", path.display()))?;
-        }
-        table.extend(toml::Table::try_from(args).context("cannot represent the flags")?);
-        let config = Config::deserialize(table).context("invalid setting in the environment or flags")?;
-        config.validate()?;
-        Ok(config)
-    }
-
-    /// Checks what types alone do not; each error names the setting.
-    fn validate(&self) -> anyhow::Result<()> {
-        if self.namespace.is_empty() {
-            anyhow::bail!("namespace: must not be empty");
-        }
-        if self.bridge.is_empty() || self.bridge.len() > 15 {
-            anyhow::bail!("bridge: {:?} must be 1-15 characters (a Linux interface name)", self.bridge);
-        }
-        check_subnet(&self.subnet).with_context(|| format!("subnet: {:?} is not an IPv4 subnet", self.subnet))?;
-        for cidr in &self.egress_deny {
-            berth_control_plane::network::check_cidr(cidr).map_err(|e| anyhow::anyhow!("egress_deny: {e}"))?;
-        }
-        if self.cni_attempts == 0 {
-            anyhow::bail!("cni_attempts: must be at least 1");
-        }
-        if self.agent_ready_timeout_ms < 100 {
-            anyhow::bail!("agent_ready_timeout_ms: {} is too short (at least 100 ms)", self.agent_ready_timeout_ms);
-        }
-        if self.listen_tcp.is_some() && self.api_token_file.is_none() {
-            anyhow::bail!("listen_tcp needs api_token_file: TCP is never served without authentication");
-        }
-        if self.tls_cert_file.is_some() != self.tls_key_file.is_some() {
-            anyhow::bail!("tls_cert_file and tls_key_file: give both or neither");
-        }
-        if let Some(addr) = self.listen_tcp
-            && !addr.ip().is_loopback()
-            && self.tls_cert_file.is_none()
-            && !self.allow_plaintext_tcp
-        {
-            anyhow::bail!(
-                "listen_tcp: {addr} is reachable from other hosts; give tls_cert_file and tls_key_file, or set \
-                 allow_plaintext_tcp if a TLS proxy or a private network protects it"
-            );
-        }
-        self.metrics_addr()?;
-        use berth_control_plane::bots::limits;
-        for (name, v, min) in [
-            ("default_memory_bytes", self.default_memory_bytes, limits::MIN_MEMORY_BYTES),
-            ("default_cpu_millis", self.default_cpu_millis, limits::MIN_CPU_MILLIS),
-            ("default_pids", self.default_pids, limits::MIN_PIDS),
-            ("default_disk_bytes", self.default_disk_bytes, limits::MIN_DISK_BYTES),
-        ] {
-            if v != 0 && v < min {
-                anyhow::bail!("{name}: {v} is below the smallest limit, {min} (0 = unlimited)");
-            }
-        }
-        if self.default_pids > limits::MAX_PIDS {
-            anyhow::bail!("default_pids: {} is above the largest limit, {}", self.default_pids, limits::MAX_PIDS);
-        }
-        if self.mcp_idle_timeout_ms < 1000 {
-            anyhow::bail!("mcp_idle_timeout_ms: {} is too short (at least 1000 ms)", self.mcp_idle_timeout_ms);
-        }
-        if self.mcp_http_idle_timeout_ms < 1000 {
-            anyhow::bail!(
-                "mcp_http_idle_timeout_ms: {} is too short (at least 1000 ms)",
-                self.mcp_http_idle_timeout_ms
-            );
-        }
-        if self.mcp_http_max_sessions_per_server == 0 || self.mcp_http_max_sessions_per_bot == 0 {
-            anyhow::bail!("mcp_http_max_sessions_per_server and mcp_http_max_sessions_per_bot: at least 1");
-        }
-        if self.mcp_addr()?.is_some() && self.api_token_file.is_none() {
-            anyhow::bail!("mcp_listen needs api_token_file: the MCP front-end is never served without authentication");
-        }
-        Ok(())
-    }
-
-    /// The MCP front-end's address; `None` when turned off.
-    pub fn mcp_addr(&self) -> anyhow::Result<Option<SocketAddr>> {
-        match self.mcp_listen.as_str() {
-            "off" | "" => Ok(None),
-            a => Ok(Some(a.parse().with_context(|| format!("mcp_listen: {a:?} is not an IP:PORT (or `off`)"))?)),
-        }
-    }
-
-    /// The metrics address; `None` when turned off.
-    pub fn metrics_addr(&self) -> anyhow::Result<Option<SocketAddr>> {
-        match self.metrics_listen.as_str() {
-            "off" | "" => Ok(None),
-            a => Ok(Some(a.parse().with_context(|| format!("metrics_listen: {a:?} is not an IP:PORT (or `off`)"))?)),
-        }
-    }
-
-    /// The limits of a bot created without any (`None` = unlimited).
-    pub fn default_limits(&self) -> berth_control_plane::runtime::Limits {
-        let some = |v: u64| (v > 0).then_some(v);
-        berth_control_plane::runtime::Limits {
-            memory_bytes: some(self.default_memory_bytes),
-            cpu_millis: some(self.default_cpu_millis),
-            pids: some(self.default_pids),
-            disk_bytes: some(self.default_disk_bytes),
-        }
-    }
-
-    /// The Unix socket the API is served on.
-    pub fn unix_socket(&self) -> PathBuf {
-        self.listen_unix.clone().unwrap_or_else(|| self.run_dir.join("berthd.sock"))
-    }
-
-    /// The database URL (SQLite in the state directory unless set).
-    pub fn database(&self) -> String {
-        self.database_url
-            .clone()
-            .unwrap_or_else(|| format!("sqlite://{}?mode=rwc", self.state_dir.join("berth.db").display()))
-    }
-}
-
-fn check_subnet(s: &str) -> anyhow::Result<()> {
-    let (ip, len) = s.split_once('/').context("no /prefix length")?;
-    let _: std::net::Ipv4Addr = ip.parse().context("not an IPv4 address")?;
-    let len: u8 = len.parse().context("the prefix length is not a number")?;
-    if !(8..=30).contains(&len) {
-        anyhow::bail!("the prefix length must be 8-30");
-    }
-    Ok(())
+    table.extend(toml::Table::try_from(args).context("cannot represent the flags")?);
+    let config = Config::deserialize(table).context("invalid setting in the environment or flags")?;
+    config.validate()?;
+    Ok(config)
 }
 
 /// Every setting as a commented TOML file: its help text, environment variable and default.
@@ -468,7 +252,7 @@ pub fn default_config_text() -> String {
 #[cfg(test)]
 fn load_file(path: &std::path::Path) -> anyhow::Result<Config> {
     let args = Args::parse_from(["berthd", "--config", path.to_str().unwrap_or_default()]);
-    Config::load(&args)
+    load(&args)
 }
 
 #[cfg(test)]
@@ -513,10 +297,10 @@ mod tests {
         assert_eq!((c.stop_timeout_ms, c.bridge.as_str(), c.masquerade), (1234, "fromfile", true));
         assert_eq!(c.namespace, "berth");
         let args = Args::parse_from(["berthd", "--config", file.to_str().unwrap(), "--bridge", "fromflag"]);
-        let c = Config::load(&args).unwrap();
+        let c = load(&args).unwrap();
         assert_eq!((c.stop_timeout_ms, c.bridge.as_str()), (1234, "fromflag"));
         let args = Args::parse_from(["berthd", "--config", file.to_str().unwrap(), "--masquerade", "false"]);
-        assert!(!Config::load(&args).unwrap().masquerade);
+        assert!(!load(&args).unwrap().masquerade);
     }
 
     #[test]
