@@ -2,7 +2,7 @@
 //! two `\n` (less one trailing `\r`), in order, nothing invented or dropped, and never more than the cap.
 #![no_main]
 
-use berth_agent::mcp::lines::LineReader;
+use berth_agent_input::lines::LineReader;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

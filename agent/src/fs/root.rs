@@ -12,52 +12,7 @@ use rustix::fs::{Mode, OFlags, ResolveFlags};
 
 use crate::error::{Error, Result};
 
-/// A normalised client path: components below the root, none of them empty, `.` or `..`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RelPath {
-    components: Vec<String>,
-}
-
-impl RelPath {
-    /// The path as the client sees it inside the root, e.g. `/data/notes.md`.
-    pub fn display(&self) -> String {
-        if self.components.is_empty() { "/".to_string() } else { format!("/{}", self.components.join("/")) }
-    }
-
-    /// The path relative to the root, as passed to `openat2` (`.` for the root itself).
-    fn as_relative(&self) -> String {
-        if self.components.is_empty() { ".".to_string() } else { self.components.join("/") }
-    }
-
-    /// True for the root itself.
-    pub fn is_root(&self) -> bool {
-        self.components.is_empty()
-    }
-
-    /// The parent path and the final component; `None` for the root.
-    pub fn split_last(&self) -> Option<(RelPath, &str)> {
-        let (last, rest) = self.components.split_last()?;
-        Some((RelPath { components: rest.to_vec() }, last.as_str()))
-    }
-
-    /// A child of this path (`name` must be a single normal component).
-    pub fn join(&self, name: &str) -> RelPath {
-        let mut components = self.components.clone();
-        components.push(name.to_string());
-        RelPath { components }
-    }
-
-    /// Every ancestor from the first component down to this path itself.
-    pub fn prefixes(&self) -> impl Iterator<Item = RelPath> + '_ {
-        (1..=self.components.len()).map(|n| RelPath { components: self.components[..n].to_vec() })
-    }
-
-    /// Path of `self` relative to `base`, if `base` is an ancestor (or equal).
-    pub fn strip_prefix(&self, base: &RelPath) -> Option<String> {
-        let rest = self.components.strip_prefix(base.components.as_slice())?;
-        Some(rest.join("/"))
-    }
-}
+pub use berth_agent_input::path::RelPath;
 
 /// The directory the agent serves, held open as an fd for its whole life.
 #[derive(Debug)]
@@ -72,7 +27,7 @@ impl Root {
     /// Opens `path` as the root; relative client paths will start at `data_dir` (a path inside the root).
     pub fn new(path: &Path, data_dir: &str) -> std::io::Result<Root> {
         let fd = rustix::fs::open(path, OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())?;
-        let data_dir = normalize(&RelPath { components: vec![] }, data_dir)
+        let data_dir = normalize(&RelPath::root(), data_dir)
             .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string()))?;
         Ok(Root { fd, path: path.to_path_buf(), data_dir })
     }
@@ -91,7 +46,7 @@ impl Root {
     /// same mount namespace as the agent).
     pub fn host_path(&self, rel: &RelPath) -> PathBuf {
         let mut p = self.path.clone();
-        for c in &rel.components {
+        for c in rel.components() {
             p.push(c);
         }
         p
@@ -122,21 +77,9 @@ impl Root {
     }
 }
 
+/// [`berth_agent_input::path::normalize`], with its refusal as the agent's error.
 fn normalize(base: &RelPath, client_path: &str) -> Result<RelPath> {
-    if client_path.as_bytes().contains(&0) {
-        return Err(Error::InvalidArgument(format!("path {client_path:?} contains a NUL byte")));
-    }
-    let mut components = if client_path.starts_with('/') { Vec::new() } else { base.components.clone() };
-    for part in client_path.split('/') {
-        match part {
-            "" | "." => {}
-            ".." => {
-                components.pop();
-            }
-            p => components.push(p.to_string()),
-        }
-    }
-    Ok(RelPath { components })
+    berth_agent_input::path::normalize(base, client_path).map_err(|e| Error::InvalidArgument(e.to_string()))
 }
 
 /// The final component as an `OsStr` for `*at` calls.
@@ -149,7 +92,7 @@ mod tests {
     use super::*;
 
     fn base() -> RelPath {
-        RelPath { components: vec!["data".into()] }
+        RelPath::root().join("data")
     }
 
     #[test]

@@ -1,3 +1,3 @@
 //! MCP stdio specifics (the session driver itself is `api/mcp.rs`).
 
-pub mod lines;
+pub use berth_agent_input::lines;
