@@ -505,6 +505,19 @@ fn event_id(e: &str) -> &str {
     e.lines().find_map(|l| l.strip_prefix("id: ")).unwrap_or_else(|| panic!("an event without an id: {e}"))
 }
 
+/// GET with `Last-Event-ID: last` on session `sid`.
+async fn resume(h: &Http, path: &str, sid: &str, last: &str) -> reqwest::Response {
+    h.client
+        .get(format!("{}{path}", h.base))
+        .bearer_auth(ADMIN)
+        .header("accept", "text/event-stream")
+        .header("mcp-session-id", sid)
+        .header("last-event-id", last)
+        .send()
+        .await
+        .unwrap()
+}
+
 /// A client whose SSE stream drops mid-call gets the rest of it (SEP-1699): the POST stream opens with a
 /// priming event (an id, `retry:`, no data), every event has an id, and GET with `Last-Event-ID` after
 /// the connection dropped returns the events after it, the response last, with no gap and no duplicate.
@@ -538,16 +551,7 @@ async fn an_sse_stream_dropped_mid_call_resumes_from_its_last_event_id() {
     drop(resp);
     tokio::time::sleep(Duration::from_millis(700)).await;
 
-    let mut resumed = h
-        .client
-        .get(format!("{}{path}", h.base))
-        .bearer_auth(ADMIN)
-        .header("accept", "text/event-stream")
-        .header("mcp-session-id", &sid)
-        .header("last-event-id", event_id(&first[1]))
-        .send()
-        .await
-        .unwrap();
+    let mut resumed = resume(&h, path, &sid, event_id(&first[1])).await;
     assert_eq!(resumed.status().as_u16(), 200);
     let rest = sse_events(&mut resumed, |_| false).await;
     let ids: Vec<&str> = rest.iter().map(|e| event_id(e)).collect();
@@ -560,27 +564,9 @@ async fn an_sse_stream_dropped_mid_call_resumes_from_its_last_event_id() {
 
     // Resuming again from the priming event replays the whole stream; an id never given is refused (409),
     // saying why, rather than answered with a gap.
-    let again = h
-        .client
-        .get(format!("{}{path}", h.base))
-        .bearer_auth(ADMIN)
-        .header("accept", "text/event-stream")
-        .header("mcp-session-id", &sid)
-        .header("last-event-id", format!("{stream}-0"))
-        .send()
-        .await
-        .unwrap();
+    let again = resume(&h, path, &sid, &format!("{stream}-0")).await;
     assert_eq!(again.text().await.unwrap().matches("id: ").count(), 6);
-    let r = h
-        .client
-        .get(format!("{}{path}", h.base))
-        .bearer_auth(ADMIN)
-        .header("accept", "text/event-stream")
-        .header("mcp-session-id", &sid)
-        .header("last-event-id", format!("{stream}-99"))
-        .send()
-        .await
-        .unwrap();
+    let r = resume(&h, path, &sid, &format!("{stream}-99")).await;
     assert_eq!(r.status().as_u16(), 409);
     assert!(r.text().await.unwrap().contains("never sent"));
 }
