@@ -3,8 +3,7 @@
 
 #![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
 
-mod common;
-
+use crate::common;
 use std::os::unix::fs::{MetadataExt, PermissionsExt, symlink};
 
 use berth_proto::agent::v1 as pb;

@@ -2,8 +2,7 @@
 
 #![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
 
-mod common;
-
+use crate::common;
 use std::time::Duration;
 
 use berth_proto::agent::v1 as pb;

@@ -2,9 +2,7 @@
 
 #![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
 
-#[path = "../../agent/tests/common/mod.rs"]
-mod common;
-
+use crate::common;
 use std::process::{Command, Output, Stdio};
 
 use common::*;

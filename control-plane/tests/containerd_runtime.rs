@@ -4,11 +4,7 @@
 
 #![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
 
-#[path = "../../agent/tests/common/mod.rs"]
-mod common;
-#[path = "support/mod.rs"]
-mod support;
-
+use crate::{common, support};
 use std::time::{Duration, Instant};
 
 use berth_control_plane::agent_client::{self, AgentClient, BearerAuth};

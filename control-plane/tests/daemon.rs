@@ -4,11 +4,7 @@
 
 #![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
 
-#[path = "../../agent/tests/common/mod.rs"]
-mod common;
-#[path = "support/mod.rs"]
-mod support;
-
+use crate::{common, support};
 use berth_control_plane::agent_client::{self, BearerAuth};
 use berth_control_plane::daemon::{Config, Daemon};
 use berth_proto::controlplane::v1 as pb;

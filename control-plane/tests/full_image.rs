@@ -5,11 +5,7 @@
 
 #![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
 
-#[path = "../../agent/tests/common/mod.rs"]
-mod common;
-#[path = "support/mod.rs"]
-mod support;
-
+use crate::{common, support};
 use common::{dep, mcp_probe_script, run_mcp_probe};
 use support::berthd::TestBerthd;
 use support::containerd::full_image;

@@ -1,7 +1,7 @@
 //! The layers of the control plane point one way, and no file imports in a circle (nor in the agent):
 //! read from the source itself (every `crate::…` and `super::…` path outside tests and comments), so a
 //! change that breaks either
-//! fails here, naming the import. `cargo test -p berth-control-plane --test layers -- --nocapture`
+//! fails here, naming the import. `cargo test -p berth-control-plane --test suite layers:: -- --nocapture`
 //! prints the module graph.
 
 #![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test

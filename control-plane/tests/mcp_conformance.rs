@@ -8,11 +8,7 @@
 
 #![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
 
-#[path = "../../agent/tests/common/mod.rs"]
-mod common;
-#[path = "support/mod.rs"]
-mod support;
-
+use crate::{common, support};
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{Command, Stdio};

@@ -4,9 +4,7 @@
 
 #![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
 
-#[path = "../../agent/tests/common/mod.rs"]
-mod common;
-
+use crate::common;
 use std::time::Duration;
 
 use common::*;

@@ -6,11 +6,7 @@
 
 #![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
 
-#[path = "../../agent/tests/common/mod.rs"]
-mod common;
-#[path = "support/mod.rs"]
-mod support;
-
+use crate::support;
 use std::io::Write;
 use std::process::Stdio;
 use std::time::{Duration, Instant};

@@ -3,9 +3,7 @@
 
 #![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
 
-#[path = "../../agent/tests/common/mod.rs"]
-mod common;
-
+use crate::common;
 use berth_proto::agent::v1 as pb;
 use common::*;
 
