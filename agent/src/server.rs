@@ -49,29 +49,8 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     let token = Token::from_file(&config.token_file).map_err(ServeError::Config)?;
     let root = Root::new(&config.root, &config.data_dir)
         .map_err(|e| ServeError::Config(format!("cannot open root `{}`: {e}", config.root.display())))?;
-    if let Some(dir) = &config.user_cgroup {
-        let n = crate::process::cgroup::init(dir).map_err(|e| {
-            ServeError::Config(format!("cannot open the user cgroup's files in `{}`: {e}", dir.display()))
-        })?;
-        tracing::info!(dir = %dir.display(), hierarchies = n, "children run in the user cgroup");
-    }
-    if let Some(socket) = config.user_cgroup_from.clone() {
-        let wait = Duration::from_secs(config.user_cgroup_wait_secs);
-        let n = tokio::task::spawn_blocking(move || crate::process::cgroup::receive(&socket, wait))
-            .await
-            .map_err(|e| ServeError::Config(format!("the user cgroup handoff failed: {e}")))?
-            .map_err(|e| ServeError::Config(format!("no user cgroup: {e}")))?;
-        tracing::info!(hierarchies = n, "children run in the user cgroup (handed over)");
-    }
-    // Temporary files of uploads a previous run was killed in the middle of, in the background.
-    let data = root.host_path(root.data_dir());
-    let started = std::time::SystemTime::now();
-    tokio::task::spawn_blocking(move || {
-        let done = crate::fs::sweep::sweep(&data, started);
-        if done.removed > 0 {
-            tracing::info!(dir = %data.display(), removed = done.removed, "removed temporary files of interrupted uploads");
-        }
-    });
+    join_user_cgroup(&config).await?;
+    sweep_interrupted_uploads(&root);
     let registry = Arc::new(Registry::default());
     let reaped = Arc::new(ReaperStats::default());
     reaper::start(registry.clone(), reaped.clone())
@@ -105,8 +84,49 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     tracing::info!("shutting down: ending sessions");
     end_sessions(&registry).await;
     let _ = stop_tx.send(true);
-    // Graceful shutdown waits for open streams, which clients may hold forever (a watch, an idle exec
-    // request side); after SERVER_DRAIN the process exits anyway and the kernel closes the connections.
+    drain(servers).await?;
+    if let Some(path) = &config.socket {
+        let _ = std::fs::remove_file(path);
+    }
+    Ok(())
+}
+
+/// Puts the processes the agent starts into the bot's user cgroup: opened from a directory, or handed
+/// over by berthd on a socket (see `process::cgroup`).
+async fn join_user_cgroup(config: &Config) -> Result<(), ServeError> {
+    if let Some(dir) = &config.user_cgroup {
+        let n = crate::process::cgroup::init(dir).map_err(|e| {
+            ServeError::Config(format!("cannot open the user cgroup's files in `{}`: {e}", dir.display()))
+        })?;
+        tracing::info!(dir = %dir.display(), hierarchies = n, "children run in the user cgroup");
+    }
+    if let Some(socket) = config.user_cgroup_from.clone() {
+        let wait = Duration::from_secs(config.user_cgroup_wait_secs);
+        let n = tokio::task::spawn_blocking(move || crate::process::cgroup::receive(&socket, wait))
+            .await
+            .map_err(|e| ServeError::Config(format!("the user cgroup handoff failed: {e}")))?
+            .map_err(|e| ServeError::Config(format!("no user cgroup: {e}")))?;
+        tracing::info!(hierarchies = n, "children run in the user cgroup (handed over)");
+    }
+    Ok(())
+}
+
+/// Removes, in the background, the temporary files of uploads a previous run was killed in the middle of.
+fn sweep_interrupted_uploads(root: &Root) {
+    let data = root.host_path(root.data_dir());
+    let started = std::time::SystemTime::now();
+    tokio::task::spawn_blocking(move || {
+        let done = crate::fs::sweep::sweep(&data, started);
+        if done.removed > 0 {
+            tracing::info!(dir = %data.display(), removed = done.removed, "removed temporary files of interrupted uploads");
+        }
+    });
+}
+
+/// Waits for the servers to end. Graceful shutdown waits for open streams, which clients may hold
+/// forever (a watch, an idle exec request side); after SERVER_DRAIN the process exits anyway and the
+/// kernel closes the connections.
+async fn drain(servers: Vec<tokio::task::JoinHandle<Result<(), tonic::transport::Error>>>) -> Result<(), ServeError> {
     let deadline = tokio::time::Instant::now() + SERVER_DRAIN;
     for mut s in servers {
         match tokio::time::timeout_at(deadline, &mut s).await {
@@ -118,9 +138,6 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
                 s.abort();
             }
         }
-    }
-    if let Some(path) = &config.socket {
-        let _ = std::fs::remove_file(path);
     }
     Ok(())
 }

@@ -18,7 +18,7 @@ use crate::error::{Error, Result};
 use crate::process::exit::{Exit, Reason};
 use crate::process::launch::Child;
 use crate::process::pty::{PtyMaster, PtyReader};
-use crate::process::pump::pump;
+use crate::process::pump::{finish_pumps, pump, sleep_until};
 use crate::process::registry::{Session, SessionKind};
 use crate::process::spawn::{ChildIo, ChildStdin, SpawnRequest, spawn};
 use crate::state::Agent;
@@ -48,29 +48,8 @@ pub async fn open(agent: Arc<Agent>, mut inbound: Streaming<pb::ExecRequest>) ->
             return Err(Error::InvalidArgument("the first exec frame must be `start`".into()));
         }
     };
-    let argv = match (start.argv.is_empty(), start.shell.is_empty()) {
-        (false, true) => start.argv.clone(),
-        (true, false) => vec!["/bin/sh".into(), "-c".into(), start.shell.clone()],
-        (false, false) => {
-            return Err(Error::InvalidArgument("set either argv or shell, not both".into()));
-        }
-        (true, true) => {
-            return Err(Error::InvalidArgument("no command given: set argv or shell".into()));
-        }
-    };
-    let pty = match &start.pty {
-        None => None,
-        Some(p) => Some(pty_size(p)?),
-    };
-    let (cwd, cwd_shown) = super::resolve_cwd(&agent, &start.cwd)?;
-    let req = SpawnRequest {
-        argv: argv.clone(),
-        cwd,
-        cwd_shown,
-        env: start.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
-        clean_env: start.clean_env,
-        pty,
-    };
+    let req = spawn_request(&agent, &start)?;
+    let argv = req.argv.clone();
     let spawned = spawn(&agent.registry, &req)?;
     let session = agent.registry.register(SessionKind::Exec, spawned.pid, argv, start.tag.clone());
     tracing::debug!(session.id = %session.id, pid = spawned.pid, "exec started");
@@ -98,11 +77,39 @@ pub async fn open(agent: Arc<Agent>, mut inbound: Streaming<pb::ExecRequest>) ->
     Ok(rx)
 }
 
+/// What an exec start asks to run, checked: argv or shell (not both), the terminal's size, the working
+/// directory inside the root, the environment.
+pub(super) fn spawn_request(agent: &Agent, start: &pb::ExecStart) -> Result<SpawnRequest> {
+    let argv = match (start.argv.is_empty(), start.shell.is_empty()) {
+        (false, true) => start.argv.clone(),
+        (true, false) => vec!["/bin/sh".into(), "-c".into(), start.shell.clone()],
+        (false, false) => {
+            return Err(Error::InvalidArgument("set either argv or shell, not both".into()));
+        }
+        (true, true) => {
+            return Err(Error::InvalidArgument("no command given: set argv or shell".into()));
+        }
+    };
+    let pty = match &start.pty {
+        None => None,
+        Some(p) => Some(pty_size(p)?),
+    };
+    let (cwd, cwd_shown) = super::resolve_cwd(agent, &start.cwd)?;
+    Ok(SpawnRequest {
+        argv,
+        cwd,
+        cwd_shown,
+        env: start.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+        clean_env: start.clean_env,
+        pty,
+    })
+}
+
 fn out(frame: Out) -> pb::ExecResponse {
     pb::ExecResponse { frame: Some(frame) }
 }
 
-fn pty_size(p: &pb::PtySize) -> Result<(u16, u16)> {
+pub(super) fn pty_size(p: &pb::PtySize) -> Result<(u16, u16)> {
     let rows = u16::try_from(p.rows).ok().filter(|r| *r > 0);
     let cols = u16::try_from(p.cols).ok().filter(|c| *c > 0);
     match (rows, cols) {
@@ -250,7 +257,7 @@ impl Driver {
             }
         };
         self.agent.registry.child_reaped(self.session.pid);
-        finish_pumps(pumps, &self.stop).await;
+        finish_pumps(pumps, &self.stop, DRAIN_GRACE).await;
         input.abort();
         self.agent.registry.unregister(&self.session.id);
         let reason = if self.session.was_killed() { Reason::Killed } else { reason.unwrap_or(Reason::Exited) };
@@ -270,30 +277,5 @@ impl Driver {
         if let Err(e) = self.session.signal_group(libc::SIGKILL) {
             tracing::warn!(session.id = %self.session.id, error = %e, "failed to kill process group");
         }
-    }
-}
-
-/// Waits for the output pumps: up to [`DRAIN_GRACE`] for them to reach EOF on their own, then tells them
-/// to stop (delivering only what is already buffered) and waits for that.
-pub async fn finish_pumps(mut pending: Vec<JoinHandle<()>>, stop: &watch::Sender<bool>) {
-    let deadline = tokio::time::Instant::now() + DRAIN_GRACE;
-    while let Some(p) = pending.last_mut() {
-        match tokio::time::timeout_at(deadline, p).await {
-            Ok(_) => {
-                pending.pop();
-            }
-            Err(_) => break,
-        }
-    }
-    let _ = stop.send(true);
-    for p in pending {
-        let _ = p.await;
-    }
-}
-
-pub async fn sleep_until(deadline: Option<tokio::time::Instant>) {
-    match deadline {
-        Some(d) => tokio::time::sleep_until(d).await,
-        None => std::future::pending().await,
     }
 }

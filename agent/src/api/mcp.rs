@@ -16,11 +16,12 @@ use tokio::task::JoinHandle;
 use tonic::{Status, Streaming};
 
 use super::convert::exited_frame;
-use super::exec::{FIRST_FRAME_DEADLINE, sleep_until};
+use super::exec::FIRST_FRAME_DEADLINE;
 use crate::error::{Error, Result};
 use crate::mcp::lines::{LineError, LineReader};
 use crate::process::exit::{Exit, Reason};
 use crate::process::launch::Child;
+use crate::process::pump::sleep_until;
 use crate::process::pump::{CHUNK_BYTES, StopGuard};
 use crate::process::registry::{Session, SessionKind};
 use crate::process::spawn::{ChildIo, ChildOutput, ChildStdin, SpawnRequest, spawn};
@@ -250,18 +251,25 @@ impl Driver {
         input.abort();
         self.agent.registry.unregister(&self.session.id);
         let reason = if self.session.was_killed() { Reason::Killed } else { reason.unwrap_or(Reason::Exited) };
-        let last = match status {
-            Ok(st) => {
-                let mut exit = Exit::new(st, reason, 0);
-                if let Some(msg) = protocol_error {
-                    exit.message = format!("{}: {msg}", exit.message);
-                }
-                tracing::debug!(session.id = %self.session.id, exit = %exit.message, "MCP session finished");
-                Ok(out(Out::Exited(exited_frame(exit, tail))))
-            }
-            Err(e) => Err(Status::internal(format!("waiting for the MCP server failed: {e}"))),
-        };
+        let last = self.last_frame(status, reason, protocol_error, tail);
         let _ = self.tx.send(last).await;
+    }
+
+    /// The session's last frame: how the server ended, with any protocol error and its stderr's tail.
+    fn last_frame(
+        &self,
+        status: std::io::Result<std::process::ExitStatus>,
+        reason: Reason,
+        protocol_error: Option<String>,
+        tail: Vec<u8>,
+    ) -> std::result::Result<pb::McpSessionResponse, Status> {
+        let st = status.map_err(|e| Status::internal(format!("waiting for the MCP server failed: {e}")))?;
+        let mut exit = Exit::new(st, reason, 0);
+        if let Some(msg) = protocol_error {
+            exit.message = format!("{}: {msg}", exit.message);
+        }
+        tracing::debug!(session.id = %self.session.id, exit = %exit.message, "MCP session finished");
+        Ok(out(Out::Exited(exited_frame(exit, tail))))
     }
 
     fn begin_shutdown(&self, term_at: &mut Option<tokio::time::Instant>, kill_at: &mut Option<tokio::time::Instant>) {

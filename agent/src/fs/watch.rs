@@ -216,21 +216,7 @@ async fn run(mut w: Watcher, mut stream: inotify::EventStream<Vec<u8>>, tx: mpsc
             (false, false) => format!("{dir}/{name}"),
         };
         let is_dir = ev.mask.contains(EventMask::ISDIR);
-        let kind = if ev.mask.contains(EventMask::CREATE) {
-            WatchKind::Created
-        } else if ev.mask.contains(EventMask::MOVED_TO) {
-            WatchKind::RenamedTo
-        } else if ev.mask.contains(EventMask::MOVED_FROM) {
-            WatchKind::RenamedFrom
-        } else if ev.mask.contains(EventMask::DELETE) {
-            WatchKind::Deleted
-        } else if ev.mask.contains(EventMask::CLOSE_WRITE) {
-            WatchKind::ClosedWrite
-        } else if ev.mask.contains(EventMask::MODIFY) {
-            WatchKind::Modified
-        } else if ev.mask.contains(EventMask::ATTRIB) {
-            WatchKind::Attributes
-        } else {
+        let Some(kind) = kind_of(ev.mask) else {
             continue;
         };
         if !out.send(WatchEvent { kind, path: path.clone(), is_dir, cookie: ev.cookie }) {
@@ -253,6 +239,21 @@ async fn run(mut w: Watcher, mut stream: inotify::EventStream<Vec<u8>>, tx: mpsc
             }
         }
     }
+}
+
+/// What a change event means to a client, in order of precedence; `None` for a mask no client asked
+/// for.
+fn kind_of(mask: EventMask) -> Option<WatchKind> {
+    const KINDS: [(EventMask, WatchKind); 7] = [
+        (EventMask::CREATE, WatchKind::Created),
+        (EventMask::MOVED_TO, WatchKind::RenamedTo),
+        (EventMask::MOVED_FROM, WatchKind::RenamedFrom),
+        (EventMask::DELETE, WatchKind::Deleted),
+        (EventMask::CLOSE_WRITE, WatchKind::ClosedWrite),
+        (EventMask::MODIFY, WatchKind::Modified),
+        (EventMask::ATTRIB, WatchKind::Attributes),
+    ];
+    KINDS.iter().find(|(m, _)| mask.contains(*m)).map(|(_, k)| *k)
 }
 
 /// Queues events without ever blocking the watcher; when the queue is full, events are dropped and an

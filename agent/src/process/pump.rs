@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
 
 /// Read size; also the largest output frame.
 pub const CHUNK_BYTES: usize = 64 << 10;
@@ -75,5 +76,31 @@ pub async fn pump<R, T, E>(
         if tx.send(Ok(wrap(buf))).await.is_err() {
             return;
         }
+    }
+}
+
+/// Waits for the output pumps: up to `grace` for them to reach EOF on their own, then tells them
+/// to stop (delivering only what is already buffered) and waits for that.
+pub async fn finish_pumps(mut pending: Vec<JoinHandle<()>>, stop: &watch::Sender<bool>, grace: Duration) {
+    let deadline = tokio::time::Instant::now() + grace;
+    while let Some(p) = pending.last_mut() {
+        match tokio::time::timeout_at(deadline, p).await {
+            Ok(_) => {
+                pending.pop();
+            }
+            Err(_) => break,
+        }
+    }
+    let _ = stop.send(true);
+    for p in pending {
+        let _ = p.await;
+    }
+}
+
+/// Sleeps until `deadline`, or forever without one (for an optional arm of a `select!`).
+pub async fn sleep_until(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
     }
 }

@@ -49,13 +49,11 @@ pub fn spawn(registry: &Registry, req: &SpawnRequest) -> Result<Spawned> {
         req.argv.first().filter(|p| !p.is_empty()).ok_or_else(|| {
             Error::InvalidArgument("no command given: set argv (program and arguments) or shell".into())
         })?;
-    for s in req.argv.iter().chain(req.env.iter().flat_map(|(k, v)| [k, v])) {
-        if s.contains('\0') {
-            return Err(Error::InvalidArgument(format!("argument or environment entry {s:?} contains a NUL byte")));
-        }
+    if let Some(s) = req.argv.iter().find(|s| s.contains('\0')) {
+        return Err(Error::InvalidArgument(format!("argument {s:?} contains a NUL byte")));
     }
-    if let Some((k, _)) = req.env.iter().find(|(k, _)| k.is_empty() || k.contains('=')) {
-        return Err(Error::InvalidArgument(format!("environment variable name {k:?} is empty or contains `=`")));
+    for (k, v) in &req.env {
+        berth_agent_input::env::check(k, v).map_err(Error::InvalidArgument)?;
     }
     match std::fs::metadata(&req.cwd) {
         Ok(m) if m.is_dir() => {}

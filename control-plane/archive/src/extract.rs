@@ -284,7 +284,7 @@ fn copy_hashing<R: Read>(
 
 fn extract_tar<R: Read>(input: R, root: Option<&OwnedFd>, max_bytes: u64) -> Result<Summary, ArchiveError> {
     // Files' lengths, holes included: a sparse entry's holes cost nothing to store but are hashed.
-    let mut logical_left = max_bytes;
+    let mut left = Budget { left: max_bytes, limit: max_bytes };
     let mut archive = tar::Archive::new(input);
     let mut summary = Summary::default();
     let mut manifest: Option<Manifest> = None;
@@ -326,40 +326,16 @@ fn extract_tar<R: Read>(input: R, root: Option<&OwnedFd>, max_bytes: u64) -> Res
         // With a root, where the entry goes: its parent directory, never reached through a link.
         let parent = root.map(|r| open_dirs(r, parents)).transpose().map_err(&hostile)?;
         let at = Dest { root, parent: parent.as_ref(), name, rel: &rel, shown: &shown, mode, uid, gid, mtime };
-        let mut record = Entry {
-            path: rel.clone(),
-            kind: Kind::Dir,
-            mode,
-            uid,
-            gid,
-            size: 0,
-            sha256: String::new(),
-            target: String::new(),
-        };
-        match plan {
-            Plan::Dir => at.dir()?,
-            Plan::File => {
-                logical_left =
-                    logical_left.checked_sub(entry.size()).ok_or(ArchiveError::TooLarge { limit: max_bytes })?;
-                let (size, sha256) = at.file(&mut entry)?;
-                record.kind = Kind::File;
-                record.size = size;
-                record.sha256 = sha256;
-                summary.bytes += size;
+        let record = at.write(plan, &mut entry, &mut left)?;
+        match record.kind {
+            Kind::File => {
+                summary.bytes += record.size;
                 files.insert(rel.clone());
             }
-            Plan::Symlink(target) => {
-                at.symlink(&target)?;
-                record.kind = Kind::Symlink;
-                record.mode = 0o777;
-                record.target = target;
+            Kind::Symlink => {
                 links.insert(rel.clone());
             }
-            Plan::Hardlink(tcomps) => {
-                at.hardlink(&tcomps)?;
-                record.kind = Kind::Hardlink;
-                record.target = tcomps.join("/");
-            }
+            _ => {}
         }
         summary.entries += 1;
         made.insert(rel, record);
@@ -393,7 +369,55 @@ struct Dest<'a> {
     mtime: u64,
 }
 
+/// What is left of an import's limit on files' lengths (holes included).
+struct Budget {
+    left: u64,
+    limit: u64,
+}
+
 impl Dest<'_> {
+    /// Makes one entry as planned and returns its manifest record.
+    fn write<R: Read>(
+        &self,
+        plan: Plan,
+        entry: &mut tar::Entry<'_, R>,
+        budget: &mut Budget,
+    ) -> Result<Entry, ArchiveError> {
+        let mut record = Entry {
+            path: self.rel.to_string(),
+            kind: Kind::Dir,
+            mode: self.mode,
+            uid: self.uid,
+            gid: self.gid,
+            size: 0,
+            sha256: String::new(),
+            target: String::new(),
+        };
+        match plan {
+            Plan::Dir => self.dir()?,
+            Plan::File => {
+                budget.left =
+                    budget.left.checked_sub(entry.size()).ok_or(ArchiveError::TooLarge { limit: budget.limit })?;
+                let (size, sha256) = self.file(entry)?;
+                record.kind = Kind::File;
+                record.size = size;
+                record.sha256 = sha256;
+            }
+            Plan::Symlink(target) => {
+                self.symlink(&target)?;
+                record.kind = Kind::Symlink;
+                record.mode = 0o777;
+                record.target = target;
+            }
+            Plan::Hardlink(tcomps) => {
+                self.hardlink(&tcomps)?;
+                record.kind = Kind::Hardlink;
+                record.target = tcomps.join("/");
+            }
+        }
+        Ok(record)
+    }
+
     fn io(&self, op: &str) -> impl FnOnce(Errno) -> ArchiveError + use<> {
         let op = format!("{op} {}", self.rel);
         move |e: Errno| ArchiveError::Io { op, source: e.into() }

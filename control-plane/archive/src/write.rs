@@ -73,10 +73,7 @@ fn write_tar<W: Write>(
 ) -> Result<(W, Summary), ArchiveError> {
     let mut tar = tar::Builder::new(out);
     tar.mode(tar::HeaderMode::Complete);
-    let mut entries: Vec<Entry> = Vec::new();
-    let mut summary = Summary::default();
-    // (dev, inode) of files with several links → the first path archived.
-    let mut linked: HashMap<(u64, u64), String> = HashMap::new();
+    let mut w = Writer { tar, entries: Vec::new(), summary: Summary::default(), linked: HashMap::new(), progress };
     let mut stack: Vec<PathBuf> = Vec::new();
     let root = match root {
         Some(r) => {
@@ -95,67 +92,89 @@ fn write_tar<W: Write>(
         let mut subdirs = Vec::new();
         for child in children {
             let rel = rel.join(child.file_name());
-            let path = root.join(&rel);
-            let name = rel.to_string_lossy().into_owned();
-            let in_tar = format!("{DATA_DIR}/{name}");
-            let m = std::fs::symlink_metadata(&path).map_err(io(format!("read {}", path.display())))?;
-            let ft = m.file_type();
-            let mut header = tar::Header::new_gnu();
-            header.set_metadata_in_mode(&m, tar::HeaderMode::Complete);
-            let mut entry = Entry {
-                path: name.clone(),
-                kind: Kind::Dir,
-                mode: m.mode() & 0o7777,
-                uid: u64::from(m.uid()),
-                gid: u64::from(m.gid()),
-                size: 0,
-                sha256: String::new(),
-                target: String::new(),
-            };
-            let add = |e: std::io::Error| ArchiveError::Io { op: format!("archive {name}"), source: e };
-            if ft.is_dir() {
-                tar.append_data(&mut header, &in_tar, std::io::empty()).map_err(add)?;
+            if w.add(root, &rel)? {
                 subdirs.push(rel);
-            } else if ft.is_symlink() {
-                let target = std::fs::read_link(&path).map_err(io(format!("read link {}", path.display())))?;
-                header.set_size(0);
-                tar.append_link(&mut header, &in_tar, &target).map_err(add)?;
-                entry.kind = Kind::Symlink;
-                entry.target = target.to_string_lossy().into_owned();
-            } else if ft.is_file() {
-                if m.nlink() > 1
-                    && let Some(first) = linked.get(&(m.dev(), m.ino()))
-                {
-                    header.set_entry_type(tar::EntryType::Link);
-                    header.set_size(0);
-                    tar.append_link(&mut header, &in_tar, format!("{DATA_DIR}/{first}")).map_err(add)?;
-                    entry.kind = Kind::Hardlink;
-                    entry.target = first.clone();
-                } else {
-                    if m.nlink() > 1 {
-                        linked.insert((m.dev(), m.ino()), name.clone());
-                    }
-                    let (n, sha256) = append_file(&mut tar, &mut header, &in_tar, &path, &m)?;
-                    entry.kind = Kind::File;
-                    entry.size = n;
-                    entry.sha256 = sha256;
-                    summary.bytes += n;
-                    progress(n);
-                }
-            } else {
-                summary.skipped.push(format!("{name}: {}", special_kind(ft)));
-                continue;
             }
-            summary.entries += 1;
-            entries.push(entry);
         }
         // Depth first, in name order.
         stack.extend(subdirs.into_iter().rev());
     }
+    let Writer { mut tar, entries, mut summary, .. } = w;
     append_manifest(&mut tar, bot, entries, summary.skipped.clone())?;
     let out = tar.into_inner().map_err(io("finish the archive"))?;
     summary.verified = true;
     Ok((out, summary))
+}
+
+/// The archive being written: the tar stream, the manifest's entries so far, the summary, and the
+/// files with several links already archived ((dev, inode) → the first path).
+struct Writer<'p, W: Write> {
+    tar: tar::Builder<W>,
+    entries: Vec<Entry>,
+    summary: Summary,
+    linked: HashMap<(u64, u64), String>,
+    progress: &'p mut dyn FnMut(u64),
+}
+
+impl<W: Write> Writer<'_, W> {
+    /// Archives `root/rel` (never following it) and records it in the manifest; fifos, sockets and
+    /// devices are skipped and named in the summary. Returns whether it is a directory to descend into.
+    fn add(&mut self, root: &Path, rel: &Path) -> Result<bool, ArchiveError> {
+        let path = root.join(rel);
+        let name = rel.to_string_lossy().into_owned();
+        let in_tar = format!("{DATA_DIR}/{name}");
+        let m = std::fs::symlink_metadata(&path).map_err(io(format!("read {}", path.display())))?;
+        let ft = m.file_type();
+        let mut header = tar::Header::new_gnu();
+        header.set_metadata_in_mode(&m, tar::HeaderMode::Complete);
+        let mut entry = Entry {
+            path: name.clone(),
+            kind: Kind::Dir,
+            mode: m.mode() & 0o7777,
+            uid: u64::from(m.uid()),
+            gid: u64::from(m.gid()),
+            size: 0,
+            sha256: String::new(),
+            target: String::new(),
+        };
+        let add = |e: std::io::Error| ArchiveError::Io { op: format!("archive {name}"), source: e };
+        let tar = &mut self.tar;
+        if ft.is_dir() {
+            tar.append_data(&mut header, &in_tar, std::io::empty()).map_err(add)?;
+        } else if ft.is_symlink() {
+            let target = std::fs::read_link(&path).map_err(io(format!("read link {}", path.display())))?;
+            header.set_size(0);
+            tar.append_link(&mut header, &in_tar, &target).map_err(add)?;
+            entry.kind = Kind::Symlink;
+            entry.target = target.to_string_lossy().into_owned();
+        } else if ft.is_file() {
+            if m.nlink() > 1
+                && let Some(first) = self.linked.get(&(m.dev(), m.ino()))
+            {
+                header.set_entry_type(tar::EntryType::Link);
+                header.set_size(0);
+                tar.append_link(&mut header, &in_tar, format!("{DATA_DIR}/{first}")).map_err(add)?;
+                entry.kind = Kind::Hardlink;
+                entry.target = first.clone();
+            } else {
+                if m.nlink() > 1 {
+                    self.linked.insert((m.dev(), m.ino()), name.clone());
+                }
+                let (n, sha256) = append_file(tar, &mut header, &in_tar, &path, &m)?;
+                entry.kind = Kind::File;
+                entry.size = n;
+                entry.sha256 = sha256;
+                self.summary.bytes += n;
+                (self.progress)(n);
+            }
+        } else {
+            self.summary.skipped.push(format!("{name}: {}", special_kind(ft)));
+            return Ok(false);
+        }
+        self.summary.entries += 1;
+        self.entries.push(entry);
+        Ok(ft.is_dir())
+    }
 }
 
 /// Appends a regular file's content, as a sparse entry when it has holes worth keeping; its length and

@@ -11,7 +11,11 @@ use tonic::service::Interceptor;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint, Uri};
 
+pub mod bot;
+pub mod fake;
+
 pub use berth_proto::wire::{CONNECTION_WINDOW_BYTES, MAX_MESSAGE_BYTES, STREAM_WINDOW_BYTES};
+pub use bot::{Agents, BotAgent, GrpcAgent, GrpcAgents, McpChannel};
 /// How long connecting may take before it fails.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 

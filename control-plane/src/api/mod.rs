@@ -94,7 +94,7 @@ pub type ApiRouter = tonic::transport::server::Router<
 >;
 
 /// The router serving every service.
-pub async fn router<P: Platform>(
+pub async fn router<P: Platform<Agents = crate::agent_client::GrpcAgents>>(
     manager: Arc<BotManager<P>>,
     hub: Arc<crate::mcp::McpHub<P>>,
     tokens: ApiTokens,

@@ -12,7 +12,7 @@ use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
 
 use super::BOT_HEADER;
-use crate::agent_client::AgentClient;
+use crate::agent_client::{AgentClient, GrpcAgents};
 use crate::bots::BotManager;
 use crate::bots::Platform;
 
@@ -26,14 +26,14 @@ impl<P: Platform> Proxy<P> {
     }
 }
 
-impl<P: Platform> Proxy<P> {
+impl<P: Platform<Agents = GrpcAgents>> Proxy<P> {
     async fn agent<T>(&self, r: &Request<T>) -> Result<AgentClient, Status> {
         let bot =
             r.metadata().get(BOT_HEADER).and_then(|v| v.to_str().ok()).ok_or_else(|| {
                 Status::invalid_argument(format!("name the bot in the `{BOT_HEADER}` request metadata"))
             })?;
         super::Scope::of(r).allow(bot)?;
-        Ok(self.m.agent(bot).await?)
+        Ok(self.m.agent(bot).await?.protocol())
     }
 }
 
@@ -51,7 +51,7 @@ fn down<T: Send + 'static>(r: Response<Streaming<T>>) -> Response<BoxStream<T>> 
 }
 
 #[tonic::async_trait]
-impl<P: Platform> ContainerService for Proxy<P> {
+impl<P: Platform<Agents = GrpcAgents>> ContainerService for Proxy<P> {
     async fn read_file(&self, r: Request<pb::ReadFileRequest>) -> Res<pb::ReadFileResponse> {
         self.agent(&r).await?.read_file(r.into_inner()).await
     }

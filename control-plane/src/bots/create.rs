@@ -211,16 +211,5 @@ impl<P: Platform> BotManager<P> {
     }
 }
 
-/// Checks an environment variable for a bot's processes: a name of printable ASCII (no space, no `=`),
-/// at most 255 bytes; a value without NUL (the kernel's strings end there).
-pub fn check_env(name: &str, value: &str) -> std::result::Result<(), String> {
-    if name.is_empty() || name.len() > 255 || !name.bytes().all(|b| b.is_ascii_graphic() && b != b'=') {
-        return Err(format!(
-            "environment variable name {name:?} is invalid: use 1-255 printable ASCII characters, no `=` or space"
-        ));
-    }
-    if value.contains('\0') {
-        return Err(format!("environment variable {name}: the value contains a NUL byte"));
-    }
-    Ok(())
-}
+/// Checks an environment variable for a bot's processes (the agent applies the same rule).
+pub use berth_agent_input::env::check as check_env;

@@ -29,7 +29,7 @@ use std::time::Duration;
 
 use tokio::sync::broadcast;
 
-use crate::agent_client::{self, AgentClient, BearerAuth};
+use crate::agent_client::{Agents, bot::Opener};
 use crate::error::{Error, Result};
 use crate::runtime::{ContainerRuntime, Image};
 use crate::store::Store;
@@ -67,15 +67,20 @@ pub struct ManagerConfig {
 pub use agent_dir::AGENT_DIR;
 pub use platform::Platform;
 
+/// A connection to a bot's agent on platform `P`.
+pub type AgentOf<P> = <<P as Platform>::Agents as Agents>::Agent;
+
 /// The lifecycle of every bot.
 pub struct BotManager<P: Platform> {
     runtime: P::Runtime,
     network: P::Network,
+    /// How bots' agents are reached.
+    agent_link: P::Agents,
     store: Store,
     config: ManagerConfig,
     images: Mutex<HashMap<String, Image>>,
     locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
-    agents: Mutex<HashMap<String, AgentClient>>,
+    agents: Mutex<HashMap<String, AgentOf<P>>>,
     supervision: Mutex<HashMap<String, reconcile::Supervision>>,
     events: broadcast::Sender<BotEvent>,
 }
@@ -87,11 +92,18 @@ impl<P: Platform> std::fmt::Debug for BotManager<P> {
 }
 
 impl<P: Platform> BotManager<P> {
-    pub fn new(runtime: P::Runtime, network: P::Network, store: Store, config: ManagerConfig) -> BotManager<P> {
+    pub fn new(
+        runtime: P::Runtime,
+        network: P::Network,
+        agent_link: P::Agents,
+        store: Store,
+        config: ManagerConfig,
+    ) -> BotManager<P> {
         let (events, _) = broadcast::channel(1024);
         BotManager {
             runtime,
             network,
+            agent_link,
             store,
             config,
             images: Mutex::new(HashMap::new()),
@@ -176,8 +188,8 @@ impl<P: Platform> BotManager<P> {
         let _ = self.events.send(ev);
     }
 
-    /// A client for the bot's agent (cached; evicted when the bot stops).
-    pub async fn agent(&self, name: &str) -> Result<AgentClient> {
+    /// A connection to the bot's agent (cached; evicted when the bot stops).
+    pub async fn agent(&self, name: &str) -> Result<AgentOf<P>> {
         if let Some(c) = lock(&self.agents).get(name) {
             return Ok(c.clone());
         }
@@ -190,17 +202,11 @@ impl<P: Platform> BotManager<P> {
         Ok(c)
     }
 
-    async fn connect_agent(&self, bot: &BotRecord) -> Result<AgentClient> {
-        let auth = BearerAuth::new(&bot.token).ok_or_else(|| Error::Internal {
-            message: format!("bot `{}` has no agent token", bot.name),
-            source: None,
-        })?;
+    async fn connect_agent(&self, bot: &BotRecord) -> Result<AgentOf<P>> {
         let dir = self.bot_dir(&bot.name);
-        let target = dir.sock_dir().join(agent_dir::AGENT_SOCKET).display().to_string();
-        let open = move || dir.open_socket(agent_dir::AGENT_SOCKET);
-        agent_client::connect_unix_opened(open, target, auth).await.map_err(|e| {
-            Error::Unavailable(format!("the agent of bot `{}` is unreachable: {}", bot.name, crate::error::chain(&e)))
-        })
+        let target = format!("bot `{}` ({})", bot.name, dir.sock_dir().join(agent_dir::AGENT_SOCKET).display());
+        let open: Opener = std::sync::Arc::new(move || dir.open_socket(agent_dir::AGENT_SOCKET));
+        self.agent_link.connect(target, open, &bot.token).await
     }
 
     fn evict_agent(&self, name: &str) {
@@ -217,4 +223,4 @@ pub(crate) fn new_token() -> String {
 use crate::sync::lock;
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

@@ -31,6 +31,16 @@ impl<P: Platform> BotManager<P> {
     /// Finds and recovers orphaned data (see the module docs).
     pub async fn recover_orphans(&self) -> Result<OrphanReport> {
         let mut report = OrphanReport::default();
+        let by_bot = self.active_snapshots_by_bot().await?;
+        self.mark_lost_bots(&by_bot, &mut report).await?;
+        for (name, snaps) in by_bot {
+            self.settle_snapshots_of(name, snaps, &mut report).await?;
+        }
+        Ok(report)
+    }
+
+    /// The writable snapshots berthd made, by bot; those marked to discard are removed on the way.
+    async fn active_snapshots_by_bot(&self) -> Result<BTreeMap<String, Vec<SnapshotInfo>>> {
         let mut by_bot: BTreeMap<String, Vec<SnapshotInfo>> = BTreeMap::new();
         for s in self.runtime.snapshots(LABEL_KIND, KIND_ACTIVE).await? {
             if s.labels.contains_key(LABEL_DISCARD) {
@@ -43,6 +53,16 @@ impl<P: Platform> BotManager<P> {
                 by_bot.entry(bot.clone()).or_default().push(s);
             }
         }
+        Ok(by_bot)
+    }
+
+    /// Bots that should have a container but have neither one nor a snapshot: containerd's state was
+    /// lost. They go to `error`, saying so.
+    async fn mark_lost_bots(
+        &self,
+        by_bot: &BTreeMap<String, Vec<SnapshotInfo>>,
+        report: &mut OrphanReport,
+    ) -> Result<()> {
         let mut pages = self.store.bot_pages("");
         while let Some(page) = pages.next().await? {
             for bot in &page {
@@ -60,56 +80,65 @@ impl<P: Platform> BotManager<P> {
                 }
             }
         }
-        for (name, mut snaps) in by_bot {
-            snaps.sort_by_key(|s| std::cmp::Reverse(s.created_at_ms));
-            let orphans = match self.store.get_bot(&name).await {
-                Ok(bot) => match self.runtime.container_snapshot(&bot.container_id).await {
-                    Ok(current) => snaps.into_iter().filter(|s| s.key != current).collect(),
-                    Err(RuntimeError::NotFound { .. }) if bot.state == BotState::Creating => {
-                        // Its create was interrupted before the container was made: there is no user data
-                        // yet, and nothing to adopt. Say so; deleting the bot removes what was made.
-                        let reason = "its create was interrupted before its container was made; delete the bot \
-                                      and create it again";
-                        self.transition(&bot, BotState::Error, "error", reason).await?;
-                        continue;
-                    }
-                    Err(RuntimeError::NotFound { .. }) => {
-                        let newest = snaps.remove(0);
-                        match self.adopt(&bot, &newest.key).await {
-                            Ok(()) => report.adopted.push(name.clone()),
-                            Err(e) => {
-                                let why = format!(
-                                    "bot `{name}` could not be recreated on {}: {}",
-                                    newest.key,
-                                    crate::error::chain(&e)
-                                );
-                                tracing::error!(bot.name = %name, error = %why, "kept a lost bot's data as it is");
-                                report.kept.push(why);
-                                continue;
-                            }
+        Ok(())
+    }
+
+    /// One bot's writable snapshots: the newest adopted if its container is gone, every other one backed
+    /// up and removed (kept, and reported, if its backup fails).
+    async fn settle_snapshots_of(
+        &self,
+        name: String,
+        mut snaps: Vec<SnapshotInfo>,
+        report: &mut OrphanReport,
+    ) -> Result<()> {
+        snaps.sort_by_key(|s| std::cmp::Reverse(s.created_at_ms));
+        let orphans = match self.store.get_bot(&name).await {
+            Ok(bot) => match self.runtime.container_snapshot(&bot.container_id).await {
+                Ok(current) => snaps.into_iter().filter(|s| s.key != current).collect(),
+                Err(RuntimeError::NotFound { .. }) if bot.state == BotState::Creating => {
+                    // Its create was interrupted before the container was made: there is no user data
+                    // yet, and nothing to adopt. Say so; deleting the bot removes what was made.
+                    let reason = "its create was interrupted before its container was made; delete the bot \
+                                  and create it again";
+                    self.transition(&bot, BotState::Error, "error", reason).await?;
+                    return Ok(());
+                }
+                Err(RuntimeError::NotFound { .. }) => {
+                    let newest = snaps.remove(0);
+                    match self.adopt(&bot, &newest.key).await {
+                        Ok(()) => report.adopted.push(name.clone()),
+                        Err(e) => {
+                            let why = format!(
+                                "bot `{name}` could not be recreated on {}: {}",
+                                newest.key,
+                                crate::error::chain(&e)
+                            );
+                            tracing::error!(bot.name = %name, error = %why, "kept a lost bot's data as it is");
+                            report.kept.push(why);
+                            return Ok(());
                         }
-                        snaps
                     }
-                    Err(e) => return Err(e.into()),
-                },
-                Err(crate::store::StoreError::NotFound { .. }) => snaps,
+                    snaps
+                }
                 Err(e) => return Err(e.into()),
-            };
-            for s in orphans {
-                match self.back_up_orphan(&name, &s.key).await {
-                    Ok(path) => {
-                        self.runtime.remove_snapshot(&s.key).await?;
-                        report.backed_up.push(path);
-                    }
-                    Err(e) => {
-                        let why = format!("{} (bot `{name}`): backup failed: {}", s.key, crate::error::chain(&e));
-                        tracing::error!(snapshot = %s.key, bot.name = %name, error = %why, "kept an orphaned snapshot");
-                        report.kept.push(why);
-                    }
+            },
+            Err(crate::store::StoreError::NotFound { .. }) => snaps,
+            Err(e) => return Err(e.into()),
+        };
+        for s in orphans {
+            match self.back_up_orphan(&name, &s.key).await {
+                Ok(path) => {
+                    self.runtime.remove_snapshot(&s.key).await?;
+                    report.backed_up.push(path);
+                }
+                Err(e) => {
+                    let why = format!("{} (bot `{name}`): backup failed: {}", s.key, crate::error::chain(&e));
+                    tracing::error!(snapshot = %s.key, bot.name = %name, error = %why, "kept an orphaned snapshot");
+                    report.kept.push(why);
                 }
             }
         }
-        Ok(report)
+        Ok(())
     }
 
     /// Gives a bot whose container is gone a new one on its existing writable snapshot.

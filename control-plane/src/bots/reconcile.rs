@@ -9,12 +9,11 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use berth_proto::agent::v1::VersionRequest;
-
 use super::BotManager;
 use super::Platform;
 use super::model::{BotRecord, BotState};
 use super::start::Fresh;
+use crate::agent_client::BotAgent;
 use crate::error::{Error, Result};
 use crate::network::Network;
 use crate::runtime::{ContainerRuntime, TaskState};
@@ -283,8 +282,8 @@ impl<P: Platform> BotManager<P> {
     /// The agent answers `Version` within [`HEALTH_TIMEOUT`].
     async fn health(&self, bot: &BotRecord) -> Result<()> {
         let check = async {
-            let mut c = self.connect_agent(bot).await?;
-            c.version(VersionRequest {}).await.map_err(|s| Error::Unavailable(s.message().to_string()))?;
+            let c = self.connect_agent(bot).await?;
+            c.version().await?;
             Ok::<_, Error>(())
         };
         tokio::time::timeout(HEALTH_TIMEOUT, check)

@@ -3,11 +3,10 @@
 
 use std::time::Instant;
 
-use berth_proto::agent::v1::VersionRequest;
-
 use super::BotManager;
 use super::Platform;
 use super::model::{BotRecord, BotState};
+use crate::agent_client::BotAgent;
 use crate::error::{Error, Result};
 use crate::runtime::{ContainerRuntime, TaskState};
 
@@ -105,8 +104,8 @@ impl<P: Platform> BotManager<P> {
                 }
             } else {
                 let answer = tokio::time::timeout(left, async {
-                    let mut c = self.connect_agent(bot).await.map_err(|e| e.to_string())?;
-                    c.version(VersionRequest {}).await.map_err(|s| s.message().to_string())?;
+                    let c = self.connect_agent(bot).await.map_err(|e| e.to_string())?;
+                    c.version().await.map_err(|e| e.to_string())?;
                     Ok::<_, String>(c)
                 });
                 match answer.await {

@@ -12,14 +12,16 @@ use crate::runtime::fake::FakeRuntime;
 use crate::store::Store;
 
 /// The fakes as a platform.
-struct Fakes;
+pub(crate) struct Fakes;
 
 impl super::Platform for Fakes {
     type Runtime = FakeRuntime;
     type Network = FakeNetwork;
+    type Agents = crate::agent_client::fake::FakeAgents;
 }
 
-async fn manager() -> (Arc<BotManager<Fakes>>, tempfile::TempDir) {
+/// A manager on the fakes and a SQLite file (`t.db`) in the returned directory, with image `img`.
+pub(crate) async fn manager() -> (Arc<BotManager<Fakes>>, tempfile::TempDir) {
     let dir = tempfile::tempdir().expect("tempdir");
     let store = Store::open(&format!("sqlite://{}?mode=rwc", dir.path().join("t.db").display())).await.expect("store");
     let config = ManagerConfig {
@@ -39,7 +41,13 @@ async fn manager() -> (Arc<BotManager<Fakes>>, tempfile::TempDir) {
         },
         dns_servers: Vec::new(),
     };
-    let m = Arc::new(BotManager::<Fakes>::new(FakeRuntime::default(), FakeNetwork::default(), store, config));
+    let m = Arc::new(BotManager::<Fakes>::new(
+        FakeRuntime::default(),
+        FakeNetwork::default(),
+        crate::agent_client::fake::FakeAgents::default(),
+        store,
+        config,
+    ));
     m.import_image(std::path::Path::new("img")).await.expect("import");
     (m, dir)
 }
@@ -80,7 +88,8 @@ async fn a_failed_create_leaves_nothing_and_the_name_free() {
 async fn a_start_whose_agent_never_answers_ends_in_error_and_stops_the_task() {
     let (m, _dir) = manager().await;
     m.create(req("mute")).await.expect("create");
-    let err = m.start("mute").await.expect_err("no agent in the fake");
+    m.agent_link.set_down(true);
+    let err = m.start("mute").await.expect_err("the fake agent is down");
     assert!(matches!(err, Error::Unavailable(_)), "{err:?}");
     let (b, pid) = m.get("mute").await.expect("get");
     assert_eq!(b.state, BotState::Error);
@@ -90,6 +99,20 @@ async fn a_start_whose_agent_never_answers_ends_in_error_and_stops_the_task() {
     m.stop("mute", None).await.expect("stop");
     m.delete("mute", false).await.expect("delete");
     assert!(m.runtime.containers().is_empty());
+}
+
+#[tokio::test]
+async fn a_start_waits_for_its_agent_and_a_stop_forgets_the_connection() {
+    let (m, _dir) = manager().await;
+    m.create(req("ok")).await.expect("create");
+    let b = m.start("ok").await.expect("start");
+    assert_eq!(b.state, BotState::Running);
+    assert_eq!(m.agent_link.connects(), 1, "readiness is one connection, then cached");
+    use crate::agent_client::BotAgent;
+    assert_eq!(m.agent("ok").await.expect("agent").version().await.expect("version").agent_version, "fake");
+    assert_eq!(m.agent_link.connects(), 1, "the readiness connection is reused");
+    m.stop("ok", None).await.expect("stop");
+    assert!(matches!(m.agent("ok").await, Err(Error::FailedPrecondition(_))), "a stopped bot has no agent");
 }
 
 #[tokio::test]

@@ -82,6 +82,7 @@ impl Daemon {
         let manager = Arc::new(BotManager::<Host>::new(
             runtime,
             network(&config),
+            crate::agent_client::GrpcAgents,
             store.clone(),
             manager_config(&config, registry_cas),
         ));
@@ -297,4 +298,5 @@ pub struct Host;
 impl Platform for Host {
     type Runtime = Containerd;
     type Network = Cni;
+    type Agents = crate::agent_client::GrpcAgents;
 }

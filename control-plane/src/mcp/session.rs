@@ -16,10 +16,10 @@ use pb::mcp_session_request::Frame as In;
 use pb::mcp_session_response::Frame as Out;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
-use tokio_stream::wrappers::ReceiverStream;
-use tonic::Streaming;
+use tokio_stream::StreamExt;
 
 use super::McpHub;
+use crate::agent_client::{BotAgent, McpChannel, bot::McpFrames};
 use crate::bots::Platform;
 use crate::error::{Error, Result};
 
@@ -52,8 +52,8 @@ pub struct SessionIo {
 
 /// An agent-side session being relayed.
 struct Upstream {
-    tx: mpsc::Sender<pb::McpSessionRequest>,
-    rx: Streaming<pb::McpSessionResponse>,
+    tx: mpsc::Sender<In>,
+    rx: McpFrames,
     started: pb::Started,
 }
 
@@ -124,20 +124,17 @@ async fn start_upstream<P: Platform>(
     bot: &str,
     open: &pb::McpOpen,
 ) -> Result<Upstream> {
-    let mut agent = manager.agent(bot).await?;
-    let (tx, rx) = mpsc::channel(64);
-    let first = pb::McpSessionRequest { frame: Some(In::Open(open.clone())) };
-    tx.send(first).await.map_err(|_| Error::Unavailable("the MCP session closed before it opened".into()))?;
-    let mut rx = agent.mcp_session(ReceiverStream::new(rx)).await.map_err(crate::agent_client::to_error)?.into_inner();
-    let started = match tokio::time::timeout(START_DEADLINE, rx.message()).await {
+    let agent = manager.agent(bot).await?;
+    let McpChannel { to_agent: tx, from_agent: mut rx } = agent.mcp_session(open.clone()).await?;
+    let started = match tokio::time::timeout(START_DEADLINE, rx.next()).await {
         Err(_) => {
             return Err(Error::Unavailable(format!(
                 "the agent of bot `{bot}` did not start the MCP server within 30 s"
             )));
         }
-        Ok(Err(status)) => return Err(crate::agent_client::to_error(status)),
-        Ok(Ok(Some(pb::McpSessionResponse { frame: Some(Out::Started(s)) }))) => s,
-        Ok(Ok(other)) => {
+        Ok(Some(Err(e))) => return Err(e),
+        Ok(Some(Ok(Some(Out::Started(s))))) => s,
+        Ok(other) => {
             return Err(Error::Unavailable(format!("the agent of bot `{bot}` answered an MCP open with {other:?}")));
         }
     };
@@ -156,10 +153,11 @@ where
     O: Fn() -> OFut,
     OFut: std::future::Future<Output = Option<u64>>,
 {
-    /// Names a SIGKILL as the kernel's OOM killer's when the bot's count of OOM kills moved.
-    async fn explain(&self, e: &mut pb::Exited) {
+    /// Names a SIGKILL as the kernel's OOM killer's when the bot's count of OOM kills moved (and logs
+    /// any SIGKILL).
+    async fn explain(&self, mut e: pb::Exited, bot: &str, command: &str) -> pb::Exited {
         if e.signal != Some(libc::SIGKILL) {
-            return;
+            return e;
         }
         if let (Some(before), Some(now)) = (self.oom_before, (self.oom_now)().await)
             && now > before
@@ -170,6 +168,8 @@ where
                 e.message
             );
         }
+        tracing::warn!(bot.name = %bot, command, exit = %e.message, "MCP server killed");
+        e
     }
 }
 
@@ -210,18 +210,14 @@ async fn relay<F, Fut, O, OFut>(
                     last = Instant::now();
                 }
                 // A failed send means the agent ended the stream: its last frames say why, below.
-                let _ = up.tx.send(pb::McpSessionRequest { frame: Some(frame) }).await;
+                let _ = up.tx.send(frame).await;
             }
-            r = up.rx.message() => {
-                let frame = match r {
-                    Ok(Some(pb::McpSessionResponse { frame: Some(f) })) => f,
-                    Ok(Some(_)) => continue,
-                    Ok(None) => {
-                        let _ = client_tx.send(Err(Error::Unavailable("the bot's agent ended the MCP session without an exit status".into()))).await;
-                        return;
-                    }
-                    Err(s) => {
-                        let _ = client_tx.send(Err(crate::agent_client::to_error(s))).await;
+            r = up.rx.next() => {
+                let frame = match server_frame(r) {
+                    Ok(Some(f)) => f,
+                    Ok(None) => continue,
+                    Err(e) => {
+                        let _ = client_tx.send(Err(e)).await;
                         return;
                     }
                 };
@@ -239,21 +235,15 @@ async fn relay<F, Fut, O, OFut>(
                             }
                         }
                     }
-                    Out::Exited(mut e) => {
-                        ends.explain(&mut e).await;
-                        if e.signal == Some(libc::SIGKILL) {
-                            tracing::warn!(bot.name = %bot, command = %open.command, exit = %e.message, "MCP server killed");
-                        }
+                    Out::Exited(e) => {
+                        let e = ends.explain(e, &bot, &open.command).await;
                         let _ = client_tx.send(Ok(Out::Exited(e))).await;
                         return;
                     }
-                    Out::Message(m) => {
-                        last = Instant::now();
-                        if client_tx.send(Ok(Out::Message(m))).await.is_err() {
-                            return;
-                        }
-                    }
                     other => {
+                        if matches!(other, Out::Message(_)) {
+                            last = Instant::now();
+                        }
                         if client_tx.send(Ok(other)).await.is_err() {
                             return;
                         }
@@ -261,15 +251,7 @@ async fn relay<F, Fut, O, OFut>(
                 }
             }
             _ = tokio::time::sleep_until(last + idle) => {
-                tracing::info!(bot.name = %bot, pid = up.started.pid, idle_ms = idle.as_millis() as u64, "MCP session idle: closing it");
-                let exited = close_idle(&mut up).await;
-                let mut e = exited.unwrap_or_default();
-                e.reason = pb::ExitReason::Idle as i32;
-                e.message = format!(
-                    "no MCP message either way for {} s: berthd closed the idle session ({})",
-                    idle.as_secs_f64(),
-                    if e.message.is_empty() { "the server did not exit in time and was killed".into() } else { format!("server: {}", e.message) }
-                );
+                let e = close_idle(&mut up, &bot, idle).await;
                 let _ = client_tx.send(Ok(Out::Exited(e))).await;
                 return;
             }
@@ -277,15 +259,96 @@ async fn relay<F, Fut, O, OFut>(
     }
 }
 
-/// Closes an idle server's stdin and waits (bounded) for the agent's exit report.
-async fn close_idle(up: &mut Upstream) -> Option<pb::Exited> {
-    let _ = up.tx.send(pb::McpSessionRequest { frame: Some(In::CloseStdin(pb::CloseStdin {})) }).await;
+/// One answer from the agent's side of the session: a frame, nothing to pass on, or why it ended.
+fn server_frame(r: Option<Result<Option<Out>>>) -> Result<Option<Out>> {
+    r.unwrap_or_else(|| Err(Error::Unavailable("the bot's agent ended the MCP session without an exit status".into())))
+}
+
+/// Closes an idle server's stdin, waits (bounded) for the agent's exit report and says why it ended.
+async fn close_idle(up: &mut Upstream, bot: &str, idle: Duration) -> pb::Exited {
+    tracing::info!(bot.name = %bot, pid = up.started.pid, idle_ms = idle.as_millis() as u64, "MCP session idle: closing it");
+    let mut e = exit_report(up).await.unwrap_or_default();
+    e.reason = pb::ExitReason::Idle as i32;
+    e.message = format!(
+        "no MCP message either way for {} s: berthd closed the idle session ({})",
+        idle.as_secs_f64(),
+        if e.message.is_empty() {
+            "the server did not exit in time and was killed".into()
+        } else {
+            format!("server: {}", e.message)
+        }
+    );
+    e
+}
+
+/// Closes the server's stdin and waits (bounded) for the agent's exit report.
+async fn exit_report(up: &mut Upstream) -> Option<pb::Exited> {
+    let _ = up.tx.send(In::CloseStdin(pb::CloseStdin {})).await;
     let deadline = Instant::now() + IDLE_EXIT_DEADLINE;
     loop {
-        match tokio::time::timeout_at(deadline, up.rx.message()).await {
-            Ok(Ok(Some(pb::McpSessionResponse { frame: Some(Out::Exited(e)) }))) => return Some(e),
-            Ok(Ok(Some(_))) => {}
+        match tokio::time::timeout_at(deadline, up.rx.next()).await {
+            Ok(Some(Ok(Some(Out::Exited(e))))) => return Some(e),
+            Ok(Some(Ok(_))) => {}
             _ => return None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The relay's rules against the fake agent (an echo server): messages both ways untouched, the
+    //! client's end closes the server's stdin, and an idle session is closed with the idle reason.
+
+    use std::sync::Arc;
+
+    use super::{In, Out, Target, pb};
+    use crate::bots::CreateBot;
+    use crate::mcp::{McpConfig, McpHub};
+    use crate::store::Store;
+
+    async fn hub() -> (Arc<McpHub<crate::bots::tests::Fakes>>, tempfile::TempDir) {
+        let (m, dir) = crate::bots::tests::manager().await;
+        m.create(CreateBot { name: "m".into(), ..Default::default() }).await.expect("create");
+        m.start("m").await.expect("start");
+        let store = Store::open(&format!("sqlite://{}", dir.path().join("t.db").display())).await.expect("store");
+        (Arc::new(McpHub::new(m, store, McpConfig::default())), dir)
+    }
+
+    fn echo() -> Target {
+        Target::AdHoc(pb::McpOpen { command: "echo-server".into(), ..Default::default() })
+    }
+
+    #[tokio::test]
+    async fn messages_go_both_ways_and_the_clients_end_closes_the_server() {
+        let (hub, _dir) = hub().await;
+        let mut io = hub.open("m", echo(), false, 0).await.expect("open");
+        assert_eq!(io.pid, 4242);
+        assert!(matches!(io.from_server.recv().await, Some(Ok(Out::Started(_)))));
+        let msg = br#"{"jsonrpc":"2.0","id":1,"method":"ping"}"#.to_vec();
+        io.to_server.send(In::Message(msg.clone())).await.expect("send");
+        match io.from_server.recv().await {
+            Some(Ok(Out::Message(m))) => assert_eq!(m, msg),
+            other => panic!("expected the message back, got {other:?}"),
+        }
+        drop(io.to_server);
+        match io.from_server.recv().await {
+            Some(Ok(Out::Exited(e))) => assert_eq!(e.reason, pb::ExitReason::Exited as i32, "{e:?}"),
+            other => panic!("expected the exit, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn an_idle_session_is_closed_with_the_idle_reason() {
+        let (hub, _dir) = hub().await;
+        let mut io = hub.open("m", echo(), false, 50).await.expect("open");
+        assert!(matches!(io.from_server.recv().await, Some(Ok(Out::Started(_)))));
+        let end = tokio::time::timeout(std::time::Duration::from_secs(5), io.from_server.recv()).await;
+        match end.expect("closed within the deadline") {
+            Some(Ok(Out::Exited(e))) => {
+                assert_eq!(e.reason, pb::ExitReason::Idle as i32);
+                assert!(e.message.contains("closed the idle session"), "{}", e.message);
+            }
+            other => panic!("expected the idle exit, got {other:?}"),
         }
     }
 }

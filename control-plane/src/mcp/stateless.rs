@@ -170,24 +170,7 @@ pub(super) async fn post<P: Platform>(
 ) -> Response<Body> {
     let method = match kind {
         Kind::Request { method, .. } => method,
-        Kind::Notification { method } => {
-            if let Err(r) = check_headers(headers, &method, &value) {
-                return r.into_response();
-            }
-            // Stateless clients cancel by closing the stream; other notifications have no session to
-            // belong to, so they go to the shared process as they are.
-            if method == "notifications/cancelled" {
-                return full(StatusCode::ACCEPTED, "application/json", Bytes::new());
-            }
-            let tx = match shared(front, bot, server).await {
-                Ok(s) => lock(&s.to_server).clone(),
-                Err(r) => return r.into_response(),
-            };
-            if let Some(tx) = tx {
-                let _ = tx.send(In::Message(value.to_string().into_bytes())).await;
-            }
-            return full(StatusCode::ACCEPTED, "application/json", Bytes::new());
-        }
+        Kind::Notification { method } => return notify(front, bot, server, headers, &method, value).await,
         Kind::Response { .. } | Kind::Invalid(_) => {
             return Reject::new(StatusCode::BAD_REQUEST, -32600, "a stateless (2026-07-28) POST carries a request")
                 .into_response();
@@ -244,6 +227,33 @@ pub(super) async fn post<P: Platform>(
         original.restore(m)
     });
     sse_response(tokio_stream::once(first).chain(rest))
+}
+
+/// A notification POSTed without a session: accepted, and passed to the shared process as it is.
+async fn notify<P: Platform>(
+    front: &Arc<Front<P>>,
+    bot: &str,
+    server: &str,
+    headers: &HeaderMap,
+    method: &str,
+    value: Value,
+) -> Response<Body> {
+    if let Err(r) = check_headers(headers, method, &value) {
+        return r.into_response();
+    }
+    // Stateless clients cancel by closing the stream; other notifications have no session to belong
+    // to, so they go to the shared process as they are.
+    if method == "notifications/cancelled" {
+        return full(StatusCode::ACCEPTED, "application/json", Bytes::new());
+    }
+    let tx = match shared(front, bot, server).await {
+        Ok(s) => lock(&s.to_server).clone(),
+        Err(r) => return r.into_response(),
+    };
+    if let Some(tx) = tx {
+        let _ = tx.send(In::Message(value.to_string().into_bytes())).await;
+    }
+    full(StatusCode::ACCEPTED, "application/json", Bytes::new())
 }
 
 #[cfg(test)]

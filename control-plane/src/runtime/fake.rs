@@ -65,7 +65,7 @@ impl FakeRuntime {
     }
 
     fn failure(op: &str) -> RuntimeError {
-        RuntimeError::Failed { op: op.into(), source: tonic::Status::internal("injected failure") }
+        RuntimeError::Failed { op: op.into(), source: super::Reply::new("Injected", "injected failure") }
     }
 }
 

@@ -134,6 +134,21 @@ pub struct SnapshotInfo {
     pub created_at_ms: i64,
 }
 
+/// What the runtime said when a call failed (for containerd: its status code's name and message), kept
+/// as the cause for the log; callers decide on [`RuntimeError`]'s variant, never on this text.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{code}: {message}")]
+pub struct Reply {
+    pub code: String,
+    pub message: String,
+}
+
+impl Reply {
+    pub fn new(code: impl Into<String>, message: impl Into<String>) -> Reply {
+        Reply { code: code.into(), message: message.into() }
+    }
+}
+
 /// Why a runtime call failed, classified for the caller.
 #[derive(Debug, thiserror::Error)]
 pub enum RuntimeError {
@@ -146,13 +161,13 @@ pub enum RuntimeError {
     Unavailable {
         op: String,
         #[source]
-        source: tonic::Status,
+        source: Reply,
     },
     #[error("containerd failed to {op}")]
     Failed {
         op: String,
         #[source]
-        source: tonic::Status,
+        source: Reply,
     },
     #[error("image archive `{path}` is invalid: {reason}")]
     InvalidImage { path: PathBuf, reason: String },
@@ -167,7 +182,8 @@ pub enum RuntimeError {
     /// The host's file system for bots' data is full.
     #[error("no space left on the host's disk for bots' data while trying to {op}: {detail}")]
     NoSpace { op: String, detail: String },
-    /// The object is in a state that forbids the call (e.g. a snapshot that others are layered on).
+    /// The object is in a state that forbids the call (e.g. a snapshot that others are layered on, a
+    /// task that is not paused): containerd's FailedPrecondition.
     #[error("cannot {op}: {reason}")]
     Conflict { op: String, reason: String },
 }

@@ -51,7 +51,7 @@ impl Containerd {
             .map_err(|_| RuntimeError::Timeout { op: format!("connect to {}", socket.display()), after: CALL_TIMEOUT })?
             .map_err(|e| RuntimeError::Unavailable {
                 op: format!("connect to {}", socket.display()),
-                source: tonic::Status::unavailable(e.to_string()),
+                source: super::Reply::new("Unavailable", e.to_string()),
             })?;
         Ok(Containerd {
             channel,
@@ -138,18 +138,21 @@ impl Containerd {
     }
 }
 
+/// containerd's status, classified: the only place its gRPC codes are read.
 fn classify(op: String, what: String, s: tonic::Status) -> RuntimeError {
+    let reply = || super::Reply::new(format!("{:?}", s.code()), s.message());
     match s.code() {
         tonic::Code::NotFound => RuntimeError::NotFound { what },
         tonic::Code::AlreadyExists => RuntimeError::AlreadyExists { what },
+        tonic::Code::FailedPrecondition => RuntimeError::Conflict { op, reason: s.message().to_string() },
         tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Cancelled => {
-            RuntimeError::Unavailable { op, source: s }
+            RuntimeError::Unavailable { op, source: reply() }
         }
         // containerd passes the OS error on as text: its own disk (metadata, snapshots) is full.
         _ if s.message().contains("no space left on device") => {
             RuntimeError::NoSpace { op, detail: s.message().to_string() }
         }
-        _ => RuntimeError::Failed { op, source: s },
+        _ => RuntimeError::Failed { op, source: reply() },
     }
 }
 

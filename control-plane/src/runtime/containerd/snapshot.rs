@@ -147,8 +147,8 @@ pub async fn remove(ctd: &Containerd, key: &str) -> Result<(), RuntimeError> {
     let req = RemoveSnapshotRequest { snapshotter: SNAPSHOTTER.into(), key: key.to_string() };
     match ctd.call("remove a snapshot", format!("snapshot {key}"), client(ctd).remove(ctd.request(req, None))).await {
         Ok(_) | Err(RuntimeError::NotFound { .. }) => Ok(()),
-        Err(RuntimeError::Failed { source, .. }) if source.code() == tonic::Code::FailedPrecondition => {
-            Err(RuntimeError::Conflict { op: format!("remove snapshot {key}"), reason: source.message().to_string() })
+        Err(RuntimeError::Conflict { reason, .. }) => {
+            Err(RuntimeError::Conflict { op: format!("remove snapshot {key}"), reason })
         }
         Err(e) => Err(e),
     }
@@ -180,7 +180,7 @@ fn single(key: &str, mounts: Vec<Mount>) -> Result<MountSpec, RuntimeError> {
         (Some(m), None) => Ok(spec(m)),
         _ => Err(RuntimeError::Failed {
             op: format!("mount snapshot {key}"),
-            source: tonic::Status::unimplemented("the snapshotter returned other than exactly one mount"),
+            source: crate::runtime::Reply::new("Unsupported", "the snapshotter returned other than exactly one mount"),
         }),
     }
 }
@@ -355,7 +355,7 @@ where
 fn unsupported(key: &str) -> RuntimeError {
     RuntimeError::Failed {
         op: format!("locate the files of snapshot {key}"),
-        source: tonic::Status::unimplemented("the snapshot is neither an overlay nor a bind mount"),
+        source: crate::runtime::Reply::new("Unsupported", "the snapshot is neither an overlay nor a bind mount"),
     }
 }
 
@@ -409,7 +409,7 @@ pub async fn resume(ctd: &Containerd, id: &str) -> Result<(), RuntimeError> {
     let mut t = TasksClient::new(ctd.channel.clone());
     match ctd.call("thaw the task", format!("task {id}"), t.resume(ctd.request(req, None))).await {
         Ok(_) | Err(RuntimeError::NotFound { .. }) => Ok(()),
-        Err(RuntimeError::Failed { source, .. }) if source.code() == tonic::Code::FailedPrecondition => Ok(()),
+        Err(RuntimeError::Conflict { .. }) => Ok(()),
         Err(e) => Err(e),
     }
 }
