@@ -38,6 +38,10 @@ pub struct Config {
     /// How long to wait for that handoff before giving up (exiting), in seconds.
     #[arg(long, default_value_t = 60)]
     pub user_cgroup_wait_secs: u64,
+    /// Where detached processes' records and output journals are kept (default: `var/lib/berth-agent/
+    /// processes` under the root, so they outlive a restart of the agent with the bot's files).
+    #[arg(long)]
+    pub state_dir: Option<PathBuf>,
     /// Log format.
     #[arg(long, value_enum, default_value = "text")]
     pub log_format: LogFormat,

@@ -25,6 +25,9 @@ pub enum Error {
     DeadlineExceeded(String),
     #[error("{0}")]
     Aborted(String),
+    /// An offset outside what is kept (output already dropped from a journal).
+    #[error("{0}")]
+    OutOfRange(String),
     /// A bug or an unexpected system failure; the source is logged, not sent.
     #[error("{message}")]
     Internal {

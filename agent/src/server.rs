@@ -15,6 +15,7 @@ use crate::api::Service;
 use crate::auth::Token;
 use crate::config::Config;
 use crate::fs::root::Root;
+use crate::process::detached::Detached;
 use crate::process::reaper::{self, ReaperStats};
 use crate::process::registry::Registry;
 use crate::state::{Agent, MAX_MESSAGE_BYTES};
@@ -55,9 +56,16 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     let reaped = Arc::new(ReaperStats::default());
     reaper::start(registry.clone(), reaped.clone())
         .map_err(|e| ServeError::Config(format!("cannot watch SIGCHLD: {e}")))?;
+    let state_dir = config.state_dir.clone().unwrap_or_else(|| config.root.join("var/lib/berth-agent/processes"));
+    let detached = Detached::load(&state_dir, registry.clone()).unwrap_or_else(|e| {
+        let why = format!("the agent cannot use its state directory `{}`: {e}", state_dir.display());
+        tracing::warn!(error = %why, "detached processes are unavailable");
+        Detached::unavailable(&state_dir, registry.clone(), why)
+    });
     let agent = Arc::new(Agent {
         root: Arc::new(root),
         registry: registry.clone(),
+        detached: Arc::new(detached),
         reaper: reaped,
         started: Instant::now(),
         max_mcp_message_bytes: config.max_mcp_message_bytes,

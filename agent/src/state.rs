@@ -1,9 +1,11 @@
-//! What every request handler shares: the root, the session registry and the agent's limits.
+//! What every request handler shares: the root, the session registry, the detached processes and the
+//! agent's limits.
 
 use std::sync::Arc;
 use std::time::Instant;
 
 use crate::fs::root::Root;
+use crate::process::detached::Detached;
 use crate::process::reaper::ReaperStats;
 use crate::process::registry::Registry;
 
@@ -18,6 +20,8 @@ pub const MAX_MCP_MESSAGE_BYTES: usize = 48 << 20;
 pub struct Agent {
     pub root: Arc<Root>,
     pub registry: Arc<Registry>,
+    /// Detached processes and their output journals.
+    pub detached: Arc<Detached>,
     pub reaper: Arc<ReaperStats>,
     pub started: Instant,
     pub max_mcp_message_bytes: usize,

@@ -6,6 +6,7 @@
 
 mod common;
 
+mod detached;
 mod exec;
 mod files;
 mod mcp;

@@ -30,6 +30,7 @@ pub const CAPABILITIES: &[&str] = &[
     "sessions.list",
     "sessions.kill",
     "stats",
+    "process.detached",
 ];
 
 pub fn version(agent: &Agent) -> pb::VersionResponse {

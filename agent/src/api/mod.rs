@@ -7,6 +7,7 @@ mod exec;
 mod files;
 mod mcp;
 mod meta;
+mod procs;
 
 use std::path::PathBuf;
 use std::pin::Pin;
@@ -34,6 +35,7 @@ impl From<Error> for Status {
             Error::ResourceExhausted(m) => Status::resource_exhausted(m),
             Error::DeadlineExceeded(m) => Status::deadline_exceeded(m),
             Error::Aborted(m) => Status::aborted(m),
+            Error::OutOfRange(m) => Status::out_of_range(m),
             Error::Internal { message, source } => {
                 let id = uuid::Uuid::new_v4();
                 let cause = source.as_ref().map(ToString::to_string).unwrap_or_default();
@@ -148,6 +150,40 @@ impl ContainerService for Service {
 
     async fn kill_session(&self, r: Request<pb::KillSessionRequest>) -> Res<pb::KillSessionResponse> {
         Ok(Response::new(meta::kill_session(&self.agent, r.get_ref())?))
+    }
+
+    async fn start_process(&self, r: Request<pb::StartProcessRequest>) -> Res<pb::ProcessInfo> {
+        Ok(Response::new(procs::start(&self.agent, r.into_inner())?))
+    }
+
+    async fn list_processes(&self, _r: Request<pb::ListProcessesRequest>) -> Res<pb::ListProcessesResponse> {
+        Ok(Response::new(procs::list(&self.agent)))
+    }
+
+    async fn get_process(&self, r: Request<pb::GetProcessRequest>) -> Res<pb::ProcessInfo> {
+        Ok(Response::new(procs::get(&self.agent, &r.get_ref().id)?))
+    }
+
+    type ReadOutputStream = BoxStream<pb::OutputChunk>;
+
+    async fn read_output(&self, r: Request<pb::ReadOutputRequest>) -> Res<Self::ReadOutputStream> {
+        Ok(stream(procs::read_output(&self.agent, r.into_inner())?))
+    }
+
+    async fn write_stdin(&self, r: Request<pb::WriteStdinRequest>) -> Res<pb::WriteStdinResponse> {
+        Ok(Response::new(procs::write_stdin(&self.agent, r.into_inner()).await?))
+    }
+
+    async fn signal_process(&self, r: Request<pb::SignalProcessRequest>) -> Res<pb::SignalProcessResponse> {
+        Ok(Response::new(procs::signal(&self.agent, r.get_ref())?))
+    }
+
+    async fn resize_process(&self, r: Request<pb::ResizeProcessRequest>) -> Res<pb::ResizeProcessResponse> {
+        Ok(Response::new(procs::resize(&self.agent, r.get_ref())?))
+    }
+
+    async fn remove_process(&self, r: Request<pb::RemoveProcessRequest>) -> Res<pb::RemoveProcessResponse> {
+        Ok(Response::new(procs::remove(&self.agent, &r.get_ref().id)?))
     }
 
     async fn version(&self, _r: Request<pb::VersionRequest>) -> Res<pb::VersionResponse> {

@@ -133,6 +133,40 @@ impl<P: Platform<Agents = GrpcAgents>> ContainerService for Proxy<P> {
         self.agent(&r).await?.kill_session(r.into_inner()).await
     }
 
+    async fn start_process(&self, r: Request<pb::StartProcessRequest>) -> Res<pb::ProcessInfo> {
+        self.agent(&r).await?.start_process(r.into_inner()).await
+    }
+
+    async fn list_processes(&self, r: Request<pb::ListProcessesRequest>) -> Res<pb::ListProcessesResponse> {
+        self.agent(&r).await?.list_processes(r.into_inner()).await
+    }
+
+    async fn get_process(&self, r: Request<pb::GetProcessRequest>) -> Res<pb::ProcessInfo> {
+        self.agent(&r).await?.get_process(r.into_inner()).await
+    }
+
+    type ReadOutputStream = BoxStream<pb::OutputChunk>;
+
+    async fn read_output(&self, r: Request<pb::ReadOutputRequest>) -> Res<Self::ReadOutputStream> {
+        Ok(down(self.agent(&r).await?.read_output(r.into_inner()).await?))
+    }
+
+    async fn write_stdin(&self, r: Request<pb::WriteStdinRequest>) -> Res<pb::WriteStdinResponse> {
+        self.agent(&r).await?.write_stdin(r.into_inner()).await
+    }
+
+    async fn signal_process(&self, r: Request<pb::SignalProcessRequest>) -> Res<pb::SignalProcessResponse> {
+        self.agent(&r).await?.signal_process(r.into_inner()).await
+    }
+
+    async fn resize_process(&self, r: Request<pb::ResizeProcessRequest>) -> Res<pb::ResizeProcessResponse> {
+        self.agent(&r).await?.resize_process(r.into_inner()).await
+    }
+
+    async fn remove_process(&self, r: Request<pb::RemoveProcessRequest>) -> Res<pb::RemoveProcessResponse> {
+        self.agent(&r).await?.remove_process(r.into_inner()).await
+    }
+
     async fn version(&self, r: Request<pb::VersionRequest>) -> Res<pb::VersionResponse> {
         self.agent(&r).await?.version(r.into_inner()).await
     }
