@@ -14,6 +14,7 @@ mod cli_agent;
 mod containerd_runtime;
 mod daemon;
 mod data;
+mod detached;
 mod devenv;
 mod faults;
 mod full_image;

@@ -33,9 +33,40 @@ pub struct ExecArgs {
     /// The same in milliseconds (0 = never).
     #[arg(long, default_value_t = 0)]
     timeout_ms: u64,
+    /// Start it detached: it keeps running without us, and its id is printed (see `berth ps`, `logs`,
+    /// `attach`, `kill`).
+    #[arg(short = 'd', long, conflicts_with_all = ["interactive"])]
+    pub detach: bool,
+    /// A label for a detached process, shown by `berth ps`.
+    #[arg(long, requires = "detach", default_value = "")]
+    tag: String,
+    /// The id of a detached start: the same id never starts a second process (default: a fresh one,
+    /// kept across this command's own retries).
+    #[arg(long, requires = "detach")]
+    pub request_id: Option<String>,
     /// The command and its arguments.
     #[arg(last = true, required = true)]
     command: Vec<String>,
+}
+
+impl ExecArgs {
+    /// What a detached start runs (a terminal of our size with `-t`; stdin stays open for `attach`).
+    pub fn detached_start(&self) -> pb::ExecStart {
+        let pty = self.tty.then(|| {
+            let (rows, cols) = crate::tty::size();
+            pb::PtySize { rows, cols }
+        });
+        pb::ExecStart {
+            argv: self.command.clone(),
+            cwd: self.cwd.clone().unwrap_or_default(),
+            env: self.env.iter().cloned().collect(),
+            clean_env: self.clean_env,
+            pty,
+            timeout_ms: self.timeout.unwrap_or(self.timeout_ms),
+            tag: self.tag.clone(),
+            ..Default::default()
+        }
+    }
 }
 
 /// A duration such as `500ms`, `30s`, `5m`, `1h` or `2.5` (seconds), in milliseconds.

@@ -7,6 +7,7 @@ mod data_cmd;
 mod exec;
 mod files;
 mod mcp;
+mod procs;
 mod progress;
 mod tty;
 
@@ -49,6 +50,34 @@ enum Command {
         #[command(flatten)]
         args: exec::ExecArgs,
     },
+    /// A bot's detached processes (`berth exec -d`): id, tag, state, exit, bytes of output; `ps rm BOT
+    /// ID…` forgets finished ones.
+    #[command(args_conflicts_with_subcommands = true)]
+    Ps {
+        /// The bot.
+        name: Option<String>,
+        #[command(subcommand)]
+        command: Option<procs::PsCommand>,
+    },
+    /// A detached process's output: `berth logs BOT ID [-f] [--from OFFSET] [--stream stderr]`.
+    Logs(procs::LogsArgs),
+    /// Attach to a detached process: our stdin to it, its output to us, until it ends.
+    Attach {
+        /// The bot.
+        name: String,
+        /// The process id.
+        id: String,
+    },
+    /// Signal a detached process's group (SIGKILL unless `-s`).
+    Kill {
+        /// The bot.
+        name: String,
+        /// The process id.
+        id: String,
+        /// Signal number (e.g. 15 for SIGTERM).
+        #[arg(short = 's', long, default_value_t = 9)]
+        signal: i32,
+    },
     /// Copy a file to or from a bot: `berth cp notes.md bot1:/data/notes.md` or the other way round.
     Cp {
         src: String,
@@ -89,7 +118,16 @@ fn main() -> std::process::ExitCode {
             Command::Snapshot(cmd) => data_cmd::snapshot(&cli.conn, cmd).await,
             Command::Data(cmd) => data_cmd::data(&cli.conn, cmd).await,
             Command::Ops(cmd) => data_cmd::ops(&cli.conn, cmd).await,
+            Command::Exec { name, args } if args.detach => {
+                procs::start(&cli.conn, &name, args.detached_start(), args.request_id.clone()).await
+            }
             Command::Exec { name, args } => exec::run(cli.conn.agent(&name).await?, args).await,
+            Command::Ps { command: Some(cmd), .. } => procs::ps_command(&cli.conn, cmd).await,
+            Command::Ps { name: Some(name), .. } => procs::ps(&cli.conn, &name).await,
+            Command::Ps { .. } => Err(anyhow::anyhow!("name the bot: `berth ps BOT`")),
+            Command::Logs(args) => procs::logs(&cli.conn, args).await,
+            Command::Attach { name, id } => procs::attach(&cli.conn, &name, &id).await,
+            Command::Kill { name, id, signal } => procs::kill(&cli.conn, &name, &id, signal).await,
             Command::Cp { src, dst, parents } => daemon::cp(&cli.conn, &src, &dst, parents).await,
             Command::Mcp { name, args } => mcp::run_bot(&cli.conn, name, args).await,
             Command::McpServer(cmd) => mcp::servers(&cli.conn, cmd).await,
