@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# The whole test suite: installs what it needs, checks formatting and lints, builds the workspace and the
-# static agent, runs every test with nextest, then the README's tour against scripts/run.sh, then each fuzz
-# target for 30 s (scripts/fuzz.sh). This is the README's test command and what CI runs.
+# The whole test suite: installs what it needs, checks formatting and lints, builds the static agent and
+# the images, builds and runs every test with nextest (one cargo build for the binaries and the tests,
+# which the tour then uses), then the README's tour against scripts/run.sh, then the fuzz targets for
+# 30 s (scripts/fuzz.sh). This is the README's test command and what CI runs.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
@@ -14,7 +15,6 @@ export BERTH_TEST_DEPS="$root/.deps"
 
 echo "== fmt"; cargo fmt --all -- --check; stage fmt
 echo "== clippy"; cargo clippy --locked --workspace --all-targets -- -D warnings; stage clippy
-echo "== build"; cargo build --locked --workspace --bins; stage build
 echo "== static agent"; BERTH_STATIC_AGENT="$(bash scripts/build-agent.sh)"; export BERTH_STATIC_AGENT; stage static-agent
 echo "== images"
 BERTH_TEST_IMAGE="$(BERTH_AGENT_BIN="$BERTH_STATIC_AGENT" bash scripts/build-image.sh minimal)"; export BERTH_TEST_IMAGE

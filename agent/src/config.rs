@@ -42,6 +42,10 @@ pub struct Config {
     /// processes` under the root, so they outlive a restart of the agent with the bot's files).
     #[arg(long)]
     pub state_dir: Option<PathBuf>,
+    /// The most output all detached processes may keep together, in bytes (each reserves its journal
+    /// limit per stream until it is removed).
+    #[arg(long, default_value_t = crate::process::detached::DEFAULT_TOTAL_JOURNAL_BYTES)]
+    pub max_journal_bytes_total: u64,
     /// Log format.
     #[arg(long, value_enum, default_value = "text")]
     pub log_format: LogFormat,

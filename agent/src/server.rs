@@ -57,7 +57,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     reaper::start(registry.clone(), reaped.clone())
         .map_err(|e| ServeError::Config(format!("cannot watch SIGCHLD: {e}")))?;
     let state_dir = config.state_dir.clone().unwrap_or_else(|| config.root.join("var/lib/berth-agent/processes"));
-    let detached = Detached::load(&state_dir, registry.clone()).unwrap_or_else(|e| {
+    let detached = Detached::load(&state_dir, registry.clone(), config.max_journal_bytes_total).unwrap_or_else(|e| {
         let why = format!("the agent cannot use its state directory `{}`: {e}", state_dir.display());
         tracing::warn!(error = %why, "detached processes are unavailable");
         Detached::unavailable(&state_dir, registry.clone(), why)

@@ -231,3 +231,47 @@ async fn an_agent_that_cannot_write_its_state_directory_refuses_detached_starts_
     let r = run(&mut c, argv(&["true"])).await.unwrap();
     assert_eq!(r.code(), Some(0), "ordinary execs still run");
 }
+
+#[tokio::test]
+async fn the_bots_detached_output_is_bounded_in_total_and_removing_finished_ones_makes_room() {
+    let agent = TestAgent::start_with(None, &["--max-journal-bytes-total", "4194304"]).await;
+    let mut c = agent.client().await;
+    let small = |id: &str| {
+        let mut r = start_req(id, "true");
+        r.journal_bytes = 1 << 20;
+        r
+    };
+    let first = c.start_process(small("a")).await.unwrap().into_inner();
+    c.start_process(small("b")).await.unwrap();
+    let e = c.start_process(small("c")).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::ResourceExhausted);
+    assert!(e.message().contains("may keep 4194304 bytes") && e.message().contains("berth ps rm"), "{}", e.message());
+    wait_ended(&mut c, &first.id).await;
+    c.remove_process(pb::RemoveProcessRequest { id: first.id }).await.unwrap();
+    c.start_process(small("c")).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_gibibyte_into_the_default_journal_keeps_the_agents_memory_flat() {
+    let agent = TestAgent::start().await;
+    let mut c = agent.client().await;
+    let before = c.stats(pb::StatsRequest {}).await.unwrap().into_inner().rss_bytes;
+    let p = c.start_process(start_req("gib", "head -c 1073741824 /dev/zero")).await.unwrap().into_inner();
+    let done = wait_ended(&mut c, &p.id).await;
+    let after = c.stats(pb::StatsRequest {}).await.unwrap().into_inner().rss_bytes;
+    eprintln!("agent RSS: {} KiB before, {} KiB after 1 GiB of output", before >> 10, after >> 10);
+    assert!(after < before + (16 << 20), "RSS grew from {before} to {after} bytes");
+    let span = done.stdout.unwrap();
+    assert_eq!(span.end, 1 << 30);
+    assert!(span.end - span.first <= 65 << 20 && span.end - span.first >= 63 << 20, "{span:?}");
+    let e = c.read_output(pb::ReadOutputRequest { id: p.id.clone(), stream: 0, offset: 0, follow: true }).await;
+    assert_eq!(e.unwrap_err().code(), tonic::Code::OutOfRange);
+    let (rest, end, ended) = read_some(&agent, &p.id, pb::OutputStream::Stdout, span.first, usize::MAX).await;
+    assert!(ended && end == 1 << 30 && rest.len() as u64 == span.end - span.first);
+    // The dropped segments are gone from the disk.
+    let kept: u64 = std::fs::read_dir(agent.host(&format!("/var/lib/berth-agent/processes/{}/stdout", p.id)))
+        .unwrap()
+        .map(|e| e.unwrap().metadata().unwrap().len())
+        .sum();
+    assert_eq!(kept, span.end - span.first);
+}

@@ -120,15 +120,22 @@ async fn timeout_kills_the_process_group_even_with_a_grandchild_holding_the_pipe
 }
 
 #[tokio::test]
-async fn background_grandchild_does_not_hang_a_finished_exec() {
+async fn background_grandchild_does_not_hang_a_finished_exec_and_keeps_running() {
     let agent = TestAgent::start().await;
     let mut c = agent.client().await;
     // The grandchild keeps stdout open; the exec must still end promptly with the parent's code.
     let t = std::time::Instant::now();
-    let r = run(&mut c, argv(&["sh", "-c", "sleep 30 & echo started; exit 4"])).await.unwrap();
+    let pidfile = agent.host("/data/bg.pid");
+    let script = format!("sleep 30 & echo $! > {}; echo started; exit 4", pidfile.display());
+    let r = run(&mut c, argv(&["sh", "-c", &script])).await.unwrap();
     assert_eq!(r.code(), Some(4));
     assert_eq!(r.stdout_str(), "started\n");
     assert!(t.elapsed() < Duration::from_secs(10));
+    // An exec that ends on its own leaves what it started in the background running (the documented
+    // rule; a client that goes away kills the group instead, below).
+    let pid: u32 = std::fs::read_to_string(&pidfile).unwrap().trim().parse().unwrap();
+    assert!(alive(pid), "the background sleep was killed with its exec");
+    let _ = std::process::Command::new("kill").args(["-9", &pid.to_string()]).status();
 }
 
 #[tokio::test]

@@ -281,6 +281,84 @@ async fn mcp_relay(report: &mut Report, c: &mut AgentClient) {
     );
 }
 
+/// CPU time (user + system) the process `pid` has used, in clock ticks.
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let rest = stat.rsplit_once(')').unwrap().1;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    // Fields 14 and 15 of stat(5) (utime, stime), counted from the state field (3).
+    f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap()
+}
+
+/// Output read three ways: an attached exec's stream (the baseline), a detached process's journal
+/// followed live, and the same journal read back after the process ended; with the agent's CPU per
+/// MiB for the attached and the detached run (the journal's cost; its disk cost is the output itself,
+/// written through the page cache).
+async fn detached_output(report: &mut Report, agent: &TestAgent, c: &mut AgentClient) {
+    const SIZE: usize = 256 * MIB;
+    let cmd = format!("head -c {SIZE} /dev/zero");
+    let tick_ms = 1000.0 / 100.0;
+    let pid = agent.pid();
+    let (mut attached, mut live, mut replay) = (Duration::MAX, Duration::MAX, Duration::MAX);
+    let (mut attached_cpu, mut detached_cpu) = (u64::MAX, u64::MAX);
+    for round in 0..3 {
+        let cpu = cpu_ticks(pid);
+        let t = Instant::now();
+        let r = run(c, argv(&["sh", "-c", &cmd])).await.unwrap();
+        assert_eq!(r.stdout.len(), SIZE);
+        attached = attached.min(t.elapsed());
+        attached_cpu = attached_cpu.min(cpu_ticks(pid) - cpu);
+
+        let cpu = cpu_ticks(pid);
+        let t = Instant::now();
+        let start = pb::StartProcessRequest {
+            request_id: format!("bench-{round}"),
+            start: Some(pb::ExecStart { shell: cmd.clone(), ..Default::default() }),
+            journal_bytes: SIZE as u64,
+        };
+        let id = c.start_process(start).await.unwrap().into_inner().id;
+        let read = |follow: bool| pb::ReadOutputRequest { id: id.clone(), stream: 0, offset: 0, follow };
+        let mut s = c.read_output(read(true)).await.unwrap().into_inner();
+        let mut n = 0;
+        while let Some(ch) = s.message().await.unwrap() {
+            n += ch.data.len();
+        }
+        assert_eq!(n, SIZE);
+        live = live.min(t.elapsed());
+        detached_cpu = detached_cpu.min(cpu_ticks(pid) - cpu);
+
+        let t = Instant::now();
+        let mut s = c.read_output(read(false)).await.unwrap().into_inner();
+        let mut n = 0;
+        while let Some(ch) = s.message().await.unwrap() {
+            n += ch.data.len();
+        }
+        assert_eq!(n, SIZE);
+        replay = replay.min(t.elapsed());
+        c.remove_process(pb::RemoveProcessRequest { id }).await.unwrap();
+    }
+    let base = mib_per_s(SIZE, attached);
+    for (name, key, d) in [("followed live", "live", live), ("read back from the journal", "replay", replay)] {
+        let v = mib_per_s(SIZE, d);
+        report.value(
+            &format!("detached output, 256 MiB {name} (best of 3)"),
+            format!("{v:.0} MiB/s"),
+            format!("attached exec stdout: {base:.0} MiB/s"),
+            format!("{:.2}x", v / base),
+            format!(r#"{{"name":"detached_{key}","mib_per_s":{v:.1},"baseline_exec_mib_per_s":{base:.1}}}"#),
+        );
+    }
+    let per_mib = |ticks: u64| ticks as f64 * tick_ms / (SIZE / MIB) as f64;
+    let (a, d) = (per_mib(attached_cpu), per_mib(detached_cpu));
+    report.value(
+        "agent CPU per MiB of output, detached (journal) vs attached",
+        format!("{d:.2} ms/MiB (disk: 1 MiB per MiB, page cache)"),
+        format!("attached exec: {a:.2} ms/MiB"),
+        format!("{:.2}x", d / a.max(0.001)),
+        format!(r#"{{"name":"journal_cpu_ms_per_mib","detached":{d:.3},"attached":{a:.3}}}"#),
+    );
+}
+
 fn main() {
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     rt.block_on(async_main());
@@ -345,6 +423,7 @@ async fn async_main() {
     mcp_relay(&mut report, &mut c).await;
     transfers(&mut report, &agent, &mut c, MIB, "1 MiB", 20).await;
     transfers(&mut report, &agent, &mut c, 1024 * MIB, "1 GiB", 2).await;
+    detached_output(&mut report, &agent, &mut c).await;
 
     tokio::time::sleep(Duration::from_millis(300)).await;
     let after = rss_kib(agent.pid());

@@ -38,23 +38,30 @@ async fn two_hundred_create_delete_cycles_leak_nothing() {
             let mut c = BotServiceClient::new(ch.clone());
             for i in 0..CYCLES_PER_WORKER {
                 let name = format!("soak-{w}-{i}");
-                c.create_bot(pb::CreateBotRequest { name: name.clone(), start: Some(true), ..Default::default() })
+                if let Err(e) = c
+                    .create_bot(pb::CreateBotRequest { name: name.clone(), start: Some(true), ..Default::default() })
                     .await
-                    .unwrap_or_else(|e| panic!("create {name}: {e:?}"));
+                {
+                    return Err(format!("create {name}: {e:?}"));
+                }
                 let mut a = agent_client::agent_on(
                     ch.clone(),
                     berth_control_plane::agent_client::BearerAuth::none().with_bot(&name).unwrap(),
                 );
                 let r = run(&mut a, argv(&["true"])).await.unwrap();
                 assert_eq!(r.code(), Some(0));
-                c.delete_bot(pb::DeleteBotRequest { name: name.clone(), keep_data: false })
-                    .await
-                    .unwrap_or_else(|e| panic!("delete {name}: {e:?}"));
+                if let Err(e) = c.delete_bot(pb::DeleteBotRequest { name: name.clone(), keep_data: false }).await {
+                    return Err(format!("delete {name}: {e:?}"));
+                }
             }
+            Ok(())
         }));
     }
     for w in workers {
-        w.await.unwrap();
+        // A failure shows berthd's log, where the error's id leads to its causes.
+        if let Err(e) = w.await.unwrap() {
+            panic!("{e}\n--- berthd log ---\n{}", b.log());
+        }
     }
     let cycles = WORKERS * CYCLES_PER_WORKER;
     eprintln!("{cycles} cycles in {:.1} s", t.elapsed().as_secs_f64());

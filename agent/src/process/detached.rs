@@ -33,6 +33,8 @@ pub const DEFAULT_JOURNAL_BYTES: u64 = 64 << 20;
 const SEGMENT_BYTES: u64 = 1 << 20;
 /// The most output kept per stream that a start may ask for.
 pub const MAX_JOURNAL_BYTES: u64 = 1 << 30;
+/// Output all of a bot's kept processes may hold together, unless the agent is told otherwise.
+pub const DEFAULT_TOTAL_JOURNAL_BYTES: u64 = 1 << 30;
 /// Processes kept (running or finished) before a start is refused until some are removed.
 pub const MAX_PROCESSES: usize = 256;
 /// After the process exits, how long output may still arrive (from what it left running) before the
@@ -110,6 +112,12 @@ impl Process {
     /// The journal of `stream` (0 stdout, 1 stderr).
     pub fn journal(&self, stream: usize) -> Option<&Journal> {
         self.journals.get(stream)
+    }
+
+    /// The output it may keep: its limit for each of its streams.
+    fn reserved(&self) -> u64 {
+        let info = lock(&self.info);
+        info.journal_bytes.saturating_mul(if info.pty { 1 } else { 2 })
     }
 
     /// Whether it is still running.
@@ -196,6 +204,8 @@ pub struct Detached {
     registry: Arc<Registry>,
     /// Why starts are refused, when the state directory could not be opened.
     unavailable: Option<String>,
+    /// The most output all kept processes may hold together (each reserves its limit per stream).
+    total_bytes: u64,
 }
 
 impl std::fmt::Debug for Detached {
@@ -207,7 +217,7 @@ impl std::fmt::Debug for Detached {
 impl Detached {
     /// Loads what a previous agent left in `dir` (created if missing): processes that were running
     /// then were ended by the restart that started this agent.
-    pub fn load(dir: &Path, registry: Arc<Registry>) -> std::io::Result<Detached> {
+    pub fn load(dir: &Path, registry: Arc<Registry>, total_bytes: u64) -> std::io::Result<Detached> {
         std::fs::create_dir_all(dir)?;
         let mut table = Table::default();
         for entry in std::fs::read_dir(dir)? {
@@ -225,13 +235,19 @@ impl Detached {
                 Err(e) => tracing::warn!(dir = %path.display(), error = %e, "skipped a detached process's record"),
             }
         }
-        Ok(Detached { dir: dir.to_path_buf(), table: Mutex::new(table), registry, unavailable: None })
+        Ok(Detached { dir: dir.to_path_buf(), table: Mutex::new(table), registry, unavailable: None, total_bytes })
     }
 
     /// No detached processes: every start is refused with `why` (an agent that cannot write its state
     /// directory still serves everything else).
     pub fn unavailable(dir: &Path, registry: Arc<Registry>, why: String) -> Detached {
-        Detached { dir: dir.to_path_buf(), table: Mutex::new(Table::default()), registry, unavailable: Some(why) }
+        Detached {
+            dir: dir.to_path_buf(),
+            table: Mutex::new(Table::default()),
+            registry,
+            unavailable: Some(why),
+            total_bytes: 0,
+        }
     }
 
     /// Every process kept, oldest first.
@@ -261,6 +277,18 @@ impl Detached {
         if table.by_id.len() >= MAX_PROCESSES {
             return Err(Error::ResourceExhausted(format!(
                 "{MAX_PROCESSES} detached processes are kept: remove finished ones (RemoveProcess) first"
+            )));
+        }
+        let reserved = table.by_id.values().fold(0u64, |sum, p| sum.saturating_add(p.reserved()));
+        let wanted = req.journal_bytes * if req.spawn.pty.is_some() { 1 } else { 2 };
+        if reserved.saturating_add(wanted) > self.total_bytes {
+            return Err(Error::ResourceExhausted(format!(
+                "detached processes may keep {} bytes of output in this bot; the {} kept reserve {reserved} and this \
+                 one would reserve {wanted} ({} per stream): remove finished ones (RemoveProcess, `berth ps rm`) or \
+                 ask for less (journal_bytes)",
+                self.total_bytes,
+                table.by_id.len(),
+                req.journal_bytes
             )));
         }
         let id = uuid::Uuid::new_v4().simple().to_string()[..12].to_string();

@@ -41,7 +41,7 @@ pub struct LogsArgs {
     /// Start at this byte offset of the stream (what a previous read ended at).
     #[arg(long, default_value_t = 0)]
     from: u64,
-    /// Which stream.
+    /// Which stream (printed to our stdout either way).
     #[arg(long, value_enum, default_value = "stdout")]
     stream: Stream,
 }
@@ -146,14 +146,13 @@ pub async fn kill(conn: &Conn, name: &str, id: &str, signal: i32) -> anyhow::Res
     Ok(0)
 }
 
-/// `berth logs`: prints the stream from `--from`; with `-f`, follows it to the process's end, resuming
+/// `berth logs`: prints the stream (stdout or stderr) to our stdout from `--from`; with `-f`, follows it to the process's end, resuming
 /// from the last byte printed whenever the connection drops. Exits with the process's status when
 /// following.
 pub async fn logs(conn: &Conn, a: LogsArgs) -> anyhow::Result<i32> {
-    let mut out: Box<dyn tokio::io::AsyncWrite + Unpin + Send> = match a.stream {
-        Stream::Stdout => Box::new(tokio::io::stdout()),
-        Stream::Stderr => Box::new(tokio::io::stderr()),
-    };
+    // The stream asked for goes to our stdout, whichever it is (our stderr carries only our own notes), so
+    // `--from` offsets count the bytes a redirect wrote.
+    let mut out = tokio::io::stdout();
     follow(conn, &a.name, &a.id, a.stream.proto(), a.from, a.follow, &mut out).await
 }
 
