@@ -237,11 +237,29 @@ pub async fn attach(conn: &Conn, name: &str, id: &str) -> anyhow::Result<i32> {
         let size = Some(pb::PtySize { rows, cols });
         let _ = c.resize_process(pb::ResizeProcessRequest { id: id.into(), size }).await;
     }
+    let resizes = info.pty.then(|| tokio::spawn(forward_resizes(c.clone(), id.to_string())));
     let input = tokio::spawn(feed_stdin(c, id.to_string(), info.stdin_offset));
     let mut stdout = tokio::io::stdout();
     let code = follow(conn, name, id, pb::OutputStream::Stdout, from, true, &mut stdout).await;
     input.abort();
+    if let Some(r) = resizes {
+        r.abort();
+    }
     code
+}
+
+/// Gives a terminal process our terminal's size whenever it changes.
+async fn forward_resizes(mut c: AgentClient, id: String) {
+    let Ok(mut winch) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::window_change()) else {
+        return;
+    };
+    while winch.recv().await.is_some() {
+        let (rows, cols) = crate::tty::size();
+        let size = Some(pb::PtySize { rows, cols });
+        if c.resize_process(pb::ResizeProcessRequest { id: id.clone(), size }).await.is_err() {
+            return;
+        }
+    }
 }
 
 async fn feed_stdin(mut c: AgentClient, id: String, mut offset: u64) -> anyhow::Result<()> {
