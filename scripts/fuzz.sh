@@ -2,8 +2,9 @@
 # Runs every fuzz target (fuzz/fuzz_targets/) for a fixed time each, seeded with the corpus kept in the
 # repository (fuzz/corpus/<target>/, never modified here: new inputs go to a scratch directory). Any crash
 # fails the run and leaves its input in fuzz/artifacts/<target>/. Usage: scripts/fuzz.sh [SECONDS]
-# (default 30, all targets at once). cargo-fuzz needs nightly features; RUSTC_BOOTSTRAP lets the pinned stable
-# toolchain provide them (its sanitizer runtimes ship with it).
+# (default 30, all targets at once); `scripts/fuzz.sh build` only builds them (scripts/test.sh does that
+# beside the tests). cargo-fuzz needs nightly features; RUSTC_BOOTSTRAP lets the pinned stable toolchain
+# provide them (its sanitizer runtimes ship with it).
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 secs="${1:-30}"
@@ -11,6 +12,7 @@ command -v cargo-fuzz >/dev/null 2>&1 || { echo "fuzz: cargo-fuzz is missing: ru
 cd "$root/fuzz"
 export RUSTC_BOOTSTRAP=1
 cargo fuzz build -O
+[ "$secs" = build ] && exit 0
 scratch="$(mktemp -d)"
 trap 'rm -rf "$scratch"' EXIT
 # The targets run side by side (the tests are done by now, so both cores are free): the stage takes

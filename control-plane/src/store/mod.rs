@@ -3,16 +3,14 @@
 
 mod bots;
 mod mcp;
+mod migrations;
 mod ops;
 pub mod records;
 
 pub use bots::BotPages;
 
+use sqlx::AnyPool;
 use sqlx::any::{AnyPoolOptions, install_default_drivers};
-use sqlx::{AnyPool, migrate::Migrator};
-
-/// The migrations, embedded at build time.
-pub static MIGRATOR: Migrator = sqlx::migrate!("../migrations");
 
 /// SQLite connections for reads.
 const READERS: u32 = 4;
@@ -67,7 +65,7 @@ impl Store {
                 .await
                 .map_err(|source| StoreError::Unavailable { op: "enable write-ahead logging".into(), source })?;
         }
-        MIGRATOR.run(&pool).await.map_err(StoreError::Migrate)?;
+        migrations::migrator().run(&pool).await.map_err(StoreError::Migrate)?;
         let reader = if url.starts_with("sqlite:") {
             AnyPoolOptions::new()
                 .max_connections(READERS)
