@@ -4,6 +4,7 @@
 //! - [`daemon`]: berthd as a library: start everything from a [`daemon::Config`], stop it.
 //! - [`api`]: the gRPC services and the HTTP endpoint (metrics, health), thin handlers over [`bots`].
 //! - [`bots`]: the domain: lifecycle, data operations, reconciliation.
+//! - [`cluster`]: cluster mode: this node's membership (heartbeats, lost nodes), the nodes' list and cordons.
 //! - [`runtime`], [`network`], [`store`]: containerd, CNI and the firewall, the database.
 //! - [`agent_client`]: connecting to a bot's `berth-agent`. The control plane acts inside a container
 //!   only through this client.
@@ -14,6 +15,7 @@ pub mod agent_client;
 pub mod api;
 pub mod auth;
 pub mod bots;
+pub mod cluster;
 pub mod daemon;
 pub mod error;
 pub mod listen;

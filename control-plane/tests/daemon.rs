@@ -12,14 +12,14 @@ use pb::bot_service_client::BotServiceClient;
 use support::containerd::{PrivateContainerd, minimal_image};
 
 /// One daemon's parts: its containerd, directories and settings.
-struct Node {
-    containerd: PrivateContainerd,
-    dir: tempfile::TempDir,
-    config: Config,
+pub(crate) struct Node {
+    pub(crate) containerd: PrivateContainerd,
+    pub(crate) dir: tempfile::TempDir,
+    pub(crate) config: Config,
 }
 
 impl Node {
-    fn new(n: u8) -> Node {
+    pub(crate) fn new(n: u8) -> Node {
         let containerd = PrivateContainerd::start();
         let dir = tempfile::tempdir().unwrap();
         let id = uuid::Uuid::new_v4().simple().to_string();

@@ -15,6 +15,7 @@ const LAYERS: &[&str] = &[
     "api",
     "mcp",
     "bots",
+    "cluster",
     "agent_client",
     "store",
     "runtime",

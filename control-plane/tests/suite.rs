@@ -11,6 +11,7 @@ mod support;
 
 mod berthd;
 mod cli_agent;
+mod cluster;
 mod containerd_runtime;
 mod daemon;
 mod data;

@@ -10,6 +10,7 @@ pub mod http;
 mod huffman;
 mod images;
 mod mcp;
+mod nodes;
 mod proxy;
 pub mod scope;
 pub mod uds;
@@ -22,6 +23,7 @@ use berth_proto::controlplane::v1::bot_service_server::BotServiceServer;
 use berth_proto::controlplane::v1::data_service_server::DataServiceServer;
 use berth_proto::controlplane::v1::image_service_server::ImageServiceServer;
 use berth_proto::controlplane::v1::mcp_service_server::McpServiceServer;
+use berth_proto::controlplane::v1::node_service_server::NodeServiceServer;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Server;
 use tonic::{Request, Status};
@@ -97,6 +99,7 @@ pub type ApiRouter = tonic::transport::server::Router<
 pub async fn router<P: Platform<Agents = crate::agent_client::GrpcAgents>>(
     manager: Arc<BotManager<P>>,
     hub: Arc<crate::mcp::McpHub<P>>,
+    cluster: Option<Arc<crate::cluster::Cluster>>,
     tokens: ApiTokens,
     health: &tonic_health::server::HealthReporter,
     tls: Option<tonic::transport::ServerTlsConfig>,
@@ -127,6 +130,7 @@ pub async fn router<P: Platform<Agents = crate::agent_client::GrpcAgents>>(
     health.set_serving::<DataServiceServer<data::Data<P>>>().await;
     health.set_serving::<ImageServiceServer<images::Images<P>>>().await;
     health.set_serving::<McpServiceServer<mcp::Mcp<P>>>().await;
+    health.set_serving::<NodeServiceServer<nodes::Nodes>>().await;
     let auth = move |req| tokens.check(req, access == Access::Socket);
     let bots = BotServiceServer::new(bots::Bots::new(manager.clone()));
     let images = ImageServiceServer::new(images::Images::new(manager.clone()));
@@ -136,6 +140,7 @@ pub async fn router<P: Platform<Agents = crate::agent_client::GrpcAgents>>(
     let mcp = McpServiceServer::new(mcp::Mcp::new(hub))
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    let nodes = NodeServiceServer::new(nodes::Nodes::new(cluster));
     let proxy = ContainerServiceServer::new(proxy::Proxy::new(manager))
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
@@ -154,6 +159,7 @@ pub async fn router<P: Platform<Agents = crate::agent_client::GrpcAgents>>(
         .add_service(InterceptedService::new(images, auth.clone()))
         .add_service(InterceptedService::new(data, auth.clone()))
         .add_service(InterceptedService::new(mcp, auth.clone()))
+        .add_service(InterceptedService::new(nodes, auth.clone()))
         .add_service(InterceptedService::new(proxy, auth.clone()));
     Ok(match reflection {
         Some((v1, alpha)) => router

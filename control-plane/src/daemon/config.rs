@@ -68,6 +68,14 @@ pub struct Config {
     pub mcp_listen: String,
     pub mcp_allowed_hosts: Vec<String>,
     pub log_format: LogFormat,
+    pub cluster: bool,
+    pub node_name: String,
+    pub advertise_addr: String,
+    pub node_lost_after_ms: u64,
+    pub node_memory_bytes: u64,
+    pub node_cpu_millis: u64,
+    pub node_max_bots: u64,
+    pub node_labels: Vec<String>,
 }
 
 impl Default for Config {
@@ -111,6 +119,14 @@ impl Default for Config {
             mcp_listen: "off".into(),
             mcp_allowed_hosts: Vec::new(),
             log_format: LogFormat::Text,
+            cluster: false,
+            node_name: String::new(),
+            advertise_addr: String::new(),
+            node_lost_after_ms: 10_000,
+            node_memory_bytes: 0,
+            node_cpu_millis: 0,
+            node_max_bots: 1000,
+            node_labels: Vec::new(),
         }
     }
 }
@@ -178,7 +194,67 @@ impl Config {
         if self.mcp_addr()?.is_some() && self.api_token_file.is_none() {
             bail!("mcp_listen needs api_token_file: the MCP front-end is never served without authentication");
         }
+        self.validate_cluster()
+    }
+
+    /// The cluster settings (checked whether or not `cluster` is on, so a typo waits for no one).
+    fn validate_cluster(&self) -> Result<(), ConfigError> {
+        if !self.node_name.is_empty() {
+            check_node_name(&self.node_name).map_err(|e| ConfigError(format!("node_name: {e}")))?;
+        }
+        self.node_labels()?;
+        if self.node_lost_after_ms < 500 {
+            bail!("node_lost_after_ms: {} is too short (at least 500 ms)", self.node_lost_after_ms);
+        }
+        if self.node_max_bots == 0 {
+            bail!("node_max_bots: must be at least 1");
+        }
+        if !self.cluster {
+            return Ok(());
+        }
+        if !self.database().starts_with("postgres") {
+            bail!(
+                "cluster: needs database_url = \"postgres://…\", the PostgreSQL every node shares; SQLite is one \
+                 host's own file"
+            );
+        }
+        if self.listen_tcp.is_none() {
+            bail!("cluster: needs listen_tcp, where peers and clients reach this node (advertise_addr if it differs)");
+        }
+        self.advertise_addr()?;
         Ok(())
+    }
+
+    /// What peers and clients dial to reach this node: `advertise_addr`, else `listen_tcp` when its IP is
+    /// a specific one.
+    pub fn advertise_addr(&self) -> Result<String, ConfigError> {
+        if !self.advertise_addr.is_empty() {
+            let ok =
+                self.advertise_addr.rsplit_once(':').is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok());
+            if !ok {
+                bail!("advertise_addr: {:?} is not HOST:PORT", self.advertise_addr);
+            }
+            return Ok(self.advertise_addr.clone());
+        }
+        match self.listen_tcp {
+            Some(a) if !a.ip().is_unspecified() && a.port() != 0 => Ok(a.to_string()),
+            Some(a) => bail!("advertise_addr: needed, since listen_tcp ({a}) does not say which address peers dial"),
+            None => bail!("advertise_addr: needed (or listen_tcp)"),
+        }
+    }
+
+    /// `node_labels` as a map (each `key=value`).
+    pub fn node_labels(&self) -> Result<std::collections::BTreeMap<String, String>, ConfigError> {
+        let mut out = std::collections::BTreeMap::new();
+        for l in &self.node_labels {
+            match l.split_once('=') {
+                Some((k, v)) if !k.is_empty() => {
+                    out.insert(k.to_string(), v.to_string());
+                }
+                _ => bail!("node_labels: {l:?} is not key=value"),
+            }
+        }
+        Ok(out)
     }
 
     /// The MCP front-end's address; `None` when turned off.
@@ -221,6 +297,14 @@ fn optional_addr(setting: &str, value: &str) -> Result<Option<SocketAddr>, Confi
         "off" | "" => Ok(None),
         a => a.parse().map(Some).map_err(|_| ConfigError(format!("{setting}: {a:?} is not an IP:PORT (or `off`)"))),
     }
+}
+
+/// Node names are DNS-label-like: they appear in logs, metrics labels and `berth node` commands.
+fn check_node_name(n: &str) -> Result<(), String> {
+    let ok = n.len() <= 63
+        && n.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
+        && !n.starts_with(['-', '.']);
+    if ok { Ok(()) } else { Err(format!("{n:?} must be 1-63 of a-z, 0-9, '-' and '.', not starting with - or .")) }
 }
 
 fn check_subnet(s: &str) -> Result<(), String> {

@@ -21,6 +21,7 @@ pub use config::{Config, ConfigError, LogFormat};
 use crate::api::{Access, ApiTokens, router};
 use crate::bots::Platform;
 use crate::bots::{BotManager, ManagerConfig};
+use crate::cluster::{self, Cluster, NodeSpec};
 use crate::mcp::{McpConfig, McpHub};
 use crate::network::{Cni, NetworkConfig};
 use crate::runtime::containerd::Containerd;
@@ -86,6 +87,7 @@ impl Daemon {
             store.clone(),
             manager_config(&config, registry_cas),
         ));
+        let cluster = join_cluster(&config, &store).await?;
         let hub = Arc::new(McpHub::new(manager.clone(), store, mcp_config(&config)));
         for a in &config.image_archives {
             manager.import_image(a).await.doing(|| format!("cannot import {}", a.display()))?;
@@ -97,6 +99,9 @@ impl Daemon {
             .then(|| manager.spawn_reconciler(Duration::from_millis(config.reconcile_interval_ms), stop_rx.clone()));
         let health = crate::api::health::track(manager.clone(), stop_rx.clone());
         let mut side = Vec::new();
+        if let Some(c) = &cluster {
+            side.push(c.spawn_membership(stop_rx.clone()));
+        }
         let mut metrics = None;
         if let Some(addr) = metrics_addr {
             let l = TcpListener::bind(addr).await.doing(|| format!("cannot listen on {addr} for metrics"))?;
@@ -126,7 +131,7 @@ impl Daemon {
             let bound = l.local_addr().doing(|| "TCP listener".into())?;
             let tls = tls_config(&config)?;
             let secure = tls.is_some();
-            let r = router(manager.clone(), hub.clone(), tokens.clone(), &health, tls, Access::Token)
+            let r = router(manager.clone(), hub.clone(), cluster.clone(), tokens.clone(), &health, tls, Access::Token)
                 .await
                 .doing(|| "tls_cert_file/tls_key_file: not a usable certificate and key".into())?;
             servers
@@ -136,7 +141,7 @@ impl Daemon {
         }
         let socket = config.unix_socket();
         let unix = listen::unix(&socket)?;
-        let r = router(manager.clone(), hub.clone(), tokens.clone(), &health, None, Access::Socket)
+        let r = router(manager.clone(), hub.clone(), cluster.clone(), tokens.clone(), &health, None, Access::Socket)
             .await
             .doing(|| "cannot build the API router".into())?;
         // Each connection's request headers are fixed up so any gRPC client's Unix-socket `:authority` works.
@@ -180,6 +185,26 @@ impl Daemon {
         }
         let _ = std::fs::remove_file(&self.socket);
     }
+}
+
+/// In cluster mode, joins the cluster as this node (its name, address and capacity from the settings,
+/// the host's where unset); `None` otherwise.
+async fn join_cluster(config: &Config, store: &Store) -> Result<Option<Arc<Cluster>>, DaemonError> {
+    if !config.cluster {
+        return Ok(None);
+    }
+    let or = |v: u64, host: fn() -> u64| if v > 0 { v } else { host() };
+    let me = NodeSpec {
+        name: if config.node_name.is_empty() { cluster::host_name() } else { config.node_name.clone() },
+        address: config.advertise_addr().doing(|| "advertise_addr".into())?,
+        memory_bytes: or(config.node_memory_bytes, cluster::host_memory_bytes),
+        cpu_millis: or(config.node_cpu_millis, cluster::host_cpu_millis),
+        max_bots: config.node_max_bots,
+        labels: config.node_labels().doing(|| "node_labels".into())?,
+    };
+    let lost_after = Duration::from_millis(config.node_lost_after_ms);
+    let c = Cluster::join(store.clone(), me, lost_after).await.doing(|| "cannot join the cluster".into())?;
+    Ok(Some(c))
 }
 
 /// Brings the database to the current schema and returns (`berthd --migrate`).

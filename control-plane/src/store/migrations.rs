@@ -16,6 +16,7 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
     (20261123000005, "egress", include_str!("../../../migrations/20261123000005_egress.sql")),
     (20261123000006, "mcp servers", include_str!("../../../migrations/20261123000006_mcp_servers.sql")),
     (20261206000007, "disk", include_str!("../../../migrations/20261206000007_disk.sql")),
+    (20261207000008, "nodes", include_str!("../../../migrations/20261207000008_nodes.sql")),
 ];
 
 /// The migrator over [`MIGRATIONS`]: versions, descriptions and checksums as `sqlx::migrate!` made them,

@@ -4,10 +4,12 @@
 mod bots;
 mod mcp;
 mod migrations;
+mod nodes;
 mod ops;
 pub mod records;
 
 pub use bots::BotPages;
+pub use nodes::{Beat, NameTaken};
 
 use sqlx::AnyPool;
 use sqlx::any::{AnyPoolOptions, install_default_drivers};

@@ -153,3 +153,29 @@ pub struct McpServer {
     pub spec: LaunchSpec,
     pub created_at_ms: i64,
 }
+
+/// What a node offers the cluster, as it says when it joins (and again with each heartbeat, so a node
+/// started with new settings is seen with them).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeSpec {
+    pub name: String,
+    /// What peers and clients dial (`host:port`).
+    pub address: String,
+    pub memory_bytes: u64,
+    pub cpu_millis: u64,
+    pub max_bots: u64,
+    pub labels: BTreeMap<String, String>,
+}
+
+/// A node as the cluster sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeRecord {
+    pub spec: NodeSpec,
+    /// No new bots are placed on it.
+    pub cordoned: bool,
+    /// How long ago its last heartbeat was, by the database's clock.
+    pub heartbeat_age_ms: i64,
+    /// When it was marked lost (database clock, ms since the epoch); `None` while it heartbeats.
+    pub lost_since_ms: Option<i64>,
+    pub joined_at_ms: i64,
+}

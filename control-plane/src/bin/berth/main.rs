@@ -7,6 +7,7 @@ mod data_cmd;
 mod exec;
 mod files;
 mod mcp;
+mod node;
 mod procs;
 mod progress;
 mod tty;
@@ -97,6 +98,9 @@ enum Command {
     /// A bot's registered MCP servers: add, ls, rm.
     #[command(subcommand)]
     McpServer(mcp::ServerCommand),
+    /// The nodes of a cluster: ls, cordon, uncordon (the node answering is marked `*`).
+    #[command(subcommand)]
+    Node(node::NodeCommand),
     /// Talk to one bot's agent directly over its socket (debugging, tests).
     Agent(agent_cmd::AgentArgs),
 }
@@ -114,6 +118,7 @@ fn main() -> std::process::ExitCode {
         match cli.command {
             Command::Bot(cmd) => daemon::bot(&cli.conn, cmd).await,
             Command::Image(cmd) => daemon::image(&cli.conn, cmd).await,
+            Command::Node(cmd) => node::node(&cli.conn, cmd).await,
             Command::Fs(cmd) => daemon::fs(&cli.conn, cmd).await,
             Command::Snapshot(cmd) => data_cmd::snapshot(&cli.conn, cmd).await,
             Command::Data(cmd) => data_cmd::data(&cli.conn, cmd).await,

@@ -203,6 +203,41 @@ pub struct Args {
     #[arg(long, env = "BERTH_LOG_FORMAT")]
     #[serde(skip_serializing_if = "Option::is_none")]
     log_format: Option<LogFormat>,
+    /// Run as one node of a cluster: every node shares one PostgreSQL (database_url) and serves the same
+    /// API. Needs listen_tcp.
+    #[arg(long, env = "BERTH_CLUSTER")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cluster: Option<bool>,
+    /// This node's name in the cluster (a-z, 0-9, '-', '.'); empty = the host name.
+    #[arg(long, env = "BERTH_NODE_NAME")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    node_name: Option<String>,
+    /// HOST:PORT that peers and clients dial to reach this node; empty = listen_tcp (when it names an
+    /// address rather than 0.0.0.0).
+    #[arg(long, env = "BERTH_ADVERTISE_ADDR")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    advertise_addr: Option<String>,
+    /// A node whose heartbeat is older than this is marked lost by the others (its bots' calls fail
+    /// UNAVAILABLE naming it). Heartbeats go every fifth of it.
+    #[arg(long, env = "BERTH_NODE_LOST_AFTER_MS")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    node_lost_after_ms: Option<u64>,
+    /// Memory this node offers bots, in bytes, against which their limits are placed; 0 = the host's.
+    #[arg(long, env = "BERTH_NODE_MEMORY_BYTES")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    node_memory_bytes: Option<u64>,
+    /// CPU this node offers bots, in thousandths of a CPU; 0 = the host's.
+    #[arg(long, env = "BERTH_NODE_CPU_MILLIS")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    node_cpu_millis: Option<u64>,
+    /// Most bots placed on this node.
+    #[arg(long, env = "BERTH_NODE_MAX_BOTS")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    node_max_bots: Option<u64>,
+    /// This node's labels (key=value), which `berth bot create --node-selector` matches.
+    #[arg(long = "node-label", env = "BERTH_NODE_LABELS", value_delimiter = ',')]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    node_labels: Option<Vec<String>>,
 }
 
 /// Defaults, then the file, then environment and flags (both already in `args`); validated.
@@ -319,6 +354,11 @@ mod tests {
             ("log_format = \"xml\"\n", "log_format"),
             ("egress_deny = [\"10.0.0.0/33\"]\n", "egress_deny"),
             ("not toml at all", "not valid TOML"),
+            ("cluster = true\n", "cluster: needs database_url"),
+            ("cluster = true\ndatabase_url = \"postgres://x/y\"\n", "cluster: needs listen_tcp"),
+            ("node_name = \"Node_1\"\n", "node_name"),
+            ("node_labels = [\"zone\"]\n", "node_labels"),
+            ("node_lost_after_ms = 10\n", "node_lost_after_ms"),
         ];
         for (text, want) in cases {
             std::fs::write(&file, text).unwrap();

@@ -1,0 +1,63 @@
+//! `berth node ls|cordon|uncordon`: the nodes of a cluster (NodeService).
+
+use berth_proto::controlplane::v1 as pb;
+
+use crate::daemon::{Conn, status_err};
+
+#[derive(Debug, clap::Subcommand)]
+pub enum NodeCommand {
+    /// Every node: name, address, state, memory and CPUs offered, seconds since its heartbeat.
+    Ls,
+    /// Place no new bots on NAME (its bots keep running).
+    Cordon { name: String },
+    /// Place new bots on NAME again.
+    Uncordon { name: String },
+}
+
+pub async fn node(conn: &Conn, cmd: NodeCommand) -> anyhow::Result<i32> {
+    let mut c = pb::node_service_client::NodeServiceClient::with_interceptor(conn.channel().await?, conn.auth()?);
+    match cmd {
+        NodeCommand::Ls => {
+            let nodes = c.list_nodes(pb::ListNodesRequest {}).await.map_err(status_err("list nodes"))?.into_inner();
+            println!(
+                "{:<20} {:<24} {:<9} {:>9} {:>6} {:>9}  LABELS",
+                "NAME", "ADDRESS", "STATE", "MEMORY", "CPUS", "HEARTBEAT"
+            );
+            for n in nodes.nodes {
+                let mut name = n.name.clone();
+                if n.this_node {
+                    name.push('*');
+                }
+                let labels: Vec<String> = n.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                println!(
+                    "{:<20} {:<24} {:<9} {:>8}M {:>6} {:>8.1}s  {}",
+                    name,
+                    n.address,
+                    state_name(n.state),
+                    n.memory_bytes >> 20,
+                    format!("{:.1}", n.cpu_millis as f64 / 1000.0),
+                    n.heartbeat_age_ms as f64 / 1000.0,
+                    labels.join(",")
+                );
+            }
+        }
+        NodeCommand::Cordon { name } => {
+            c.cordon_node(pb::CordonNodeRequest { name: name.clone() }).await.map_err(status_err("cordon"))?;
+            println!("{name}: cordoned (no new bots)");
+        }
+        NodeCommand::Uncordon { name } => {
+            c.uncordon_node(pb::UncordonNodeRequest { name: name.clone() }).await.map_err(status_err("uncordon"))?;
+            println!("{name}: takes new bots");
+        }
+    }
+    Ok(0)
+}
+
+fn state_name(s: i32) -> &'static str {
+    match pb::NodeState::try_from(s) {
+        Ok(pb::NodeState::Active) => "active",
+        Ok(pb::NodeState::Cordoned) => "cordoned",
+        Ok(pb::NodeState::Lost) => "lost",
+        _ => "unknown",
+    }
+}

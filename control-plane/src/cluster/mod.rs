@@ -1,0 +1,88 @@
+//! Cluster mode: many berthd on one PostgreSQL. This module owns this node's membership — joining under
+//! its name, heartbeating, marking silent nodes lost (`membership.rs`) — and the operator's view of the
+//! nodes (list, cordon). Every clock reading comes from the database, so no node trusts another's clock.
+//! Single-node berthd has no [`Cluster`] at all and behaves as before.
+
+mod host;
+mod membership;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::error::{Error, Result};
+pub use crate::store::records::{NodeRecord, NodeSpec};
+use crate::store::{NameTaken, Store};
+
+pub use host::{host_cpu_millis, host_memory_bytes, host_name};
+
+/// Where a node stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NodeState {
+    /// Heartbeating and taking new bots.
+    Active,
+    /// Heartbeating; no new bots are placed on it.
+    Cordoned,
+    /// Silent for longer than `node_lost_after`.
+    Lost,
+}
+
+impl NodeState {
+    pub fn of(n: &NodeRecord) -> NodeState {
+        if n.lost_since_ms.is_some() {
+            NodeState::Lost
+        } else if n.cordoned {
+            NodeState::Cordoned
+        } else {
+            NodeState::Active
+        }
+    }
+}
+
+/// This node's place in the cluster.
+#[derive(Debug)]
+pub struct Cluster {
+    store: Store,
+    me: NodeSpec,
+    lost_after: Duration,
+}
+
+impl Cluster {
+    /// Joins the cluster as `me`. Refused when a live node at another address holds the name.
+    pub async fn join(store: Store, me: NodeSpec, lost_after: Duration) -> Result<Arc<Cluster>> {
+        let fresh_ms = i64::try_from(lost_after.as_millis()).unwrap_or(i64::MAX);
+        if let Err(NameTaken { address, heartbeat_age_ms }) = store.join_cluster(&me, fresh_ms).await? {
+            return Err(Error::AlreadyExists(format!(
+                "node_name `{}` belongs to a live node at {address} (heartbeat {heartbeat_age_ms} ms ago); give \
+                 each node its own node_name",
+                me.name
+            )));
+        }
+        tracing::info!(node = %me.name, address = %me.address, "joined the cluster");
+        Ok(Arc::new(Cluster { store, me, lost_after }))
+    }
+
+    /// This node's name.
+    pub fn name(&self) -> &str {
+        &self.me.name
+    }
+
+    /// Heartbeats and loss marking until `stop`.
+    pub fn spawn_membership(self: &Arc<Self>, stop: watch::Receiver<bool>) -> JoinHandle<()> {
+        tokio::spawn(membership::run(self.clone(), stop))
+    }
+
+    /// Every node, by name.
+    pub async fn nodes(&self) -> Result<Vec<NodeRecord>> {
+        Ok(self.store.list_nodes().await?)
+    }
+
+    /// Stops placing new bots on `name` (or places them again).
+    pub async fn cordon(&self, name: &str, cordoned: bool) -> Result<()> {
+        self.store.set_cordoned(name, cordoned).await?;
+        tracing::info!(node = name, cordoned, "node cordon changed");
+        Ok(())
+    }
+}
