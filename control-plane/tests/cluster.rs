@@ -156,3 +156,80 @@ async fn cluster_mode_needs_postgres_and_a_single_node_has_no_nodes() {
     assert!(s.message().contains("not part of a cluster"), "{s:?}");
     d.stop().await;
 }
+
+async fn bots_client(d: &Daemon) -> pb::bot_service_client::BotServiceClient<tonic::transport::Channel> {
+    pb::bot_service_client::BotServiceClient::new(agent_client::channel(d.socket().to_str().unwrap()).await.unwrap())
+}
+
+async fn get(d: &Daemon, name: &str) -> pb::Bot {
+    let r = bots_client(d).await.get_bot(pb::GetBotRequest { name: name.into(), ..Default::default() }).await;
+    r.unwrap().into_inner().bot.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_bot_has_one_owner_and_only_its_owner_runs_or_changes_it() {
+    let pg = PrivatePostgres::start();
+    let db = pg.database("owners");
+    let dir = tempfile::tempdir().unwrap();
+    let tokens = dir.path().join("tokens");
+    std::fs::write(&tokens, format!("{ADMIN}\n")).unwrap();
+    let (n1, n2) = (clustered(1, &db, &tokens), clustered(2, &db, &tokens));
+
+    // A single-node berthd made a bot on this database: node-1, joining, takes it as its own.
+    let mut single = n1.config.clone();
+    single.cluster = false;
+    let d = Daemon::start(single).await.unwrap();
+    let req = pb::CreateBotRequest { name: "old".into(), ..Default::default() };
+    bots_client(&d).await.create_bot(req).await.unwrap();
+    assert_eq!(get(&d, "old").await.node, "", "no owner outside a cluster");
+    d.stop().await;
+
+    let d1 = Daemon::start(n1.config.clone()).await.unwrap();
+    let d2 = Daemon::start(n2.config.clone()).await.unwrap();
+    assert_eq!(get(&d1, "old").await.node, "node-1");
+    let memory = 256u64 << 20;
+    let req = pb::CreateBotRequest {
+        name: "b1".into(),
+        resources: Some(pb::Resources { memory_bytes: memory, ..Default::default() }),
+        ..Default::default()
+    };
+    let b1 = bots_client(&d1).await.create_bot(req).await.unwrap().into_inner().bot.unwrap();
+    assert_eq!(b1.node, "node-1");
+    let pid = get(&d1, "b1").await.pid;
+    assert!(pid > 0);
+
+    // Any node reads it, with its owner; the node list counts it against node-1.
+    let seen = get(&d2, "b1").await;
+    assert_eq!((seen.node.as_str(), seen.state()), ("node-1", pb::BotState::Running));
+    let table = cli(&d2, &["bot", "ls"]);
+    assert!(table.contains("NODE") && table.lines().any(|l| l.starts_with("b1 ") && l.contains("node-1")), "{table}");
+    let list = nodes(&d2, None).await.unwrap();
+    let one = list.iter().find(|n| n.name == "node-1").unwrap();
+    assert_eq!(one.bots, 2, "{one:?}");
+    assert!(one.memory_reserved_bytes >= memory, "{one:?}");
+    assert_eq!(list.iter().find(|n| n.name == "node-2").unwrap().bots, 0);
+
+    // Another node neither changes it nor reaches its agent: it names the owner.
+    let stop = bots_client(&d2).await.stop_bot(pb::StopBotRequest { name: "b1".into(), ..Default::default() }).await;
+    let e = stop.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::FailedPrecondition, "{e:?}");
+    assert!(e.message().contains("belongs to node `node-1`"), "{e:?}");
+    let ch = agent_client::channel(d2.socket().to_str().unwrap()).await.unwrap();
+    let mut a = agent_client::agent_on(ch, BearerAuth::none().with_bot("b1").unwrap());
+    let e = crate::common::run(&mut a, crate::common::argv(&["true"])).await.unwrap_err();
+    assert!(format!("{e:#}").contains("belongs to node `node-1`"), "{e:#}");
+
+    // node-2's reconciler leaves it alone: no container for it in node-2's containerd, and node-1's task
+    // is the same one after several passes of both.
+    tokio::time::sleep(Duration::from_millis(2000)).await;
+    assert!(!n2.containerd.ctr_ls("containers").iter().any(|c| c.contains("b1")));
+    assert_eq!(get(&d1, "b1").await.pid, pid, "the bot was restarted");
+    assert_eq!(get(&d2, "b1").await.state(), pb::BotState::Running);
+
+    for name in ["b1", "old"] {
+        let req = pb::DeleteBotRequest { name: name.into(), ..Default::default() };
+        bots_client(&d1).await.delete_bot(req).await.unwrap();
+    }
+    d1.stop().await;
+    d2.stop().await;
+}

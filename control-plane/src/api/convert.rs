@@ -45,6 +45,7 @@ pub fn bot(b: BotRecord, pid: Option<u32>) -> pb::Bot {
         egress: Some(egress_pb(&b.egress)),
         disk_used_bytes: 0,
         disk_quota_enforced: false,
+        node: b.node.clone(),
     }
 }
 

@@ -7,7 +7,7 @@ use berth_proto::controlplane::v1 as pb;
 use pb::node_service_server::NodeService;
 use tonic::{Request, Response, Status};
 
-use crate::cluster::{Cluster, NodeRecord, NodeState};
+use crate::cluster::{Cluster, NodeRecord, NodeState, Usage};
 
 pub struct Nodes {
     cluster: Option<Arc<Cluster>>,
@@ -25,7 +25,7 @@ impl Nodes {
     }
 }
 
-fn node(n: NodeRecord, this: &str) -> pb::Node {
+fn node((n, usage): (NodeRecord, Usage), this: &str) -> pb::Node {
     let state = match NodeState::of(&n) {
         NodeState::Active => pb::NodeState::Active,
         NodeState::Cordoned => pb::NodeState::Cordoned,
@@ -44,6 +44,8 @@ fn node(n: NodeRecord, this: &str) -> pb::Node {
         heartbeat_age_ms: n.heartbeat_age_ms,
         lost_since_ms: n.lost_since_ms.unwrap_or(0),
         joined_at_ms: n.joined_at_ms,
+        bots: usage.bots,
+        memory_reserved_bytes: usage.memory_bytes,
     }
 }
 

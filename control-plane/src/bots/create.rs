@@ -70,6 +70,7 @@ impl<P: Platform> BotManager<P> {
             updated_at_ms: now,
             network: None,
             egress: req.egress.clone(),
+            node: self.config.node.clone().unwrap_or_default(),
         };
         self.store.insert_bot(&bot).await?;
         self.announce(&bot.name, BotState::Creating, "creating", "").await;

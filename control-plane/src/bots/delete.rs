@@ -13,7 +13,7 @@ impl<P: Platform> BotManager<P> {
     pub async fn delete(&self, name: &str, keep_data: bool) -> Result<()> {
         let bot_lock = self.bot_lock(name);
         let guard = bot_lock.lock().await;
-        let bot = self.store.get_bot(name).await?;
+        let bot = self.own_bot(name).await?;
         if keep_data {
             let path = self.keep_data(&bot).await.map_err(|e| {
                 Error::FailedPrecondition(format!(

@@ -62,6 +62,9 @@ pub struct ManagerConfig {
     pub default_limits: crate::runtime::Limits,
     /// Name servers for the bots' resolv.conf; empty = the host's (see [`dns`]).
     pub dns_servers: Vec<std::net::IpAddr>,
+    /// This node's name in a cluster: it creates bots as their owner and runs, supervises and changes only
+    /// its own. `None` on a single node (every bot is its own).
+    pub node: Option<String>,
 }
 
 pub use agent_dir::AGENT_DIR;
@@ -188,12 +191,32 @@ impl<P: Platform> BotManager<P> {
         let _ = self.events.send(ev);
     }
 
+    /// The bots this node owns (all of them on a single node), a page at a time: what start-up recovery,
+    /// the reconciler, settlement, orphan checks and the metrics' counts work through.
+    fn own_bots(&self) -> crate::store::BotPages<'_> {
+        self.store.node_bot_pages(self.config.node.as_deref())
+    }
+
+    /// The bot, if this node owns it: a bot of another node is changed, run and reached only by that node
+    /// (FAILED_PRECONDITION naming it; forwarding a call to its owner is not built yet).
+    async fn own_bot(&self, name: &str) -> Result<BotRecord> {
+        let bot = self.store.get_bot(name).await?;
+        match &self.config.node {
+            Some(me) if bot.node != *me => Err(Error::FailedPrecondition(format!(
+                "bot `{name}` belongs to node `{}`, not to this one (`{me}`): call that node (berth node ls gives its \
+                 address)",
+                bot.node
+            ))),
+            _ => Ok(bot),
+        }
+    }
+
     /// A connection to the bot's agent (cached; evicted when the bot stops).
     pub async fn agent(&self, name: &str) -> Result<AgentOf<P>> {
         if let Some(c) = lock(&self.agents).get(name) {
             return Ok(c.clone());
         }
-        let bot = self.store.get_bot(name).await?;
+        let bot = self.own_bot(name).await?;
         if bot.state != BotState::Running {
             return Err(Error::FailedPrecondition(format!("bot `{name}` is {}, not running", bot.state.as_str())));
         }

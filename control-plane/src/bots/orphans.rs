@@ -63,7 +63,7 @@ impl<P: Platform> BotManager<P> {
         by_bot: &BTreeMap<String, Vec<SnapshotInfo>>,
         report: &mut OrphanReport,
     ) -> Result<()> {
-        let mut pages = self.store.bot_pages("");
+        let mut pages = self.own_bots();
         while let Some(page) = pages.next().await? {
             for bot in &page {
                 if !by_bot.contains_key(&bot.name) && matches!(bot.state, BotState::Running | BotState::Stopped) {

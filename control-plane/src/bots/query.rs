@@ -50,15 +50,17 @@ impl<P: Platform> BotManager<P> {
     pub async fn ready(&self) -> Result<()> {
         let hung =
             |what: &str| Error::Unavailable(format!("{what} did not answer within {} s", READY_DEADLINE.as_secs()));
-        tokio::time::timeout(READY_DEADLINE, self.store.list_bots("", 1)).await.map_err(|_| hung("the database"))??;
+        tokio::time::timeout(READY_DEADLINE, self.store.list_bots("", 1, None))
+            .await
+            .map_err(|_| hung("the database"))??;
         tokio::time::timeout(READY_DEADLINE, self.runtime.ping()).await.map_err(|_| hung("containerd"))??;
         Ok(())
     }
 
-    /// Every bot (for counts and health; the API pages with [`list`](Self::list)).
+    /// Every bot this node owns (for counts and health; the API pages with [`list`](Self::list)).
     pub async fn all_bots(&self) -> Result<Vec<BotRecord>> {
         let mut all = Vec::new();
-        let mut pages = self.store.bot_pages("");
+        let mut pages = self.own_bots();
         while let Some(page) = pages.next().await? {
             all.extend(page);
         }

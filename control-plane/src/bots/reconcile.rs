@@ -93,7 +93,7 @@ impl<P: Platform> BotManager<P> {
     pub async fn reconcile(&self) -> Result<ReconcileReport> {
         let mut report = ReconcileReport::default();
         let mut known = Vec::new();
-        let mut pages = self.store.bot_pages("");
+        let mut pages = self.own_bots();
         while let Some(page) = pages.next().await? {
             known.extend(page.iter().map(|b| b.name.clone()));
             for bot in &page {

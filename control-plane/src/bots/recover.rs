@@ -29,6 +29,7 @@ impl<P: Platform> BotManager<P> {
 
     /// Sets a bot's egress policy and applies it at once.
     pub async fn set_egress(&self, name: &str, egress: crate::network::Egress) -> Result<super::model::BotRecord> {
+        self.own_bot(name).await?;
         self.store.set_egress(name, &egress).await?;
         self.ensure_network_rules().await?;
         Ok(self.store.get_bot(name).await?)
@@ -37,7 +38,7 @@ impl<P: Platform> BotManager<P> {
     /// Checks every bot against its task. Returns how many records were corrected.
     pub async fn recover(&self) -> Result<usize> {
         let mut fixed = 0;
-        let mut pages = self.store.bot_pages("");
+        let mut pages = self.own_bots();
         while let Some(page) = pages.next().await? {
             for bot in page {
                 let task = self.runtime.state(&bot.container_id).await?;

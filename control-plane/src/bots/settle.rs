@@ -25,7 +25,7 @@ impl<P: Platform> BotManager<P> {
                 tracing::warn!(bot.name = %op.bot, error = %crate::error::chain(&e), "failed to sweep snapshots");
             }
         }
-        let mut pages = self.store.bot_pages("");
+        let mut pages = self.own_bots();
         while let Some(page) = pages.next().await? {
             for bot in &page {
                 if let Err(e) = self.runtime.thaw(&bot.container_id).await {

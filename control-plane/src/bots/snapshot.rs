@@ -119,7 +119,7 @@ impl<P: Platform> BotManager<P> {
 
     /// The bot's snapshots, oldest first.
     pub async fn list_snapshots(&self, name: &str) -> Result<Vec<Snapshot>> {
-        self.store.get_bot(name).await?;
+        self.own_bot(name).await?;
         let all = self.runtime.snapshots(LABEL_BOT, name).await?;
         let names: HashMap<&str, String> = visible(&all).map(|s| (s.key.as_str(), name_of(s))).collect();
         let mut out = Vec::new();
@@ -141,7 +141,7 @@ impl<P: Platform> BotManager<P> {
     pub async fn delete_snapshot(&self, name: &str, snapshot: &str) -> Result<()> {
         let bot_lock = self.bot_lock(name);
         let _guard = bot_lock.lock().await;
-        self.store.get_bot(name).await?;
+        self.own_bot(name).await?;
         let key = self.snapshot_key(name, snapshot).await?;
         self.runtime.label_snapshot(&key, [(LABEL_DELETED.to_string(), "true".to_string())].into()).await?;
         self.sweep_snapshots(name).await
@@ -186,7 +186,7 @@ impl<P: Platform> BotManager<P> {
 
     /// The bot, checked to be in a state whose data can be worked on.
     pub(super) async fn data_bot(&self, name: &str) -> Result<BotRecord> {
-        let bot = self.store.get_bot(name).await?;
+        let bot = self.own_bot(name).await?;
         match bot.state {
             BotState::Running | BotState::Stopped | BotState::Error => Ok(bot),
             s => Err(Error::FailedPrecondition(format!(

@@ -15,7 +15,7 @@ impl<P: Platform> BotManager<P> {
     pub async fn start(&self, name: &str) -> Result<BotRecord> {
         let bot_lock = self.bot_lock(name);
         let _guard = bot_lock.lock().await;
-        let bot = self.store.get_bot(name).await?;
+        let bot = self.own_bot(name).await?;
         // The user wants it running from now on: if this start fails, the reconciler retries with backoff.
         if !bot.desired_running && matches!(bot.state, BotState::Stopped | BotState::Error | BotState::Running) {
             self.store.set_desired(name, true).await?;

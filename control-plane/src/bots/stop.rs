@@ -13,7 +13,7 @@ impl<P: Platform> BotManager<P> {
     pub async fn stop(&self, name: &str, timeout: Option<Duration>) -> Result<BotRecord> {
         let bot_lock = self.bot_lock(name);
         let _guard = bot_lock.lock().await;
-        let bot = self.store.get_bot(name).await?;
+        let bot = self.own_bot(name).await?;
         self.store.set_desired(name, false).await?;
         match bot.state {
             BotState::Running | BotState::Error | BotState::Starting | BotState::Stopping => {}

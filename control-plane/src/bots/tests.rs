@@ -40,6 +40,7 @@ pub(crate) async fn manager() -> (Arc<BotManager<Fakes>>, tempfile::TempDir) {
             disk_bytes: None,
         },
         dns_servers: Vec::new(),
+        node: None,
     };
     let m = Arc::new(BotManager::<Fakes>::new(
         FakeRuntime::default(),

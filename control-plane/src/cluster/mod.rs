@@ -41,6 +41,14 @@ impl NodeState {
     }
 }
 
+/// What a node's bots hold.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Usage {
+    pub bots: u64,
+    /// The sum of their memory limits (an unlimited bot adds nothing).
+    pub memory_bytes: u64,
+}
+
 /// This node's place in the cluster.
 #[derive(Debug)]
 pub struct Cluster {
@@ -60,7 +68,8 @@ impl Cluster {
                 me.name
             )));
         }
-        tracing::info!(node = %me.name, address = %me.address, "joined the cluster");
+        let adopted = store.adopt_unowned_bots(&me.name).await?;
+        tracing::info!(node = %me.name, address = %me.address, adopted, "joined the cluster");
         Ok(Arc::new(Cluster { store, me, lost_after }))
     }
 
@@ -74,9 +83,18 @@ impl Cluster {
         tokio::spawn(membership::run(self.clone(), stop))
     }
 
-    /// Every node, by name.
-    pub async fn nodes(&self) -> Result<Vec<NodeRecord>> {
-        Ok(self.store.list_nodes().await?)
+    /// Every node, by name, with what its bots hold.
+    pub async fn nodes(&self) -> Result<Vec<(NodeRecord, Usage)>> {
+        let usage = self.store.bots_per_node().await?;
+        let nodes = self.store.list_nodes().await?;
+        Ok(nodes
+            .into_iter()
+            .map(|n| {
+                let (bots, memory_bytes) =
+                    usage.iter().find(|(name, ..)| *name == n.spec.name).map_or((0, 0), |&(_, b, m)| (b, m));
+                (n, Usage { bots, memory_bytes })
+            })
+            .collect())
     }
 
     /// Stops placing new bots on `name` (or places them again).

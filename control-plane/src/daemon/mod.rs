@@ -80,14 +80,17 @@ impl Daemon {
         let runtime = Containerd::connect(&config.containerd_socket, &config.namespace, &config.state_dir.join("logs"))
             .await
             .doing(|| format!("cannot reach containerd at {}", config.containerd_socket.display()))?;
+        // In a cluster, join before anything acts on bots: recovery and the reconciler then see this
+        // node's own (those a single-node berthd made here become its own).
+        let cluster = join_cluster(&config, &store).await?;
+        let node = cluster.as_ref().map(|c| c.name().to_string());
         let manager = Arc::new(BotManager::<Host>::new(
             runtime,
             network(&config),
             crate::agent_client::GrpcAgents,
             store.clone(),
-            manager_config(&config, registry_cas),
+            manager_config(&config, registry_cas, node),
         ));
-        let cluster = join_cluster(&config, &store).await?;
         let hub = Arc::new(McpHub::new(manager.clone(), store, mcp_config(&config)));
         for a in &config.image_archives {
             manager.import_image(a).await.doing(|| format!("cannot import {}", a.display()))?;
@@ -256,7 +259,7 @@ fn tls_config(config: &Config) -> Result<Option<tonic::transport::ServerTlsConfi
     Ok(Some(tonic::transport::ServerTlsConfig::new().identity(identity)))
 }
 
-fn manager_config(config: &Config, registry_cas: Vec<Vec<u8>>) -> ManagerConfig {
+fn manager_config(config: &Config, registry_cas: Vec<Vec<u8>>, node: Option<String>) -> ManagerConfig {
     ManagerConfig {
         run_dir: config.run_dir.clone(),
         default_image: config.default_image.clone(),
@@ -268,6 +271,7 @@ fn manager_config(config: &Config, registry_cas: Vec<Vec<u8>>) -> ManagerConfig 
         import_max_bytes: config.import_max_bytes,
         default_limits: config.default_limits(),
         dns_servers: config.dns_servers.clone(),
+        node,
     }
 }
 

@@ -15,7 +15,7 @@ macro_rules! columns {
     () => {
         "name, container_id, image, state, env_json, labels_json, memory_bytes, cpu_millis, pids, \
          token, last_error, restart_count, created_at_ms, updated_at_ms, netns, ip, cni_result, desired, last_exit, egress, \
-         disk_bytes"
+         disk_bytes, node"
     };
 }
 
@@ -66,6 +66,7 @@ fn decode(row: &AnyRow) -> Result<BotRecord, StoreError> {
         },
         egress: crate::network::Egress::from_db(&get_s("egress")?)
             .map_err(|e| StoreError::Corrupt(format!("bots.egress of {name}: {e}")))?,
+        node: get_s("node")?,
         name,
     })
 }
@@ -76,7 +77,7 @@ impl Store {
         let sql = concat!(
             "INSERT INTO bots (",
             columns!(),
-            ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21)"
+            ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22)"
         );
         let r = sqlx::query(sql)
             .bind(&b.name)
@@ -100,6 +101,7 @@ impl Store {
             .bind(&b.last_exit)
             .bind(b.egress.to_db())
             .bind(limit(b.limits.disk_bytes))
+            .bind(&b.node)
             .execute(self.pool())
             .await;
         match r {
@@ -136,19 +138,67 @@ impl Store {
     }
     /// Every bot, a page at a time in name order, after `after` ("" = from the first).
     pub fn bot_pages(&self, after: &str) -> BotPages<'_> {
-        BotPages { store: self, after: after.to_string(), done: false }
+        BotPages { store: self, after: after.to_string(), node: None, done: false }
     }
 
-    /// Bots after `after` (by name), in name order, at most `limit`.
-    pub async fn list_bots(&self, after: &str, limit: u32) -> Result<Vec<BotRecord>, StoreError> {
-        let sql = concat!("SELECT ", columns!(), " FROM bots WHERE name > $1 ORDER BY name LIMIT $2");
-        let rows = sqlx::query(sql)
-            .bind(after)
-            .bind(i64::from(limit))
-            .fetch_all(self.reader())
-            .await
-            .map_err(unavailable("list bots"))?;
+    /// The bots `node` owns (every bot when `None`), a page at a time in name order.
+    pub fn node_bot_pages(&self, node: Option<&str>) -> BotPages<'_> {
+        BotPages { store: self, after: String::new(), node: node.map(str::to_string), done: false }
+    }
+
+    /// Bots after `after` (by name), in name order, at most `limit`; only `node`'s when given.
+    pub async fn list_bots(&self, after: &str, limit: u32, node: Option<&str>) -> Result<Vec<BotRecord>, StoreError> {
+        let rows = match node {
+            None => {
+                sqlx::query(concat!("SELECT ", columns!(), " FROM bots WHERE name > $1 ORDER BY name LIMIT $2"))
+                    .bind(after)
+                    .bind(i64::from(limit))
+                    .fetch_all(self.reader())
+                    .await
+            }
+            Some(n) => {
+                sqlx::query(concat!(
+                    "SELECT ",
+                    columns!(),
+                    " FROM bots WHERE node = $1 AND name > $2 ORDER BY name LIMIT $3"
+                ))
+                .bind(n)
+                .bind(after)
+                .bind(i64::from(limit))
+                .fetch_all(self.reader())
+                .await
+            }
+        }
+        .map_err(unavailable("list bots"))?;
         rows.iter().map(decode).collect()
+    }
+
+    /// Gives `node` every bot that has no owner (made by a single-node berthd on this database).
+    pub async fn adopt_unowned_bots(&self, node: &str) -> Result<u64, StoreError> {
+        let r = sqlx::query("UPDATE bots SET node = $1 WHERE node = ''")
+            .bind(node)
+            .execute(self.pool())
+            .await
+            .map_err(unavailable("adopt bots"))?;
+        Ok(r.rows_affected())
+    }
+
+    /// How many bots each node owns and the sum of their memory limits (unlimited counts as 0).
+    pub async fn bots_per_node(&self) -> Result<Vec<(String, u64, u64)>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT node, COUNT(*) AS bots, CAST(COALESCE(SUM(memory_bytes), 0) AS BIGINT) AS memory FROM bots GROUP BY node",
+        )
+        .fetch_all(self.reader())
+        .await
+        .map_err(unavailable("count bots per node"))?;
+        let get = |r: &AnyRow, c: &str| r.try_get::<i64, _>(c).map(|v| v.max(0) as u64);
+        rows.iter()
+            .map(|r| {
+                let node: String = r.try_get("node")?;
+                Ok((node, get(r, "bots")?, get(r, "memory")?))
+            })
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(|e| StoreError::Corrupt(format!("bots per node: {e}")))
     }
 
     /// Sets a bot's state and last error (and counts a restart when asked).
@@ -261,6 +311,7 @@ const BOT_PAGE: u32 = 500;
 pub struct BotPages<'a> {
     store: &'a Store,
     after: String,
+    node: Option<String>,
     done: bool,
 }
 
@@ -270,7 +321,7 @@ impl BotPages<'_> {
         if self.done {
             return Ok(None);
         }
-        let page = self.store.list_bots(&self.after, BOT_PAGE).await?;
+        let page = self.store.list_bots(&self.after, BOT_PAGE, self.node.as_deref()).await?;
         self.done = page.len() < BOT_PAGE as usize;
         match page.last() {
             Some(b) => self.after = b.name.clone(),

@@ -17,6 +17,7 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
     (20261123000006, "mcp servers", include_str!("../../../migrations/20261123000006_mcp_servers.sql")),
     (20261206000007, "disk", include_str!("../../../migrations/20261206000007_disk.sql")),
     (20261207000008, "nodes", include_str!("../../../migrations/20261207000008_nodes.sql")),
+    (20261207000009, "bot node", include_str!("../../../migrations/20261207000009_bot_node.sql")),
 ];
 
 /// The migrator over [`MIGRATIONS`]: versions, descriptions and checksums as `sqlx::migrate!` made them,

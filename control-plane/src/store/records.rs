@@ -73,6 +73,9 @@ pub struct BotRecord {
     pub network: Option<Attachment>,
     /// Where it may connect beyond the host.
     pub egress: Egress,
+    /// The node that owns it (cluster mode): only that node runs, supervises and changes it. Empty on a
+    /// single node.
+    pub node: String,
 }
 
 /// A lifecycle event.

@@ -261,6 +261,7 @@ fn json(b: &pb::Bot) -> serde_json::Value {
         "created_at_ms": b.created_at_ms, "updated_at_ms": b.updated_at_ms, "last_error": b.last_error,
         "pid": b.pid, "env_names": b.env_names, "ip": b.ip, "restart_count": b.restart_count,
         "last_exit": b.last_exit, "desired_running": b.desired_running, "egress": egress_name(b.egress.as_ref()),
+        "node": b.node,
     })
 }
 
@@ -347,9 +348,13 @@ pub async fn bot(conn: &Conn, cmd: BotCommand) -> anyhow::Result<i32> {
             if as_json {
                 println!("{}", serde_json::Value::Array(all.iter().map(json).collect()));
             } else {
-                println!("{:<24} {:<9} {:<15} {:<28} LAST ERROR", "NAME", "STATE", "IP", "IMAGE");
+                // The NODE column appears in a cluster only (a bot has an owner there).
+                let nodes = all.iter().any(|b| !b.node.is_empty());
+                let node = |n: &str| if nodes { format!("{n:<16} ") } else { String::new() };
+                println!("{:<24} {:<9} {}{:<15} {:<28} LAST ERROR", "NAME", "STATE", node("NODE"), "IP", "IMAGE");
                 for b in &all {
-                    println!("{:<24} {:<9} {:<15} {:<28} {}", b.name, state_name(b.state), b.ip, b.image, b.last_error);
+                    let (name, state, ip, image) = (&b.name, state_name(b.state), &b.ip, &b.image);
+                    println!("{name:<24} {state:<9} {}{ip:<15} {image:<28} {}", node(&b.node), b.last_error);
                 }
             }
         }

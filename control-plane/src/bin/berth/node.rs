@@ -6,7 +6,8 @@ use crate::daemon::{Conn, status_err};
 
 #[derive(Debug, clap::Subcommand)]
 pub enum NodeCommand {
-    /// Every node: name, address, state, memory and CPUs offered, seconds since its heartbeat.
+    /// Every node: name, address, state, its bots, memory reserved by their limits of what it offers,
+    /// CPUs, seconds since its heartbeat, labels.
     Ls,
     /// Place no new bots on NAME (its bots keep running).
     Cordon { name: String },
@@ -20,8 +21,8 @@ pub async fn node(conn: &Conn, cmd: NodeCommand) -> anyhow::Result<i32> {
         NodeCommand::Ls => {
             let nodes = c.list_nodes(pb::ListNodesRequest {}).await.map_err(status_err("list nodes"))?.into_inner();
             println!(
-                "{:<20} {:<24} {:<9} {:>9} {:>6} {:>9}  LABELS",
-                "NAME", "ADDRESS", "STATE", "MEMORY", "CPUS", "HEARTBEAT"
+                "{:<20} {:<24} {:<9} {:>5} {:>15} {:>6} {:>9}  LABELS",
+                "NAME", "ADDRESS", "STATE", "BOTS", "MEMORY", "CPUS", "HEARTBEAT"
             );
             for n in nodes.nodes {
                 let mut name = n.name.clone();
@@ -29,12 +30,14 @@ pub async fn node(conn: &Conn, cmd: NodeCommand) -> anyhow::Result<i32> {
                     name.push('*');
                 }
                 let labels: Vec<String> = n.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                let memory = format!("{}/{}M", n.memory_reserved_bytes >> 20, n.memory_bytes >> 20);
                 println!(
-                    "{:<20} {:<24} {:<9} {:>8}M {:>6} {:>8.1}s  {}",
+                    "{:<20} {:<24} {:<9} {:>5} {:>15} {:>6} {:>8.1}s  {}",
                     name,
                     n.address,
                     state_name(n.state),
-                    n.memory_bytes >> 20,
+                    n.bots,
+                    memory,
                     format!("{:.1}", n.cpu_millis as f64 / 1000.0),
                     n.heartbeat_age_ms as f64 / 1000.0,
                     labels.join(",")
