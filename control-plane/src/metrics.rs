@@ -159,6 +159,11 @@ pub fn metrics() -> &'static Metrics {
 #[derive(Debug, Clone, Default)]
 pub struct RpcLatencyLayer;
 
+/// The gRPC method a request calls (`/package.Service/Method`), which [`RpcLatency`] puts in the
+/// request's extensions for the handlers (forwarding a call to another node calls the same method).
+#[derive(Debug, Clone)]
+pub struct RpcMethod(pub String);
+
 impl<S> tower::Layer<S> for RpcLatencyLayer {
     type Service = RpcLatency<S>;
     fn layer(&self, inner: S) -> RpcLatency<S> {
@@ -184,8 +189,9 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, req: Request<B>) -> Self::Future {
+    fn call(&mut self, mut req: Request<B>) -> Self::Future {
         let method = req.uri().path().to_string();
+        req.extensions_mut().insert(RpcMethod(method.clone()));
         let started = Instant::now();
         let fut = self.inner.call(req);
         Box::pin(async move {

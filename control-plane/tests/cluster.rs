@@ -19,23 +19,43 @@ use support::postgres::PrivatePostgres;
 
 const ADMIN: &str = "cluster-admin-token-0123456789";
 const ALICE: &str = "cluster-alice-token-0123456789";
+const SECRET: &str = "cluster-secret-0123456789abcdefghijklmnop";
 const LOST_AFTER_MS: u64 = 1000;
 
-fn clustered(n: u8, db: &str, tokens: &std::path::Path) -> Node {
-    let mut node = Node::new(n);
-    node.config = Config {
-        cluster: true,
-        node_name: format!("node-{n}"),
-        database_url: Some(db.into()),
-        listen_tcp: Some(format!("127.0.0.{n}:0").parse().unwrap()),
-        advertise_addr: format!("node-{n}.test:7443"),
-        api_token_file: Some(tokens.into()),
-        node_lost_after_ms: LOST_AFTER_MS,
-        node_memory_bytes: u64::from(n) << 30,
-        node_labels: vec![format!("zone=z{n}")],
-        ..node.config.clone()
-    };
-    node
+/// A private PostgreSQL with one database, and the token files every node reads.
+struct Cluster {
+    _pg: PrivatePostgres,
+    db: String,
+    dir: tempfile::TempDir,
+}
+
+impl Cluster {
+    fn new(database: &str) -> Cluster {
+        let pg = PrivatePostgres::start();
+        let db = pg.database(database);
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("tokens"), format!("{ADMIN}\n{ALICE} bots=alice\n")).unwrap();
+        std::fs::write(dir.path().join("secret"), format!("{SECRET}\n")).unwrap();
+        Cluster { _pg: pg, db, dir }
+    }
+
+    /// Node `n`: its own containerd, state, bridge and subnet, listening on 127.0.0.`n`.
+    fn node(&self, n: u8) -> Node {
+        let mut node = Node::new(n);
+        node.config = Config {
+            cluster: true,
+            node_name: format!("node-{n}"),
+            database_url: Some(self.db.clone()),
+            listen_tcp: Some(format!("127.0.0.{n}:0").parse().unwrap()),
+            api_token_file: Some(self.dir.path().join("tokens")),
+            cluster_token_file: Some(self.dir.path().join("secret")),
+            node_lost_after_ms: LOST_AFTER_MS,
+            node_memory_bytes: u64::from(n) << 30,
+            node_labels: vec![format!("zone=z{n}")],
+            ..node.config.clone()
+        };
+        node
+    }
 }
 
 async fn nodes(d: &Daemon, token: Option<&str>) -> Result<Vec<pb::Node>, tonic::Status> {
@@ -69,12 +89,8 @@ fn cli(d: &Daemon, args: &[&str]) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nodes_join_heartbeat_cordon_and_a_silent_one_is_lost_until_it_returns() {
-    let pg = PrivatePostgres::start();
-    let db = pg.database("cluster");
-    let dir = tempfile::tempdir().unwrap();
-    let tokens = dir.path().join("tokens");
-    std::fs::write(&tokens, format!("{ADMIN}\n{ALICE} bots=alice\n")).unwrap();
-    let (n1, n2) = (clustered(1, &db, &tokens), clustered(2, &db, &tokens));
+    let c = Cluster::new("cluster");
+    let (n1, n2) = (c.node(1), c.node(2));
     let d1 = Daemon::start(n1.config.clone()).await.unwrap();
     let d2 = Daemon::start(n2.config.clone()).await.unwrap();
 
@@ -89,7 +105,8 @@ async fn nodes_join_heartbeat_cordon_and_a_silent_one_is_lost_until_it_returns()
             assert!(n.heartbeat_age_ms < LOST_AFTER_MS as i64, "{n:?}");
         }
         let two = list.iter().find(|n| n.name == "node-2").unwrap();
-        assert_eq!((two.address.as_str(), two.memory_bytes), ("node-2.test:7443", 2 << 30));
+        let address = d2.tcp_addr().unwrap().to_string();
+        assert_eq!((two.address.as_str(), two.memory_bytes), (address.as_str(), 2 << 30));
         assert_eq!(two.labels.get("zone").map(String::as_str), Some("z2"));
         assert!(two.cpu_millis >= 1000, "the host's CPUs: {two:?}");
     }
@@ -106,11 +123,12 @@ async fn nodes_join_heartbeat_cordon_and_a_silent_one_is_lost_until_it_returns()
     assert_eq!(state(&nodes(&d1, None).await.unwrap(), "node-2"), pb::NodeState::Active);
 
     // A second live node under a taken name (another address) is refused, naming the holder.
-    let mut twin = clustered(3, &db, &tokens);
+    let mut twin = c.node(3);
     twin.config.node_name = "node-1".into();
     let e = Daemon::start(twin.config.clone()).await.err().expect("a second node-1");
     let e = format!("{:#}", anyhow::Error::from(e));
-    assert!(e.contains("node_name `node-1` belongs to a live node at node-1.test:7443"), "{e}");
+    let holder = d1.tcp_addr().unwrap();
+    assert!(e.contains(&format!("node_name `node-1` belongs to a live node at {holder}")), "{e}");
 
     // node-2 stops heartbeating: node-1 marks it lost once its heartbeat is older than LOST_AFTER_MS.
     let table = cli(&d1, &["node", "ls"]);
@@ -168,12 +186,8 @@ async fn get(d: &Daemon, name: &str) -> pb::Bot {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_bot_has_one_owner_and_only_its_owner_runs_or_changes_it() {
-    let pg = PrivatePostgres::start();
-    let db = pg.database("owners");
-    let dir = tempfile::tempdir().unwrap();
-    let tokens = dir.path().join("tokens");
-    std::fs::write(&tokens, format!("{ADMIN}\n")).unwrap();
-    let (n1, n2) = (clustered(1, &db, &tokens), clustered(2, &db, &tokens));
+    let c = Cluster::new("owners");
+    let (n1, n2) = (c.node(1), c.node(2));
 
     // A single-node berthd made a bot on this database: node-1, joining, takes it as its own.
     let mut single = n1.config.clone();
@@ -209,16 +223,6 @@ async fn each_bot_has_one_owner_and_only_its_owner_runs_or_changes_it() {
     assert!(one.memory_reserved_bytes >= memory, "{one:?}");
     assert_eq!(list.iter().find(|n| n.name == "node-2").unwrap().bots, 0);
 
-    // Another node neither changes it nor reaches its agent: it names the owner.
-    let stop = bots_client(&d2).await.stop_bot(pb::StopBotRequest { name: "b1".into(), ..Default::default() }).await;
-    let e = stop.unwrap_err();
-    assert_eq!(e.code(), tonic::Code::FailedPrecondition, "{e:?}");
-    assert!(e.message().contains("belongs to node `node-1`"), "{e:?}");
-    let ch = agent_client::channel(d2.socket().to_str().unwrap()).await.unwrap();
-    let mut a = agent_client::agent_on(ch, BearerAuth::none().with_bot("b1").unwrap());
-    let e = crate::common::run(&mut a, crate::common::argv(&["true"])).await.unwrap_err();
-    assert!(format!("{e:#}").contains("belongs to node `node-1`"), "{e:#}");
-
     // node-2's reconciler leaves it alone: no container for it in node-2's containerd, and node-1's task
     // is the same one after several passes of both.
     tokio::time::sleep(Duration::from_millis(2000)).await;
@@ -229,6 +233,186 @@ async fn each_bot_has_one_owner_and_only_its_owner_runs_or_changes_it() {
     for name in ["b1", "old"] {
         let req = pb::DeleteBotRequest { name: name.into(), ..Default::default() };
         bots_client(&d1).await.delete_bot(req).await.unwrap();
+    }
+    d1.stop().await;
+    d2.stop().await;
+}
+
+async fn data_client(d: &Daemon) -> pb::data_service_client::DataServiceClient<tonic::transport::Channel> {
+    let ch = agent_client::channel(d.socket().to_str().unwrap()).await.unwrap();
+    pb::data_service_client::DataServiceClient::new(ch)
+}
+
+/// The agent protocol of `bot` through `d`'s socket, with `token` if given.
+async fn agent(d: &Daemon, bot: &str, token: Option<&str>) -> agent_client::AgentClient {
+    let ch = agent_client::channel(d.socket().to_str().unwrap()).await.unwrap();
+    let auth = token.map_or_else(BearerAuth::none, |t| BearerAuth::new(t).unwrap());
+    agent_client::agent_on(ch, auth.with_bot(bot).unwrap())
+}
+
+/// A call straight to `d`'s TCP listener as a peer would make it: `secret` and `scope` as given.
+async fn as_peer(d: &Daemon, secret: &str, scope: Option<&str>, bot: &str) -> Result<(), tonic::Status> {
+    use berth_proto::agent::v1 as apb;
+    let ch = agent_client::channel(&format!("http://{}", d.tcp_addr().unwrap())).await.unwrap();
+    let mut req = tonic::Request::new(apb::VersionRequest {});
+    req.metadata_mut().insert("authorization", format!("Bearer {secret}").parse().unwrap());
+    req.metadata_mut().insert("berth-bot", bot.parse().unwrap());
+    if let Some(s) = scope {
+        req.metadata_mut().insert("berth-forwarded-scope", s.parse().unwrap());
+    }
+    apb::container_service_client::ContainerServiceClient::new(ch).version(req).await.map(drop)
+}
+
+async fn echo(d: &Daemon, bot: &str) -> Result<String, tonic::Status> {
+    let mut a = agent(d, bot, None).await;
+    let r = crate::common::run(&mut a, crate::common::argv(&["sh", "-c", "echo hi from $(hostname); exit 3"])).await?;
+    assert_eq!(r.code(), Some(3));
+    Ok(r.stdout_str())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn any_node_serves_any_bot_with_the_callers_scope_and_a_lost_owner_fails_fast() {
+    use berth_proto::agent::v1 as apb;
+    use tokio_stream::StreamExt;
+    let c = Cluster::new("routing");
+    let (n1, n2) = (c.node(1), c.node(2));
+    let d1 = Daemon::start(n1.config.clone()).await.unwrap();
+    let d2 = Daemon::start(n2.config.clone()).await.unwrap();
+    for name in ["alice", "bob"] {
+        let req = pb::CreateBotRequest { name: name.into(), ..Default::default() };
+        bots_client(&d1).await.create_bot(req).await.unwrap();
+    }
+    let alice_pid = get(&d1, "alice").await.pid;
+
+    // Through node-2: exec (streams both ways), files, lifecycle, snapshots, export and import, an MCP
+    // session, all reaching the bots on node-1.
+    assert!(echo(&d2, "alice").await.unwrap().starts_with("hi from"));
+    let mut a = agent(&d2, "alice", None).await;
+    let write =
+        apb::WriteFileRequest { path: "/data/x.txt".into(), content: b"forwarded".to_vec(), ..Default::default() };
+    a.write_file(write).await.unwrap();
+    let mut a1 = agent(&d1, "alice", None).await;
+    let read = a1.read_file(apb::ReadFileRequest { path: "/data/x.txt".into(), ..Default::default() }).await.unwrap();
+    assert_eq!(read.into_inner().content, b"forwarded");
+    let dst = c.dir.path().join("x.txt");
+    let out = Command::new(env!("CARGO_BIN_EXE_berth"))
+        .env("BERTH_ADDR", d2.socket())
+        .args(["cp", "alice:/data/x.txt", dst.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(std::fs::read(&dst).unwrap(), b"forwarded", "a download through node-2");
+
+    let stop = pb::StopBotRequest { name: "bob".into(), ..Default::default() };
+    let stopped = bots_client(&d2).await.stop_bot(stop).await.unwrap().into_inner().bot.unwrap();
+    assert_eq!(stopped.state(), pb::BotState::Stopped);
+    assert_eq!(get(&d1, "bob").await.state(), pb::BotState::Stopped);
+    bots_client(&d2).await.start_bot(pb::StartBotRequest { name: "bob".into() }).await.unwrap();
+    let bob = get(&d2, "bob").await;
+    assert_eq!((bob.state(), bob.node.as_str()), (pb::BotState::Running, "node-1"));
+    assert!(bob.pid > 0, "GetBot through node-2 answers with the owner's task: {bob:?}");
+    assert!(!n2.containerd.ctr_ls("containers").iter().any(|c| c.contains("bob")));
+
+    let snap = pb::CreateSnapshotRequest { bot: "alice".into(), name: "s1".into() };
+    data_client(&d2).await.create_snapshot(snap).await.unwrap();
+    let list = data_client(&d2).await.list_snapshots(pb::ListSnapshotsRequest { bot: "alice".into() }).await;
+    assert!(list.unwrap().into_inner().snapshots.iter().any(|s| s.name == "s1"));
+    let export = pb::ExportDataRequest { bot: "alice".into(), compression: pb::Compression::Zstd.into() };
+    let mut chunks = data_client(&d2).await.export_data(export).await.unwrap().into_inner();
+    let (mut archive, mut summary) = (Vec::new(), None);
+    while let Some(chunk) = chunks.message().await.unwrap() {
+        archive.extend_from_slice(&chunk.data);
+        summary = summary.or(chunk.summary);
+    }
+    assert!(summary.unwrap().entries >= 1);
+    let first = pb::ImportDataChunk { bot: "bob".into(), replace: true, ..Default::default() };
+    let rest = archive.chunks(64 << 10).map(|d| pb::ImportDataChunk { data: d.to_vec(), ..Default::default() });
+    let chunks: Vec<_> = std::iter::once(first).chain(rest).collect();
+    let imported = data_client(&d2).await.import_data(tokio_stream::iter(chunks)).await.unwrap().into_inner();
+    assert!(imported.verified && imported.entries >= 1, "{imported:?}");
+    let mut b1 = agent(&d1, "bob", None).await;
+    let read = b1.read_file(apb::ReadFileRequest { path: "/data/x.txt".into(), ..Default::default() }).await.unwrap();
+    assert_eq!(read.into_inner().content, b"forwarded", "alice's data imported into bob through node-2");
+
+    let ch = agent_client::channel(d2.socket().to_str().unwrap()).await.unwrap();
+    let mut mcp = pb::mcp_service_client::McpServiceClient::new(ch);
+    let open = apb::McpOpen { command: "cat".into(), ..Default::default() };
+    let frames = [
+        pb::McpClientFrame {
+            frame: Some(pb::mcp_client_frame::Frame::Connect(pb::McpConnect {
+                bot: "alice".into(),
+                target: Some(pb::mcp_connect::Target::Command(open)),
+                ..Default::default()
+            })),
+        },
+        pb::McpClientFrame { frame: Some(pb::mcp_client_frame::Frame::Message(b"{\"jsonrpc\":\"2.0\"}".to_vec())) },
+    ];
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    for f in frames {
+        tx.send(f).await.unwrap();
+    }
+    let mut session = mcp.mcp_session(tokio_stream::wrappers::ReceiverStream::new(rx)).await.unwrap().into_inner();
+    let echoed = loop {
+        let m = tokio::time::timeout(Duration::from_secs(20), session.next()).await.unwrap().unwrap().unwrap();
+        if let Some(apb::mcp_session_response::Frame::Message(m)) = m.frame {
+            break m;
+        }
+    };
+    assert_eq!(echoed, b"{\"jsonrpc\":\"2.0\"}");
+    drop(tx);
+
+    // Scopes: alice's token reaches alice through node-2 and is refused bob there; the owner checks the
+    // forwarded scope again, refuses a peer call without one, and a caller without the cluster secret.
+    let mut scoped = agent(&d2, "alice", Some(ALICE)).await;
+    scoped.version(apb::VersionRequest {}).await.unwrap();
+    let e = agent(&d2, "bob", Some(ALICE)).await.version(apb::VersionRequest {}).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::PermissionDenied, "{e:?}");
+    as_peer(&d1, SECRET, Some("bots=alice"), "alice").await.unwrap();
+    as_peer(&d1, SECRET, Some("all"), "bob").await.unwrap();
+    let e = as_peer(&d1, SECRET, Some("bots=alice"), "bob").await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::PermissionDenied, "{e:?}");
+    let e = as_peer(&d1, SECRET, None, "bob").await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::Unauthenticated, "{e:?}");
+    assert!(e.message().contains("berth-forwarded-scope"), "{e:?}");
+    let e = as_peer(&d1, "not-the-cluster-secret-0123456789abcdef", Some("all"), "bob").await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::Unauthenticated, "{e:?}");
+    let e = as_peer(&d1, ADMIN, Some("all"), "bob").await;
+    assert!(e.is_ok(), "an API token is an API token; the scope header means nothing with it: {e:?}");
+    let e = as_peer(&d1, ALICE, Some("all"), "bob").await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::PermissionDenied, "a scope header never widens a token: {e:?}");
+
+    // node-1 goes away (its bots keep running): through node-2 their calls fail UNAVAILABLE naming it,
+    // at once; once it is marked lost, saying so. node-2's own work goes on.
+    d1.stop().await;
+    let started = Instant::now();
+    let e = echo(&d2, "alice").await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::Unavailable, "{e:?}");
+    assert!(e.message().contains("node-1"), "{e:?}");
+    assert!(started.elapsed() < Duration::from_secs(1), "took {:?}", started.elapsed());
+    let lost = Instant::now();
+    while state(&nodes(&d2, None).await.unwrap(), "node-1") != pb::NodeState::Lost {
+        assert!(lost.elapsed() < Duration::from_millis(LOST_AFTER_MS * 5), "node-1 never marked lost");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let started = Instant::now();
+    let e = echo(&d2, "alice").await.unwrap_err();
+    let took = started.elapsed();
+    assert_eq!(e.code(), tonic::Code::Unavailable, "{e:?}");
+    assert!(e.message().contains("node `node-1`, lost"), "{e:?}");
+    assert!(took < Duration::from_secs(1), "took {took:?}");
+    eprintln!("a call for a bot on a lost node failed in {took:?}");
+    let req = pb::CreateBotRequest { name: "local".into(), ..Default::default() };
+    bots_client(&d2).await.create_bot(req).await.unwrap();
+    assert!(echo(&d2, "local").await.unwrap().starts_with("hi from"));
+
+    // node-1 is back: its bots were never restarted, and node-2 reaches them again.
+    let d1 = Daemon::start(n1.config.clone()).await.unwrap();
+    assert!(echo(&d2, "alice").await.unwrap().starts_with("hi from"));
+    assert_eq!(get(&d1, "alice").await.pid, alice_pid, "alice was restarted");
+
+    for (d, name) in [(&d1, "alice"), (&d1, "bob"), (&d2, "local")] {
+        let req = pb::DeleteBotRequest { name: name.into(), ..Default::default() };
+        bots_client(d).await.delete_bot(req).await.unwrap();
     }
     d1.stop().await;
     d2.stop().await;

@@ -149,6 +149,22 @@ pub async fn channel_with_ca(addr: &str, ca: Option<&[u8]>) -> Result<Channel, C
     }
 }
 
+/// A channel to `url` (`http://HOST:PORT`, or `https://` trusting the PEM certificates `ca`) that connects
+/// at its first call and again after a failure, each attempt bounded by `connect_timeout`: berthd's
+/// channels to its peers in a cluster.
+pub fn lazy_channel(url: &str, ca: Option<&[u8]>, connect_timeout: Duration) -> Result<Channel, ConnectError> {
+    let fail = |source| ConnectError::Connect { target: url.to_string(), source };
+    let mut endpoint = Endpoint::from_shared(url.to_string()).map_err(fail)?;
+    if url.starts_with("https://") {
+        let mut tls = tonic::transport::ClientTlsConfig::new();
+        if let Some(pem) = ca {
+            tls = tls.ca_certificate(tonic::transport::Certificate::from_pem(pem));
+        }
+        endpoint = endpoint.tls_config(tls).map_err(fail)?;
+    }
+    Ok(configure(endpoint).connect_timeout(connect_timeout).connect_lazy())
+}
+
 async fn unix_channel(socket: &Path) -> Result<Channel, ConnectError> {
     let path = socket.to_path_buf();
     // The URI is ignored by the connector; it only has to parse.

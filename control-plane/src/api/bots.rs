@@ -1,4 +1,5 @@
-//! `BotService`: one-line handlers over [`BotManager`].
+//! `BotService`: one-line handlers over [`BotManager`]; a call for another node's bot is sent to that
+//! node (`forward.rs`).
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -9,17 +10,19 @@ use pb::bot_service_server::BotService;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
+use super::forward::{self, Forwarder};
 use super::{Scope, convert};
 use crate::bots::Platform;
 use crate::bots::{BotManager, CreateBot};
 
 pub struct Bots<P: Platform> {
     m: Arc<BotManager<P>>,
+    forward: Forwarder,
 }
 
 impl<P: Platform> Bots<P> {
-    pub fn new(m: Arc<BotManager<P>>) -> Self {
-        Bots { m }
+    pub fn new(m: Arc<BotManager<P>>, forward: Forwarder) -> Self {
+        Bots { m, forward }
     }
 }
 
@@ -46,6 +49,9 @@ impl<P: Platform> BotService for Bots<P> {
 
     async fn get_bot(&self, r: Request<pb::GetBotRequest>) -> Res<pb::GetBotResponse> {
         Scope::of(&r).allow(&r.get_ref().name)?;
+        if let Some(peer) = self.forward.peer(&r, &r.get_ref().name).await? {
+            return forward::unary(&peer, r).await;
+        }
         let (b, pid) = self.m.get(&r.get_ref().name).await?;
         let disk = if r.get_ref().disk_usage { Some(self.m.disk_usage(&b).await) } else { None };
         let mut bot = convert::bot(b, pid);
@@ -67,12 +73,18 @@ impl<P: Platform> BotService for Bots<P> {
 
     async fn start_bot(&self, r: Request<pb::StartBotRequest>) -> Res<pb::StartBotResponse> {
         Scope::of(&r).allow(&r.get_ref().name)?;
+        if let Some(peer) = self.forward.peer(&r, &r.get_ref().name).await? {
+            return forward::unary(&peer, r).await;
+        }
         let b = self.m.start(&r.get_ref().name).await?;
         Ok(Response::new(pb::StartBotResponse { bot: Some(convert::bot(b, None)) }))
     }
 
     async fn stop_bot(&self, r: Request<pb::StopBotRequest>) -> Res<pb::StopBotResponse> {
         Scope::of(&r).allow(&r.get_ref().name)?;
+        if let Some(peer) = self.forward.peer(&r, &r.get_ref().name).await? {
+            return forward::unary(&peer, r).await;
+        }
         let timeout = (r.get_ref().timeout_ms > 0).then(|| Duration::from_millis(r.get_ref().timeout_ms));
         let b = self.m.stop(&r.get_ref().name, timeout).await?;
         Ok(Response::new(pb::StopBotResponse { bot: Some(convert::bot(b, None)) }))
@@ -80,12 +92,18 @@ impl<P: Platform> BotService for Bots<P> {
 
     async fn delete_bot(&self, r: Request<pb::DeleteBotRequest>) -> Res<pb::DeleteBotResponse> {
         Scope::of(&r).allow(&r.get_ref().name)?;
+        if let Some(peer) = self.forward.peer(&r, &r.get_ref().name).await? {
+            return forward::unary(&peer, r).await;
+        }
         self.m.delete(&r.get_ref().name, r.get_ref().keep_data).await?;
         Ok(Response::new(pb::DeleteBotResponse {}))
     }
 
     async fn set_egress(&self, r: Request<pb::SetEgressRequest>) -> Res<pb::SetEgressResponse> {
         Scope::of(&r).allow(&r.get_ref().name)?;
+        if let Some(peer) = self.forward.peer(&r, &r.get_ref().name).await? {
+            return forward::unary(&peer, r).await;
+        }
         let r = r.into_inner();
         let b = self.m.set_egress(&r.name, convert::egress(r.egress)?).await?;
         Ok(Response::new(pb::SetEgressResponse { bot: Some(convert::bot(b, None)) }))

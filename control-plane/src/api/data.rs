@@ -1,5 +1,7 @@
 //! `DataService`: thin handlers over [`BotManager`]'s snapshots, export/import and operations. The only
-//! logic here is plumbing gRPC streams to the blocking archive code (see `archive::pipe`).
+//! logic here is plumbing gRPC streams to the blocking archive code (see `archive::pipe`). A call for
+//! another node's bot is sent to that node (`forward.rs`); operations are read from the shared database
+//! by any node.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -8,9 +10,10 @@ use berth_proto::controlplane::v1 as pb;
 use bytes::Bytes;
 use pb::data_service_server::DataService;
 use tokio::sync::mpsc;
-use tokio_stream::Stream;
+use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
 
+use super::forward::{self, Forwarder, upstream};
 use super::{Scope, convert};
 use crate::archive::Compression;
 use crate::archive::pipe::{ChannelReader, ChannelWriter};
@@ -19,11 +22,12 @@ use crate::bots::Platform;
 
 pub struct Data<P: Platform> {
     m: Arc<BotManager<P>>,
+    forward: Forwarder,
 }
 
 impl<P: Platform> Data<P> {
-    pub fn new(m: Arc<BotManager<P>>) -> Self {
-        Data { m }
+    pub fn new(m: Arc<BotManager<P>>, forward: Forwarder) -> Self {
+        Data { m, forward }
     }
 }
 
@@ -33,6 +37,9 @@ type Res<T> = Result<Response<T>, Status>;
 impl<P: Platform> DataService for Data<P> {
     async fn create_snapshot(&self, r: Request<pb::CreateSnapshotRequest>) -> Res<pb::CreateSnapshotResponse> {
         Scope::of(&r).allow(&r.get_ref().bot)?;
+        if let Some(peer) = self.forward.peer(&r, &r.get_ref().bot).await? {
+            return forward::unary(&peer, r).await;
+        }
         let r = r.into_inner();
         let (s, op) = self.m.create_snapshot(&r.bot, Some(r.name)).await?;
         Ok(Response::new(pb::CreateSnapshotResponse { snapshot: Some(convert::snapshot(s)), operation_id: op }))
@@ -40,18 +47,27 @@ impl<P: Platform> DataService for Data<P> {
 
     async fn list_snapshots(&self, r: Request<pb::ListSnapshotsRequest>) -> Res<pb::ListSnapshotsResponse> {
         Scope::of(&r).allow(&r.get_ref().bot)?;
+        if let Some(peer) = self.forward.peer(&r, &r.get_ref().bot).await? {
+            return forward::unary(&peer, r).await;
+        }
         let snaps = self.m.list_snapshots(&r.get_ref().bot).await?;
         Ok(Response::new(pb::ListSnapshotsResponse { snapshots: snaps.into_iter().map(convert::snapshot).collect() }))
     }
 
     async fn delete_snapshot(&self, r: Request<pb::DeleteSnapshotRequest>) -> Res<pb::DeleteSnapshotResponse> {
         Scope::of(&r).allow(&r.get_ref().bot)?;
+        if let Some(peer) = self.forward.peer(&r, &r.get_ref().bot).await? {
+            return forward::unary(&peer, r).await;
+        }
         self.m.delete_snapshot(&r.get_ref().bot, &r.get_ref().name).await?;
         Ok(Response::new(pb::DeleteSnapshotResponse {}))
     }
 
     async fn rollback(&self, r: Request<pb::RollbackRequest>) -> Res<pb::RollbackResponse> {
         Scope::of(&r).allow(&r.get_ref().bot)?;
+        if let Some(peer) = self.forward.peer(&r, &r.get_ref().bot).await? {
+            return forward::unary(&peer, r).await;
+        }
         let (b, op) = self.m.rollback(&r.get_ref().bot, &r.get_ref().snapshot).await?;
         Ok(Response::new(pb::RollbackResponse { bot: Some(convert::bot(b, None)), operation_id: op }))
     }
@@ -60,6 +76,9 @@ impl<P: Platform> DataService for Data<P> {
 
     async fn export_data(&self, r: Request<pb::ExportDataRequest>) -> Res<Self::ExportDataStream> {
         Scope::of(&r).allow(&r.get_ref().bot)?;
+        if let Some(peer) = self.forward.peer(&r, &r.get_ref().bot).await? {
+            return forward::server_streaming(&peer, r).await;
+        }
         let r = r.into_inner();
         let compression = match pb::Compression::try_from(r.compression) {
             Ok(pb::Compression::Zstd) => Compression::Zstd,
@@ -118,17 +137,21 @@ impl<P: Platform> DataService for Data<P> {
         Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(out_rx))))
     }
 
-    async fn import_data(&self, r: Request<Streaming<pb::ImportDataChunk>>) -> Res<pb::ImportDataResponse> {
+    async fn import_data(&self, mut r: Request<Streaming<pb::ImportDataChunk>>) -> Res<pb::ImportDataResponse> {
         let scope = Scope::of(&r);
-        let mut stream = r.into_inner();
-        let first = stream
-            .message()
-            .await?
-            .ok_or_else(|| Status::invalid_argument("the import stream was empty: the first message names the bot"))?;
+        let first =
+            r.get_mut().message().await?.ok_or_else(|| {
+                Status::invalid_argument("the import stream was empty: the first message names the bot")
+            })?;
         if first.bot.is_empty() {
             return Err(Status::invalid_argument("the first import message must name the bot"));
         }
         scope.allow(&first.bot)?;
+        if let Some(peer) = self.forward.peer(&r, &first.bot).await? {
+            let whole = r.map(|rest| tokio_stream::once(first).chain(upstream(rest)));
+            return forward::client_streaming(&peer, whole).await;
+        }
+        let mut stream = r.into_inner();
         let (tx, rx) = mpsc::channel::<Result<Bytes, String>>(8);
         if !first.data.is_empty() {
             let _ = tx.send(Ok(Bytes::from(first.data))).await;

@@ -1,5 +1,7 @@
-//! `McpService`: thin handlers over [`McpHub`]: the registry, and sessions whose frames are relayed
-//! between the gRPC streams and [`SessionIo`].
+//! `McpService`: thin handlers over [`McpHub`]: the registry (in the shared database: any node serves
+//! it), and sessions whose frames are relayed between the gRPC streams and [`SessionIo`]. A session with
+//! another node's bot is sent to that node whole (`forward.rs`), so its limits and idle rules are the
+//! owner's.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -12,6 +14,7 @@ use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
 
 use super::Scope;
+use super::forward::{self, Forwarder, upstream};
 use crate::bots::Platform;
 use crate::mcp::session::{SessionIo, Target};
 use crate::mcp::{LaunchSpec, McpHub, McpServer};
@@ -21,11 +24,12 @@ const CONNECT_DEADLINE: Duration = Duration::from_secs(30);
 
 pub struct Mcp<P: Platform> {
     hub: Arc<McpHub<P>>,
+    forward: Forwarder,
 }
 
 impl<P: Platform> Mcp<P> {
-    pub fn new(hub: Arc<McpHub<P>>) -> Self {
-        Mcp { hub }
+    pub fn new(hub: Arc<McpHub<P>>, forward: Forwarder) -> Self {
+        Mcp { hub, forward }
     }
 }
 
@@ -68,17 +72,21 @@ impl<P: Platform> McpService for Mcp<P> {
 
     type McpSessionStream = Pin<Box<dyn Stream<Item = Result<agent_pb::McpSessionResponse, Status>> + Send>>;
 
-    async fn mcp_session(&self, r: Request<Streaming<pb::McpClientFrame>>) -> Res<Self::McpSessionStream> {
+    async fn mcp_session(&self, mut r: Request<Streaming<pb::McpClientFrame>>) -> Res<Self::McpSessionStream> {
         use pb::mcp_client_frame::Frame;
         let scope = Scope::of(&r);
-        let mut inbound = r.into_inner();
-        let connect = match tokio::time::timeout(CONNECT_DEADLINE, inbound.message()).await {
+        let connect = match tokio::time::timeout(CONNECT_DEADLINE, r.get_mut().message()).await {
             Err(_) => return Err(Status::deadline_exceeded("no `connect` frame within 30 s")),
             Ok(Err(s)) => return Err(s),
             Ok(Ok(Some(pb::McpClientFrame { frame: Some(Frame::Connect(c)) }))) => c,
             Ok(Ok(_)) => return Err(Status::invalid_argument("the first frame of an MCP session must be `connect`")),
         };
         scope.allow(&connect.bot)?;
+        if let Some(peer) = self.forward.peer(&r, &connect.bot).await? {
+            let first = pb::McpClientFrame { frame: Some(Frame::Connect(connect)) };
+            return forward::streaming(&peer, r.map(|rest| tokio_stream::once(first).chain(upstream(rest)))).await;
+        }
+        let mut inbound = r.into_inner();
         let target = match connect.target {
             Some(pb::mcp_connect::Target::Server(name)) => Target::Registered(name),
             Some(pb::mcp_connect::Target::Command(o)) => Target::AdHoc(o),

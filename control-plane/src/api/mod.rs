@@ -5,6 +5,7 @@
 mod bots;
 mod convert;
 mod data;
+pub mod forward;
 pub mod health;
 pub mod http;
 mod huffman;
@@ -53,26 +54,40 @@ impl From<Error> for Status {
     }
 }
 
-/// The gRPC side of [`ApiTokens`].
-impl ApiTokens {
-    /// Admits a request. On a listener where a token is `optional` (the Unix socket, guarded by its
-    /// file permissions) a request without one is admitted with every right; a token, when sent, is
-    /// checked all the same and limits the caller to its scope.
-    fn check(&self, mut req: Request<()>, optional: bool) -> Result<Request<()>, Status> {
-        if self.is_empty() {
+/// Who may call: the API tokens, and in a cluster the peers' shared secret.
+#[derive(Clone)]
+struct Gate {
+    tokens: ApiTokens,
+    peers: Option<crate::cluster::Credential>,
+    /// Whether a request without a token is admitted with every right (the Unix socket, guarded by its
+    /// file permissions).
+    optional: bool,
+}
+
+impl Gate {
+    /// Admits a request, putting the caller's [`Scope`] in its extensions. A peer presenting the
+    /// cluster's secret acts with the scope it forwards (see `forward.rs`), which must be there; a token,
+    /// when sent, is checked and limits the caller to its scope, even where one is optional.
+    fn check(&self, mut req: Request<()>) -> Result<Request<()>, Status> {
+        let presented = req.metadata().get("authorization").map(|v| v.as_bytes().strip_prefix(b"Bearer "));
+        if let (Some(peers), Some(Some(p))) = (&self.peers, presented)
+            && peers.matches(p)
+        {
+            let scope = forward::forwarded_scope(&req)?;
+            req.extensions_mut().insert(scope);
+            req.extensions_mut().insert(forward::Forwarded);
             return Ok(req);
         }
-        let header = req.metadata().get("authorization");
-        if header.is_none() && optional {
+        if self.tokens.is_empty() || (presented.is_none() && self.optional) {
             return Ok(req);
         }
-        let presented = header.and_then(|v| v.as_bytes().strip_prefix(b"Bearer ")).ok_or_else(|| {
+        let presented = presented.flatten().ok_or_else(|| {
             Status::unauthenticated(
                 "missing `authorization: Bearer <api token>` (a token from berthd's api_token_file; BERTH_TOKEN for \
                  the CLI)",
             )
         })?;
-        let scope = self.verify(presented).ok_or_else(|| {
+        let scope = self.tokens.verify(presented).ok_or_else(|| {
             Status::unauthenticated("invalid API token: it is not one of the tokens in berthd's api_token_file")
         })?;
         req.extensions_mut().insert(scope);
@@ -131,17 +146,20 @@ pub async fn router<P: Platform<Agents = crate::agent_client::GrpcAgents>>(
     health.set_serving::<ImageServiceServer<images::Images<P>>>().await;
     health.set_serving::<McpServiceServer<mcp::Mcp<P>>>().await;
     health.set_serving::<NodeServiceServer<nodes::Nodes>>().await;
-    let auth = move |req| tokens.check(req, access == Access::Socket);
-    let bots = BotServiceServer::new(bots::Bots::new(manager.clone()));
+    let gate =
+        Gate { tokens, peers: cluster.as_ref().map(|c| c.credential().clone()), optional: access == Access::Socket };
+    let auth = move |req| gate.check(req);
+    let forward = forward::Forwarder::new(cluster.clone());
+    let bots = BotServiceServer::new(bots::Bots::new(manager.clone(), forward.clone()));
     let images = ImageServiceServer::new(images::Images::new(manager.clone()));
-    let data = DataServiceServer::new(data::Data::new(manager.clone()))
+    let data = DataServiceServer::new(data::Data::new(manager.clone(), forward.clone()))
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
-    let mcp = McpServiceServer::new(mcp::Mcp::new(hub))
+    let mcp = McpServiceServer::new(mcp::Mcp::new(hub, forward.clone()))
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
     let nodes = NodeServiceServer::new(nodes::Nodes::new(cluster));
-    let proxy = ContainerServiceServer::new(proxy::Proxy::new(manager))
+    let proxy = ContainerServiceServer::new(proxy::Proxy::new(manager, forward.clone()))
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
     let mut server = Server::builder();

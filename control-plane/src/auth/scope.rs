@@ -31,6 +31,24 @@ impl Scope {
         Ok(Scope::Bots(Arc::new(bots)))
     }
 
+    /// The scope as a node forwards it to a peer with the call: `all`, or `bots=a,b`.
+    pub fn encode(&self) -> String {
+        match self {
+            Scope::All => "all".into(),
+            Scope::Bots(b) => format!("bots={}", b.iter().map(String::as_str).collect::<Vec<_>>().join(",")),
+        }
+    }
+
+    /// A forwarded scope, as [`Scope::encode`] wrote it. Unlike a token line, nothing is not `all`: a
+    /// forwarded call without a scope is refused, never taken for an unscoped one.
+    pub fn decode(text: &str) -> Result<Scope, String> {
+        match text.trim() {
+            "all" => Ok(Scope::All),
+            "" => Err("the forwarded scope is empty".into()),
+            t => Scope::parse(t),
+        }
+    }
+
     pub fn sees(&self, bot: &str) -> bool {
         match self {
             Scope::All => true,
@@ -51,5 +69,13 @@ mod tests {
         assert!(s.sees("alice") && s.sees("bob") && !s.sees("carol"));
         assert!(Scope::parse("robots=x").is_err());
         assert!(Scope::parse("bots=").is_err());
+    }
+
+    #[test]
+    fn forwarded_scopes_round_trip_and_empty_is_no_scope() {
+        for s in [Scope::All, Scope::parse("bots=alice,bob").unwrap()] {
+            assert_eq!(Scope::decode(&s.encode()).unwrap(), s);
+        }
+        assert!(Scope::decode("").is_err() && Scope::decode("  ").is_err() && Scope::decode("everything").is_err());
     }
 }

@@ -198,7 +198,8 @@ impl<P: Platform> BotManager<P> {
     }
 
     /// The bot, if this node owns it: a bot of another node is changed, run and reached only by that node
-    /// (FAILED_PRECONDITION naming it; forwarding a call to its owner is not built yet).
+    /// (FAILED_PRECONDITION naming it; the API forwards such calls to the owner before they get here, so
+    /// this refuses only a call that raced a change of owner).
     async fn own_bot(&self, name: &str) -> Result<BotRecord> {
         let bot = self.store.get_bot(name).await?;
         match &self.config.node {

@@ -1,10 +1,12 @@
 //! Cluster mode: many berthd on one PostgreSQL. This module owns this node's membership — joining under
-//! its name, heartbeating, marking silent nodes lost (`membership.rs`) — and the operator's view of the
-//! nodes (list, cordon). Every clock reading comes from the database, so no node trusts another's clock.
+//! its name, heartbeating, marking silent nodes lost (`membership.rs`) —, which node a bot's calls go to
+//! ([`Cluster::owner`]) and the channels and credential that reach it (`peers.rs`), and the operator's
+//! view of the nodes (list, cordon). Every clock reading comes from the database, so no node trusts another's clock.
 //! Single-node berthd has no [`Cluster`] at all and behaves as before.
 
 mod host;
 mod membership;
+mod peers;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,6 +19,7 @@ pub use crate::store::records::{NodeRecord, NodeSpec};
 use crate::store::{NameTaken, Store};
 
 pub use host::{host_cpu_millis, host_memory_bytes, host_name};
+pub use peers::{Credential, Peer, SCOPE_HEADER};
 
 /// Where a node stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -49,17 +52,35 @@ pub struct Usage {
     pub memory_bytes: u64,
 }
 
+/// Where a bot's calls are served.
+#[derive(Debug, Clone)]
+pub enum Owner {
+    /// On this node.
+    Here,
+    /// On another node, live as far as the database knows.
+    Peer(Peer),
+}
+
+/// How this node reaches the others.
+#[derive(Debug, Clone)]
+pub struct PeerAccess {
+    pub credential: Credential,
+    /// The CA of the nodes' certificates when they serve TLS.
+    pub ca: Option<Vec<u8>>,
+}
+
 /// This node's place in the cluster.
 #[derive(Debug)]
 pub struct Cluster {
     store: Store,
     me: NodeSpec,
     lost_after: Duration,
+    peers: peers::Peers,
 }
 
 impl Cluster {
     /// Joins the cluster as `me`. Refused when a live node at another address holds the name.
-    pub async fn join(store: Store, me: NodeSpec, lost_after: Duration) -> Result<Arc<Cluster>> {
+    pub async fn join(store: Store, me: NodeSpec, lost_after: Duration, access: PeerAccess) -> Result<Arc<Cluster>> {
         let fresh_ms = i64::try_from(lost_after.as_millis()).unwrap_or(i64::MAX);
         if let Err(NameTaken { address, heartbeat_age_ms }) = store.join_cluster(&me, fresh_ms).await? {
             return Err(Error::AlreadyExists(format!(
@@ -70,12 +91,42 @@ impl Cluster {
         }
         let adopted = store.adopt_unowned_bots(&me.name).await?;
         tracing::info!(node = %me.name, address = %me.address, adopted, "joined the cluster");
-        Ok(Arc::new(Cluster { store, me, lost_after }))
+        let peers = peers::Peers::new(access.credential, access.ca);
+        Ok(Arc::new(Cluster { store, me, lost_after, peers }))
     }
 
     /// This node's name.
     pub fn name(&self) -> &str {
         &self.me.name
+    }
+
+    /// The secret peers present.
+    pub fn credential(&self) -> &Credential {
+        self.peers.credential()
+    }
+
+    /// Where `bot`'s calls go: `None` if there is no such bot. A bot on a lost node is UNAVAILABLE at
+    /// once, naming the node and how long it has been silent; so is one whose node left the table.
+    pub async fn owner(&self, bot: &str) -> Result<Option<Owner>> {
+        let Some(o) = self.store.bot_owner(bot).await? else { return Ok(None) };
+        if o.node.is_empty() || o.node == self.me.name {
+            return Ok(Some(Owner::Here));
+        }
+        if let Some(ms) = o.lost_for_ms {
+            return Err(Error::Unavailable(format!(
+                "bot `{bot}` is on node `{}`, lost {:.1} s ago (no heartbeat for longer than node_lost_after): its \
+                 calls fail until that node is back (berth node ls)",
+                o.node,
+                ms as f64 / 1000.0
+            )));
+        }
+        if o.address.is_empty() {
+            return Err(Error::Unavailable(format!(
+                "bot `{bot}` is on node `{}`, which is no longer in the cluster",
+                o.node
+            )));
+        }
+        Ok(Some(Owner::Peer(self.peers.get(&o.node, &o.address)?)))
     }
 
     /// Heartbeats and loss marking until `stop`.

@@ -76,6 +76,8 @@ pub struct Config {
     pub node_cpu_millis: u64,
     pub node_max_bots: u64,
     pub node_labels: Vec<String>,
+    pub cluster_token_file: Option<PathBuf>,
+    pub cluster_ca_file: Option<PathBuf>,
 }
 
 impl Default for Config {
@@ -127,6 +129,8 @@ impl Default for Config {
             node_cpu_millis: 0,
             node_max_bots: 1000,
             node_labels: Vec::new(),
+            cluster_token_file: None,
+            cluster_ca_file: None,
         }
     }
 }
@@ -221,12 +225,29 @@ impl Config {
         if self.listen_tcp.is_none() {
             bail!("cluster: needs listen_tcp, where peers and clients reach this node (advertise_addr if it differs)");
         }
+        if self.cluster_token_file.is_none() {
+            bail!(
+                "cluster: needs cluster_token_file, the secret every node of the cluster shares and presents to the \
+                 others when it forwards a call"
+            );
+        }
+        if self.tls_cert_file.is_some() && self.cluster_ca_file.is_none() {
+            bail!(
+                "cluster_ca_file: needed with tls_cert_file in a cluster: the CA that signed the nodes' certificates, \
+                 which a node checks when it dials a peer"
+            );
+        }
+        if self.tls_cert_file.is_none() && self.cluster_ca_file.is_some() {
+            bail!(
+                "cluster_ca_file: given, but this node serves no TLS (tls_cert_file); the nodes would dial plaintext"
+            );
+        }
         self.advertise_addr()?;
         Ok(())
     }
 
     /// What peers and clients dial to reach this node: `advertise_addr`, else `listen_tcp` when its IP is
-    /// a specific one.
+    /// a specific one (with port 0, the daemon advertises the port it bound).
     pub fn advertise_addr(&self) -> Result<String, ConfigError> {
         if !self.advertise_addr.is_empty() {
             let ok =
@@ -237,7 +258,8 @@ impl Config {
             return Ok(self.advertise_addr.clone());
         }
         match self.listen_tcp {
-            Some(a) if !a.ip().is_unspecified() && a.port() != 0 => Ok(a.to_string()),
+            // Port 0: the port bound at start (see `daemon::join_cluster`).
+            Some(a) if !a.ip().is_unspecified() => Ok(a.to_string()),
             Some(a) => bail!("advertise_addr: needed, since listen_tcp ({a}) does not say which address peers dial"),
             None => bail!("advertise_addr: needed (or listen_tcp)"),
         }

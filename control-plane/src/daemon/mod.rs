@@ -80,9 +80,17 @@ impl Daemon {
         let runtime = Containerd::connect(&config.containerd_socket, &config.namespace, &config.state_dir.join("logs"))
             .await
             .doing(|| format!("cannot reach containerd at {}", config.containerd_socket.display()))?;
+        // Bound before joining a cluster, which advertises the address (its port, when listen_tcp asks for
+        // any); served last.
+        let tcp_listener = match config.listen_tcp {
+            Some(addr) => Some(TcpListener::bind(addr).await.doing(|| format!("cannot listen on {addr}"))?),
+            None => None,
+        };
+        let tcp_bound =
+            tcp_listener.as_ref().map(TcpListener::local_addr).transpose().doing(|| "TCP listener".into())?;
         // In a cluster, join before anything acts on bots: recovery and the reconciler then see this
         // node's own (those a single-node berthd made here become its own).
-        let cluster = join_cluster(&config, &store).await?;
+        let cluster = join_cluster(&config, &store, tcp_bound).await?;
         let node = cluster.as_ref().map(|c| c.name().to_string());
         let manager = Arc::new(BotManager::<Host>::new(
             runtime,
@@ -91,7 +99,7 @@ impl Daemon {
             store.clone(),
             manager_config(&config, registry_cas, node),
         ));
-        let hub = Arc::new(McpHub::new(manager.clone(), store, mcp_config(&config)));
+        let hub = Arc::new(McpHub::new(manager.clone(), store, mcp_config(&config), cluster.clone()));
         for a in &config.image_archives {
             manager.import_image(a).await.doing(|| format!("cannot import {}", a.display()))?;
         }
@@ -129,9 +137,7 @@ impl Daemon {
         let mut servers = Vec::new();
         // TCP first: the Unix socket appearing is the signal that berthd is fully up.
         let mut tcp = None;
-        if let Some(addr) = config.listen_tcp {
-            let l = TcpListener::bind(addr).await.doing(|| format!("cannot listen on {addr}"))?;
-            let bound = l.local_addr().doing(|| "TCP listener".into())?;
+        if let (Some(l), Some(bound)) = (tcp_listener, tcp_bound) {
             let tls = tls_config(&config)?;
             let secure = tls.is_some();
             let r = router(manager.clone(), hub.clone(), cluster.clone(), tokens.clone(), &health, tls, Access::Token)
@@ -192,21 +198,39 @@ impl Daemon {
 
 /// In cluster mode, joins the cluster as this node (its name, address and capacity from the settings,
 /// the host's where unset); `None` otherwise.
-async fn join_cluster(config: &Config, store: &Store) -> Result<Option<Arc<Cluster>>, DaemonError> {
+async fn join_cluster(
+    config: &Config,
+    store: &Store,
+    bound: Option<SocketAddr>,
+) -> Result<Option<Arc<Cluster>>, DaemonError> {
     if !config.cluster {
         return Ok(None);
     }
     let or = |v: u64, host: fn() -> u64| if v > 0 { v } else { host() };
     let me = NodeSpec {
         name: if config.node_name.is_empty() { cluster::host_name() } else { config.node_name.clone() },
-        address: config.advertise_addr().doing(|| "advertise_addr".into())?,
+        address: match (config.advertise_addr.is_empty(), bound) {
+            (true, Some(bound)) => bound.to_string(),
+            _ => config.advertise_addr().doing(|| "advertise_addr".into())?,
+        },
         memory_bytes: or(config.node_memory_bytes, cluster::host_memory_bytes),
         cpu_millis: or(config.node_cpu_millis, cluster::host_cpu_millis),
         max_bots: config.node_max_bots,
         labels: config.node_labels().doing(|| "node_labels".into())?,
     };
     let lost_after = Duration::from_millis(config.node_lost_after_ms);
-    let c = Cluster::join(store.clone(), me, lost_after).await.doing(|| "cannot join the cluster".into())?;
+    let token_file = config.cluster_token_file.as_deref().unwrap_or(Path::new(""));
+    let credential =
+        cluster::Credential::from_file(token_file).map_err(|e| DaemonError::new(format!("cluster_token_file: {e}")))?;
+    let ca = match &config.cluster_ca_file {
+        Some(path) => Some(
+            std::fs::read(path)
+                .map_err(|e| DaemonError::new(format!("cluster_ca_file: cannot read {}: {e}", path.display())))?,
+        ),
+        None => None,
+    };
+    let access = cluster::PeerAccess { credential, ca };
+    let c = Cluster::join(store.clone(), me, lost_after, access).await.doing(|| "cannot join the cluster".into())?;
     Ok(Some(c))
 }
 

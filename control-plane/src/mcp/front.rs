@@ -22,7 +22,6 @@ use tokio_stream::wrappers::ReceiverStream;
 
 use super::McpHub;
 use super::route::Router;
-use super::session::Target;
 use crate::auth::ApiTokens;
 use crate::bots::Platform;
 use crate::sync::lock;
@@ -171,7 +170,7 @@ pub(super) async fn launch<P: Platform>(
     on_end: OnEnd,
 ) -> Result<Arc<HttpSession>, Reject> {
     let idle_ms = u32::try_from(front.hub.config.http_idle_timeout.as_millis()).unwrap_or(u32::MAX);
-    let io = front.hub.open(bot, Target::Registered(server.to_string()), false, idle_ms).await.map_err(|e| {
+    let io = front.hub.open_anywhere(bot, server, idle_ms).await.map_err(|e| {
         let (status, message) = http_status(&e);
         Reject::new(status, -32000, format!("cannot start MCP server `{server}` in bot `{bot}`: {message}"))
     })?;

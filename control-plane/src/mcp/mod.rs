@@ -1,13 +1,15 @@
 //! MCP tool servers inside bots: the per-bot registry of named servers (`registry.rs`), sessions with
 //! them relayed through the bot's agent with idle reaping (`session.rs`), and the Streamable HTTP
 //! front-end (`http.rs`, message routing in `route.rs`, resumable SSE streams in `replay.rs`, the
-//! stateless era in `stateless.rs`). A session is one server process in the bot: no two clients share
+//! stateless era in `stateless.rs`; in a cluster, sessions with another node's bot are opened on that
+//! node, `remote.rs`). A session is one server process in the bot: no two clients share
 //! a process, so JSON-RPC ids never collide and every server→client message has exactly one home. The one exception is stateless (2026-07-28) HTTP,
 //! which the spec lets share a process: there berthd gives every request an id of its own.
 
 mod front;
 pub mod http;
 mod registry;
+mod remote;
 mod replay;
 pub mod route;
 pub mod session;
@@ -17,6 +19,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::bots::BotManager;
+use crate::cluster::Cluster;
 use crate::store::Store;
 
 use crate::bots::Platform;
@@ -53,11 +56,42 @@ pub struct McpHub<P: Platform> {
     manager: Arc<BotManager<P>>,
     store: Store,
     config: McpConfig,
+    /// In a cluster: where the HTTP front-end sends sessions with other nodes' bots.
+    cluster: Option<Arc<Cluster>>,
 }
 
 impl<P: Platform> McpHub<P> {
-    pub fn new(manager: Arc<BotManager<P>>, store: Store, config: McpConfig) -> McpHub<P> {
-        McpHub { manager, store, config }
+    pub fn new(
+        manager: Arc<BotManager<P>>,
+        store: Store,
+        config: McpConfig,
+        cluster: Option<Arc<Cluster>>,
+    ) -> McpHub<P> {
+        McpHub { manager, store, config, cluster }
+    }
+
+    /// The node that owns `bot`, when it is another one.
+    async fn peer_of(&self, bot: &str) -> crate::error::Result<Option<crate::cluster::Peer>> {
+        match &self.cluster {
+            Some(c) => Ok(match c.owner(bot).await? {
+                Some(crate::cluster::Owner::Peer(p)) => Some(p),
+                _ => None,
+            }),
+            None => Ok(None),
+        }
+    }
+
+    /// Starts a session with registered server `server` of `bot`, on whichever node owns the bot.
+    pub(crate) async fn open_anywhere(
+        &self,
+        bot: &str,
+        server: &str,
+        idle_ms: u32,
+    ) -> crate::error::Result<session::SessionIo> {
+        match self.peer_of(bot).await? {
+            Some(peer) => remote::open(&peer, bot, server, idle_ms).await,
+            None => self.open(bot, session::Target::Registered(server.to_string()), false, idle_ms).await,
+        }
     }
 }
 

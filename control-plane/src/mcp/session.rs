@@ -311,7 +311,7 @@ mod tests {
         m.create(CreateBot { name: "m".into(), ..Default::default() }).await.expect("create");
         m.start("m").await.expect("start");
         let store = Store::open(&format!("sqlite://{}", dir.path().join("t.db").display())).await.expect("store");
-        (Arc::new(McpHub::new(m, store, McpConfig::default())), dir)
+        (Arc::new(McpHub::new(m, store, McpConfig::default(), None)), dir)
     }
 
     fn echo() -> Target {

@@ -9,7 +9,7 @@ mod ops;
 pub mod records;
 
 pub use bots::BotPages;
-pub use nodes::{Beat, NameTaken};
+pub use nodes::{Beat, BotOwner, NameTaken};
 
 use sqlx::AnyPool;
 use sqlx::any::{AnyPoolOptions, install_default_drivers};

@@ -26,6 +26,16 @@ pub enum Beat {
     Back,
 }
 
+/// Where a bot lives: its owner node and how to reach it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BotOwner {
+    pub node: String,
+    /// The owner's address; empty when its row is gone.
+    pub address: String,
+    /// How long ago it was marked lost (by the database's clock), if it is.
+    pub lost_for_ms: Option<i64>,
+}
+
 /// A node whose heartbeat is another live node's: the same name at another address.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NameTaken {
@@ -120,6 +130,27 @@ impl Store {
         .await
         .map_err(unavailable("mark lost nodes"))?;
         rows.iter().map(|r| r.try_get("name").map_err(corrupt)).collect()
+    }
+
+    /// The owner of bot `name` (`None` if there is no such bot), read with its node's state in one
+    /// statement: what routing a call asks first.
+    pub async fn bot_owner(&self, name: &str) -> Result<Option<BotOwner>, StoreError> {
+        let row = sqlx::query(concat!(
+            "SELECT bots.node AS node, nodes.address AS address, ",
+            now_ms!(),
+            " - nodes.lost_since_ms AS lost_for FROM bots LEFT JOIN nodes ON nodes.name = bots.node \
+             WHERE bots.name = $1"
+        ))
+        .bind(name)
+        .fetch_optional(self.reader())
+        .await
+        .map_err(unavailable("find a bot's node"))?;
+        let Some(row) = row else { return Ok(None) };
+        Ok(Some(BotOwner {
+            node: row.try_get("node").map_err(corrupt)?,
+            address: row.try_get::<Option<String>, _>("address").map_err(corrupt)?.unwrap_or_default(),
+            lost_for_ms: row.try_get("lost_for").map_err(corrupt)?,
+        }))
     }
 
     /// Every node, by name.

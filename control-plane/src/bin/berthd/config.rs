@@ -238,6 +238,17 @@ pub struct Args {
     #[arg(long = "node-label", env = "BERTH_NODE_LABELS", value_delimiter = ',')]
     #[serde(skip_serializing_if = "Option::is_none")]
     node_labels: Option<Vec<String>>,
+    /// The cluster's shared secret (a file holding one line of at least 32 characters): a node presents it
+    /// when it forwards a call to a bot's owner, with the caller's scope, over TLS when the nodes serve
+    /// TLS. Needed in a cluster.
+    #[arg(long, env = "BERTH_CLUSTER_TOKEN_FILE")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cluster_token_file: Option<PathBuf>,
+    /// The CA (PEM) that signed the nodes' certificates, which a node checks when it dials a peer. Needed in
+    /// a cluster whose nodes serve TLS.
+    #[arg(long, env = "BERTH_CLUSTER_CA_FILE")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cluster_ca_file: Option<PathBuf>,
 }
 
 /// Defaults, then the file, then environment and flags (both already in `args`); validated.
@@ -356,6 +367,10 @@ mod tests {
             ("not toml at all", "not valid TOML"),
             ("cluster = true\n", "cluster: needs database_url"),
             ("cluster = true\ndatabase_url = \"postgres://x/y\"\n", "cluster: needs listen_tcp"),
+            (
+                "cluster = true\ndatabase_url = \"postgres://x/y\"\nlisten_tcp = \"127.0.0.1:7000\"\napi_token_file = \"/t\"\n",
+                "cluster: needs cluster_token_file",
+            ),
             ("node_name = \"Node_1\"\n", "node_name"),
             ("node_labels = [\"zone\"]\n", "node_labels"),
             ("node_lost_after_ms = 10\n", "node_lost_after_ms"),
