@@ -50,7 +50,7 @@ impl Cluster {
             api_token_file: Some(self.dir.path().join("tokens")),
             cluster_token_file: Some(self.dir.path().join("secret")),
             node_lost_after_ms: LOST_AFTER_MS,
-            node_memory_bytes: u64::from(n) << 30,
+            node_memory_bytes: u64::from(n) << 33,
             node_labels: vec![format!("zone=z{n}")],
             ..node.config.clone()
         };
@@ -106,7 +106,7 @@ async fn nodes_join_heartbeat_cordon_and_a_silent_one_is_lost_until_it_returns()
         }
         let two = list.iter().find(|n| n.name == "node-2").unwrap();
         let address = d2.tcp_addr().unwrap().to_string();
-        assert_eq!((two.address.as_str(), two.memory_bytes), (address.as_str(), 2 << 30));
+        assert_eq!((two.address.as_str(), two.memory_bytes), (address.as_str(), 16 << 30));
         assert_eq!(two.labels.get("zone").map(String::as_str), Some("z2"));
         assert!(two.cpu_millis >= 1000, "the host's CPUs: {two:?}");
     }
@@ -204,6 +204,7 @@ async fn each_bot_has_one_owner_and_only_its_owner_runs_or_changes_it() {
     let memory = 256u64 << 20;
     let req = pb::CreateBotRequest {
         name: "b1".into(),
+        node: "node-1".into(),
         resources: Some(pb::Resources { memory_bytes: memory, ..Default::default() }),
         ..Default::default()
     };
@@ -279,7 +280,7 @@ async fn any_node_serves_any_bot_with_the_callers_scope_and_a_lost_owner_fails_f
     let d1 = Daemon::start(n1.config.clone()).await.unwrap();
     let d2 = Daemon::start(n2.config.clone()).await.unwrap();
     for name in ["alice", "bob"] {
-        let req = pb::CreateBotRequest { name: name.into(), ..Default::default() };
+        let req = pb::CreateBotRequest { name: name.into(), node: "node-1".into(), ..Default::default() };
         bots_client(&d1).await.create_bot(req).await.unwrap();
     }
     let alice_pid = get(&d1, "alice").await.pid;
@@ -303,8 +304,17 @@ async fn any_node_serves_any_bot_with_the_callers_scope_and_a_lost_owner_fails_f
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(std::fs::read(&dst).unwrap(), b"forwarded", "a download through node-2");
 
+    let watch = pb::WatchEventsRequest { name: "bob".into() };
+    let mut events = bots_client(&d2).await.watch_events(watch).await.unwrap().into_inner();
     let stop = pb::StopBotRequest { name: "bob".into(), ..Default::default() };
     let stopped = bots_client(&d2).await.stop_bot(stop).await.unwrap().into_inner().bot.unwrap();
+    let event = loop {
+        let e = tokio::time::timeout(Duration::from_secs(10), events.message()).await.unwrap().unwrap().unwrap();
+        if e.state() == pb::BotState::Stopped {
+            break e;
+        }
+    };
+    assert_eq!(event.name, "bob", "bob's events, watched through node-2, come from node-1");
     assert_eq!(stopped.state(), pb::BotState::Stopped);
     assert_eq!(get(&d1, "bob").await.state(), pb::BotState::Stopped);
     bots_client(&d2).await.start_bot(pb::StartBotRequest { name: "bob".into() }).await.unwrap();
@@ -330,6 +340,14 @@ async fn any_node_serves_any_bot_with_the_callers_scope_and_a_lost_owner_fails_f
     let chunks: Vec<_> = std::iter::once(first).chain(rest).collect();
     let imported = data_client(&d2).await.import_data(tokio_stream::iter(chunks)).await.unwrap().into_inner();
     assert!(imported.verified && imported.entries >= 1, "{imported:?}");
+    // An import whose request stream breaks (a message over the size limit) fails; it is not taken for
+    // a whole archive ending there.
+    let first = pb::ImportDataChunk { bot: "bob".into(), unverified: true, ..Default::default() };
+    let cut = pb::ImportDataChunk { data: archive[..archive.len() / 2].to_vec(), ..Default::default() };
+    let oversized = pb::ImportDataChunk { data: vec![0; 65 << 20], ..Default::default() };
+    let chunks = tokio_stream::iter([first, cut, oversized]);
+    let e = data_client(&d2).await.import_data(chunks).await.unwrap_err();
+    assert!(e.message().contains("the request stream failed"), "{e:?}");
     let mut b1 = agent(&d1, "bob", None).await;
     let read = b1.read_file(apb::ReadFileRequest { path: "/data/x.txt".into(), ..Default::default() }).await.unwrap();
     assert_eq!(read.into_inner().content, b"forwarded", "alice's data imported into bob through node-2");
@@ -402,7 +420,8 @@ async fn any_node_serves_any_bot_with_the_callers_scope_and_a_lost_owner_fails_f
     assert!(took < Duration::from_secs(1), "took {took:?}");
     eprintln!("a call for a bot on a lost node failed in {took:?}");
     let req = pb::CreateBotRequest { name: "local".into(), ..Default::default() };
-    bots_client(&d2).await.create_bot(req).await.unwrap();
+    let local = bots_client(&d2).await.create_bot(req).await.unwrap().into_inner().bot.unwrap();
+    assert_eq!(local.node, "node-2", "placed on the one node not lost");
     assert!(echo(&d2, "local").await.unwrap().starts_with("hi from"));
 
     // node-1 is back: its bots were never restarted, and node-2 reaches them again.
@@ -413,6 +432,87 @@ async fn any_node_serves_any_bot_with_the_callers_scope_and_a_lost_owner_fails_f
     for (d, name) in [(&d1, "alice"), (&d1, "bob"), (&d2, "local")] {
         let req = pb::DeleteBotRequest { name: name.into(), ..Default::default() };
         bots_client(d).await.delete_bot(req).await.unwrap();
+    }
+    d1.stop().await;
+    d2.stop().await;
+}
+
+async fn create(
+    d: &Daemon,
+    name: &str,
+    mib: u64,
+    node: &str,
+    selector: &[(&str, &str)],
+) -> Result<pb::Bot, tonic::Status> {
+    let req = pb::CreateBotRequest {
+        name: name.into(),
+        node: node.into(),
+        node_selector: selector.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+        resources: Some(pb::Resources { memory_bytes: mib << 20, ..Default::default() }),
+        ..Default::default()
+    };
+    Ok(bots_client(d).await.create_bot(req).await?.into_inner().bot.unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bots_are_placed_by_memory_left_labels_and_cordons_and_a_name_is_taken_once() {
+    let c = Cluster::new("placement");
+    let (mut n1, mut n2) = (c.node(1), c.node(2));
+    n1.config.node_memory_bytes = 3 << 30;
+    n1.config.node_max_bots = 3;
+    n2.config.node_memory_bytes = 4 << 30;
+    let d1 = Daemon::start(n1.config.clone()).await.unwrap();
+    let d2 = Daemon::start(n2.config.clone()).await.unwrap();
+
+    // Through node-1, 1 GiB each: the most memory left wins (4 GiB against 3), then at equal memory
+    // the fewest bots; each lands in its node's containerd only.
+    let mut placed = Vec::new();
+    for name in ["p1", "p2", "p3", "p4"] {
+        placed.push(create(&d1, name, 1024, "", &[]).await.unwrap().node);
+    }
+    assert_eq!(placed, ["node-2", "node-1", "node-2", "node-1"]);
+    for (name, node) in [("p1", &n2), ("p2", &n1)] {
+        assert!(node.containerd.ctr_ls("containers").iter().any(|c| c.contains(name)), "{name}");
+    }
+    assert!(!n1.containerd.ctr_ls("containers").iter().any(|c| c.contains("p1")));
+
+    // A selector picks among the nodes carrying the labels, even with less memory left.
+    assert_eq!(create(&d2, "z1", 512, "", &[("zone", "z1")]).await.unwrap().node, "node-1");
+    // node-1 holds its most bots now; naming it, or leaving only it, is RESOURCE_EXHAUSTED saying why.
+    let e = create(&d2, "full", 256, "node-1", &[]).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::ResourceExhausted, "{e:?}");
+    assert!(e.message().contains("holds its most bots (3, node_max_bots)"), "{e:?}");
+    cordon(&d1, None, "node-2", true).await.unwrap();
+    let e = create(&d1, "nowhere", 256, "", &[]).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::ResourceExhausted, "{e:?}");
+    assert!(e.message().contains("node-1: holds its most bots") && e.message().contains("node-2: cordoned"), "{e:?}");
+    cordon(&d1, None, "node-2", false).await.unwrap();
+    let e = create(&d1, "huge", 3072, "", &[]).await.unwrap_err();
+    assert!(e.message().contains("node-2: 2048 MiB of memory left, the bot's limit is 3072 MiB"), "{e:?}");
+    let e = create(&d1, "nonode", 256, "node-9", &[]).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::NotFound, "{e:?}");
+
+    // The CLI: --node-selector, and where the bot went.
+    let out = cli(&d1, &["bot", "create", "cli1", "--memory", "256M", "--node-selector", "zone=z2"]);
+    assert_eq!(out.trim(), "cli1 running on node-2");
+
+    // The same name through both nodes at once, each its own owner: one bot, and the other create says
+    // it exists, leaving nothing behind.
+    let req = pb::DeleteBotRequest { name: "z1".into(), ..Default::default() };
+    bots_client(&d2).await.delete_bot(req).await.unwrap();
+    let (a, b) = tokio::join!(create(&d1, "twin", 256, "node-1", &[]), create(&d2, "twin", 256, "node-2", &[]));
+    let (won, lost) = match (a, b) {
+        (Ok(w), Err(l)) | (Err(l), Ok(w)) => (w, l),
+        other => panic!("expected one create to win: {other:?}"),
+    };
+    assert_eq!(lost.code(), tonic::Code::AlreadyExists, "{lost:?}");
+    let other = if won.node == "node-1" { &n2 } else { &n1 };
+    assert!(!other.containerd.ctr_ls("containers").iter().any(|c| c.contains("twin")), "a container left behind");
+    assert_eq!(get(&d2, "twin").await.node, won.node);
+
+    for name in ["p1", "p2", "p3", "p4", "cli1", "twin"] {
+        let req = pb::DeleteBotRequest { name: name.into(), ..Default::default() };
+        bots_client(&d2).await.delete_bot(req).await.unwrap();
     }
     d1.stop().await;
     d2.stop().await;

@@ -14,6 +14,7 @@ use super::forward::{self, Forwarder};
 use super::{Scope, convert};
 use crate::bots::Platform;
 use crate::bots::{BotManager, CreateBot};
+use crate::cluster::Need;
 
 pub struct Bots<P: Platform> {
     m: Arc<BotManager<P>>,
@@ -30,8 +31,17 @@ type Res<T> = Result<Response<T>, Status>;
 
 #[tonic::async_trait]
 impl<P: Platform> BotService for Bots<P> {
-    async fn create_bot(&self, r: Request<pb::CreateBotRequest>) -> Res<pb::CreateBotResponse> {
+    async fn create_bot(&self, mut r: Request<pb::CreateBotRequest>) -> Res<pb::CreateBotResponse> {
         Scope::of(&r).allow(&r.get_ref().name)?;
+        let need = Need {
+            memory_bytes: self.m.reserved_memory(&convert::limits(r.get_ref().resources)),
+            node: Some(r.get_ref().node.clone()).filter(|n| !n.is_empty()),
+            selector: r.get_ref().node_selector.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+        };
+        if let Some(hop) = self.forward.place(&r, &r.get_ref().name, need).await? {
+            r.get_mut().node = hop.peer.node.clone();
+            return forward::unary(&hop, r).await;
+        }
         let r = r.into_inner();
         let req = CreateBot {
             name: r.name,
@@ -113,10 +123,14 @@ impl<P: Platform> BotService for Bots<P> {
 
     async fn watch_events(&self, r: Request<pb::WatchEventsRequest>) -> Res<Self::WatchEventsStream> {
         let scope = Scope::of(&r);
-        let only = r.into_inner().name;
-        if !only.is_empty() {
-            scope.allow(&only)?;
+        if !r.get_ref().name.is_empty() {
+            scope.allow(&r.get_ref().name)?;
+            // One bot's events are its owner's to tell (every node's together come with cluster-wide events).
+            if let Some(hop) = self.forward.peer(&r, &r.get_ref().name).await? {
+                return forward::server_streaming(&hop, r).await;
+            }
         }
+        let only = r.into_inner().name;
         let mut rx = self.m.subscribe();
         let stream = async_stream(move |tx| async move {
             loop {

@@ -10,10 +10,10 @@ use berth_proto::controlplane::v1 as pb;
 use bytes::Bytes;
 use pb::data_service_server::DataService;
 use tokio::sync::mpsc;
-use tokio_stream::{Stream, StreamExt};
+use tokio_stream::Stream;
 use tonic::{Request, Response, Status, Streaming};
 
-use super::forward::{self, Forwarder, upstream};
+use super::forward::{self, Forwarder};
 use super::{Scope, convert};
 use crate::archive::Compression;
 use crate::archive::pipe::{ChannelReader, ChannelWriter};
@@ -148,8 +148,8 @@ impl<P: Platform> DataService for Data<P> {
         }
         scope.allow(&first.bot)?;
         if let Some(peer) = self.forward.peer(&r, &first.bot).await? {
-            let whole = r.map(|rest| tokio_stream::once(first).chain(upstream(rest)));
-            return forward::client_streaming(&peer, whole).await;
+            let (whole, broken) = forward::split_after(r, first);
+            return forward::client_streaming(&peer, whole, broken).await;
         }
         let mut stream = r.into_inner();
         let (tx, rx) = mpsc::channel::<Result<Bytes, String>>(8);

@@ -9,7 +9,6 @@
 //! (see `Gate` in `mod.rs`). A forwarded call is served by the node it reached or refused there; it is
 //! never forwarded again, so a stale view of who owns a bot cannot make a loop.
 
-use std::pin::Pin;
 use std::sync::Arc;
 
 use tokio_stream::{Stream, StreamExt};
@@ -19,8 +18,10 @@ use tonic::metadata::MetadataValue;
 use tonic::{Code, Request, Response, Status, Streaming};
 use tonic_prost::ProstCodec;
 
+pub use super::streams::{BoxStream, Broken, split, split_after, upstream};
+use super::streams::{guard, guard_open, until_broken};
 use super::{MAX_MESSAGE_BYTES, Scope};
-use crate::cluster::{Cluster, Owner, Peer, SCOPE_HEADER};
+use crate::cluster::{Cluster, Need, Owner, Peer, SCOPE_HEADER};
 use crate::metrics::RpcMethod;
 
 /// What a caller's metadata must not take to the peer: its credentials (replaced), and what describes
@@ -52,6 +53,21 @@ pub(super) fn forwarded_scope<T>(req: &Request<T>) -> Result<Scope, Status> {
     Scope::decode(text).map_err(|e| Status::unauthenticated(format!("`{SCOPE_HEADER}`: {e}")))
 }
 
+/// A call's way to the node that owns its bot, with the scope it is sent with: the caller's, cut down to
+/// that one bot (the owner is given no more than the call needs).
+#[derive(Debug, Clone)]
+pub struct Hop {
+    pub peer: Peer,
+    scope: Scope,
+}
+
+impl Hop {
+    fn new<T>(r: &Request<T>, peer: Peer, bot: &str) -> Result<Hop, Status> {
+        let scope = Scope::of(r).narrow(bot).ok_or_else(|| super::scope::denied(bot))?;
+        Ok(Hop { peer, scope })
+    }
+}
+
 /// Decides where a bot's calls are served.
 #[derive(Debug, Clone)]
 pub struct Forwarder {
@@ -66,38 +82,64 @@ impl Forwarder {
     /// The node to send a call for `bot` to, when that is not this one. `None` means serve it here: a
     /// single node, one of this node's bots, a bot that does not exist (this node says NOT_FOUND), or a
     /// call a peer forwarded. A bot whose node is lost fails UNAVAILABLE at once, naming the node.
-    pub async fn peer<T>(&self, r: &Request<T>, bot: &str) -> Result<Option<Peer>, Status> {
+    pub async fn peer<T>(&self, r: &Request<T>, bot: &str) -> Result<Option<Hop>, Status> {
         let Some(cluster) = &self.cluster else { return Ok(None) };
         if r.extensions().get::<Forwarded>().is_some() {
             return Ok(None);
         }
         match cluster.owner(bot).await? {
-            Some(Owner::Peer(p)) => Ok(Some(p)),
+            Some(Owner::Peer(p)) => Ok(Some(Hop::new(r, p, bot)?)),
             Some(Owner::Here) | None => Ok(None),
+        }
+    }
+
+    /// The node to create a bot on, when that is not this one (see `cluster::placement`). A forwarded
+    /// create is made here (it names this node); outside a cluster, `node` and `node_selector` are
+    /// refused rather than ignored.
+    pub async fn place<T>(&self, r: &Request<T>, bot: &str, need: Need) -> Result<Option<Hop>, Status> {
+        let Some(cluster) = &self.cluster else {
+            if need.node.is_some() || !need.selector.is_empty() {
+                return Err(Status::failed_precondition(
+                    "`node` and `node_selector` place a bot in a cluster; this berthd is not part of one",
+                ));
+            }
+            return Ok(None);
+        };
+        if r.extensions().get::<Forwarded>().is_some() {
+            return match need.node {
+                Some(n) if n != cluster.name() => Err(Status::failed_precondition(format!(
+                    "a create forwarded to node `{}` names node `{n}`",
+                    cluster.name()
+                ))),
+                _ => Ok(None),
+            };
+        }
+        match cluster.place(&need).await? {
+            Owner::Peer(p) => Ok(Some(Hop::new(r, p, bot)?)),
+            Owner::Here => Ok(None),
         }
     }
 }
 
-/// A response stream, whichever node it comes from.
-pub type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
-
-/// Sends a unary call on to `peer`.
-pub async fn unary<Q, A>(peer: &Peer, r: Request<Q>) -> Result<Response<A>, Status>
+/// Sends a unary call on to the bot's node.
+pub async fn unary<Q, A>(hop: &Hop, r: Request<Q>) -> Result<Response<A>, Status>
 where
     Q: prost::Message + Send + Sync + 'static,
     A: prost::Message + Default + Send + Sync + 'static,
 {
-    let (r, path) = outgoing(peer, r)?;
+    let (r, path) = outgoing(hop, r)?;
+    let peer = &hop.peer;
     client(peer).await?.unary(r, path, ProstCodec::<Q, A>::default()).await.map_err(|s| from_peer(peer, s))
 }
 
-/// Sends a call with a response stream on to `peer`.
-pub async fn server_streaming<Q, A>(peer: &Peer, r: Request<Q>) -> Result<Response<BoxStream<A>>, Status>
+/// Sends a call with a response stream on to the bot's node.
+pub async fn server_streaming<Q, A>(hop: &Hop, r: Request<Q>) -> Result<Response<BoxStream<A>>, Status>
 where
     Q: prost::Message + Send + Sync + 'static,
     A: prost::Message + Default + Send + Sync + 'static,
 {
-    let (r, path) = outgoing(peer, r)?;
+    let (r, path) = outgoing(hop, r)?;
+    let peer = &hop.peer;
     let response = client(peer)
         .await?
         .server_streaming(r, path, ProstCodec::<Q, A>::default())
@@ -106,34 +148,39 @@ where
     Ok(down(peer, response))
 }
 
-/// Sends a call with a request stream on to `peer`.
-pub async fn client_streaming<Q, A, S>(peer: &Peer, r: Request<S>) -> Result<Response<A>, Status>
+/// Sends a call with a request stream on to the bot's node; dropped if the caller's stream breaks.
+pub async fn client_streaming<Q, A, S>(hop: &Hop, r: Request<S>, broken: Broken) -> Result<Response<A>, Status>
 where
     Q: prost::Message + Send + Sync + 'static,
     A: prost::Message + Default + Send + Sync + 'static,
     S: Stream<Item = Q> + Send + 'static,
 {
-    let (r, path) = outgoing(peer, r)?;
-    client(peer).await?.client_streaming(r, path, ProstCodec::<Q, A>::default()).await.map_err(|s| from_peer(peer, s))
+    let (r, path) = outgoing(hop, r)?;
+    let peer = &hop.peer;
+    let call = async {
+        client(peer)
+            .await?
+            .client_streaming(r, path, ProstCodec::<Q, A>::default())
+            .await
+            .map_err(|s| from_peer(peer, s))
+    };
+    guard(call, broken).await
 }
 
-/// Sends a call with streams both ways on to `peer`.
-pub async fn streaming<Q, A, S>(peer: &Peer, r: Request<S>) -> Result<Response<BoxStream<A>>, Status>
+/// Sends a call with streams both ways on to the bot's node; dropped if the caller's stream breaks.
+pub async fn streaming<Q, A, S>(hop: &Hop, r: Request<S>, broken: Broken) -> Result<Response<BoxStream<A>>, Status>
 where
     Q: prost::Message + Send + Sync + 'static,
     A: prost::Message + Default + Send + Sync + 'static,
     S: Stream<Item = Q> + Send + 'static,
 {
-    let (r, path) = outgoing(peer, r)?;
-    let response =
-        client(peer).await?.streaming(r, path, ProstCodec::<Q, A>::default()).await.map_err(|s| from_peer(peer, s))?;
-    Ok(down(peer, response))
-}
-
-/// The caller's request stream as the forwarded call's: it ends where the caller's ends or fails (a
-/// failed stream is a caller gone, which the owner sees when this call is dropped).
-pub fn upstream<T: Send + 'static>(s: Streaming<T>) -> impl Stream<Item = T> + Send + 'static {
-    s.map_while(Result::ok)
+    let (r, path) = outgoing(hop, r)?;
+    let peer = &hop.peer;
+    let call = async {
+        client(peer).await?.streaming(r, path, ProstCodec::<Q, A>::default()).await.map_err(|s| from_peer(peer, s))
+    };
+    let (response, broken) = guard_open(call, broken).await?;
+    Ok(down(peer, response).map(|s| until_broken(s, broken)))
 }
 
 async fn client(peer: &Peer) -> Result<Grpc<tonic::transport::Channel>, Status> {
@@ -148,19 +195,19 @@ async fn client(peer: &Peer) -> Result<Grpc<tonic::transport::Channel>, Status> 
 
 /// The request for the peer: the same method, the caller's metadata (its deadline and `berth-bot` with
 /// it) without its credentials, and the cluster's secret with the caller's scope.
-fn outgoing<T>(peer: &Peer, r: Request<T>) -> Result<(Request<T>, PathAndQuery), Status> {
+fn outgoing<T>(hop: &Hop, r: Request<T>) -> Result<(Request<T>, PathAndQuery), Status> {
     let method = r
         .extensions()
         .get::<RpcMethod>()
         .ok_or_else(|| Status::internal("the method of a call to forward is not known (berthd bug)"))?;
     let path = PathAndQuery::try_from(method.0.as_str())
         .map_err(|e| Status::internal(format!("the method {:?} is not a path: {e}", method.0)))?;
-    let scope = Scope::of(&r).encode();
+    let scope = hop.scope.encode();
     let (mut metadata, _, message) = r.into_parts();
     for name in NOT_FORWARDED {
         metadata.remove(name);
     }
-    let bearer = MetadataValue::try_from(format!("Bearer {}", peer.credential.secret()))
+    let bearer = MetadataValue::try_from(format!("Bearer {}", hop.peer.credential.secret()))
         .map_err(|_| Status::internal("the cluster secret is not valid metadata"))?;
     metadata.insert("authorization", bearer);
     let scope = MetadataValue::try_from(scope)

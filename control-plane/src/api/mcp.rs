@@ -14,7 +14,7 @@ use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
 
 use super::Scope;
-use super::forward::{self, Forwarder, upstream};
+use super::forward::{self, Forwarder};
 use crate::bots::Platform;
 use crate::mcp::session::{SessionIo, Target};
 use crate::mcp::{LaunchSpec, McpHub, McpServer};
@@ -84,7 +84,8 @@ impl<P: Platform> McpService for Mcp<P> {
         scope.allow(&connect.bot)?;
         if let Some(peer) = self.forward.peer(&r, &connect.bot).await? {
             let first = pb::McpClientFrame { frame: Some(Frame::Connect(connect)) };
-            return forward::streaming(&peer, r.map(|rest| tokio_stream::once(first).chain(upstream(rest)))).await;
+            let (whole, broken) = forward::split_after(r, first);
+            return forward::streaming(&peer, whole, broken).await;
         }
         let mut inbound = r.into_inner();
         let target = match connect.target {

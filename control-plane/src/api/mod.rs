@@ -14,6 +14,7 @@ mod mcp;
 mod nodes;
 mod proxy;
 pub mod scope;
+mod streams;
 pub mod uds;
 
 use std::sync::Arc;

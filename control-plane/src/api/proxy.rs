@@ -13,11 +13,11 @@ use tokio_stream::StreamExt;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::BOT_HEADER;
-use super::forward::{self, BoxStream, Forwarder, upstream};
+use super::forward::{self, BoxStream, Forwarder, Hop};
+use super::streams::{guard, guard_open, split, until_broken, upstream};
 use crate::agent_client::{AgentClient, GrpcAgents};
 use crate::bots::BotManager;
 use crate::bots::Platform;
-use crate::cluster::Peer;
 
 pub struct Proxy<P: Platform> {
     m: Arc<BotManager<P>>,
@@ -33,7 +33,7 @@ impl<P: Platform> Proxy<P> {
 /// Where a call goes: this node's agent of the bot, or the node that owns the bot.
 enum Route {
     Here(AgentClient),
-    There(Peer),
+    There(Hop),
 }
 
 impl<P: Platform<Agents = GrpcAgents>> Proxy<P> {
@@ -122,8 +122,14 @@ impl<P: Platform<Agents = GrpcAgents>> ContainerService for Proxy<P> {
 
     async fn upload(&self, r: Request<Streaming<pb::UploadRequest>>) -> Res<pb::UploadResponse> {
         match self.route(&r).await? {
-            Route::Here(mut c) => c.upload(upstream(r.into_inner())).await,
-            Route::There(peer) => forward::client_streaming(&peer, r.map(upstream)).await,
+            Route::Here(mut c) => {
+                let (up, broken) = upstream(r.into_inner());
+                guard(c.upload(up), broken).await
+            }
+            Route::There(hop) => {
+                let (r, broken) = split(r);
+                forward::client_streaming(&hop, r, broken).await
+            }
         }
     }
 
@@ -137,8 +143,15 @@ impl<P: Platform<Agents = GrpcAgents>> ContainerService for Proxy<P> {
 
     async fn exec(&self, r: Request<Streaming<pb::ExecRequest>>) -> Res<Self::ExecStream> {
         match self.route(&r).await? {
-            Route::Here(mut c) => Ok(down(c.exec(upstream(r.into_inner())).await?)),
-            Route::There(peer) => forward::streaming(&peer, r.map(upstream)).await,
+            Route::Here(mut c) => {
+                let (up, broken) = upstream(r.into_inner());
+                let (response, broken) = guard_open(c.exec(up), broken).await?;
+                Ok(down(response).map(|s| until_broken(s, broken)))
+            }
+            Route::There(hop) => {
+                let (r, broken) = split(r);
+                forward::streaming(&hop, r, broken).await
+            }
         }
     }
 
@@ -147,15 +160,20 @@ impl<P: Platform<Agents = GrpcAgents>> ContainerService for Proxy<P> {
     async fn mcp_session(&self, r: Request<Streaming<pb::McpSessionRequest>>) -> Res<Self::McpSessionStream> {
         let mut c = match self.route(&r).await? {
             Route::Here(c) => c,
-            Route::There(peer) => return forward::streaming(&peer, r.map(upstream)).await,
+            Route::There(hop) => {
+                let (r, broken) = split(r);
+                return forward::streaming(&hop, r, broken).await;
+            }
         };
         // Open (in the metrics, on the bot's node) until the response stream is dropped.
         let guard = crate::metrics::metrics().mcp_session();
-        let stream = c.mcp_session(upstream(r.into_inner())).await?.into_inner();
-        Ok(Response::new(Box::pin(stream.map(move |item| {
+        let (up, broken) = upstream(r.into_inner());
+        let (response, broken) = guard_open(c.mcp_session(up), broken).await?;
+        let stream = response.into_inner().map(move |item| {
             let _open = &guard;
             item
-        }))))
+        });
+        Ok(Response::new(until_broken(Box::pin(stream), broken)))
     }
 
     async fn list_sessions(&self, r: Request<pb::ListSessionsRequest>) -> Res<pb::ListSessionsResponse> {

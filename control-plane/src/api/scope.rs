@@ -13,11 +13,7 @@ impl Scope {
 
     /// PERMISSION_DENIED unless the token may act on `bot`.
     pub fn allow(&self, bot: &str) -> Result<(), Status> {
-        if self.sees(bot) {
-            Ok(())
-        } else {
-            Err(Status::permission_denied(format!("this API token may not act on bot `{bot}`")))
-        }
+        if self.sees(bot) { Ok(()) } else { Err(denied(bot)) }
     }
 
     /// PERMISSION_DENIED unless the token is unscoped (for host-wide actions such as pulling images).
@@ -29,6 +25,11 @@ impl Scope {
             ))),
         }
     }
+}
+
+/// The refusal of a call on a bot outside the caller's scope.
+pub fn denied(bot: &str) -> Status {
+    Status::permission_denied(format!("this API token may not act on bot `{bot}`"))
 }
 
 #[cfg(test)]

@@ -49,6 +49,12 @@ impl Scope {
         }
     }
 
+    /// This scope cut down to the one bot a call acts on, if it sees that bot: what a node forwards, so
+    /// the owner is given no more than the call needs.
+    pub fn narrow(&self, bot: &str) -> Option<Scope> {
+        self.sees(bot).then(|| Scope::Bots(Arc::new([bot.to_string()].into())))
+    }
+
     pub fn sees(&self, bot: &str) -> bool {
         match self {
             Scope::All => true,
@@ -77,5 +83,8 @@ mod tests {
             assert_eq!(Scope::decode(&s.encode()).unwrap(), s);
         }
         assert!(Scope::decode("").is_err() && Scope::decode("  ").is_err() && Scope::decode("everything").is_err());
+        assert_eq!(Scope::All.narrow("a"), Some(Scope::parse("bots=a").unwrap()));
+        assert_eq!(Scope::parse("bots=a,b").unwrap().narrow("b"), Some(Scope::parse("bots=b").unwrap()));
+        assert_eq!(Scope::parse("bots=a").unwrap().narrow("b"), None);
     }
 }

@@ -147,6 +147,16 @@ impl<P: Platform> BotManager<P> {
         v
     }
 
+    /// The memory a bot asking `limits` reserves on its node: its limit, berthd's default, or nothing when
+    /// unlimited (what placement in a cluster counts).
+    pub fn reserved_memory(&self, limits: &limits::LimitsRequest) -> u64 {
+        match limits.memory_bytes {
+            limits::Ask::Set(v) => v,
+            limits::Ask::Default => self.config.default_limits.memory_bytes.unwrap_or(0),
+            limits::Ask::Unlimited => 0,
+        }
+    }
+
     /// Names of the images creates can use.
     pub fn images(&self) -> Vec<String> {
         let mut v: Vec<String> = lock(&self.images).keys().cloned().collect();

@@ -7,6 +7,7 @@
 mod host;
 mod membership;
 mod peers;
+mod placement;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,6 +21,7 @@ use crate::store::{NameTaken, Store};
 
 pub use host::{host_cpu_millis, host_memory_bytes, host_name};
 pub use peers::{Credential, Peer, SCOPE_HEADER};
+pub use placement::Need;
 
 /// Where a node stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -132,6 +134,17 @@ impl Cluster {
     /// Heartbeats and loss marking until `stop`.
     pub fn spawn_membership(self: &Arc<Self>, stop: watch::Receiver<bool>) -> JoinHandle<()> {
         tokio::spawn(membership::run(self.clone(), stop))
+    }
+
+    /// The node a new bot goes to (see `placement.rs`).
+    pub async fn place(&self, need: &Need) -> Result<Owner> {
+        let nodes = self.nodes().await?;
+        let name = placement::place(&nodes, need)?;
+        if name == self.me.name {
+            return Ok(Owner::Here);
+        }
+        let address = nodes.iter().find(|(n, _)| n.spec.name == name).map(|(n, _)| n.spec.address.clone());
+        Ok(Owner::Peer(self.peers.get(&name, &address.unwrap_or_default())?))
     }
 
     /// Every node, by name, with what its bots hold.

@@ -237,11 +237,6 @@ impl Config {
                  which a node checks when it dials a peer"
             );
         }
-        if self.tls_cert_file.is_none() && self.cluster_ca_file.is_some() {
-            bail!(
-                "cluster_ca_file: given, but this node serves no TLS (tls_cert_file); the nodes would dial plaintext"
-            );
-        }
         self.advertise_addr()?;
         Ok(())
     }

@@ -67,11 +67,14 @@ pub(super) async fn open(peer: &Peer, bot: &str, server: &str, idle_ms: u32) -> 
     let mut client = McpServiceClient::new(peer.channel.clone())
         .max_decoding_message_size(crate::agent_client::MAX_MESSAGE_BYTES)
         .max_encoding_message_size(crate::agent_client::MAX_MESSAGE_BYTES);
-    let mut responses = client.mcp_session(request).await.map_err(unavailable)?.into_inner();
-    let first = tokio::time::timeout(START_DEADLINE, responses.message())
+    let opened = async {
+        let mut responses = client.mcp_session(request).await.map_err(unavailable)?.into_inner();
+        let first = responses.message().await.map_err(unavailable)?;
+        Ok::<_, Error>((responses, first))
+    };
+    let (mut responses, first) = tokio::time::timeout(START_DEADLINE, opened)
         .await
-        .map_err(|_| Error::Unavailable(format!("node `{}` did not start the server within 30 s", peer.node)))?
-        .map_err(unavailable)?;
+        .map_err(|_| Error::Unavailable(format!("node `{}` did not start the server within 30 s", peer.node)))??;
     let pid = match first.and_then(|f| f.frame) {
         Some(Out::Started(s)) => s.pid,
         other => {

@@ -146,6 +146,12 @@ pub enum BotCommand {
         /// Where the bot may connect beyond the host: `all` (default), `none`, or CIDRs (`a.b.c.d/n,…`).
         #[arg(long, value_parser = parse_egress)]
         egress: Option<pb::Egress>,
+        /// In a cluster: the node to create it on (default: the active node with the most memory left).
+        #[arg(long, default_value = "")]
+        node: String,
+        /// In a cluster: only a node with this label may take it, e.g. zone=eu1 (repeatable).
+        #[arg(long = "node-selector", value_parser = parse_kv)]
+        node_selector: Vec<(String, String)>,
     },
     /// Change where a bot may connect: `all`, `none`, or CIDRs (`a.b.c.d/n,…`); applied at once.
     Egress {
@@ -300,7 +306,21 @@ pub async fn bot(conn: &Conn, cmd: BotCommand) -> anyhow::Result<i32> {
                 c.set_egress(req).await.map_err(status_err("egress"))?.into_inner().bot.context("no bot in reply")?;
             println!("{} egress: {}", b.name, egress_name(b.egress.as_ref()));
         }
-        BotCommand::Create { name, image, memory, cpus, pids, disk, env, labels, no_start, restore, egress } => {
+        BotCommand::Create {
+            name,
+            image,
+            memory,
+            cpus,
+            pids,
+            disk,
+            env,
+            labels,
+            no_start,
+            restore,
+            egress,
+            node,
+            node_selector,
+        } => {
             let req = pb::CreateBotRequest {
                 name,
                 image,
@@ -324,10 +344,15 @@ pub async fn bot(conn: &Conn, cmd: BotCommand) -> anyhow::Result<i32> {
                 start: Some(!no_start),
                 restore,
                 egress,
+                node,
+                node_selector: node_selector.into_iter().collect::<HashMap<_, _>>(),
             };
             let b =
                 c.create_bot(req).await.map_err(status_err("create"))?.into_inner().bot.context("no bot in reply")?;
-            println!("{} {}", b.name, state_name(b.state));
+            match b.node.as_str() {
+                "" => println!("{} {}", b.name, state_name(b.state)),
+                node => println!("{} {} on {node}", b.name, state_name(b.state)),
+            }
         }
         BotCommand::Ls { labels, json: as_json } => {
             let mut token = String::new();

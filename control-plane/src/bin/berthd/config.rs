@@ -244,8 +244,9 @@ pub struct Args {
     #[arg(long, env = "BERTH_CLUSTER_TOKEN_FILE")]
     #[serde(skip_serializing_if = "Option::is_none")]
     cluster_token_file: Option<PathBuf>,
-    /// The CA (PEM) that signed the nodes' certificates, which a node checks when it dials a peer. Needed in
-    /// a cluster whose nodes serve TLS.
+    /// The CA (PEM) that signed the nodes' certificates: with it a node dials its peers over TLS and checks
+    /// them against it (needed when the nodes serve TLS, or a TLS proxy fronts them); without it peers are
+    /// dialed in plaintext, which only loopback addresses or allow_plaintext_tcp allow.
     #[arg(long, env = "BERTH_CLUSTER_CA_FILE")]
     #[serde(skip_serializing_if = "Option::is_none")]
     cluster_ca_file: Option<PathBuf>,
