@@ -62,6 +62,7 @@ pub struct Metrics {
     pub oom_kills: Counter,
     pub mcp_sessions: Gauge,
     pub mcp_sessions_total: Counter,
+    pub nodes: Family<StateLabel, Gauge>,
 }
 
 fn rpc_histogram() -> Histogram {
@@ -82,6 +83,7 @@ impl Metrics {
             oom_kills: Counter::default(),
             mcp_sessions: Gauge::default(),
             mcp_sessions_total: Counter::default(),
+            nodes: Family::default(),
             registry: Registry::default(),
         };
         registry.register("bots", "Bots by lifecycle state", m.bots.clone());
@@ -97,6 +99,7 @@ impl Metrics {
         registry.register("oom_kills", "Processes in bots killed by the kernel's OOM killer", m.oom_kills.clone());
         registry.register("mcp_sessions", "MCP sessions open through berthd", m.mcp_sessions.clone());
         registry.register("mcp_sessions_opened", "MCP sessions opened through berthd", m.mcp_sessions_total.clone());
+        registry.register("cluster_nodes", "Cluster nodes by state (active, cordoned, lost)", m.nodes.clone());
         Metrics { registry, ..m }
     }
 
@@ -122,6 +125,13 @@ impl Metrics {
 
     pub fn operation_ended(&self, kind: &str, result: &str) {
         self.operations.get_or_create(&OperationLabels { kind: kind.into(), result: result.into() }).inc();
+    }
+
+    /// Sets the cluster-nodes-by-state gauges (every state, zero included).
+    pub fn set_node_counts(&self, counts: &[(&str, i64)]) {
+        for (state, n) in counts {
+            self.nodes.get_or_create(&StateLabel { state: (*state).into() }).set(*n);
+        }
     }
 
     /// Sets the bots-by-state gauges (every state, zero included, so a series never goes stale).

@@ -400,7 +400,10 @@ async fn any_node_serves_any_bot_with_the_callers_scope_and_a_lost_owner_fails_f
     assert_eq!(e.code(), tonic::Code::PermissionDenied, "a scope header never widens a token: {e:?}");
 
     // node-1 goes away (its bots keep running): through node-2 their calls fail UNAVAILABLE naming it,
-    // at once; once it is marked lost, saying so. node-2's own work goes on.
+    // at once; once it is marked lost, saying so, and its bots show it (get, ls, events, health,
+    // metrics). node-2's own work goes on.
+    let mut all_events =
+        bots_client(&d2).await.watch_events(pb::WatchEventsRequest::default()).await.unwrap().into_inner();
     d1.stop().await;
     let started = Instant::now();
     let e = echo(&d2, "alice").await.unwrap_err();
@@ -419,6 +422,29 @@ async fn any_node_serves_any_bot_with_the_callers_scope_and_a_lost_owner_fails_f
     assert!(e.message().contains("node `node-1`, lost"), "{e:?}");
     assert!(took < Duration::from_secs(1), "took {took:?}");
     eprintln!("a call for a bot on a lost node failed in {took:?}");
+    let shown = get(&d2, "alice").await;
+    assert!(shown.node_lost_since_ms > 0 && shown.state() == pb::BotState::Running, "{shown:?}");
+    let table = cli(&d2, &["bot", "ls"]);
+    assert!(table.lines().any(|l| l.starts_with("alice ") && l.contains("node-lost")), "{table}");
+    let event = loop {
+        let e = tokio::time::timeout(Duration::from_secs(10), all_events.message()).await.unwrap().unwrap().unwrap();
+        if e.kind == "node_lost" && e.name == "alice" {
+            break e;
+        }
+    };
+    assert!(event.message.contains("node `node-1` is lost"), "{event:?}");
+    {
+        use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+        let ch = agent_client::channel(d2.socket().to_str().unwrap()).await.unwrap();
+        let mut h = HealthClient::new(ch);
+        let check = |s: &str| HealthCheckRequest { service: s.into() };
+        let status = |r: tonic::Response<tonic_health::pb::HealthCheckResponse>| r.into_inner().status;
+        assert_eq!(status(h.check(check("node/node-1")).await.unwrap()), 2, "NOT_SERVING");
+        assert_eq!(status(h.check(check("node/node-2")).await.unwrap()), 1, "SERVING");
+    }
+    let metrics = reqwest::get(format!("http://{}/metrics", d2.metrics_addr().unwrap())).await.unwrap();
+    let metrics = metrics.text().await.unwrap();
+    assert!(metrics.contains("berth_cluster_nodes{state=\"lost\"} 1"), "{metrics}");
     let req = pb::CreateBotRequest { name: "local".into(), ..Default::default() };
     let local = bots_client(&d2).await.create_bot(req).await.unwrap().into_inner().bot.unwrap();
     assert_eq!(local.node, "node-2", "placed on the one node not lost");

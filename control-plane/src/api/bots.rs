@@ -59,12 +59,18 @@ impl<P: Platform> BotService for Bots<P> {
 
     async fn get_bot(&self, r: Request<pb::GetBotRequest>) -> Res<pb::GetBotResponse> {
         Scope::of(&r).allow(&r.get_ref().name)?;
-        if let Some(peer) = self.forward.peer(&r, &r.get_ref().name).await? {
-            return forward::unary(&peer, r).await;
+        // A bot on a lost node is still shown, from the database, with when its node was lost.
+        match self.forward.peer(&r, &r.get_ref().name).await {
+            Ok(Some(hop)) => return forward::unary(&hop, r).await,
+            Ok(None) => {}
+            Err(s) if s.code() == tonic::Code::Unavailable => {}
+            Err(s) => return Err(s),
         }
         let (b, pid) = self.m.get(&r.get_ref().name).await?;
         let disk = if r.get_ref().disk_usage { Some(self.m.disk_usage(&b).await) } else { None };
+        let lost = self.forward.lost_nodes().await?;
         let mut bot = convert::bot(b, pid);
+        bot.node_lost_since_ms = lost.get(&bot.node).copied().unwrap_or(0);
         if let Some(d) = disk {
             bot.disk_used_bytes = d.used_bytes.unwrap_or(0);
             bot.disk_quota_enforced = d.enforced;
@@ -77,7 +83,16 @@ impl<P: Platform> BotService for Bots<P> {
         let r = r.into_inner();
         let (bots, next) = self.m.list(&r.label_selector.into_iter().collect(), r.page_size, &r.page_token).await?;
         // A scoped token sees its own bots only (a page may then hold fewer than asked).
-        let bots = bots.into_iter().filter(|b| scope.sees(&b.name)).map(|b| convert::bot(b, None)).collect();
+        let lost = self.forward.lost_nodes().await?;
+        let bots = bots
+            .into_iter()
+            .filter(|b| scope.sees(&b.name))
+            .map(|b| {
+                let mut bot = convert::bot(b, None);
+                bot.node_lost_since_ms = lost.get(&bot.node).copied().unwrap_or(0);
+                bot
+            })
+            .collect();
         Ok(Response::new(pb::ListBotsResponse { bots, next_page_token: next }))
     }
 

@@ -46,6 +46,7 @@ pub fn bot(b: BotRecord, pid: Option<u32>) -> pb::Bot {
         disk_used_bytes: 0,
         disk_quota_enforced: false,
         node: b.node.clone(),
+        node_lost_since_ms: 0,
     }
 }
 

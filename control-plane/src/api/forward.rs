@@ -93,6 +93,14 @@ impl Forwarder {
         }
     }
 
+    /// When each lost node was marked lost (none outside a cluster), for the bots' `node_lost_since_ms`.
+    pub async fn lost_nodes(&self) -> Result<std::collections::HashMap<String, i64>, Status> {
+        match &self.cluster {
+            Some(c) => Ok(c.lost_nodes().await?),
+            None => Ok(Default::default()),
+        }
+    }
+
     /// The node to create a bot on, when that is not this one (see `cluster::placement`). A forwarded
     /// create is made here (it names this node); outside a cluster, `node` and `node_selector` are
     /// refused rather than ignored.

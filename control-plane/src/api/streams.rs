@@ -17,15 +17,20 @@ use tonic::{Status, Streaming};
 pub type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
 
 /// Fires with the caller's stream's failure.
-pub struct Broken(oneshot::Receiver<Status>);
+pub struct Broken(Option<oneshot::Receiver<Status>>);
 
 impl Broken {
-    /// The failure, when there is one; pending forever when the stream ended well. Ready once.
+    /// The failure, when there is one; pending forever when the stream ended well (or the failure was
+    /// already taken). Safe to call again after it was dropped unfinished or finished.
     pub async fn failure(&mut self) -> Status {
-        match (&mut self.0).await {
-            Ok(s) => s,
-            Err(_) => std::future::pending().await,
+        if let Some(rx) = self.0.as_mut() {
+            let outcome = rx.await;
+            self.0 = None;
+            if let Ok(s) = outcome {
+                return s;
+            }
         }
+        std::future::pending().await
     }
 }
 
@@ -39,7 +44,7 @@ pub struct Upstream<S> {
 /// Wraps a caller's request stream.
 pub fn upstream<S>(inner: S) -> (Upstream<S>, Broken) {
     let (tx, rx) = oneshot::channel();
-    (Upstream { inner, broken: Some(tx), failed: false }, Broken(rx))
+    (Upstream { inner, broken: Some(tx), failed: false }, Broken(Some(rx)))
 }
 
 /// A call's request stream wrapped, its metadata kept.
@@ -162,6 +167,19 @@ mod tests {
         drop(up);
         let got: Vec<_> = until_broken(responses, broken).collect().await;
         assert_eq!(got.len(), 2, "a clean end does not cut the responses: {got:?}");
+    }
+
+    #[tokio::test]
+    async fn a_request_stream_that_ended_before_the_call_opened_does_not_cut_its_responses() {
+        let (up, broken) = upstream(tokio_stream::iter([Ok::<_, Status>(1)]));
+        drop(up);
+        let (responses, broken) =
+            guard_open(async { Ok::<BoxStream<i32>, Status>(Box::pin(tokio_stream::iter([Ok(7)]))) }, broken)
+                .await
+                .unwrap();
+        tokio::task::yield_now().await;
+        let got: Vec<_> = until_broken(responses, broken).collect().await;
+        assert_eq!(got.len(), 1, "{got:?}");
     }
 
     #[tokio::test]

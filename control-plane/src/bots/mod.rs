@@ -201,6 +201,20 @@ impl<P: Platform> BotManager<P> {
         let _ = self.events.send(ev);
     }
 
+    /// Announces an event of kind `kind` for every bot of cluster node `node` (its loss, its return), each
+    /// in the state last recorded.
+    pub async fn announce_node(&self, node: &str, kind: &str, message: &str) -> Result<u64> {
+        let mut pages = self.store.node_bot_pages(Some(node));
+        let mut n = 0;
+        while let Some(page) = pages.next().await? {
+            for b in page {
+                self.announce(&b.name, b.state, kind, message).await;
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
+
     /// The bots this node owns (all of them on a single node), a page at a time: what start-up recovery,
     /// the reconciler, settlement, orphan checks and the metrics' counts work through.
     fn own_bots(&self) -> crate::store::BotPages<'_> {

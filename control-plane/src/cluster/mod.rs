@@ -46,6 +46,15 @@ impl NodeState {
     }
 }
 
+/// A change in the cluster that its bots' watchers hear about.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NodeChange {
+    /// This node marked that one lost.
+    Lost(String),
+    /// This node, marked lost, heartbeats again.
+    Back(String),
+}
+
 /// What a node's bots hold.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Usage {
@@ -78,6 +87,8 @@ pub struct Cluster {
     me: NodeSpec,
     lost_after: Duration,
     peers: peers::Peers,
+    /// Every node's state as of the last heartbeat round.
+    states: watch::Sender<Vec<(String, NodeState)>>,
 }
 
 impl Cluster {
@@ -94,7 +105,8 @@ impl Cluster {
         let adopted = store.adopt_unowned_bots(&me.name).await?;
         tracing::info!(node = %me.name, address = %me.address, adopted, "joined the cluster");
         let peers = peers::Peers::new(access.credential, access.ca);
-        Ok(Arc::new(Cluster { store, me, lost_after, peers }))
+        let (states, _) = watch::channel(Vec::new());
+        Ok(Arc::new(Cluster { store, me, lost_after, peers, states }))
     }
 
     /// This node's name.
@@ -131,9 +143,19 @@ impl Cluster {
         Ok(Some(Owner::Peer(self.peers.get(&o.node, &o.address)?)))
     }
 
-    /// Heartbeats and loss marking until `stop`.
-    pub fn spawn_membership(self: &Arc<Self>, stop: watch::Receiver<bool>) -> JoinHandle<()> {
-        tokio::spawn(membership::run(self.clone(), stop))
+    /// Heartbeats and loss marking until `stop`; the losses this node marks and its own return go to
+    /// `changes`.
+    pub fn spawn_membership(
+        self: &Arc<Self>,
+        stop: watch::Receiver<bool>,
+        changes: tokio::sync::mpsc::Sender<NodeChange>,
+    ) -> JoinHandle<()> {
+        tokio::spawn(membership::run(self.clone(), stop, changes))
+    }
+
+    /// Every node's state, as of the last heartbeat round (for health and metrics).
+    pub fn states(&self) -> watch::Receiver<Vec<(String, NodeState)>> {
+        self.states.subscribe()
     }
 
     /// The node a new bot goes to (see `placement.rs`).
@@ -145,6 +167,11 @@ impl Cluster {
         }
         let address = nodes.iter().find(|(n, _)| n.spec.name == name).map(|(n, _)| n.spec.address.clone());
         Ok(Owner::Peer(self.peers.get(&name, &address.unwrap_or_default())?))
+    }
+
+    /// The lost nodes and when each was marked lost (ms since the epoch).
+    pub async fn lost_nodes(&self) -> Result<std::collections::HashMap<String, i64>> {
+        Ok(self.store.lost_nodes().await?.into_iter().collect())
     }
 
     /// Every node, by name, with what its bots hold.

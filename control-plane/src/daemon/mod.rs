@@ -4,6 +4,7 @@
 //! running). The binary only reads its configuration, sets up logging and waits for a signal; a test can
 //! run several daemons in one process, each with its own state.
 
+mod cluster_watch;
 mod config;
 mod listen;
 
@@ -111,7 +112,7 @@ impl Daemon {
         let health = crate::api::health::track(manager.clone(), stop_rx.clone());
         let mut side = Vec::new();
         if let Some(c) = &cluster {
-            side.push(c.spawn_membership(stop_rx.clone()));
+            side.extend(cluster_watch::spawn(c, manager.clone(), health.clone(), stop_rx.clone()));
         }
         let mut metrics = None;
         if let Some(addr) = metrics_addr {

@@ -153,6 +153,17 @@ impl Store {
         }))
     }
 
+    /// The lost nodes and when each was marked lost.
+    pub async fn lost_nodes(&self) -> Result<Vec<(String, i64)>, StoreError> {
+        let rows = sqlx::query("SELECT name, lost_since_ms FROM nodes WHERE lost_since_ms IS NOT NULL")
+            .fetch_all(self.reader())
+            .await
+            .map_err(unavailable("list lost nodes"))?;
+        rows.iter()
+            .map(|r| Ok((r.try_get("name").map_err(corrupt)?, r.try_get("lost_since_ms").map_err(corrupt)?)))
+            .collect()
+    }
+
     /// Every node, by name.
     pub async fn list_nodes(&self) -> Result<Vec<NodeRecord>, StoreError> {
         let rows = sqlx::query(concat!(

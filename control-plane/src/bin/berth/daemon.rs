@@ -267,7 +267,7 @@ fn json(b: &pb::Bot) -> serde_json::Value {
         "created_at_ms": b.created_at_ms, "updated_at_ms": b.updated_at_ms, "last_error": b.last_error,
         "pid": b.pid, "env_names": b.env_names, "ip": b.ip, "restart_count": b.restart_count,
         "last_exit": b.last_exit, "desired_running": b.desired_running, "egress": egress_name(b.egress.as_ref()),
-        "node": b.node,
+        "node": b.node, "node_lost_since_ms": b.node_lost_since_ms,
     })
 }
 
@@ -378,7 +378,8 @@ pub async fn bot(conn: &Conn, cmd: BotCommand) -> anyhow::Result<i32> {
                 let node = |n: &str| if nodes { format!("{n:<16} ") } else { String::new() };
                 println!("{:<24} {:<9} {}{:<15} {:<28} LAST ERROR", "NAME", "STATE", node("NODE"), "IP", "IMAGE");
                 for b in &all {
-                    let (name, state, ip, image) = (&b.name, state_name(b.state), &b.ip, &b.image);
+                    let state = if b.node_lost_since_ms > 0 { "node-lost" } else { state_name(b.state) };
+                    let (name, ip, image) = (&b.name, &b.ip, &b.image);
                     println!("{name:<24} {state:<9} {}{ip:<15} {image:<28} {}", node(&b.node), b.last_error);
                 }
             }
