@@ -90,9 +90,26 @@ fn cli(d: &Daemon, args: &[&str]) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nodes_join_heartbeat_cordon_and_a_silent_one_is_lost_until_it_returns() {
     let c = Cluster::new("cluster");
-    let (n1, n2) = (c.node(1), c.node(2));
+    let (mut n1, mut n2) = (c.node(1), c.node(2));
+    for n in [&mut n1, &mut n2] {
+        n.config.cluster_subnet = "10.252.0.0/16".into();
+        n.config.node_subnet_prefix = 24;
+    }
     let d1 = Daemon::start(n1.config.clone()).await.unwrap();
     let d2 = Daemon::start(n2.config.clone()).await.unwrap();
+
+    // Each node took its own share of the cluster's range, and its bots' addresses come from it.
+    let subnets: Vec<(String, String)> =
+        nodes(&d1, None).await.unwrap().into_iter().map(|n| (n.name, n.subnet)).collect();
+    assert_eq!(
+        subnets,
+        [("node-1".to_string(), "10.252.0.0/24".to_string()), ("node-2".to_string(), "10.252.1.0/24".to_string())]
+    );
+    let req = pb::CreateBotRequest { name: "n2bot".into(), node: "node-2".into(), ..Default::default() };
+    let b = bots_client(&d1).await.create_bot(req).await.unwrap().into_inner().bot.unwrap();
+    assert!(b.ip.starts_with("10.252.1."), "{b:?}");
+    let req = pb::DeleteBotRequest { name: "n2bot".into(), ..Default::default() };
+    bots_client(&d1).await.delete_bot(req).await.unwrap();
 
     // Each node sees both, itself marked, with what it offers.
     for (d, me) in [(&d1, "node-1"), (&d2, "node-2")] {
@@ -153,6 +170,7 @@ async fn nodes_join_heartbeat_cordon_and_a_silent_one_is_lost_until_it_returns()
     // It comes back under its name and address: active again at its first heartbeat.
     let d2 = Daemon::start(n2.config.clone()).await.unwrap();
     let back = nodes(&d1, None).await.unwrap();
+    assert_eq!(back.iter().find(|n| n.name == "node-2").unwrap().subnet, "10.252.1.0/24", "kept across a restart");
     assert_eq!(state(&back, "node-2"), pb::NodeState::Active, "{back:?}");
     assert_eq!(back.iter().find(|n| n.name == "node-2").unwrap().lost_since_ms, 0);
     d1.stop().await;

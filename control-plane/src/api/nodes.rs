@@ -46,6 +46,7 @@ fn node((n, usage): (NodeRecord, Usage), this: &str) -> pb::Node {
         joined_at_ms: n.joined_at_ms,
         bots: usage.bots,
         memory_reserved_bytes: usage.memory_bytes,
+        subnet: n.subnet,
     }
 }
 

@@ -8,6 +8,7 @@ mod host;
 mod membership;
 mod peers;
 mod placement;
+pub mod subnets;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -122,6 +122,7 @@ mod tests {
             heartbeat_age_ms: 0,
             lost_since_ms: None,
             joined_at_ms: 0,
+            subnet: String::new(),
         }
     }
 

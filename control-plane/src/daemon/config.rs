@@ -78,6 +78,8 @@ pub struct Config {
     pub node_labels: Vec<String>,
     pub cluster_token_file: Option<PathBuf>,
     pub cluster_ca_file: Option<PathBuf>,
+    pub cluster_subnet: String,
+    pub node_subnet_prefix: u8,
 }
 
 impl Default for Config {
@@ -131,6 +133,8 @@ impl Default for Config {
             node_labels: Vec::new(),
             cluster_token_file: None,
             cluster_ca_file: None,
+            cluster_subnet: String::new(),
+            node_subnet_prefix: 24,
         }
     }
 }
@@ -212,6 +216,18 @@ impl Config {
         }
         if self.node_max_bots == 0 {
             bail!("node_max_bots: must be at least 1");
+        }
+        if !self.cluster_subnet.is_empty() {
+            check_subnet(&self.cluster_subnet).map_err(|e| {
+                ConfigError(format!("cluster_subnet: {:?} is not an IPv4 subnet: {e}", self.cluster_subnet))
+            })?;
+            let range: u8 = self.cluster_subnet.split_once('/').and_then(|(_, l)| l.parse().ok()).unwrap_or(0);
+            if self.node_subnet_prefix < range || self.node_subnet_prefix > 28 {
+                bail!(
+                    "node_subnet_prefix: /{} must lie between cluster_subnet's /{range} and /28",
+                    self.node_subnet_prefix
+                );
+            }
         }
         if !self.cluster {
             return Ok(());

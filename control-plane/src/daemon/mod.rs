@@ -93,9 +93,18 @@ impl Daemon {
         // node's own (those a single-node berthd made here become its own).
         let cluster = join_cluster(&config, &store, tcp_bound).await?;
         let node = cluster.as_ref().map(|c| c.name().to_string());
+        let subnet = match (&cluster, config.cluster_subnet.as_str()) {
+            (Some(c), range) if !range.is_empty() => {
+                cluster::subnets::claim(&store, c.name(), range, config.node_subnet_prefix)
+                    .await
+                    .doing(|| "cluster_subnet: cannot take this node's subnet".into())?
+            }
+            _ => config.subnet.clone(),
+        };
+        tracing::info!(subnet = %subnet, bridge = %config.bridge, "bot network");
         let manager = Arc::new(BotManager::<Host>::new(
             runtime,
-            network(&config),
+            network(&config, subnet),
             crate::agent_client::GrpcAgents,
             store.clone(),
             manager_config(&config, registry_cas, node),
@@ -300,13 +309,13 @@ fn manager_config(config: &Config, registry_cas: Vec<Vec<u8>>, node: Option<Stri
     }
 }
 
-fn network(config: &Config) -> Cni {
+fn network(config: &Config, subnet: String) -> Cni {
     Cni::new(NetworkConfig {
         cni_bin_dir: config.cni_bin_dir.clone(),
         netns_dir: config.run_dir.join("netns"),
         ipam_dir: config.state_dir.join("ipam"),
         bridge: config.bridge.clone(),
-        subnet: config.subnet.clone(),
+        subnet,
         masquerade: config.masquerade,
         egress_denied: config.egress_deny.clone(),
         attempts: config.cni_attempts,

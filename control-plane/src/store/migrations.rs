@@ -18,6 +18,7 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
     (20261206000007, "disk", include_str!("../../../migrations/20261206000007_disk.sql")),
     (20261207000008, "nodes", include_str!("../../../migrations/20261207000008_nodes.sql")),
     (20261207000009, "bot node", include_str!("../../../migrations/20261207000009_bot_node.sql")),
+    (20261207000010, "node subnet", include_str!("../../../migrations/20261207000010_node_subnet.sql")),
 ];
 
 /// The migrator over [`MIGRATIONS`]: versions, descriptions and checksums as `sqlx::migrate!` made them,

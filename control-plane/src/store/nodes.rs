@@ -153,6 +153,30 @@ impl Store {
         }))
     }
 
+    /// Every node's subnet taken from the cluster's range (empty for a node using its own setting).
+    pub async fn node_subnets(&self) -> Result<Vec<(String, String)>, StoreError> {
+        let rows = sqlx::query("SELECT name, subnet FROM nodes ORDER BY name")
+            .fetch_all(self.pool())
+            .await
+            .map_err(unavailable("read the nodes' subnets"))?;
+        rows.iter().map(|r| Ok((r.try_get("name").map_err(corrupt)?, r.try_get("subnet").map_err(corrupt)?))).collect()
+    }
+
+    /// Gives node `name` `subnet`; `false` if another node took it first.
+    pub async fn set_node_subnet(&self, name: &str, subnet: &str) -> Result<bool, StoreError> {
+        let r = sqlx::query("UPDATE nodes SET subnet = $1 WHERE name = $2")
+            .bind(subnet)
+            .bind(name)
+            .execute(self.pool())
+            .await;
+        match r {
+            Ok(r) if r.rows_affected() == 0 => Err(StoreError::NotFound { what: format!("node `{name}`") }),
+            Ok(_) => Ok(true),
+            Err(sqlx::Error::Database(e)) if e.is_unique_violation() => Ok(false),
+            Err(e) => Err(unavailable("record a node's subnet")(e)),
+        }
+    }
+
     /// The lost nodes and when each was marked lost.
     pub async fn lost_nodes(&self) -> Result<Vec<(String, i64)>, StoreError> {
         let rows = sqlx::query("SELECT name, lost_since_ms FROM nodes WHERE lost_since_ms IS NOT NULL")
@@ -170,7 +194,7 @@ impl Store {
             "SELECT name, address, memory_bytes, cpu_millis, max_bots, labels_json, cordoned, \
              ",
             now_ms!(),
-            " - heartbeat_ms AS age, lost_since_ms, joined_at_ms FROM nodes ORDER BY name"
+            " - heartbeat_ms AS age, lost_since_ms, joined_at_ms, subnet FROM nodes ORDER BY name"
         ))
         .fetch_all(self.reader())
         .await
@@ -211,6 +235,7 @@ fn decode(r: &sqlx::any::AnyRow) -> Result<NodeRecord, StoreError> {
         heartbeat_age_ms: r.try_get("age").map_err(corrupt)?,
         lost_since_ms: r.try_get("lost_since_ms").map_err(corrupt)?,
         joined_at_ms: r.try_get("joined_at_ms").map_err(corrupt)?,
+        subnet: r.try_get("subnet").map_err(corrupt)?,
     })
 }
 

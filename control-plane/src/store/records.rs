@@ -181,4 +181,6 @@ pub struct NodeRecord {
     /// When it was marked lost (database clock, ms since the epoch); `None` while it heartbeats.
     pub lost_since_ms: Option<i64>,
     pub joined_at_ms: i64,
+    /// Its bot subnet from the cluster's range; empty when it uses its own `subnet` setting.
+    pub subnet: String,
 }

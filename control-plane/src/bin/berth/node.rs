@@ -21,8 +21,8 @@ pub async fn node(conn: &Conn, cmd: NodeCommand) -> anyhow::Result<i32> {
         NodeCommand::Ls => {
             let nodes = c.list_nodes(pb::ListNodesRequest {}).await.map_err(status_err("list nodes"))?.into_inner();
             println!(
-                "{:<20} {:<24} {:<9} {:>5} {:>15} {:>6} {:>9}  LABELS",
-                "NAME", "ADDRESS", "STATE", "BOTS", "MEMORY", "CPUS", "HEARTBEAT"
+                "{:<20} {:<24} {:<9} {:>5} {:>15} {:>6} {:>9}  {:<18} LABELS",
+                "NAME", "ADDRESS", "STATE", "BOTS", "MEMORY", "CPUS", "HEARTBEAT", "SUBNET"
             );
             for n in nodes.nodes {
                 let mut name = n.name.clone();
@@ -32,7 +32,7 @@ pub async fn node(conn: &Conn, cmd: NodeCommand) -> anyhow::Result<i32> {
                 let labels: Vec<String> = n.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
                 let memory = format!("{}/{}M", n.memory_reserved_bytes >> 20, n.memory_bytes >> 20);
                 println!(
-                    "{:<20} {:<24} {:<9} {:>5} {:>15} {:>6} {:>8.1}s  {}",
+                    "{:<20} {:<24} {:<9} {:>5} {:>15} {:>6} {:>8.1}s  {:<18} {}",
                     name,
                     n.address,
                     state_name(n.state),
@@ -40,6 +40,7 @@ pub async fn node(conn: &Conn, cmd: NodeCommand) -> anyhow::Result<i32> {
                     memory,
                     format!("{:.1}", n.cpu_millis as f64 / 1000.0),
                     n.heartbeat_age_ms as f64 / 1000.0,
+                    if n.subnet.is_empty() { "-" } else { &n.subnet },
                     labels.join(",")
                 );
             }

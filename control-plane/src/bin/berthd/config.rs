@@ -250,6 +250,16 @@ pub struct Args {
     #[arg(long, env = "BERTH_CLUSTER_CA_FILE")]
     #[serde(skip_serializing_if = "Option::is_none")]
     cluster_ca_file: Option<PathBuf>,
+    /// In a cluster: the range every node's bot subnet is carved from (e.g. 10.200.0.0/14); each node takes
+    /// a free /node_subnet_prefix of it when it first joins and keeps it (recorded in the database), in
+    /// place of `subnet`. Empty = each node uses its own `subnet`.
+    #[arg(long, env = "BERTH_CLUSTER_SUBNET")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cluster_subnet: Option<String>,
+    /// The size of each node's share of cluster_subnet (a prefix length, at most 28).
+    #[arg(long, env = "BERTH_NODE_SUBNET_PREFIX")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    node_subnet_prefix: Option<u8>,
 }
 
 /// Defaults, then the file, then environment and flags (both already in `args`); validated.
@@ -375,6 +385,8 @@ mod tests {
             ("node_name = \"Node_1\"\n", "node_name"),
             ("node_labels = [\"zone\"]\n", "node_labels"),
             ("node_lost_after_ms = 10\n", "node_lost_after_ms"),
+            ("cluster_subnet = \"10.0.0.0/16\"\nnode_subnet_prefix = 12\n", "node_subnet_prefix"),
+            ("cluster_subnet = \"10.0.0/16\"\n", "cluster_subnet"),
         ];
         for (text, want) in cases {
             std::fs::write(&file, text).unwrap();
