@@ -12,6 +12,7 @@ mod support;
 mod berthd;
 mod cli_agent;
 mod cluster;
+mod cluster_tls;
 mod containerd_runtime;
 mod daemon;
 mod data;

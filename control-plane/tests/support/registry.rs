@@ -78,6 +78,45 @@ pub fn localhost_certificate(dir: &std::path::Path) {
     ]);
 }
 
+/// A key and certificate for `ip` (`tls.key`, `tls.crt` in `out`), signed by the CA that
+/// [`localhost_certificate`] made in `ca_dir`.
+pub fn signed_certificate(ca_dir: &std::path::Path, out: &std::path::Path, ip: &str) {
+    std::fs::create_dir_all(out).expect("certificate dir");
+    let d = |n: &str| out.join(n).display().to_string();
+    let ca = |n: &str| ca_dir.join(n).display().to_string();
+    let subject = format!("/CN={ip}");
+    openssl(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-subj",
+        &subject,
+        "-keyout",
+        &d("tls.key"),
+        "-out",
+        &d("tls.csr"),
+    ]);
+    std::fs::write(out.join("san.ext"), format!("subjectAltName=IP:{ip}\n")).expect("ext");
+    openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        &d("tls.csr"),
+        "-CA",
+        &ca("ca.crt"),
+        "-CAkey",
+        &ca("ca.key"),
+        "-CAcreateserial",
+        "-days",
+        "1",
+        "-extfile",
+        &d("san.ext"),
+        "-out",
+        &d("tls.crt"),
+    ]);
+}
+
 fn openssl(args: &[&str]) {
     let out =
         Command::new("openssl").args(args).output().expect("openssl is not installed: run scripts/install-deps.sh");
