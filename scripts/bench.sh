@@ -9,7 +9,7 @@ BERTH_AGENT_BIN="$(bash scripts/build-agent.sh)"; export BERTH_AGENT_BIN
 BERTH_TEST_IMAGE="$(bash scripts/build-image.sh minimal)"; export BERTH_TEST_IMAGE
 BERTH_FULL_IMAGE="$(bash scripts/build-image.sh full)"; export BERTH_FULL_IMAGE
 # One build of all three (their links run side by side), then each run alone.
-cargo bench --locked -p berth-control-plane --bench agent --bench berthd --bench mcp --no-run
+cargo bench --locked -p berth-control-plane --bench agent --bench berthd --bench mcp --bench cluster --no-run
 # CPU time the hypervisor gave to others while we ran (/proc/stat's steal): on a shared VM the figures
 # are only comparable with their same-run baselines, and this says how noisy the run was.
 busy_steal() { awk '/^cpu / {print $2+$3+$4+$7+$8, $9}' /proc/stat; }
@@ -17,6 +17,7 @@ read -r busy0 steal0 < <(busy_steal)
 cargo bench --locked -p berth-control-plane --bench agent
 cargo bench --locked -p berth-control-plane --bench berthd
 cargo bench --locked -p berth-control-plane --bench mcp
+cargo bench --locked -p berth-control-plane --bench cluster
 read -r busy1 steal1 < <(busy_steal)
 echo
 echo "machine: $(nproc) cores, $(free -g | awk '/Mem:/ {print $2}') GiB, kernel $(uname -r); $(date -u +%Y-%m-%d)"

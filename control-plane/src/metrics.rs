@@ -186,9 +186,9 @@ pub struct RpcLatency<S> {
     inner: S,
 }
 
-impl<S, B> tower::Service<Request<B>> for RpcLatency<S>
+impl<S, B, R> tower::Service<Request<B>> for RpcLatency<S>
 where
-    S: tower::Service<Request<B>>,
+    S: tower::Service<Request<B>, Response = tonic::codegen::http::Response<R>>,
     S::Future: Send + 'static,
 {
     type Response = S::Response;
@@ -206,6 +206,10 @@ where
         let fut = self.inner.call(req);
         Box::pin(async move {
             let r = fut.await;
+            // A method berthd does not serve (UNIMPLEMENTED, status 12) is counted under one label: the
+            // path is the caller's choice, and each label is a series kept for good.
+            let unknown = r.as_ref().is_ok_and(|r| r.headers().get("grpc-status").is_some_and(|s| s == "12"));
+            let method = if unknown { "unknown".to_string() } else { method };
             metrics().rpc_seconds.get_or_create(&MethodLabel { method }).observe(started.elapsed().as_secs_f64());
             r
         })

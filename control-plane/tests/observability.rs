@@ -60,6 +60,20 @@ async fn metrics_follow_bots_operations_sessions_and_restarts() {
         series(&b, "berth_rpc_duration_seconds_count{method=\"/berth.controlplane.v1.BotService/CreateBot\"}");
     assert_eq!(created.await, 2.0);
 
+    // Paths berthd does not serve share one label: a caller cannot grow the series without bound.
+    let ch = berth_control_plane::agent_client::channel(b.socket.to_str().unwrap()).await.unwrap();
+    let mut grpc = tonic::client::Grpc::new(ch);
+    for i in 0..3 {
+        grpc.ready().await.unwrap();
+        let path = format!("/made.Up/Method{i}").parse().unwrap();
+        let codec = tonic_prost::ProstCodec::<(), ()>::default();
+        let e = grpc.unary(tonic::Request::new(()), path, codec).await.unwrap_err();
+        assert_eq!(e.code(), tonic::Code::Unimplemented);
+    }
+    let (_, text) = get(&b, "/metrics").await;
+    assert!(!text.contains("made.Up"), "{text}");
+    assert_eq!(value(&text, "berth_rpc_duration_seconds_count{method=\"unknown\"}"), Some(3.0), "{text}");
+
     b.cli(&["snapshot", "create", "m1", "--name", "s1"]);
     assert_eq!(series(&b, "berth_operations_total{kind=\"snapshot\",result=\"succeeded\"}").await, 1.0);
     b.cli(&["snapshot", "rollback", "m1", "s1"]);
