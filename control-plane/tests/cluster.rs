@@ -501,7 +501,12 @@ async fn create(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bots_are_placed_by_memory_left_labels_and_cordons_and_a_name_is_taken_once() {
     let c = Cluster::new("placement");
+    let registry = crate::support::registry::PrivateRegistry::start(None);
+    registry.push_archive(&crate::support::containerd::minimal_image(), "bots/minimal", "v1").await;
     let (mut n1, mut n2) = (c.node(1), c.node(2));
+    for n in [&mut n1, &mut n2] {
+        n.config.insecure_registries = vec![registry.addr.clone()];
+    }
     n1.config.node_memory_bytes = 3 << 30;
     n1.config.node_max_bots = 3;
     n2.config.node_memory_bytes = 4 << 30;
@@ -536,6 +541,35 @@ async fn bots_are_placed_by_memory_left_labels_and_cordons_and_a_name_is_taken_o
     let e = create(&d1, "nonode", 256, "node-9", &[]).await.unwrap_err();
     assert_eq!(e.code(), tonic::Code::NotFound, "{e:?}");
 
+    // An image pulled through node-1 is pulled by node-2 when a bot using it is placed there.
+    let reference = format!("{}/bots/minimal:v1", registry.addr);
+    let mut images = pb::image_service_client::ImageServiceClient::new(
+        agent_client::channel(d1.socket().to_str().unwrap()).await.unwrap(),
+    );
+    images.pull_image(pb::PullImageRequest { reference: reference.clone(), ..Default::default() }).await.unwrap();
+    let req = pb::CreateBotRequest {
+        name: "pulled".into(),
+        image: reference.clone(),
+        node: "node-2".into(),
+        resources: Some(pb::Resources { memory_bytes: 256 << 20, ..Default::default() }),
+        ..Default::default()
+    };
+    let pulled = bots_client(&d1).await.create_bot(req).await.unwrap().into_inner().bot.unwrap();
+    assert_eq!((pulled.node.as_str(), pulled.image.as_str()), ("node-2", reference.as_str()));
+    let missing = pb::CreateBotRequest {
+        name: "nosuch".into(),
+        image: format!("{}/bots/none:v1", registry.addr),
+        node: "node-2".into(),
+        resources: Some(pb::Resources { memory_bytes: 256 << 20, ..Default::default() }),
+        ..Default::default()
+    };
+    let e = bots_client(&d1).await.create_bot(missing).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::NotFound, "{e:?}");
+    assert!(
+        e.message().contains("is not on node `node-2`") && e.message().contains("pulling it there failed"),
+        "{e:?}"
+    );
+
     // The CLI: --node-selector, and where the bot went.
     let out = cli(&d1, &["bot", "create", "cli1", "--memory", "256M", "--node-selector", "zone=z2"]);
     assert_eq!(out.trim(), "cli1 running on node-2");
@@ -554,7 +588,7 @@ async fn bots_are_placed_by_memory_left_labels_and_cordons_and_a_name_is_taken_o
     assert!(!other.containerd.ctr_ls("containers").iter().any(|c| c.contains("twin")), "a container left behind");
     assert_eq!(get(&d2, "twin").await.node, won.node);
 
-    for name in ["p1", "p2", "p3", "p4", "cli1", "twin"] {
+    for name in ["p1", "p2", "p3", "p4", "cli1", "twin", "pulled"] {
         let req = pb::DeleteBotRequest { name: name.into(), ..Default::default() };
         bots_client(&d2).await.delete_bot(req).await.unwrap();
     }

@@ -1,6 +1,7 @@
 //! Creating a bot: validate, record it (state `creating`), create its container with the agent as PID 1
 //! and its agent directory bind-mounted, then `stopped` (or start it). A failure before `stopped`
-//! removes everything, the record included, and returns the reason: nothing is left half-made.
+//! removes everything, the record included, and returns the reason: nothing is left half-made. In a
+//! cluster, an image this node lacks is pulled here first (another node may have pulled it).
 
 use std::collections::BTreeMap;
 
@@ -38,9 +39,23 @@ impl<P: Platform> BotManager<P> {
         let limits = super::limits::resolve(req.limits, self.config.default_limits, super::limits::Host::probe())?;
         let image_name = if req.image.is_empty() { self.config.default_image.clone() } else { req.image.clone() };
         let found = lock(&self.images).get(&image_name).cloned();
-        let image = found.ok_or_else(|| {
-            Error::NotFound(format!("image `{image_name}` is not imported (available: {})", self.images().join(", ")))
-        })?;
+        let image = match (found, &self.config.node) {
+            (Some(image), _) => image,
+            // In a cluster the bot's node may not have the image another node pulled: it pulls it itself.
+            (None, Some(node)) => self.pull_image(&image_name, None).await.map_err(|e| {
+                Error::NotFound(format!(
+                    "image `{image_name}` is not on node `{node}` (available: {}) and pulling it there failed: {}",
+                    self.images().join(", "),
+                    crate::error::chain(&e)
+                ))
+            })?,
+            (None, None) => {
+                return Err(Error::NotFound(format!(
+                    "image `{image_name}` is not imported (available: {})",
+                    self.images().join(", ")
+                )));
+            }
+        };
         let kept = self.kept_archive(&req.name);
         if req.restore && !kept.exists() {
             return Err(Error::NotFound(format!(

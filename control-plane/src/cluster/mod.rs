@@ -8,6 +8,7 @@ mod host;
 mod membership;
 mod peers;
 mod placement;
+mod routes;
 pub mod subnets;
 
 use std::sync::Arc;
@@ -90,6 +91,8 @@ pub struct Cluster {
     peers: peers::Peers,
     /// Every node's state as of the last heartbeat round.
     states: watch::Sender<Vec<(String, NodeState)>>,
+    /// Bots' owners read lately.
+    routes: routes::Routes,
 }
 
 impl Cluster {
@@ -107,7 +110,7 @@ impl Cluster {
         tracing::info!(node = %me.name, address = %me.address, adopted, "joined the cluster");
         let peers = peers::Peers::new(access.credential, access.ca);
         let (states, _) = watch::channel(Vec::new());
-        Ok(Arc::new(Cluster { store, me, lost_after, peers, states }))
+        Ok(Arc::new(Cluster { store, me, lost_after, peers, states, routes: routes::Routes::default() }))
     }
 
     /// This node's name.
@@ -122,9 +125,19 @@ impl Cluster {
 
     /// Where `bot`'s calls go: `None` if there is no such bot. A bot on a lost node is UNAVAILABLE at
     /// once, naming the node and how long it has been silent; so is one whose node left the table.
+    /// An owner read within `routes::FRESH` is used as it was, unless the last heartbeat round saw its
+    /// node lost.
     pub async fn owner(&self, bot: &str) -> Result<Option<Owner>> {
+        match self.routes.get(bot) {
+            Some(None) => return Ok(Some(Owner::Here)),
+            Some(Some((node, address))) if !self.seen_lost(&node) => {
+                return Ok(Some(Owner::Peer(self.peers.get(&node, &address)?)));
+            }
+            _ => {}
+        }
         let Some(o) = self.store.bot_owner(bot).await? else { return Ok(None) };
         if o.node.is_empty() || o.node == self.me.name {
+            self.routes.put(bot, None);
             return Ok(Some(Owner::Here));
         }
         if let Some(ms) = o.lost_for_ms {
@@ -141,7 +154,14 @@ impl Cluster {
                 o.node
             )));
         }
-        Ok(Some(Owner::Peer(self.peers.get(&o.node, &o.address)?)))
+        let peer = self.peers.get(&o.node, &o.address)?;
+        self.routes.put(bot, Some((o.node, o.address)));
+        Ok(Some(Owner::Peer(peer)))
+    }
+
+    /// Whether the last heartbeat round saw `node` lost.
+    fn seen_lost(&self, node: &str) -> bool {
+        self.states.borrow().iter().any(|(n, s)| n == node && *s == NodeState::Lost)
     }
 
     /// Heartbeats and loss marking until `stop`; the losses this node marks and its own return go to
