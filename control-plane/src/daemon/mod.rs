@@ -154,7 +154,7 @@ impl Daemon {
                 .await
                 .doing(|| "tls_cert_file/tls_key_file: not a usable certificate and key".into())?;
             servers
-                .push(tokio::spawn(r.serve_with_incoming_shutdown(TcpListenerStream::new(l), wait(stop_rx.clone()))));
+                .push(tokio::spawn(r.serve_with_incoming_shutdown(no_delay(l), wait(stop_rx.clone()))));
             tracing::info!(addr = %bound, tls = secure, "berthd listening");
             tcp = Some(bound);
         }
@@ -204,6 +204,19 @@ impl Daemon {
         }
         let _ = std::fs::remove_file(&self.socket);
     }
+}
+
+/// The TCP listener's connections with Nagle's algorithm off: a stream's small messages (an exec's
+/// output, a forwarded call's answers) go out at once instead of waiting for the peer's delayed ACK.
+fn no_delay(l: TcpListener) -> impl tokio_stream::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
+    tokio_stream::StreamExt::map(TcpListenerStream::new(l), |c| {
+        if let Ok(c) = &c
+            && let Err(e) = c.set_nodelay(true)
+        {
+            tracing::debug!(error = %e, "cannot turn Nagle's algorithm off on a connection");
+        }
+        c
+    })
 }
 
 /// In cluster mode, joins the cluster as this node (its name, address and capacity from the settings,
