@@ -153,8 +153,7 @@ impl Daemon {
             let r = router(manager.clone(), hub.clone(), cluster.clone(), tokens.clone(), &health, tls, Access::Token)
                 .await
                 .doing(|| "tls_cert_file/tls_key_file: not a usable certificate and key".into())?;
-            servers
-                .push(tokio::spawn(r.serve_with_incoming_shutdown(no_delay(l), wait(stop_rx.clone()))));
+            servers.push(tokio::spawn(r.serve_with_incoming_shutdown(no_delay(l), wait(stop_rx.clone()))));
             tracing::info!(addr = %bound, tls = secure, "berthd listening");
             tcp = Some(bound);
         }
