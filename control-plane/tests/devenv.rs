@@ -107,7 +107,7 @@ impl Service {
     }
 
     /// Starts the service and waits until berthd answers.
-    fn start(&self) -> Child {
+    fn start(&self) -> Running {
         let log =
             std::fs::OpenOptions::new().create(true).append(true).open(self.dir.path().join("service.log")).unwrap();
         let mut child = self.entrypoint(&[]).stdout(log.try_clone().unwrap()).stderr(log).spawn().unwrap();
@@ -117,11 +117,12 @@ impl Service {
             assert!(t.elapsed() < Duration::from_secs(60), "berthd did not come up:\n{}", self.log());
             std::thread::sleep(Duration::from_millis(50));
         }
-        child
+        Running(Some(child))
     }
 
     /// SIGTERM, as `docker stop` sends; the entrypoint must stop berthd and containerd and exit 0.
-    fn stop(&self, mut child: Child) {
+    fn stop(&self, mut running: Running) {
+        let Some(mut child) = running.0.take() else { return };
         // SAFETY: kill(2) on our own child.
         unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
         let t = Instant::now();
@@ -155,6 +156,20 @@ impl Service {
             .unwrap();
         assert!(o.status.success(), "berth {args:?}: {}\n{}", String::from_utf8_lossy(&o.stderr), self.log());
         String::from_utf8_lossy(&o.stdout).into_owned()
+    }
+}
+
+/// The running entrypoint. A test that fails before stopping it still stops it (SIGTERM, as `docker
+/// stop` sends, then SIGKILL): otherwise its berthd and containerd outlive the test.
+struct Running(Option<Child>);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.0.take()
+            && child.try_wait().ok().flatten().is_none()
+        {
+            support::stop_child(&mut child, libc::SIGTERM);
+        }
     }
 }
 
