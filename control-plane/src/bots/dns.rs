@@ -1,4 +1,4 @@
-//! The resolver every bot gets: an `/etc/resolv.conf` berthd writes (`<run_dir>/resolv.conf`) and
+//! The resolver every bot gets: an `/etc/resolv.conf` berthd writes (`<run_dir>/resolv-<hash>.conf`) and
 //! bind-mounts read-only into each bot, so a bot's first `pip install` resolves names whatever its image
 //! holds (the `full` image ships none; Docker does the same). The servers are `dns_servers` when
 //! configured, else the host's own, minus loopback addresses (a bot has its own loopback:
@@ -7,6 +7,8 @@
 
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
+
+use sha2::Digest;
 
 /// The host's resolver configuration, and where systemd-resolved keeps the servers it forwards to.
 const HOST: &str = "/etc/resolv.conf";
@@ -78,10 +80,17 @@ pub fn write(run_dir: &Path, configured: &[IpAddr]) -> std::io::Result<(PathBuf,
     let host = std::fs::read_to_string(HOST).unwrap_or_default();
     let upstream = std::fs::read_to_string(RESOLVED_UPSTREAM).ok();
     let resolver = Resolver::choose(configured, &host, upstream.as_deref());
-    let path = run_dir.join("resolv.conf");
-    let tmp = run_dir.join(format!(".resolv.conf.{}.tmp", uuid::Uuid::new_v4().simple()));
-    std::fs::write(&tmp, resolver.render())?;
-    std::fs::rename(&tmp, &path)?;
+    // Named by its content and never replaced once written: runc refuses a bind-mount source that was
+    // renamed over while it mounted it ("possibly malicious path detected"), which a rewrite of one shared
+    // file by a concurrent create did (the soak test's rare "container runtime failure").
+    let text = resolver.render();
+    let digest = sha2::Sha256::digest(text.as_bytes());
+    let path = run_dir.join(format!("resolv-{}.conf", hex::encode(&digest[..8])));
+    if std::fs::read_to_string(&path).ok().as_deref() != Some(text.as_str()) {
+        let tmp = run_dir.join(format!(".resolv.conf.{}.tmp", uuid::Uuid::new_v4().simple()));
+        std::fs::write(&tmp, &text)?;
+        std::fs::rename(&tmp, &path)?;
+    }
     Ok((path, resolver))
 }
 
