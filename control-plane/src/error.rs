@@ -16,6 +16,9 @@ pub enum Error {
     /// A limit or the host's disk is exhausted; freeing space (or raising the limit) helps.
     #[error("{0}")]
     ResourceExhausted(String),
+    /// A position asked for is outside what is kept (an event id pruned or not yet given).
+    #[error("{0}")]
+    OutOfRange(String),
     /// containerd, the database or an agent is down or slow; retrying may help.
     #[error("{0}")]
     Unavailable(String),

@@ -18,6 +18,7 @@ pub mod bots;
 pub mod cluster;
 pub mod daemon;
 pub mod error;
+pub mod events;
 pub mod listen;
 pub mod mcp;
 pub mod metrics;

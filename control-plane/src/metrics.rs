@@ -7,7 +7,8 @@
 //! - `berth_reconcile_repairs_total{kind}`: what the reconciler fixed (network, firewall, lease, …);
 //! - `berth_bot_restarts_total{reason}`: restarts by the supervisor (task exited, agent unresponsive);
 //! - `berth_oom_kills_total`: processes in bots killed by the kernel's OOM killer, as the reconciler saw;
-//! - `berth_reconcile_passes_total`, `berth_mcp_sessions` (open) and `berth_mcp_sessions_total`.
+//! - `berth_reconcile_passes_total`, `berth_mcp_sessions` (open) and `berth_mcp_sessions_total`;
+//! - `berth_events_spilled` (bot events waiting on disk for the database) and `berth_events_dropped_total`.
 
 use std::sync::LazyLock;
 use std::task::{Context, Poll};
@@ -63,6 +64,8 @@ pub struct Metrics {
     pub mcp_sessions: Gauge,
     pub mcp_sessions_total: Counter,
     pub nodes: Family<StateLabel, Gauge>,
+    pub events_spilled: Gauge,
+    pub events_dropped: Counter,
 }
 
 fn rpc_histogram() -> Histogram {
@@ -84,6 +87,8 @@ impl Metrics {
             mcp_sessions: Gauge::default(),
             mcp_sessions_total: Counter::default(),
             nodes: Family::default(),
+            events_spilled: Gauge::default(),
+            events_dropped: Counter::default(),
             registry: Registry::default(),
         };
         registry.register("bots", "Bots by lifecycle state", m.bots.clone());
@@ -100,6 +105,16 @@ impl Metrics {
         registry.register("mcp_sessions", "MCP sessions open through berthd", m.mcp_sessions.clone());
         registry.register("mcp_sessions_opened", "MCP sessions opened through berthd", m.mcp_sessions_total.clone());
         registry.register("cluster_nodes", "Cluster nodes by state (active, cordoned, lost)", m.nodes.clone());
+        registry.register(
+            "events_spilled",
+            "Bot events waiting in the spill file for the database",
+            m.events_spilled.clone(),
+        );
+        registry.register(
+            "events_dropped",
+            "Bot events lost: the event queue was full or the spill file failed",
+            m.events_dropped.clone(),
+        );
         Metrics { registry, ..m }
     }
 

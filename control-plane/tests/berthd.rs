@@ -227,7 +227,8 @@ async fn errors_carry_the_right_codes() {
 async fn events_and_exec_cancellation_flow_through() {
     let b = TestBerthd::start(None);
     let mut c = bots(&b).await;
-    let mut events = c.watch_events(pb::WatchEventsRequest { name: "gamma".into() }).await.unwrap().into_inner();
+    let mut events =
+        c.watch_events(pb::WatchEventsRequest { name: "gamma".into(), after_id: None }).await.unwrap().into_inner();
     c.create_bot(pb::CreateBotRequest { name: "gamma".into(), start: Some(true), ..Default::default() }).await.unwrap();
     let mut kinds = Vec::new();
     while !kinds.contains(&"started".to_string()) {

@@ -322,7 +322,7 @@ async fn any_node_serves_any_bot_with_the_callers_scope_and_a_lost_owner_fails_f
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(std::fs::read(&dst).unwrap(), b"forwarded", "a download through node-2");
 
-    let watch = pb::WatchEventsRequest { name: "bob".into() };
+    let watch = pb::WatchEventsRequest { name: "bob".into(), after_id: None };
     let mut events = bots_client(&d2).await.watch_events(watch).await.unwrap().into_inner();
     let stop = pb::StopBotRequest { name: "bob".into(), ..Default::default() };
     let stopped = bots_client(&d2).await.stop_bot(stop).await.unwrap().into_inner().bot.unwrap();

@@ -112,6 +112,16 @@ async fn node_state(node: &Node, ca: &Path, name: &str) -> pb::NodeState {
     list.iter().find(|n| n.name == name).unwrap().state()
 }
 
+/// The next `n` events of a watch (within 30 s).
+async fn events_until(w: &mut tonic::Streaming<pb::BotEvent>, n: usize) -> Vec<pb::BotEvent> {
+    let mut v = Vec::new();
+    while v.len() < n {
+        let e = tokio::time::timeout(Duration::from_secs(30), w.message()).await;
+        v.push(e.expect("an event in time").unwrap().expect("the watch is open"));
+    }
+    v
+}
+
 /// A minimal MCP server in sh: answers every request with an empty result.
 const SH_SERVER: &str = r#"while IFS= read -r l; do id=$(printf '%s' "$l" | sed -n 's/.*"id":\([0-9][0-9]*\).*/\1/p'); [ -n "$id" ] && printf '{"jsonrpc":"2.0","id":%s,"result":{"protocolVersion":"2025-06-18","capabilities":{},"serverInfo":{"name":"sh","version":"1"}}}\n' "$id"; done"#;
 
@@ -126,6 +136,8 @@ async fn three_nodes_over_tls_place_route_and_survive_one_killed() {
     std::fs::write(files_path.join("secret"), format!("{SECRET}\n")).unwrap();
     let ca = files_path.join("ca.crt");
     let mut nodes: Vec<Node> = (1..=3).map(|n| start(n, &db, &files_path)).collect();
+    let mut watch2 =
+        bots(&nodes[1], &ca).await.watch_events(pb::WatchEventsRequest::default()).await.unwrap().into_inner();
 
     // 30 bots created through node 1 land on all three (equal capacity: the most memory left, then the
     // fewest bots), each in its owner's subnet.
@@ -143,6 +155,47 @@ async fn three_nodes_over_tls_place_route_and_survive_one_killed() {
     let counts: Vec<usize> = placed.values().map(Vec::len).collect();
     assert_eq!(counts, [10, 10, 10], "{placed:?}");
     let one_per_node: Vec<String> = placed.values().map(|v| v[v.len() - 1].clone()).collect();
+
+    // WatchEvents on node 2 sees every node's creates, in one order, each from its owner.
+    let owner: std::collections::HashMap<&str, &str> =
+        placed.iter().flat_map(|(node, names)| names.iter().map(move |n| (n.as_str(), node.as_str()))).collect();
+    let seen = events_until(&mut watch2, BOTS * 4).await;
+    let ids: Vec<i64> = seen.iter().map(|e| e.id).collect();
+    assert!(ids.windows(2).all(|w| w[0] < w[1]), "{ids:?}");
+    for name in owner.keys() {
+        let kinds: Vec<&str> = seen.iter().filter(|e| e.name == *name).map(|e| e.kind.as_str()).collect();
+        assert_eq!(kinds, ["creating", "created", "starting", "started"], "{name}");
+        assert!(seen.iter().filter(|e| e.name == *name).all(|e| e.node == owner[name]), "{name}: {seen:?}");
+    }
+    // Node 2 restarts; meanwhile bots of nodes 1 and 3 are stopped and started. Resumed from the last id it
+    // gave, node 2 gives what node 1 gives from there: no gap, no duplicate.
+    let last = seen.last().unwrap().id;
+    nodes[1].b.halt(libc::SIGKILL);
+    for name in [&placed["node-1"][0], &placed["node-3"][0]] {
+        let c = &mut bots(&nodes[0], &ca).await;
+        c.stop_bot(pb::StopBotRequest { name: name.clone(), ..Default::default() }).await.unwrap();
+        c.start_bot(pb::StartBotRequest { name: name.clone() }).await.unwrap();
+    }
+    nodes[1].b.spawn();
+    let resume = pb::WatchEventsRequest { name: String::new(), after_id: Some(last) };
+    let touched = [placed["node-1"][0].clone(), placed["node-3"][0].clone()];
+    // Node 1's own view, until both bots are started again (node 2's loss may be told in between).
+    let mut truth = bots(&nodes[0], &ca).await.watch_events(resume.clone()).await.unwrap().into_inner();
+    let mut expected = Vec::new();
+    while expected.iter().filter(|e: &&pb::BotEvent| e.kind == "started").count() < 2 {
+        expected.extend(events_until(&mut truth, 1).await);
+    }
+    let mut resumed = bots(&nodes[1], &ca).await.watch_events(resume).await.unwrap().into_inner();
+    let resumed = events_until(&mut resumed, expected.len()).await;
+    assert_eq!(resumed, expected);
+    let kinds: Vec<(&str, &str)> = resumed
+        .iter()
+        .filter(|e| touched.contains(&e.name) && (e.kind == "stopped" || e.kind == "started"))
+        .map(|e| (e.name.as_str(), e.kind.as_str()))
+        .collect();
+    let [n1, n3] = [touched[0].as_str(), touched[1].as_str()];
+    assert_eq!(kinds, [(n1, "stopped"), (n1, "started"), (n3, "stopped"), (n3, "started")]);
+    assert_eq!(resumed[0].id, last + 1, "the next id after the last seen");
     for (i, name) in one_per_node.iter().enumerate() {
         let b = bot(&nodes[0], &ca, name).await;
         assert!(b.ip.starts_with("10.253."), "{b:?}");

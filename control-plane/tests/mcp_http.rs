@@ -444,7 +444,7 @@ async fn an_mcp_server_killed_for_memory_is_named_as_the_oom_killers() {
     b.cli(&["bot", "create", "small", "--memory", "64M"]);
     let ch = berth_control_plane::agent_client::channel(b.socket.to_str().unwrap()).await.unwrap();
     let mut bots = berth_proto::controlplane::v1::bot_service_client::BotServiceClient::new(ch);
-    let watch = berth_proto::controlplane::v1::WatchEventsRequest { name: "small".into() };
+    let watch = berth_proto::controlplane::v1::WatchEventsRequest { name: "small".into(), after_id: None };
     let mut events = bots.watch_events(watch).await.unwrap().into_inner();
     // A reconcile pass sees the bot running (its OOM count's baseline) before anything is killed.
     tokio::time::sleep(Duration::from_millis(1000)).await;

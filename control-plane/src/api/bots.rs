@@ -138,44 +138,19 @@ impl<P: Platform> BotService for Bots<P> {
 
     async fn watch_events(&self, r: Request<pb::WatchEventsRequest>) -> Res<Self::WatchEventsStream> {
         let scope = Scope::of(&r);
-        if !r.get_ref().name.is_empty() {
-            scope.allow(&r.get_ref().name)?;
-            // One bot's events are its owner's to tell (every node's together come with cluster-wide events).
-            if let Some(hop) = self.forward.peer(&r, &r.get_ref().name).await? {
-                return forward::server_streaming(&hop, r).await;
-            }
+        let r = r.into_inner();
+        if !r.name.is_empty() {
+            scope.allow(&r.name)?;
         }
-        let only = r.into_inner().name;
-        let mut rx = self.m.subscribe();
-        let stream = async_stream(move |tx| async move {
-            loop {
-                match rx.recv().await {
-                    Ok(e) if (only.is_empty() || e.name == only) && scope.sees(&e.name) => {
-                        if tx.send(Ok(convert::event(e))).await.is_err() {
-                            return;
-                        }
-                    }
-                    Ok(_) => {}
-                    Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
-                        let _ = tx.send(Err(Status::data_loss(format!("{n} events were missed; watch again")))).await;
-                        return;
-                    }
-                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
-                }
-            }
-        });
-        Ok(Response::new(stream))
+        // Every node's events are in the one journal, so any node answers, an owner lost or not.
+        let only = r.name;
+        let events = self
+            .m
+            .events()
+            .watch(r.after_id, move |e| (only.is_empty() || e.name == only) && scope.sees(&e.name))
+            .await?;
+        Ok(Response::new(Box::pin(tokio_stream::StreamExt::map(events, |e| {
+            e.map(convert::event).map_err(Status::from)
+        }))))
     }
-}
-
-/// A response stream fed by a task.
-fn async_stream<T, F, Fut>(f: F) -> Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>
-where
-    T: Send + 'static,
-    F: FnOnce(tokio::sync::mpsc::Sender<Result<T, Status>>) -> Fut,
-    Fut: std::future::Future<Output = ()> + Send + 'static,
-{
-    let (tx, rx) = tokio::sync::mpsc::channel(64);
-    tokio::spawn(f(tx));
-    Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))
 }

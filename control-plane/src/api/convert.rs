@@ -94,7 +94,15 @@ pub fn limits(r: Option<pb::Resources>) -> LimitsRequest {
 }
 
 pub fn event(e: BotEvent) -> pb::BotEvent {
-    pb::BotEvent { name: e.name, state: state(e.state) as i32, kind: e.kind, message: e.message, at_ms: e.at_ms }
+    pb::BotEvent {
+        name: e.name,
+        state: state(e.state) as i32,
+        kind: e.kind,
+        message: e.message,
+        at_ms: e.at_ms,
+        id: e.seq,
+        node: e.node,
+    }
 }
 
 pub fn snapshot(s: crate::bots::snapshot::Snapshot) -> pb::Snapshot {

@@ -46,6 +46,7 @@ impl From<Error> for Status {
             Error::FailedPrecondition(m) => Status::failed_precondition(m),
             Error::Unavailable(m) => Status::unavailable(m),
             Error::ResourceExhausted(m) => Status::resource_exhausted(m),
+            Error::OutOfRange(m) => Status::out_of_range(m),
             e @ Error::Internal { .. } => {
                 let id = uuid::Uuid::new_v4();
                 tracing::error!(error.id = %id, error = %crate::error::chain(&e), "internal error");

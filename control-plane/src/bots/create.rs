@@ -88,7 +88,7 @@ impl<P: Platform> BotManager<P> {
             node: self.config.node.clone().unwrap_or_default(),
         };
         self.store.insert_bot(&bot).await?;
-        self.announce(&bot.name, BotState::Creating, "creating", "").await;
+        self.announce(&bot.name, BotState::Creating, "creating", "");
         if let Err(e) = self.make_parts(&bot, &image, &req, &kept).await {
             self.undo_create(&bot, &e).await;
             return Err(e);
@@ -160,7 +160,7 @@ impl<P: Platform> BotManager<P> {
         match undone {
             Ok(()) => {
                 tracing::warn!(bot.name = %bot.name, error = %cause, "create failed; removed what it made");
-                self.announce(&bot.name, BotState::Deleting, "deleted", &format!("create failed: {cause}")).await;
+                self.announce(&bot.name, BotState::Deleting, "deleted", &format!("create failed: {cause}"));
             }
             Err(u) => {
                 let reason = format!(

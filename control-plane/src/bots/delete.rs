@@ -43,7 +43,7 @@ impl<P: Platform> BotManager<P> {
         }
         self.remove_bot_dir(name).await?;
         self.store.delete_bot(name).await?;
-        self.announce(name, BotState::Deleting, "deleted", "").await;
+        self.announce(name, BotState::Deleting, "deleted", "");
         drop(guard);
         lock(&self.locks).remove(name);
         Ok(())

@@ -33,7 +33,7 @@ use crate::agent_client::{Agents, bot::Opener};
 use crate::error::{Error, Result};
 use crate::runtime::{ContainerRuntime, Image};
 use crate::store::Store;
-use model::{BotEvent, BotRecord, BotState, now_ms};
+use model::{BotEvent, BotRecord, BotState};
 
 pub use create::{CreateBot, check_env};
 pub use data::{ImportMode, Imported};
@@ -65,6 +65,8 @@ pub struct ManagerConfig {
     /// This node's name in a cluster: it creates bots as their owner and runs, supervises and changes only
     /// its own. `None` on a single node (every bot is its own).
     pub node: Option<String>,
+    /// How long bot events are kept for WatchEvents to resume from.
+    pub events_keep: Duration,
 }
 
 pub use agent_dir::AGENT_DIR;
@@ -85,7 +87,7 @@ pub struct BotManager<P: Platform> {
     locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     agents: Mutex<HashMap<String, AgentOf<P>>>,
     supervision: Mutex<HashMap<String, reconcile::Supervision>>,
-    events: broadcast::Sender<BotEvent>,
+    events: crate::events::Journal,
 }
 
 impl<P: Platform> std::fmt::Debug for BotManager<P> {
@@ -102,7 +104,14 @@ impl<P: Platform> BotManager<P> {
         store: Store,
         config: ManagerConfig,
     ) -> BotManager<P> {
-        let (events, _) = broadcast::channel(1024);
+        let events = crate::events::Journal::start(
+            store.clone(),
+            crate::events::Settings {
+                spill: config.state_dir.join("events.spill"),
+                node: config.node.clone().unwrap_or_default(),
+                keep: config.events_keep,
+            },
+        );
         BotManager {
             runtime,
             network,
@@ -164,9 +173,14 @@ impl<P: Platform> BotManager<P> {
         v
     }
 
-    /// Subscribes to lifecycle events.
+    /// Subscribes to lifecycle events: every node's, as stored, in order.
     pub fn subscribe(&self) -> broadcast::Receiver<BotEvent> {
         self.events.subscribe()
+    }
+
+    /// The event journal: watch from an id, flush before stopping.
+    pub fn events(&self) -> &crate::events::Journal {
+        &self.events
     }
 
     /// The per-bot lock serialising mutations of `name`.
@@ -182,23 +196,13 @@ impl<P: Platform> BotManager<P> {
     async fn transition(&self, bot: &BotRecord, state: BotState, kind: &str, message: &str) -> Result<()> {
         let last_error = if state == BotState::Error { message } else { "" };
         self.store.set_state(&bot.name, state, last_error, kind == "restarted").await?;
-        self.announce(&bot.name, state, kind, message).await;
+        self.announce(&bot.name, state, kind, message);
         Ok(())
     }
 
-    async fn announce(&self, name: &str, state: BotState, kind: &str, message: &str) {
-        let ev = BotEvent {
-            name: name.to_string(),
-            kind: kind.to_string(),
-            state,
-            message: message.to_string(),
-            at_ms: now_ms(),
-        };
-        if let Err(e) = self.store.insert_event(&ev).await {
-            tracing::warn!(bot.name = name, error = %crate::error::chain(&e), "failed to record event");
-        }
-        tracing::info!(bot.name = name, state = state.as_str(), kind, message, "bot event");
-        let _ = self.events.send(ev);
+    /// Queues an event (stored and broadcast off the caller's path).
+    fn announce(&self, name: &str, state: BotState, kind: &str, message: &str) {
+        self.events.announce(name, state, kind, message);
     }
 
     /// Announces an event of kind `kind` for every bot of cluster node `node` (its loss, its return), each
@@ -208,7 +212,7 @@ impl<P: Platform> BotManager<P> {
         let mut n = 0;
         while let Some(page) = pages.next().await? {
             for b in page {
-                self.announce(&b.name, b.state, kind, message).await;
+                self.announce(&b.name, b.state, kind, message);
                 n += 1;
             }
         }

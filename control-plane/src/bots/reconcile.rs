@@ -153,7 +153,7 @@ impl<P: Platform> BotManager<P> {
                             let what = done.join("; ");
                             tracing::warn!(bot.name = %bot.name, repairs = %what, "repaired the bot's network");
                             crate::metrics::metrics().repaired("network");
-                            self.announce(&bot.name, bot.state, "repaired", &what).await;
+                            self.announce(&bot.name, bot.state, "repaired", &what);
                             report.repaired.push(format!("{}: {what}", bot.name));
                         }
                         Err(e) => {
@@ -227,7 +227,7 @@ impl<P: Platform> BotManager<P> {
                 if n == 1 { "" } else { "es" }
             );
             crate::metrics::metrics().oom_killed(n);
-            self.announce(&bot.name, bot.state, "oom_kill", &message).await;
+            self.announce(&bot.name, bot.state, "oom_kill", &message);
         }
     }
 

@@ -41,6 +41,7 @@ pub(crate) async fn manager() -> (Arc<BotManager<Fakes>>, tempfile::TempDir) {
         },
         dns_servers: Vec::new(),
         node: None,
+        events_keep: Duration::from_secs(3600),
     };
     let m = Arc::new(BotManager::<Fakes>::new(
         FakeRuntime::default(),

@@ -80,6 +80,7 @@ pub struct Config {
     pub cluster_ca_file: Option<PathBuf>,
     pub cluster_subnet: String,
     pub node_subnet_prefix: u8,
+    pub event_retention_hours: u64,
 }
 
 impl Default for Config {
@@ -135,6 +136,7 @@ impl Default for Config {
             cluster_ca_file: None,
             cluster_subnet: String::new(),
             node_subnet_prefix: 24,
+            event_retention_hours: 168,
         }
     }
 }
@@ -142,6 +144,9 @@ impl Default for Config {
 impl Config {
     /// Checks what types alone do not; each error names the setting.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.event_retention_hours == 0 {
+            bail!("event_retention_hours: 0 would keep no event to resume from (at least 1)");
+        }
         if self.namespace.is_empty() {
             bail!("namespace: must not be empty");
         }

@@ -64,6 +64,8 @@ pub struct Daemon {
     tcp: Option<SocketAddr>,
     metrics: Option<SocketAddr>,
     mcp: Option<SocketAddr>,
+    /// Flushed at stop, so events announced last are stored (or spilled), not lost with the process.
+    events: crate::events::Journal,
     /// The state directory's lock, held while the daemon runs.
     _lock: std::fs::File,
 }
@@ -167,7 +169,8 @@ impl Daemon {
             tokio_stream::StreamExt::map(UnixListenerStream::new(unix), |c| c.map(crate::api::uds::UdsStream::new));
         servers.push(tokio::spawn(r.serve_with_incoming_shutdown(incoming, wait(stop_rx.clone()))));
         tracing::info!(socket = %socket.display(), "berthd listening");
-        Ok(Daemon { stop, servers, side, reconciler, socket, tcp, metrics, mcp, _lock: lock })
+        let events = manager.events().clone();
+        Ok(Daemon { stop, servers, side, reconciler, socket, tcp, metrics, mcp, events, _lock: lock })
     }
 
     /// The API's Unix socket.
@@ -200,6 +203,9 @@ impl Daemon {
         }
         if let Some(r) = self.reconciler {
             let _ = tokio::time::timeout(Duration::from_secs(5), r).await;
+        }
+        if !self.events.flush(Duration::from_secs(5)).await {
+            tracing::warn!("events announced last may not be stored: the event writer did not finish in 5 s");
         }
         let _ = std::fs::remove_file(&self.socket);
     }
@@ -318,6 +324,7 @@ fn manager_config(config: &Config, registry_cas: Vec<Vec<u8>>, node: Option<Stri
         default_limits: config.default_limits(),
         dns_servers: config.dns_servers.clone(),
         node,
+        events_keep: Duration::from_secs(config.event_retention_hours * 3600),
     }
 }
 

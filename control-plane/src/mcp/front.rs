@@ -152,7 +152,7 @@ pub(super) fn http_status(e: &crate::error::Error) -> (StatusCode, String) {
     use crate::error::Error;
     match e {
         Error::NotFound(m) => (StatusCode::NOT_FOUND, m.clone()),
-        Error::InvalidArgument(m) => (StatusCode::BAD_REQUEST, m.clone()),
+        Error::InvalidArgument(m) | Error::OutOfRange(m) => (StatusCode::BAD_REQUEST, m.clone()),
         Error::FailedPrecondition(m) | Error::AlreadyExists(m) => (StatusCode::CONFLICT, m.clone()),
         Error::ResourceExhausted(m) | Error::Unavailable(m) => (StatusCode::SERVICE_UNAVAILABLE, m.clone()),
         e @ Error::Internal { .. } => (StatusCode::INTERNAL_SERVER_ERROR, crate::error::with_id(e)),

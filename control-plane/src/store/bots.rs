@@ -1,11 +1,11 @@
-//! Bot rows and event rows.
+//! Bot rows.
 
 use std::collections::BTreeMap;
 
 use sqlx::Row;
 use sqlx::any::AnyRow;
 
-use super::records::{BotEvent, BotRecord, BotState};
+use super::records::{BotRecord, BotState};
 use super::{Store, StoreError, unavailable};
 use crate::network::Attachment;
 use crate::runtime::Limits;
@@ -284,22 +284,6 @@ impl Store {
             .execute(self.pool())
             .await
             .map_err(unavailable("delete bot"))?;
-        Ok(())
-    }
-
-    pub async fn insert_event(&self, e: &BotEvent) -> Result<(), StoreError> {
-        sqlx::query(
-            "INSERT INTO bot_events (id, bot_name, kind, state, message, at_ms) VALUES ($1, $2, $3, $4, $5, $6)",
-        )
-        .bind(uuid::Uuid::new_v4().to_string())
-        .bind(&e.name)
-        .bind(&e.kind)
-        .bind(e.state.as_str())
-        .bind(&e.message)
-        .bind(e.at_ms)
-        .execute(self.pool())
-        .await
-        .map_err(unavailable("record event"))?;
         Ok(())
     }
 }

@@ -19,6 +19,7 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
     (20261207000008, "nodes", include_str!("../../../migrations/20261207000008_nodes.sql")),
     (20261207000009, "bot node", include_str!("../../../migrations/20261207000009_bot_node.sql")),
     (20261207000010, "node subnet", include_str!("../../../migrations/20261207000010_node_subnet.sql")),
+    (20261207000011, "event order", include_str!("../../../migrations/20261207000011_event_order.sql")),
 ];
 
 /// The migrator over [`MIGRATIONS`]: versions, descriptions and checksums as `sqlx::migrate!` made them,

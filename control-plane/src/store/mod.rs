@@ -2,6 +2,7 @@
 //! (`migrations/`). This is the only module that runs SQL.
 
 mod bots;
+mod events;
 mod mcp;
 mod migrations;
 mod nodes;
@@ -9,6 +10,7 @@ mod ops;
 pub mod records;
 
 pub use bots::BotPages;
+pub use events::EventListener;
 pub use nodes::{Beat, BotOwner, NameTaken};
 
 use sqlx::AnyPool;
@@ -45,6 +47,8 @@ pub enum StoreError {
 pub struct Store {
     pool: AnyPool,
     reader: AnyPool,
+    /// The PostgreSQL URL, for connections of their own (LISTEN); `None` with SQLite.
+    postgres: Option<String>,
 }
 
 impl Store {
@@ -78,7 +82,8 @@ impl Store {
         } else {
             pool.clone()
         };
-        Ok(Store { pool, reader })
+        let postgres = url.starts_with("postgres").then(|| url.to_string());
+        Ok(Store { pool, reader, postgres })
     }
 
     /// The pool for statements that write.

@@ -81,11 +81,18 @@ pub struct BotRecord {
 /// A lifecycle event.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BotEvent {
+    /// Unique from the moment it is announced, so writing it twice (a spill drained again after a crash)
+    /// stores it once.
+    pub id: String,
+    /// Its place in the cluster-wide order, given when it is stored (0 before).
+    pub seq: i64,
     pub name: String,
     pub kind: String,
     pub state: BotState,
     pub message: String,
     pub at_ms: i64,
+    /// The node that announced it; empty on a single node.
+    pub node: String,
 }
 
 /// Where an operation is.

@@ -260,6 +260,10 @@ pub struct Args {
     #[arg(long, env = "BERTH_NODE_SUBNET_PREFIX")]
     #[serde(skip_serializing_if = "Option::is_none")]
     node_subnet_prefix: Option<u8>,
+    /// How long bot events are kept, in hours: WatchEvents resumes from any id still kept (at least 1).
+    #[arg(long, env = "BERTH_EVENT_RETENTION_HOURS")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    event_retention_hours: Option<u64>,
 }
 
 /// Defaults, then the file, then environment and flags (both already in `args`); validated.

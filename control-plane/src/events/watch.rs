@@ -1,0 +1,108 @@
+//! Watching: every stored event after an id, then live ones, in id order with no gap and no duplicate.
+//! The live subscription is taken before the table is read, so an event is either in what was read or
+//! comes live (a copy in both is skipped by id); a watcher too slow for the live broadcast reads what it
+//! missed from the table instead of losing it.
+
+use tokio::sync::broadcast::error::RecvError;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+
+use super::{BotEvent, Journal};
+use crate::error::{Error, Result};
+
+/// A watcher's events (an error ends it; resume from the last id received).
+pub type Watch = ReceiverStream<Result<BotEvent>>;
+
+/// Events read per query when catching up.
+const PAGE: u32 = 500;
+
+impl Journal {
+    /// The events `wanted` lets through: with `after`, every kept event with a greater id first (0: every
+    /// kept event); then live ones. OUT_OF_RANGE when events after `after` are no longer kept.
+    pub async fn watch(
+        &self,
+        after: Option<i64>,
+        wanted: impl Fn(&BotEvent) -> bool + Send + Sync + 'static,
+    ) -> Result<Watch> {
+        let mut live = self.subscribe();
+        let store = self.inner.store.clone();
+        let (first, newest) = store.event_bounds().await?;
+        let from = match after {
+            None => newest,
+            Some(a) if a < 0 => return Err(Error::InvalidArgument(format!("after_id {a} is negative"))),
+            Some(a) if a > newest => {
+                return Err(Error::OutOfRange(format!(
+                    "after_id {a} is past the newest event ({newest}): resume from an id WatchEvents gave"
+                )));
+            }
+            Some(a) if first > 0 && a + 1 < first => {
+                return Err(Error::OutOfRange(format!(
+                    "the events after {a} up to {} are no longer kept (old events are pruned); watch again from \
+                     after_id 0 for every kept event",
+                    first - 1
+                )));
+            }
+            Some(a) => a,
+        };
+        let (tx, rx) = mpsc::channel(64);
+        tokio::spawn(async move {
+            let mut last = from;
+            let send = |e: BotEvent, last: &mut i64| {
+                let keep = e.seq > *last && wanted(&e);
+                *last = (*last).max(e.seq);
+                keep.then_some(e)
+            };
+            if after.is_some() && !catch_up(&store, &tx, &mut last, &send).await {
+                return;
+            }
+            loop {
+                match live.recv().await {
+                    Ok(e) => {
+                        if let Some(e) = send(e, &mut last)
+                            && tx.send(Ok(e)).await.is_err()
+                        {
+                            return;
+                        }
+                    }
+                    Err(RecvError::Lagged(_)) => {
+                        if !catch_up(&store, &tx, &mut last, &send).await {
+                            return;
+                        }
+                    }
+                    Err(RecvError::Closed) => return,
+                }
+            }
+        });
+        Ok(ReceiverStream::new(rx))
+    }
+}
+
+/// Sends what the table holds after `last`; false once the watcher is gone or the table unreadable (the
+/// watcher is told, and resumes).
+async fn catch_up(
+    store: &crate::store::Store,
+    tx: &mpsc::Sender<Result<BotEvent>>,
+    last: &mut i64,
+    send: &impl Fn(BotEvent, &mut i64) -> Option<BotEvent>,
+) -> bool {
+    loop {
+        let page = match store.events_after(*last, PAGE).await {
+            Ok(p) => p,
+            Err(e) => {
+                let _ = tx.send(Err(e.into())).await;
+                return false;
+            }
+        };
+        let full = page.len() == PAGE as usize;
+        for e in page {
+            if let Some(e) = send(e, last)
+                && tx.send(Ok(e)).await.is_err()
+            {
+                return false;
+            }
+        }
+        if !full {
+            return true;
+        }
+    }
+}
