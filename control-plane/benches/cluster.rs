@@ -4,7 +4,8 @@
 //!   through node 2 against sent to node 1 directly (target: under 0.5 ms added at p50);
 //! - time to mark a node lost after SIGKILL, against `node_lost_after`;
 //! - lifecycle and read calls with the database 5 ms away (a delaying TCP proxy in front of PostgreSQL)
-//!   against it on loopback, on a single node (events are still written on the request path).
+//!   against it on loopback, on a single node; events are written off the request path, and what one
+//!   event's write would add on it is measured beside (the same insert the event writer makes).
 //!
 //! Writes `target/bench/cluster.{json,md}`. Run through `scripts/bench.sh`.
 
@@ -177,6 +178,7 @@ async fn async_main() {
     let far_port = delaying_proxy(pg.port, Duration::from_micros(2500)).await;
     let near = TestBerthd::start(Some(pg.database("near")));
     let far_db = pg.database("far").replace(&format!(":{}/", pg.port), &format!(":{far_port}/"));
+    let far_url = far_db.clone();
     let far = TestBerthd::start(Some(far_db));
     let mut rows = Vec::new();
     for b in [&near, &far] {
@@ -197,8 +199,46 @@ async fn async_main() {
         }
         rows.push((gets, cycles));
     }
+    // What writing the events on the request path would add: a stop + start announces four.
+    let mut inserts = Vec::new();
+    for url in [pg.database("near"), far_url.clone()] {
+        let store = berth_control_plane::store::Store::open(&url).await.unwrap();
+        let mut times = Vec::new();
+        for i in 0..50 {
+            let ev = berth_control_plane::store::records::BotEvent {
+                id: uuid::Uuid::new_v4().to_string(),
+                seq: 0,
+                name: format!("bench-{i}"),
+                kind: "bench".into(),
+                state: berth_control_plane::store::records::BotState::Running,
+                message: String::new(),
+                at_ms: 0,
+                node: String::new(),
+            };
+            let t = Instant::now();
+            store.insert_events(&[ev]).await.unwrap();
+            times.push(t.elapsed());
+        }
+        inserts.push(times);
+    }
     report.row("GetBot, database 5 ms away", &rows[1].0, Some(("database on loopback", &rows[0].0)));
-    report.row("StopBot + StartBot, database 5 ms away", &rows[1].1, Some(("database on loopback", &rows[0].1)));
+    report.row(
+        "StopBot + StartBot, database 5 ms away (events off the request path)",
+        &rows[1].1,
+        Some(("database on loopback", &rows[0].1)),
+    );
+    report.row(
+        "  one event's write, database 5 ms away (a stop + start has four)",
+        &inserts[1],
+        Some(("database on loopback", &inserts[0])),
+    );
+    let on_path = report::pct(rows[1].1.clone()).0 + 4 * report::pct(inserts[1].clone()).0;
+    report.text_row(
+        "  StopBot + StartBot with its events on the request path (p50 + 4 writes)",
+        &report::ms(on_path),
+        &format!("off the path: {}", report::ms(report::pct(rows[1].1.clone()).0)),
+        &format!("{:.2}x", on_path.as_secs_f64() / report::pct(rows[1].1.clone()).0.as_secs_f64()),
+    );
     report.write("cluster");
 }
 

@@ -11,6 +11,9 @@ use pb::bot_service_client::BotServiceClient;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 
+/// A BotService client with the caller's token.
+type Bots = BotServiceClient<InterceptedService<Channel, BearerAuth>>;
+
 /// Where berthd is and how to authenticate.
 #[derive(Debug, Clone, clap::Args)]
 pub struct Conn {
@@ -46,7 +49,7 @@ impl Conn {
             .with_context(|| format!("cannot reach berthd at {}", self.addr))
     }
 
-    async fn bots(&self) -> anyhow::Result<BotServiceClient<InterceptedService<Channel, BearerAuth>>> {
+    async fn bots(&self) -> anyhow::Result<Bots> {
         Ok(BotServiceClient::with_interceptor(self.channel().await?, self.auth()?))
     }
 
@@ -181,6 +184,17 @@ pub enum BotCommand {
         /// Grace period before SIGKILL, in seconds.
         #[arg(long)]
         timeout: Option<f64>,
+    },
+    /// Follow bot events (every bot's, or NAME's), one line each: ID, time, node, bot, kind, state,
+    /// message. Reconnects after a dropped connection and resumes after the last event printed.
+    Events {
+        name: Option<String>,
+        /// First every kept event after this id (0 = all kept), then live ones.
+        #[arg(long)]
+        after: Option<i64>,
+        /// One JSON object per line.
+        #[arg(long)]
+        json: bool,
     },
     /// Delete a bot, its snapshots and its data (with --keep-data, /data is first kept as an archive).
     Rm {
@@ -429,8 +443,53 @@ pub async fn bot(conn: &Conn, cmd: BotCommand) -> anyhow::Result<i32> {
                 println!("{name} deleted");
             }
         }
+        BotCommand::Events { name, after, json } => events(&mut c, name.unwrap_or_default(), after, json).await?,
     }
     Ok(0)
+}
+
+/// `berth bot events`: prints events until interrupted; a connection that drops (berthd restarting, a
+/// node going away behind a balancer) is made again each second and resumed after the last event printed.
+async fn events(c: &mut Bots, name: String, mut after: Option<i64>, as_json: bool) -> anyhow::Result<()> {
+    loop {
+        let req = pb::WatchEventsRequest { name: name.clone(), after_id: after };
+        let err = match c.watch_events(req).await {
+            Ok(stream) => {
+                let mut stream = stream.into_inner();
+                loop {
+                    match stream.message().await {
+                        Ok(Some(e)) => {
+                            after = Some(e.id);
+                            print_event(&e, as_json);
+                        }
+                        Ok(None) => break tonic::Status::unavailable("the watch ended"),
+                        Err(e) => break e,
+                    }
+                }
+            }
+            Err(e) => e,
+        };
+        if !matches!(err.code(), tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::Cancelled) {
+            return Err(status_err("watch events")(err));
+        }
+        eprintln!("berth: events: {}; resuming in 1 s", err.message());
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    }
+}
+
+fn print_event(e: &pb::BotEvent, as_json: bool) {
+    let at = std::time::UNIX_EPOCH + std::time::Duration::from_millis(e.at_ms.max(0) as u64);
+    if as_json {
+        let v = serde_json::json!({
+            "id": e.id, "at_ms": e.at_ms, "node": e.node, "name": e.name, "kind": e.kind,
+            "state": state_name(e.state), "message": e.message,
+        });
+        println!("{v}");
+    } else {
+        let node = if e.node.is_empty() { "-" } else { &e.node };
+        let time = berth_control_plane::time::rfc3339(at);
+        println!("{}\t{time}\t{node}\t{}\t{}\t{}\t{}", e.id, e.name, e.kind, state_name(e.state), e.message);
+    }
 }
 
 #[derive(Debug, clap::Subcommand)]
