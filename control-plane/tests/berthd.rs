@@ -257,6 +257,60 @@ async fn events_and_exec_cancellation_flow_through() {
     c.delete_bot(pb::DeleteBotRequest { name: "gamma".into(), keep_data: false }).await.unwrap();
 }
 
+/// `berth ARGS`, left running: its stdout lines as they come.
+fn follow(b: &TestBerthd, args: &[&str]) -> (std::process::Child, std::sync::mpsc::Receiver<String>) {
+    use std::io::BufRead;
+    let mut c = b.berth(args);
+    c.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::null());
+    let mut child = c.spawn().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let stdout = child.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    (child, rx)
+}
+
+/// `berth bot events`: follows across a berthd restart, resuming after the last event it printed (each
+/// event once); `--after` replays what was kept.
+#[tokio::test]
+async fn berth_bot_events_follows_across_a_restart_with_each_event_once() {
+    let mut b = TestBerthd::start(None);
+    // From the first event kept (none yet): nothing is missed however late it connects.
+    let (mut child, rx) = follow(&b, &["bot", "events", "--json", "--after", "0"]);
+    let next = || -> serde_json::Value {
+        serde_json::from_str(&rx.recv_timeout(Duration::from_secs(20)).expect("an event line")).unwrap()
+    };
+    bots(&b).await.create_bot(pb::CreateBotRequest { name: "ev".into(), ..Default::default() }).await.unwrap();
+    let mut seen = vec![next()];
+    while seen.last().unwrap()["kind"] != "started" {
+        seen.push(next());
+    }
+    b.halt(libc::SIGTERM);
+    b.spawn();
+    bots(&b).await.stop_bot(pb::StopBotRequest { name: "ev".into(), ..Default::default() }).await.unwrap();
+    while seen.last().unwrap()["kind"] != "stopped" {
+        seen.push(next());
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    let kinds: Vec<&str> = seen.iter().map(|e| e["kind"].as_str().unwrap()).collect();
+    assert_eq!(kinds, ["creating", "created", "starting", "started", "stopping", "stopped"]);
+    let ids: Vec<i64> = seen.iter().map(|e| e["id"].as_i64().unwrap()).collect();
+    assert!(ids.windows(2).all(|w| w[1] == w[0] + 1), "{ids:?}");
+    // --after replays what is kept after an id, one tab-separated line each.
+    let (mut child, rx) = follow(&b, &["bot", "events", "ev", "--after", &ids[3].to_string()]);
+    let lines: Vec<String> = (0..2).map(|_| rx.recv_timeout(Duration::from_secs(20)).unwrap()).collect();
+    let _ = child.kill();
+    let _ = child.wait();
+    let fields: Vec<Vec<&str>> = lines.iter().map(|l| l.split('\t').collect()).collect();
+    assert_eq!(fields[0][0], ids[4].to_string(), "{lines:?}");
+    assert_eq!((fields[0][3], fields[0][4], fields[0][5]), ("ev", "stopping", "stopping"), "{lines:?}");
+    assert_eq!((fields[1][3], fields[1][4], fields[1][5]), ("ev", "stopped", "stopped"), "{lines:?}");
+}
+
 #[tokio::test]
 async fn sixteen_clients_at_once_on_several_bots() {
     let b = TestBerthd::start(None);

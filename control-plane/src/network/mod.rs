@@ -10,6 +10,7 @@ pub mod netns;
 
 use std::future::Future;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde_json::{Value, json};
@@ -166,11 +167,28 @@ pub const LEASE_GRACE: Duration = Duration::from_secs(300);
 #[derive(Debug, Clone)]
 pub struct Cni {
     config: NetworkConfig,
+    /// When the bridge itself was last checked by a repair: once per [`BRIDGE_RECHECK`], not once per bot
+    /// (its IPv6 switch lives in /proc/sys, where a lookup costs time in proportion to the host's
+    /// interfaces, one per bot).
+    bridge_checked: Arc<Mutex<Option<std::time::Instant>>>,
 }
+
+/// How often a repair checks the bridge (its existence, MAC and IPv6 switch).
+const BRIDGE_RECHECK: std::time::Duration = std::time::Duration::from_secs(1);
 
 impl Cni {
     pub fn new(config: NetworkConfig) -> Cni {
-        Cni { config }
+        Cni { config, bridge_checked: Arc::default() }
+    }
+
+    /// Whether the bridge is due a check (and marks it checked).
+    fn bridge_due(&self) -> bool {
+        let mut last = crate::sync::lock(&self.bridge_checked);
+        let due = last.is_none_or(|t| t.elapsed() >= BRIDGE_RECHECK);
+        if due {
+            *last = Some(std::time::Instant::now());
+        }
+        due
     }
 
     fn list(&self) -> Value {
@@ -358,46 +376,20 @@ impl Cni {
         }
         let br = &self.config.bridge;
         if !Path::new("/sys/class/net").join(br).exists() {
-            let gateway = a.result["ips"]
-                .as_array()
-                .and_then(|ips| {
-                    ips.iter().find_map(|ip| {
-                        let prefix = ip["address"].as_str()?.split('/').nth(1)?;
-                        Some(format!("{}/{prefix}", ip["gateway"].as_str()?))
-                    })
-                })
-                .ok_or_else(|| NetworkError::Io {
-                    op: format!("recreate bridge {br}"),
-                    source: std::io::Error::other("the bot's CNI result has no gateway"),
-                })?;
-            ip(&["link", "add", "name", br, "type", "bridge"])?;
-            // The MAC it had (in the CNI result), so the bots' ARP entries for their gateway stay right;
-            // failing that, a stable one (a bridge with no port has a zero MAC until one is set).
-            let old_mac = a.result["interfaces"]
-                .as_array()
-                .and_then(|ifs| ifs.iter().find(|i| i["name"].as_str() == Some(br.as_str())))
-                .and_then(|i| i["mac"].as_str());
-            match old_mac {
-                Some(mac) => ip(&["link", "set", br, "address", mac])?,
-                None => repair_bridge_mac(br),
+            self.repair_bridge(a, &mut repaired)?;
+        } else if self.bridge_due() {
+            if std::fs::read_to_string(format!("/sys/class/net/{br}/address"))
+                .is_ok_and(|m| m.trim() == "00:00:00:00:00:00")
+            {
+                repair_bridge_mac(br);
+                repaired.push(format!("gave bridge {br} a MAC (it was zero)"));
             }
-            match ip(&["addr", "add", &gateway, "dev", br]) {
-                Ok(()) => {}
-                Err(e) if e.to_string().contains("File exists") => {}
-                Err(e) => return Err(e),
+            if std::fs::read_to_string(format!("/proc/sys/net/ipv6/conf/{br}/disable_ipv6"))
+                .is_ok_and(|v| v.trim() == "0")
+            {
+                disable_ipv6(br)?;
+                repaired.push(format!("turned IPv6 off on bridge {br} again"));
             }
-            ip(&["link", "set", br, "up"])?;
-            repaired.push(format!("recreated bridge {br} with gateway {gateway}"));
-        } else if std::fs::read_to_string(format!("/sys/class/net/{br}/address"))
-            .is_ok_and(|m| m.trim() == "00:00:00:00:00:00")
-        {
-            repair_bridge_mac(br);
-            repaired.push(format!("gave bridge {br} a MAC (it was zero)"));
-        }
-        if std::fs::read_to_string(format!("/proc/sys/net/ipv6/conf/{br}/disable_ipv6")).is_ok_and(|v| v.trim() == "0")
-        {
-            disable_ipv6(br)?;
-            repaired.push(format!("turned IPv6 off on bridge {br} again"));
         }
         if let Some(veth) = host_veth(&a.result, br) {
             let master = std::fs::read_link(format!("/sys/class/net/{veth}/master")).ok();
@@ -414,6 +406,44 @@ impl Cni {
             }
         }
         Ok(repaired)
+    }
+
+    /// Makes the bridge again (gone, e.g. deleted by hand) with the gateway and MAC of `a`'s CNI result,
+    /// IPv6 off.
+    fn repair_bridge(&self, a: &Attachment, repaired: &mut Vec<String>) -> Result<(), NetworkError> {
+        let br = &self.config.bridge;
+        let gateway = a.result["ips"]
+            .as_array()
+            .and_then(|ips| {
+                ips.iter().find_map(|ip| {
+                    let prefix = ip["address"].as_str()?.split('/').nth(1)?;
+                    Some(format!("{}/{prefix}", ip["gateway"].as_str()?))
+                })
+            })
+            .ok_or_else(|| NetworkError::Io {
+                op: format!("recreate bridge {br}"),
+                source: std::io::Error::other("the bot's CNI result has no gateway"),
+            })?;
+        ip(&["link", "add", "name", br, "type", "bridge"])?;
+        // The MAC it had (in the CNI result), so the bots' ARP entries for their gateway stay right;
+        // failing that, a stable one (a bridge with no port has a zero MAC until one is set).
+        let old_mac = a.result["interfaces"]
+            .as_array()
+            .and_then(|ifs| ifs.iter().find(|i| i["name"].as_str() == Some(br.as_str())))
+            .and_then(|i| i["mac"].as_str());
+        match old_mac {
+            Some(mac) => ip(&["link", "set", br, "address", mac])?,
+            None => repair_bridge_mac(br),
+        }
+        match ip(&["addr", "add", &gateway, "dev", br]) {
+            Ok(()) => {}
+            Err(e) if e.to_string().contains("File exists") => {}
+            Err(e) => return Err(e),
+        }
+        ip(&["link", "set", br, "up"])?;
+        disable_ipv6(br)?;
+        repaired.push(format!("recreated bridge {br} with gateway {gateway}"));
+        Ok(())
     }
 }
 
