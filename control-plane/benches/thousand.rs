@@ -120,7 +120,7 @@ async fn reads(ch: &Channel) -> Reads {
     }
     for _ in 0..50 {
         let t = Instant::now();
-        c.list_bots(pb::ListBotsRequest { page_size: 100, ..Default::default() }).await.unwrap();
+        c.list_bots(pb::ListBotsRequest { page_size: 10, ..Default::default() }).await.unwrap();
         r.list.push(t.elapsed());
     }
     for _ in 0..100 {
@@ -236,7 +236,7 @@ async fn async_main() {
     );
     report.row(&format!("GetBot at {bots} bots"), &reads_many.get, Some((&format!("at {FEW}"), &reads_few.get)));
     report.row(
-        &format!("ListBots (a page of 100) at {bots} bots"),
+        &format!("ListBots (a page of 10) at {bots} bots"),
         &reads_many.list,
         Some((&format!("at {FEW}"), &reads_few.list)),
     );

@@ -16,6 +16,7 @@ const LAYERS: &[&str] = &[
     "mcp",
     "bots",
     "cluster",
+    "events",
     "agent_client",
     "store",
     "runtime",

@@ -133,7 +133,16 @@ async fn grpc_health_reports_berthd_and_each_bot() {
     assert_eq!(h.check(check("bot/hb")).await.unwrap_err().code(), tonic::Code::NotFound);
 
     b.cli(&["bot", "create", "hb"]);
-    assert_eq!(status(h.check(check("bot/hb")).await.unwrap().into_inner()), ServingStatus::Serving);
+    // Health follows the bot's events, which are stored just after the call returns.
+    let t = Instant::now();
+    loop {
+        match h.check(check("bot/hb")).await {
+            Ok(r) if status(*r.get_ref()) == ServingStatus::Serving => break,
+            other => assert!(t.elapsed() < Duration::from_secs(2), "{other:?}"),
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    eprintln!("bot/hb SERVING {:?} after the create returned", t.elapsed());
     // A watcher sees the bot stop.
     let mut watch = h.watch(check("bot/hb")).await.unwrap().into_inner();
     assert_eq!(status(watch.message().await.unwrap().unwrap()), ServingStatus::Serving);

@@ -88,7 +88,12 @@ impl<P: Platform> BotManager<P> {
     ) -> Result<(Vec<BotRecord>, String)> {
         let size = if page_size == 0 { DEFAULT_PAGE_SIZE } else { page_size.min(1000) } as usize;
         let mut out = Vec::new();
-        let mut pages = self.store.bot_pages(page_token);
+        // Without a selector the page is the next `size` bots (and one to know whether more follow).
+        let mut pages = if selector.is_empty() {
+            self.store.bot_pages_of(page_token, size as u32 + 1)
+        } else {
+            self.store.bot_pages(page_token)
+        };
         while let Some(batch) = pages.next().await? {
             for b in batch {
                 if selector.iter().all(|(k, v)| b.labels.get(k) == Some(v)) {
