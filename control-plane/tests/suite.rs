@@ -18,6 +18,7 @@ mod daemon;
 mod data;
 mod detached;
 mod devenv;
+mod events;
 mod faults;
 mod full_image;
 mod layers;

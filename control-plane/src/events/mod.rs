@@ -30,6 +30,38 @@ pub use watch::Watch;
 /// stuck on a spill file it cannot write).
 const QUEUE: usize = 65_536;
 
+/// The longest event message kept, in bytes.
+const MESSAGE_MAX: usize = 4096;
+
+/// How long one read of the event table may take.
+const QUERY_DEADLINE: Duration = Duration::from_secs(10);
+
+/// `message` without NUL characters and cut (on a character boundary) to [`MESSAGE_MAX`] bytes.
+fn clean(message: &str) -> String {
+    let mut m: String = message.chars().filter(|c| *c != '\0').collect();
+    if m.len() > MESSAGE_MAX {
+        let mut end = MESSAGE_MAX;
+        while !m.is_char_boundary(end) {
+            end -= 1;
+        }
+        m.truncate(end);
+    }
+    m
+}
+
+/// A read of the event table, bounded by [`QUERY_DEADLINE`].
+async fn bounded<T>(
+    read: impl std::future::Future<Output = Result<T, crate::store::StoreError>>,
+) -> crate::error::Result<T> {
+    match tokio::time::timeout(QUERY_DEADLINE, read).await {
+        Ok(r) => Ok(r?),
+        Err(_) => Err(crate::error::Error::Unavailable(format!(
+            "the database did not answer a read of the events within {} s",
+            QUERY_DEADLINE.as_secs()
+        ))),
+    }
+}
+
 /// Stored events kept for slow watchers before they must catch up from the database.
 const LIVE: usize = 4096;
 
@@ -88,8 +120,11 @@ impl Journal {
         Journal { inner: Arc::new(Inner { queue, live, store, node: settings.node }) }
     }
 
-    /// Queues an event; never waits.
+    /// Queues an event; never waits. The message may carry text a bot chose (an agent's error): it is
+    /// cut to [`MESSAGE_MAX`] bytes and loses NUL characters, which PostgreSQL cannot store.
     pub fn announce(&self, name: &str, state: BotState, kind: &str, message: &str) {
+        let message = clean(message);
+        let message = message.as_str();
         let ev = BotEvent {
             id: uuid::Uuid::new_v4().to_string(),
             seq: 0,
@@ -116,9 +151,10 @@ impl Journal {
     /// Waits until everything announced so far is stored or spilled, at most `deadline`.
     pub async fn flush(&self, deadline: Duration) -> bool {
         let (tx, rx) = oneshot::channel();
-        if self.inner.queue.send(Msg::Flush(tx)).await.is_err() {
-            return false;
-        }
-        matches!(tokio::time::timeout(deadline, rx).await, Ok(Ok(())))
+        let done = async {
+            self.inner.queue.send(Msg::Flush(tx)).await.ok()?;
+            rx.await.ok()
+        };
+        matches!(tokio::time::timeout(deadline, done).await, Ok(Some(())))
     }
 }

@@ -26,10 +26,10 @@ pub(super) async fn run(
     ready: oneshot::Sender<()>,
 ) {
     let mut last = loop {
-        match store.event_bounds().await {
+        match super::bounded(store.event_bounds()).await {
             Ok((_, last)) => break last,
             Err(e) => {
-                tracing::warn!(error = %crate::error::chain(&e), "events: cannot read where the table ends; trying again");
+                tracing::warn!(error = %e, "events: cannot read where the table ends; trying again");
                 tokio::time::sleep(POLL).await;
             }
         }
@@ -41,9 +41,9 @@ pub(super) async fn run(
     while Arc::strong_count(&wake) > 1 {
         if listener.is_none() && tokio::time::Instant::now() >= listen_at {
             listen_at = tokio::time::Instant::now() + RELISTEN;
-            match store.event_listener().await {
+            match super::bounded(store.event_listener()).await {
                 Ok(l) => listener = l,
-                Err(e) => tracing::warn!(error = %crate::error::chain(&e), "events: cannot LISTEN; polling meanwhile"),
+                Err(e) => tracing::warn!(error = %e, "events: cannot LISTEN; polling meanwhile"),
             }
         }
         last = forward(&store, &live, last).await;
@@ -67,10 +67,10 @@ pub(super) async fn run(
 /// Broadcasts every event stored after `last`; returns the new position.
 async fn forward(store: &Store, live: &broadcast::Sender<BotEvent>, mut last: i64) -> i64 {
     loop {
-        let page = match store.events_after(last, PAGE).await {
+        let page = match super::bounded(store.events_after(last, PAGE)).await {
             Ok(p) => p,
             Err(e) => {
-                tracing::debug!(error = %crate::error::chain(&e), "events: cannot read new events");
+                tracing::debug!(error = %e, "events: cannot read new events");
                 return last;
             }
         };

@@ -1,7 +1,9 @@
 //! The spill file: events that could not be stored yet, one JSON object per line, appended and synced
 //! before the writer moves on, read back in order and removed once stored. It lives in berthd's own
 //! state directory (no bot can write there) and is opened without following links all the same. A torn
-//! last line (berthd died mid-append) is skipped with a warning; the events before it are kept.
+//! last line (berthd died mid-append) is cut off when the file is opened, and an append that fails
+//! (a full disk) is taken back, so a new line never joins a broken one; a line that cannot be read is
+//! skipped with a warning, the others kept.
 
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
@@ -36,7 +38,16 @@ pub(super) struct Spill {
 impl Spill {
     pub(super) fn new(path: PathBuf) -> Spill {
         let mut s = Spill { path, pending: 0 };
-        s.pending = s.read().map(|v| v.len()).unwrap_or(0);
+        if let Err(e) = s.cut_torn_line() {
+            tracing::error!(file = %s.path.display(), error = %e, "cannot check the event spill file's end");
+        }
+        s.pending = match s.read() {
+            Ok(v) => v.len(),
+            Err(e) => {
+                tracing::error!(file = %s.path.display(), error = %e, "cannot read the event spill file");
+                0
+            }
+        };
         crate::metrics::metrics().events_spilled.set(s.pending as i64);
         s
     }
@@ -68,30 +79,52 @@ impl Spill {
             .mode(0o600)
             .custom_flags(libc::O_NOFOLLOW)
             .open(&self.path)?;
-        if f.metadata()?.len() + text.len() as u64 > MAX_BYTES {
+        let len = f.metadata()?.len();
+        if len + text.len() as u64 > MAX_BYTES {
             return Err(std::io::Error::other(format!("the spill file is full ({MAX_BYTES} bytes)")));
         }
-        f.write_all(&text)?;
-        f.sync_data()?;
+        if let Err(e) = f.write_all(&text).and_then(|()| f.sync_data()) {
+            // Take the partial append back: the next one must start on a line of its own.
+            let _ = f.set_len(len);
+            return Err(e);
+        }
         self.pending += events.len();
         crate::metrics::metrics().events_spilled.set(self.pending as i64);
         Ok(())
     }
 
+    /// The file's bytes (none when there is no file).
+    fn bytes(&self) -> std::io::Result<Vec<u8>> {
+        match std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW).open(&self.path) {
+            Ok(mut f) => {
+                let mut b = Vec::new();
+                std::io::Read::read_to_end(&mut f, &mut b)?;
+                Ok(b)
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Cuts a last line that has no end (berthd died while appending it).
+    fn cut_torn_line(&self) -> std::io::Result<()> {
+        let b = self.bytes()?;
+        if b.is_empty() || b.ends_with(b"\n") {
+            return Ok(());
+        }
+        let keep = b.iter().rposition(|&c| c == b'\n').map_or(0, |i| i + 1);
+        tracing::warn!(file = %self.path.display(), bytes = b.len() - keep, "cutting a torn event off the spill file");
+        let f = std::fs::OpenOptions::new().write(true).custom_flags(libc::O_NOFOLLOW).open(&self.path)?;
+        f.set_len(keep as u64)?;
+        f.sync_data()
+    }
+
     /// The events in the file, in order.
     pub(super) fn read(&self) -> std::io::Result<Vec<BotEvent>> {
-        let text = match std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW).open(&self.path) {
-            Ok(mut f) => {
-                let mut s = String::new();
-                std::io::Read::read_to_string(&mut f, &mut s)?;
-                s
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-            Err(e) => return Err(e),
-        };
+        let bytes = self.bytes()?;
         let mut out = Vec::new();
-        for (n, line) in text.lines().enumerate() {
-            let parsed = serde_json::from_str::<Line>(line).ok().and_then(|l| {
+        for (n, line) in bytes.split(|&c| c == b'\n').filter(|l| !l.is_empty()).enumerate() {
+            let parsed = serde_json::from_slice::<Line>(line).ok().and_then(|l| {
                 Some(BotEvent {
                     state: BotState::parse(&l.state)?,
                     id: l.id,
@@ -152,10 +185,16 @@ mod tests {
         s.append(&[ev(3)]).unwrap();
         // berthd died in the middle of the next append.
         std::fs::OpenOptions::new().append(true).open(&path).unwrap().write_all(b"{\"id\":\"id-4\",\"na").unwrap();
-        let again = Spill::new(path.clone());
+        let mut again = Spill::new(path.clone());
         assert!(again.pending());
-        let read = again.read().unwrap();
-        assert_eq!(read, vec![ev(1), ev(2), ev(3)]);
+        assert_eq!(again.read().unwrap(), vec![ev(1), ev(2), ev(3)]);
+        // The torn line is gone, so the next append starts a line of its own; a line that is not an event
+        // (cut inside a multi-byte character) is skipped, the rest kept.
+        again.append(&[ev(5)]).unwrap();
+        assert_eq!(again.read().unwrap(), vec![ev(1), ev(2), ev(3), ev(5)]);
+        std::fs::OpenOptions::new().append(true).open(&path).unwrap().write_all(b"{\"id\":\"\xc3\n").unwrap();
+        again.append(&[ev(6)]).unwrap();
+        assert_eq!(again.read().unwrap(), vec![ev(1), ev(2), ev(3), ev(5), ev(6)]);
         s.clear().unwrap();
         assert!(!s.pending());
         assert!(!path.exists());

@@ -127,6 +127,9 @@ async fn a_resume_from_pruned_events_is_out_of_range_and_pruning_keeps_the_newes
     assert_eq!(first, newest);
     let Err(Error::OutOfRange(m)) = j.watch(Some(first - 2), |_| true).await else { panic!("accepted") };
     assert!(m.contains("no longer kept"), "{m}");
+    // From 0 is every event kept, pruned or not.
+    let mut all = j.watch(Some(0), |_| true).await.unwrap();
+    assert_eq!(next(&mut all).await.seq, first);
     // Ids go on from the newest.
     j.announce("b3", BotState::Running, "started", "");
     let mut w = j.watch(Some(first), |_| true).await.unwrap();

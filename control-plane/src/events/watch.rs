@@ -26,7 +26,7 @@ impl Journal {
     ) -> Result<Watch> {
         let mut live = self.subscribe();
         let store = self.inner.store.clone();
-        let (first, newest) = store.event_bounds().await?;
+        let (first, newest) = super::bounded(store.event_bounds()).await?;
         let from = match after {
             None => newest,
             Some(a) if a < 0 => return Err(Error::InvalidArgument(format!("after_id {a} is negative"))),
@@ -35,7 +35,7 @@ impl Journal {
                     "after_id {a} is past the newest event ({newest}): resume from an id WatchEvents gave"
                 )));
             }
-            Some(a) if first > 0 && a + 1 < first => {
+            Some(a) if a > 0 && a + 1 < first => {
                 return Err(Error::OutOfRange(format!(
                     "the events after {a} up to {} are no longer kept (old events are pruned); watch again from \
                      after_id 0 for every kept event",
@@ -56,7 +56,12 @@ impl Journal {
                 return;
             }
             loop {
-                match live.recv().await {
+                // A watcher whose client has gone ends at once, not at the next event it would send.
+                let got = tokio::select! {
+                    got = live.recv() => got,
+                    _ = tx.closed() => return,
+                };
+                match got {
                     Ok(e) => {
                         if let Some(e) = send(e, &mut last)
                             && tx.send(Ok(e)).await.is_err()
@@ -86,13 +91,26 @@ async fn catch_up(
     send: &impl Fn(BotEvent, &mut i64) -> Option<BotEvent>,
 ) -> bool {
     loop {
-        let page = match store.events_after(*last, PAGE).await {
+        let page = match super::bounded(store.events_after(*last, PAGE)).await {
             Ok(p) => p,
             Err(e) => {
-                let _ = tx.send(Err(e.into())).await;
+                let _ = tx.send(Err(e)).await;
                 return false;
             }
         };
+        // Ids have no gap but the pruned start: one here means events were pruned under this watcher.
+        if let Some(e) = page.first()
+            && *last > 0
+            && e.seq > *last + 1
+        {
+            let m = format!(
+                "the events after {} up to {} are no longer kept; watch again from after_id 0",
+                last,
+                e.seq - 1
+            );
+            let _ = tx.send(Err(Error::OutOfRange(m))).await;
+            return false;
+        }
         let full = page.len() == PAGE as usize;
         for e in page {
             if let Some(e) = send(e, last)

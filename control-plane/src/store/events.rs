@@ -34,6 +34,12 @@ impl Store {
         let op = "record events";
         let mut tx = self.pool().begin().await.map_err(unavailable(op))?;
         if self.postgres.is_some() {
+            // Each statement must see what committed before it (the default, stated in case a server
+            // defaults to REPEATABLE READ, whose snapshot would predate the lock).
+            sqlx::query("SET TRANSACTION ISOLATION LEVEL READ COMMITTED")
+                .execute(&mut *tx)
+                .await
+                .map_err(unavailable(op))?;
             // Held to commit: the next writer reads MAX(seq) only after this batch is visible, so ids
             // commit in increasing order (SQLite has one writer anyway).
             sqlx::query("SELECT pg_advisory_xact_lock(hashtext('berth events'))::TEXT")
@@ -93,13 +99,18 @@ impl Store {
         Ok((get("first")?, get("last")?))
     }
 
-    /// Removes events older than `before_ms`, except the newest (ids continue from it); returns how many.
+    /// Removes the oldest events: every one before the first announced at or after `before_ms` (so what is
+    /// kept is always a run of ids with no hole, even when a spill stored old events late), and never the
+    /// newest (ids continue from it); returns how many.
     pub async fn prune_events(&self, before_ms: i64) -> Result<u64, StoreError> {
-        let done = sqlx::query("DELETE FROM bot_events WHERE at_ms < $1 AND seq < (SELECT MAX(seq) FROM bot_events)")
-            .bind(before_ms)
-            .execute(self.pool())
-            .await
-            .map_err(unavailable("prune events"))?;
+        let done = sqlx::query(
+            "DELETE FROM bot_events WHERE seq < COALESCE((SELECT MIN(seq) FROM bot_events WHERE at_ms >= $1), \
+             (SELECT MAX(seq) FROM bot_events))",
+        )
+        .bind(before_ms)
+        .execute(self.pool())
+        .await
+        .map_err(unavailable("prune events"))?;
         Ok(done.rows_affected())
     }
 

@@ -97,6 +97,18 @@ impl Store {
     }
 }
 
+impl StoreError {
+    /// Whether the database refused the statement's data (a value it cannot hold, a NOT NULL or CHECK
+    /// constraint), rather than failed to run it: trying the same again will not help. A unique violation
+    /// is not counted: it can be a race that a second try wins.
+    pub fn is_refused_data(&self) -> bool {
+        use sqlx::error::ErrorKind;
+        let StoreError::Unavailable { source: sqlx::Error::Database(e), .. } = self else { return false };
+        matches!(e.kind(), ErrorKind::NotNullViolation | ErrorKind::CheckViolation)
+            || e.code().is_some_and(|c| c.len() == 5 && c.starts_with("22"))
+    }
+}
+
 fn unavailable(op: &str) -> impl FnOnce(sqlx::Error) -> StoreError + '_ {
     move |source| StoreError::Unavailable { op: op.to_string(), source }
 }
