@@ -8,8 +8,8 @@ bash scripts/install-deps.sh >/dev/null
 BERTH_AGENT_BIN="$(bash scripts/build-agent.sh)"; export BERTH_AGENT_BIN
 BERTH_TEST_IMAGE="$(bash scripts/build-image.sh minimal)"; export BERTH_TEST_IMAGE
 BERTH_FULL_IMAGE="$(bash scripts/build-image.sh full)"; export BERTH_FULL_IMAGE
-# One build of all three (their links run side by side), then each run alone.
-cargo bench --locked -p berth-control-plane --bench agent --bench berthd --bench mcp --bench cluster --no-run
+# One build of them all (their links run side by side), then each run alone.
+cargo bench --locked -p berth-control-plane --bench agent --bench berthd --bench mcp --bench cluster --bench thousand --no-run
 # CPU time the hypervisor gave to others while we ran (/proc/stat's steal): on a shared VM the figures
 # are only comparable with their same-run baselines, and this says how noisy the run was.
 busy_steal() { awk '/^cpu / {print $2+$3+$4+$7+$8, $9}' /proc/stat; }
@@ -18,6 +18,8 @@ cargo bench --locked -p berth-control-plane --bench agent
 cargo bench --locked -p berth-control-plane --bench berthd
 cargo bench --locked -p berth-control-plane --bench mcp
 cargo bench --locked -p berth-control-plane --bench cluster
+# A thousand idle bots (about 4.5 GiB of memory and 10 minutes; BERTH_BENCH_BOTS=N for fewer).
+cargo bench --locked -p berth-control-plane --bench thousand
 read -r busy1 steal1 < <(busy_steal)
 echo
 echo "machine: $(nproc) cores, $(free -g | awk '/Mem:/ {print $2}') GiB, kernel $(uname -r); $(date -u +%Y-%m-%d)"

@@ -176,7 +176,8 @@ async fn async_main() {
 
     // The database 5 ms away: one single-node berthd on loopback PostgreSQL, one behind the proxy.
     let far_port = delaying_proxy(pg.port, Duration::from_micros(2500)).await;
-    let near = TestBerthd::start(Some(pg.database("near")));
+    let near_url = pg.database("near");
+    let near = TestBerthd::start(Some(near_url.clone()));
     let far_db = pg.database("far").replace(&format!(":{}/", pg.port), &format!(":{far_port}/"));
     let far_url = far_db.clone();
     let far = TestBerthd::start(Some(far_db));
@@ -201,7 +202,7 @@ async fn async_main() {
     }
     // What writing the events on the request path would add: a stop + start announces four.
     let mut inserts = Vec::new();
-    for url in [pg.database("near"), far_url.clone()] {
+    for url in [near_url, far_url] {
         let store = berth_control_plane::store::Store::open(&url).await.unwrap();
         let mut times = Vec::new();
         for i in 0..50 {
