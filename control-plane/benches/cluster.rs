@@ -26,9 +26,8 @@ use berth_proto::controlplane::v1 as pb;
 use common::{argv, run};
 use report::Report;
 use support::berthd::TestBerthd;
-use support::containerd::PrivateContainerd;
 use support::postgres::PrivatePostgres;
-use support::registry::{localhost_certificate, signed_certificate};
+use support::registry::localhost_certificate;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const TOKEN: &str = "bench-admin-token-0123456789";
@@ -42,30 +41,9 @@ fn main() {
     rt.block_on(async_main());
 }
 
-fn free_port(ip: &str) -> u16 {
-    std::net::TcpListener::bind(format!("{ip}:0")).unwrap().local_addr().unwrap().port()
-}
-
 /// Node `n` of the cluster, over TLS on 127.0.0.`n`.
 fn node(n: u8, db: &str, files: &Path) -> TestBerthd {
-    let ip = format!("127.0.0.{n}");
-    let certs = files.join(format!("node-{n}"));
-    signed_certificate(files, &certs, &ip);
-    let f = |p: &Path| p.to_str().unwrap().to_string();
-    let args = [
-        ("--cluster", "true".to_string()),
-        ("--node-name", format!("node-{n}")),
-        ("--listen-tcp", format!("{ip}:{}", free_port(&ip))),
-        ("--tls-cert-file", f(&certs.join("tls.crt"))),
-        ("--tls-key-file", f(&certs.join("tls.key"))),
-        ("--cluster-ca-file", f(&files.join("ca.crt"))),
-        ("--api-token-file", f(&files.join("tokens"))),
-        ("--cluster-token-file", f(&files.join("secret"))),
-        ("--node-lost-after-ms", LOST_AFTER_MS.to_string()),
-    ];
-    let flat: Vec<String> = args.iter().flat_map(|(k, v)| [k.to_string(), v.clone()]).collect();
-    let flat: Vec<&str> = flat.iter().map(String::as_str).collect();
-    TestBerthd::start_on(PrivateContainerd::start(), Some(db.to_string()), &flat)
+    support::cluster::tls_node(n, db, files, LOST_AFTER_MS, &[]).0
 }
 
 async fn agent(b: &TestBerthd, bot: &str) -> AgentClient {

@@ -13,9 +13,9 @@ use std::time::{Duration, Instant};
 
 use crate::common::{argv, run};
 use crate::support::berthd::TestBerthd;
-use crate::support::containerd::PrivateContainerd;
+use crate::support::cluster::tls_node;
 use crate::support::postgres::PrivatePostgres;
-use crate::support::registry::{localhost_certificate, signed_certificate};
+use crate::support::registry::localhost_certificate;
 use berth_control_plane::agent_client::{self, AgentClient, BearerAuth};
 use berth_proto::agent::v1 as apb;
 use berth_proto::controlplane::v1 as pb;
@@ -32,34 +32,14 @@ struct Node {
     addr: String,
 }
 
-fn free_port(ip: &str) -> u16 {
-    std::net::TcpListener::bind(format!("{ip}:0")).unwrap().local_addr().unwrap().port()
-}
-
 fn start(n: u8, db: &str, files: &Path) -> Node {
-    let ip = format!("127.0.0.{n}");
-    let addr = format!("{ip}:{}", free_port(&ip));
-    let certs = files.join(format!("node-{n}"));
-    signed_certificate(files, &certs, &ip);
-    let f = |p: &Path| p.to_str().unwrap().to_string();
-    let args = [
-        ("--cluster", "true".to_string()),
-        ("--node-name", format!("node-{n}")),
-        ("--listen-tcp", addr.clone()),
-        ("--tls-cert-file", f(&certs.join("tls.crt"))),
-        ("--tls-key-file", f(&certs.join("tls.key"))),
-        ("--cluster-ca-file", f(&files.join("ca.crt"))),
-        ("--api-token-file", f(&files.join("tokens"))),
-        ("--cluster-token-file", f(&files.join("secret"))),
-        ("--node-lost-after-ms", LOST_AFTER_MS.to_string()),
+    let extra = [
         ("--node-memory-bytes", (8u64 << 30).to_string()),
         ("--cluster-subnet", "10.253.0.0/16".into()),
-        ("--mcp-listen", format!("{ip}:0")),
+        ("--mcp-listen", format!("127.0.0.{n}:0")),
         ("--reconcile-interval-ms", "1000".into()),
     ];
-    let flat: Vec<String> = args.iter().flat_map(|(k, v)| [k.to_string(), v.clone()]).collect();
-    let flat: Vec<&str> = flat.iter().map(String::as_str).collect();
-    let b = TestBerthd::start_on(PrivateContainerd::start(), Some(db.to_string()), &flat);
+    let (b, addr) = tls_node(n, db, files, LOST_AFTER_MS, &extra);
     Node { b, addr }
 }
 

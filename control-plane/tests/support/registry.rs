@@ -46,36 +46,7 @@ pub fn localhost_certificate(dir: &std::path::Path) {
         "-out",
         &d("ca.crt"),
     ]);
-    openssl(&[
-        "req",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-subj",
-        "/CN=127.0.0.1",
-        "-keyout",
-        &d("tls.key"),
-        "-out",
-        &d("tls.csr"),
-    ]);
-    std::fs::write(dir.join("san.ext"), "subjectAltName=IP:127.0.0.1\n").expect("ext");
-    openssl(&[
-        "x509",
-        "-req",
-        "-in",
-        &d("tls.csr"),
-        "-CA",
-        &d("ca.crt"),
-        "-CAkey",
-        &d("ca.key"),
-        "-CAcreateserial",
-        "-days",
-        "1",
-        "-extfile",
-        &d("san.ext"),
-        "-out",
-        &d("tls.crt"),
-    ]);
+    signed_certificate(dir, dir, "127.0.0.1");
 }
 
 /// A key and certificate for `ip` (`tls.key`, `tls.crt` in `out`), signed by the CA that
