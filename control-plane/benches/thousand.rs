@@ -56,32 +56,20 @@ fn cpu_seconds(pid: u32) -> f64 {
     ticks / 100.0
 }
 
-fn rss_mib(pid: u32) -> f64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let kb: f64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .unwrap()
-        .trim()
-        .trim_end_matches(" kB")
-        .trim()
-        .parse()
-        .unwrap();
+/// The `KEY:   N kB` field of a /proc text file, in MiB.
+fn kib_field_mib(path: &str, key: &str) -> f64 {
+    let text = std::fs::read_to_string(path).unwrap();
+    let line = text.lines().find_map(|l| l.strip_prefix(key)).unwrap_or_else(|| panic!("no {key} in {path}"));
+    let kb: f64 = line.trim().trim_end_matches("kB").trim().parse().unwrap();
     kb / 1024.0
 }
 
+fn rss_mib(pid: u32) -> f64 {
+    kib_field_mib(&format!("/proc/{pid}/status"), "VmRSS:")
+}
+
 fn mem_available_mib() -> f64 {
-    let info = std::fs::read_to_string("/proc/meminfo").unwrap();
-    let kb: f64 = info
-        .lines()
-        .find_map(|l| l.strip_prefix("MemAvailable:"))
-        .unwrap()
-        .trim()
-        .trim_end_matches(" kB")
-        .trim()
-        .parse()
-        .unwrap();
-    kb / 1024.0
+    kib_field_mib("/proc/meminfo", "MemAvailable:")
 }
 
 async fn passes(b: &TestBerthd) -> f64 {

@@ -134,15 +134,8 @@ async fn grpc_health_reports_berthd_and_each_bot() {
 
     b.cli(&["bot", "create", "hb"]);
     // Health follows the bot's events, which are stored just after the call returns.
-    let t = Instant::now();
-    loop {
-        match h.check(check("bot/hb")).await {
-            Ok(r) if status(*r.get_ref()) == ServingStatus::Serving => break,
-            other => assert!(t.elapsed() < Duration::from_secs(2), "{other:?}"),
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    eprintln!("bot/hb SERVING {:?} after the create returned", t.elapsed());
+    let took = until_serving(&mut h, "bot/hb", Duration::from_secs(2)).await;
+    eprintln!("bot/hb SERVING {took:?} after the create returned");
     // A watcher sees the bot stop.
     let mut watch = h.watch(check("bot/hb")).await.unwrap().into_inner();
     assert_eq!(status(watch.message().await.unwrap().unwrap()), ServingStatus::Serving);
@@ -169,13 +162,24 @@ async fn grpc_health_reports_berthd_and_each_bot() {
     b.spawn();
     let ch = berth_control_plane::agent_client::channel(b.socket.to_str().unwrap()).await.unwrap();
     let mut h = HealthClient::new(ch);
+    until_serving(&mut h, "bot/early", Duration::from_secs(10)).await;
+}
+
+/// Polls `service`'s health until SERVING, failing after `within`; returns how long it took.
+async fn until_serving(
+    h: &mut tonic_health::pb::health_client::HealthClient<tonic::transport::Channel>,
+    service: &str,
+    within: Duration,
+) -> Duration {
+    use tonic_health::pb::HealthCheckRequest;
+    use tonic_health::pb::health_check_response::ServingStatus;
     let t = Instant::now();
     loop {
-        match h.check(check("bot/early")).await {
-            Ok(r) if status(*r.get_ref()) == ServingStatus::Serving => break,
-            other => assert!(t.elapsed() < Duration::from_secs(10), "{other:?}"),
+        match h.check(HealthCheckRequest { service: service.into() }).await {
+            Ok(r) if r.get_ref().status == ServingStatus::Serving as i32 => return t.elapsed(),
+            other => assert!(t.elapsed() < within, "{service}: {other:?}"),
         }
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
 
