@@ -95,6 +95,9 @@ struct Inner {
     live: broadcast::Sender<BotEvent>,
     store: Store,
     node: String,
+    /// True once the reader knows where the table ends: a watcher that read the table's end before
+    /// then could miss the events stored in between, which the reader would never broadcast.
+    reader_ready: tokio::sync::watch::Receiver<bool>,
 }
 
 impl std::fmt::Debug for Msg {
@@ -113,11 +116,11 @@ impl Journal {
         let (queue, rx) = mpsc::channel(QUEUE);
         let (live, _) = broadcast::channel(LIVE);
         let wake = Arc::new(Notify::new());
-        let (ready_tx, ready_rx) = oneshot::channel();
+        let (ready_tx, reader_ready) = tokio::sync::watch::channel(false);
         tokio::spawn(reader::run(store.clone(), live.clone(), wake.clone(), ready_tx));
         let spill = spill::Spill::new(settings.spill);
-        tokio::spawn(writer::run(store.clone(), rx, spill, wake, ready_rx, settings.keep));
-        Journal { inner: Arc::new(Inner { queue, live, store, node: settings.node }) }
+        tokio::spawn(writer::run(store.clone(), rx, spill, wake, reader_ready.clone(), settings.keep));
+        Journal { inner: Arc::new(Inner { queue, live, store, node: settings.node, reader_ready }) }
     }
 
     /// Queues an event; never waits. The message may carry text a bot chose (an agent's error): it is

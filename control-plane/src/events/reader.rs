@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::{Notify, broadcast, oneshot};
+use tokio::sync::{Notify, broadcast, watch};
 
 use super::BotEvent;
 use crate::store::{EventListener, Store};
@@ -23,7 +23,7 @@ pub(super) async fn run(
     store: Store,
     live: broadcast::Sender<BotEvent>,
     wake: Arc<Notify>,
-    ready: oneshot::Sender<()>,
+    ready: watch::Sender<bool>,
 ) {
     let mut last = loop {
         match super::bounded(store.event_bounds()).await {
@@ -34,7 +34,7 @@ pub(super) async fn run(
             }
         }
     };
-    let _ = ready.send(());
+    ready.send_replace(true);
     let mut listener: Option<EventListener> = None;
     let mut listen_at = tokio::time::Instant::now();
     // The writer holds the other handle on `wake`: once it has ended (the journal was dropped), so does this.

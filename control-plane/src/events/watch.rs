@@ -24,6 +24,7 @@ impl Journal {
         after: Option<i64>,
         wanted: impl Fn(&BotEvent) -> bool + Send + Sync + 'static,
     ) -> Result<Watch> {
+        self.reader_started().await?;
         let mut live = self.subscribe();
         let store = self.inner.store.clone();
         let (first, newest) = super::bounded(store.event_bounds()).await?;
@@ -79,6 +80,22 @@ impl Journal {
             }
         });
         Ok(ReceiverStream::new(rx))
+    }
+}
+
+impl Journal {
+    /// Waits (as long as one read of the table may take) until the reader knows where the table ends, so
+    /// that it broadcasts every event after the end a watcher reads next.
+    async fn reader_started(&self) -> Result<()> {
+        let mut ready = self.inner.reader_ready.clone();
+        match tokio::time::timeout(super::QUERY_DEADLINE, ready.wait_for(|r| *r)).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(_)) => Err(Error::Unavailable("the event reader has stopped".into())),
+            Err(_) => Err(Error::Unavailable(format!(
+                "the database did not answer a read of the events within {} s",
+                super::QUERY_DEADLINE.as_secs()
+            ))),
+        }
     }
 }
 

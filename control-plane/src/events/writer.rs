@@ -9,7 +9,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::{Notify, mpsc, oneshot};
+use tokio::sync::{Notify, mpsc, watch};
 use tokio::time::Instant;
 
 use super::spill::Spill;
@@ -36,11 +36,13 @@ pub(super) async fn run(
     mut rx: mpsc::Receiver<Msg>,
     mut spill: Spill,
     wake: Arc<Notify>,
-    reader_ready: oneshot::Receiver<()>,
+    mut reader_ready: watch::Receiver<bool>,
     keep: Duration,
 ) {
     // Nothing is stored before the reader knows where the table ends, or it would never broadcast it.
-    let _ = reader_ready.await;
+    if reader_ready.wait_for(|r| *r).await.is_err() {
+        return;
+    }
     let mut last_prune = Instant::now();
     let mut next_drain = Instant::now();
     loop {
