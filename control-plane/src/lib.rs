@@ -26,6 +26,7 @@ pub mod network;
 pub mod runtime;
 pub mod store;
 pub mod sync;
+pub mod text;
 pub mod time;
 
 /// The data archive format (its own crate, `control-plane/archive`, so the fuzzer links only it).

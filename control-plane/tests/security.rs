@@ -756,3 +756,57 @@ async fn a_default_bot_resolves_names_and_reaches_the_outside_and_egress_none_fa
         "fails at once (the query is refused, not dropped), not after the resolver's timeout",
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agents_last_words_reach_the_operator_shown_never_obeyed_or_refused_by_postgres() {
+    use berth_proto::controlplane::v1 as pb;
+    let pg = support::postgres::PrivatePostgres::start();
+    let b = TestBerthd::start(Some(pg.database("words")));
+    b.cli(&["bot", "create", "hostile"]);
+    // The bot replaces its agent with one that writes 10 KB, then NUL (which PostgreSQL's text cannot
+    // hold), a terminal title change, a screen clear and a C1 CSI, and exits instead of serving: its
+    // output is quoted in the start error, the bot's last_error and its event.
+    let script = r#"mv /sbin/berth-agent /sbin/berth-agent.real && cat > /sbin/berth-agent <<'X'
+#!/bin/sh
+i=0; while [ $i -lt 100 ]; do printf '%0100d\n' 0; i=$((i+1)); done
+printf 'agent refused\000here\033]0;pwned\007\033[2J\302\233done\n' >&2
+sleep 1
+exit 3
+X
+chmod +x /sbin/berth-agent"#;
+    b.sh("hostile", script).await;
+    b.cli(&["bot", "stop", "hostile"]);
+    let o = b.berth(&["bot", "start", "hostile"]).output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert!(!o.status.success());
+    let raw = |t: &str| t.chars().any(|c| c.is_control() && c != '\n' && c != '\t');
+    // Control: the agent's words do reach the operator, its control characters written out.
+    assert!(err.contains("exited (status 3) instead of serving"), "{err}");
+    assert!(err.contains(r"agent refused\u{0}here\u{1b}]0;pwned\u{7}\u{1b}[2J\u{9b}done"), "{err}");
+    assert!(!raw(&err), "a control character reached the terminal: {err:?}");
+    // The state change was stored (PostgreSQL refuses a NUL: before, the bot stayed `starting`).
+    let mut c = b.bots().await;
+    let bot = c.get_bot(pb::GetBotRequest { name: "hostile".into(), ..Default::default() }).await.unwrap();
+    let bot = bot.into_inner().bot.unwrap();
+    assert_eq!(bot.state, pb::BotState::Error as i32, "{bot:?}");
+    assert!(bot.last_error.contains(r"agent refused\u{0}here") && !raw(&bot.last_error), "{bot:?}");
+    assert!(bot.last_error.len() <= 4096, "{}", bot.last_error.len());
+    let mut events = c
+        .watch_events(pb::WatchEventsRequest { name: "hostile".into(), after_id: Some(0) })
+        .await
+        .unwrap()
+        .into_inner();
+    let error = loop {
+        let e = tokio::time::timeout(Duration::from_secs(10), events.message()).await.unwrap().unwrap().unwrap();
+        if e.kind == "error" {
+            break e;
+        }
+    };
+    assert!(error.message.contains(r"\u{1b}]0;pwned") && !raw(&error.message), "{error:?}");
+    let listed = b.cli(&["bot", "ls"]);
+    assert!(listed.contains("hostile") && !raw(&listed), "{listed:?}");
+    record(
+        "an agent that prints NUL, terminal escapes (title, clear screen, C1 CSI) after 10 KB and exits instead of serving, on PostgreSQL",
+        "shown, never obeyed: the start error, last_error, the event and `berth bot ls` carry its words with each control character written out (\\u{1b}), cut to 2 KiB; PostgreSQL stores the state change (a raw NUL left the bot `starting`)",
+    );
+}

@@ -35,6 +35,9 @@ use crate::runtime::{ContainerRuntime, Image};
 use crate::store::Store;
 use model::{BotEvent, BotRecord, BotState};
 
+/// The longest `last_error` (and state-change message) stored, in bytes: an error can quote the bot.
+const LAST_ERROR_MAX: usize = 4096;
+
 pub use create::{CreateBot, check_env};
 pub use data::{ImportMode, Imported};
 
@@ -192,8 +195,10 @@ impl<P: Platform> BotManager<P> {
         agent_dir::AgentDir::new(self.config.run_dir.join(name))
     }
 
-    /// Records a state change durably, then announces it.
+    /// Records a state change durably, then announces it. The message may quote the bot (its agent's last
+    /// words): what is stored is made safe to store and show.
     async fn transition(&self, bot: &BotRecord, state: BotState, kind: &str, message: &str) -> Result<()> {
+        let message = &crate::text::shown(message, LAST_ERROR_MAX);
         let last_error = if state == BotState::Error { message } else { "" };
         self.store.set_state(&bot.name, state, last_error, kind == "restarted").await?;
         self.announce(&bot.name, state, kind, message);

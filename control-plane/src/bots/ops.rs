@@ -36,11 +36,12 @@ impl<P: Platform> BotManager<P> {
         Ok(op)
     }
 
-    /// Records how an operation ended and passes its result on.
+    /// Records how an operation ended and passes its result on. The error can quote the bot (a file name
+    /// it chose): what is stored is made safe to store and show.
     pub(super) async fn end_op<T>(&self, op: &Operation, target: &str, result: Result<T>) -> Result<T> {
         let (state, error) = match &result {
             Ok(_) => (OpState::Succeeded, String::new()),
-            Err(e) => (OpState::Failed, crate::error::chain(e)),
+            Err(e) => (OpState::Failed, crate::text::shown(&crate::error::chain(e), super::LAST_ERROR_MAX)),
         };
         if let Err(e) = self.store.finish_op(&op.id, state, target, &error).await {
             tracing::error!(op.id = %op.id, error = %crate::error::chain(&e), "failed to record the end of an operation");

@@ -134,7 +134,8 @@ impl<P: Platform> BotManager<P> {
                     return Err(Error::FailedPrecondition(format!(
                         "the agent of bot `{}` exited (status {exit_status}) instead of serving; it said: {}",
                         bot.name,
-                        said.as_deref().unwrap_or("nothing")
+                        // The agent's words are the bot's: shown, not replayed to a terminal.
+                        said.as_deref().map_or_else(|| "nothing".into(), |s| crate::text::shown(s, 2048))
                     )));
                 }
             }

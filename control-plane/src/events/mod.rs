@@ -36,17 +36,9 @@ const MESSAGE_MAX: usize = 4096;
 /// How long one read of the event table may take.
 const QUERY_DEADLINE: Duration = Duration::from_secs(10);
 
-/// `message` without NUL characters and cut (on a character boundary) to [`MESSAGE_MAX`] bytes.
+/// `message` safe to store and show (see [`crate::text::shown`]), at most [`MESSAGE_MAX`] bytes.
 fn clean(message: &str) -> String {
-    let mut m: String = message.chars().filter(|c| *c != '\0').collect();
-    if m.len() > MESSAGE_MAX {
-        let mut end = MESSAGE_MAX;
-        while !m.is_char_boundary(end) {
-            end -= 1;
-        }
-        m.truncate(end);
-    }
-    m
+    crate::text::shown(message, MESSAGE_MAX)
 }
 
 /// A read of the event table, bounded by [`QUERY_DEADLINE`].
@@ -123,8 +115,9 @@ impl Journal {
         Journal { inner: Arc::new(Inner { queue, live, store, node: settings.node, reader_ready }) }
     }
 
-    /// Queues an event; never waits. The message may carry text a bot chose (an agent's error): it is
-    /// cut to [`MESSAGE_MAX`] bytes and loses NUL characters, which PostgreSQL cannot store.
+    /// Queues an event; never waits. The message may carry text a bot chose (an agent's last words): its
+    /// control characters are escaped (NUL, which PostgreSQL cannot store, and terminal escapes) and it
+    /// is cut to [`MESSAGE_MAX`] bytes.
     pub fn announce(&self, name: &str, state: BotState, kind: &str, message: &str) {
         let message = clean(message);
         let message = message.as_str();

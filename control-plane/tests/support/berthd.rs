@@ -218,6 +218,20 @@ impl TestBerthd {
         agent_client::agent_on(ch, self.auth().with_bot(bot).expect("bot name"))
     }
 
+    /// A BotService client through this berthd, with [`Self::token`].
+    pub async fn bots(
+        &self,
+    ) -> berth_proto::controlplane::v1::bot_service_client::BotServiceClient<
+        tonic::service::interceptor::InterceptedService<
+            tonic::transport::Channel,
+            berth_control_plane::agent_client::BearerAuth,
+        >,
+    > {
+        use berth_control_plane::agent_client;
+        let ch = agent_client::channel(self.socket.to_str().expect("utf-8 path")).await.expect("connect to berthd");
+        berth_proto::controlplane::v1::bot_service_client::BotServiceClient::with_interceptor(ch, self.auth())
+    }
+
     /// The bearer credentials of [`Self::token`].
     pub fn auth(&self) -> berth_control_plane::agent_client::BearerAuth {
         use berth_control_plane::agent_client::BearerAuth;

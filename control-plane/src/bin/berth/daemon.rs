@@ -394,7 +394,11 @@ pub async fn bot(conn: &Conn, cmd: BotCommand) -> anyhow::Result<i32> {
                 for b in &all {
                     let state = if b.node_lost_since_ms > 0 { "node-lost" } else { state_name(b.state) };
                     let (name, ip, image) = (&b.name, &b.ip, &b.image);
-                    println!("{name:<24} {state:<9} {}{ip:<15} {image:<28} {}", node(&b.node), b.last_error);
+                    println!(
+                        "{name:<24} {state:<9} {}{ip:<15} {image:<28} {}",
+                        node(&b.node),
+                        crate::shown(&b.last_error)
+                    );
                 }
             }
         }
@@ -472,7 +476,7 @@ async fn events(c: &mut Bots, name: String, mut after: Option<i64>, as_json: boo
         if !matches!(err.code(), tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::Cancelled) {
             return Err(status_err("watch events")(err));
         }
-        eprintln!("berth: events: {}; resuming in 1 s", err.message());
+        eprintln!("berth: events: {}; resuming in 1 s", crate::shown(err.message()));
         tokio::time::sleep(std::time::Duration::from_secs(1)).await;
     }
 }
@@ -488,7 +492,14 @@ fn print_event(e: &pb::BotEvent, as_json: bool) {
     } else {
         let node = if e.node.is_empty() { "-" } else { &e.node };
         let time = berth_control_plane::time::rfc3339(at);
-        println!("{}\t{time}\t{node}\t{}\t{}\t{}\t{}", e.id, e.name, e.kind, state_name(e.state), e.message);
+        println!(
+            "{}\t{time}\t{node}\t{}\t{}\t{}\t{}",
+            e.id,
+            e.name,
+            e.kind,
+            state_name(e.state),
+            crate::shown(&e.message)
+        );
     }
 }
 

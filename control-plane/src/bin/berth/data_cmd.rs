@@ -199,7 +199,7 @@ pub async fn data(conn: &Conn, cmd: DataCommand) -> anyhow::Result<i32> {
                     summary.skipped.len()
                 );
                 for s in &summary.skipped {
-                    eprintln!("  {s}");
+                    eprintln!("  {}", crate::shown(s));
                 }
             }
         }
@@ -282,7 +282,7 @@ pub async fn ops(conn: &Conn, cmd: OpsCommand) -> anyhow::Result<i32> {
             o.state,
             when(o.created_at_ms),
             o.progress_done,
-            note
+            crate::shown(note)
         );
     }
     Ok(0)

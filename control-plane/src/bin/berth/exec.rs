@@ -145,7 +145,7 @@ pub async fn run(mut client: AgentClient, a: ExecArgs) -> anyhow::Result<i32> {
             Some(Out::Exited(e)) => {
                 drop(_raw);
                 if e.reason != pb::ExitReason::Exited as i32 {
-                    eprintln!("berth: {}", e.message);
+                    eprintln!("berth: {}", crate::shown(&e.message));
                 }
                 return Ok(match (e.exit_code, e.signal) {
                     (Some(c), _) => c,
@@ -160,7 +160,7 @@ pub async fn run(mut client: AgentClient, a: ExecArgs) -> anyhow::Result<i32> {
 
 /// Prints why the command could not run and returns the shell's conventional code.
 fn report_start_failure(status: &tonic::Status) -> i32 {
-    eprintln!("berth: {}", status.message());
+    eprintln!("berth: {}", crate::shown(status.message()));
     match status.code() {
         tonic::Code::NotFound => 127,
         tonic::Code::PermissionDenied => 126,

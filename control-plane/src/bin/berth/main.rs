@@ -142,10 +142,17 @@ fn main() -> std::process::ExitCode {
     let code = match code {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("berth: {e:#}");
+            // An error can quote a bot (an agent's words): its control characters are shown, not obeyed.
+            eprintln!("berth: {}", shown(&format!("{e:#}")));
             1
         }
     };
     // Exit at once: a blocking stdin read may still be parked on a runtime thread.
     std::process::exit(code)
+}
+
+/// Text that can quote a bot (an agent's error, a file name it chose, its server's stderr), with its
+/// control characters written out rather than sent to the terminal.
+fn shown(text: &str) -> String {
+    berth_control_plane::text::shown(text, usize::MAX)
 }

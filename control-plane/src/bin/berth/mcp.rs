@@ -237,9 +237,12 @@ async fn relay(mut responses: tonic::Streaming<pb::McpSessionResponse>) -> anyho
             }
             Some(Out::Exited(e)) => {
                 if e.reason != pb::ExitReason::Exited as i32 || e.exit_code.unwrap_or(0) != 0 || e.signal.is_some() {
-                    eprintln!("berth: MCP server {}", e.message);
+                    eprintln!("berth: MCP server {}", crate::shown(&e.message));
                     if !e.stderr_tail.is_empty() {
-                        eprintln!("berth: its stderr ended with:\n{}", String::from_utf8_lossy(&e.stderr_tail));
+                        eprintln!(
+                            "berth: its stderr ended with:\n{}",
+                            crate::shown(&String::from_utf8_lossy(&e.stderr_tail))
+                        );
                     }
                 }
                 return Ok(match (e.exit_code, e.signal) {

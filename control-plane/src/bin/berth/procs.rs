@@ -192,7 +192,10 @@ async fn follow(
                 Ok(None) => return Ok(0),
                 Err(st) if drops < RECONNECTS && transient(st.code()) => {
                     drops += 1;
-                    eprintln!("berth: the output stream broke ({}); resuming from offset {offset}", st.message());
+                    eprintln!(
+                        "berth: the output stream broke ({}); resuming from offset {offset}",
+                        crate::shown(st.message())
+                    );
                     tokio::time::sleep(Duration::from_millis(500)).await;
                     break;
                 }
