@@ -27,6 +27,7 @@ const LAYERS: &[&str] = &[
     "auth",
     "sync",
     "time",
+    "text",
     "error",
 ];
 

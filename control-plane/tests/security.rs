@@ -761,15 +761,22 @@ async fn a_default_bot_resolves_names_and_reaches_the_outside_and_egress_none_fa
 async fn an_agents_last_words_reach_the_operator_shown_never_obeyed_or_refused_by_postgres() {
     use berth_proto::controlplane::v1 as pb;
     let pg = support::postgres::PrivatePostgres::start();
-    let b = TestBerthd::start(Some(pg.database("words")));
+    let b = TestBerthd::start_with(Some(pg.database("words")), &["--reconcile-interval-ms", "300"]);
     b.cli(&["bot", "create", "hostile"]);
+    let raw = |t: &str| t.chars().any(|c| c.is_control() && c != '\n' && c != '\t');
+    // A file name is the bot's too: `berth fs ls` shows it on one line, its escapes written out.
+    b.sh("hostile", r#"touch "/data/$(printf 'evil\033]0;pwned\007\nFORGED')""#).await;
+    let listed = b.cli(&["fs", "ls", "hostile:/data"]);
+    assert!(listed.contains(r"evil\u{1b}]0;pwned\u{7}\u{a}FORGED") && !raw(&listed), "{listed:?}");
+    assert!(!listed.lines().any(|l| l.starts_with("FORGED")), "{listed:?}");
     // The bot replaces its agent with one that writes 10 KB, then NUL (which PostgreSQL's text cannot
     // hold), a terminal title change, a screen clear and a C1 CSI, and exits instead of serving: its
-    // output is quoted in the start error, the bot's last_error and its event.
+    // output is quoted in the start error, the bot's last_error and its event. All of it on stderr: the
+    // shim copies stdout and stderr to the log apart, so across the two their order is not kept.
     let script = r#"mv /sbin/berth-agent /sbin/berth-agent.real && cat > /sbin/berth-agent <<'X'
 #!/bin/sh
-i=0; while [ $i -lt 100 ]; do printf '%0100d\n' 0; i=$((i+1)); done
-printf 'agent refused\000here\033]0;pwned\007\033[2J\302\233done\n' >&2
+i=0; while [ $i -lt 100 ]; do printf '%0100d\n' 0 >&2; i=$((i+1)); done
+printf 'agent refused\000here\033]0;pwned\007\033[2J\302\233done\nFORGED berthd: all is well\n' >&2
 sleep 1
 exit 3
 X
@@ -779,7 +786,6 @@ chmod +x /sbin/berth-agent"#;
     let o = b.berth(&["bot", "start", "hostile"]).output().unwrap();
     let err = String::from_utf8_lossy(&o.stderr).into_owned();
     assert!(!o.status.success());
-    let raw = |t: &str| t.chars().any(|c| c.is_control() && c != '\n' && c != '\t');
     // Control: the agent's words do reach the operator, its control characters written out.
     assert!(err.contains("exited (status 3) instead of serving"), "{err}");
     assert!(err.contains(r"agent refused\u{0}here\u{1b}]0;pwned\u{7}\u{1b}[2J\u{9b}done"), "{err}");
@@ -805,8 +811,16 @@ chmod +x /sbin/berth-agent"#;
     assert!(error.message.contains(r"\u{1b}]0;pwned") && !raw(&error.message), "{error:?}");
     let listed = b.cli(&["bot", "ls"]);
     assert!(listed.contains("hostile") && !raw(&listed), "{listed:?}");
+    // berthd's log quotes them too (the reconciler tries to start the bot again and logs why it cannot):
+    // on the record's own line, never as a forged one.
+    eventually(20, "the reconciler logged the agent's words", async || {
+        b.log().lines().any(|l| l.contains("could not reconcile bot") && l.contains("FORGED berthd"))
+    })
+    .await;
+    let log = b.log();
+    assert!(!log.lines().any(|l| l.starts_with("FORGED")) && !raw(&log), "a forged log line");
     record(
         "an agent that prints NUL, terminal escapes (title, clear screen, C1 CSI) after 10 KB and exits instead of serving, on PostgreSQL",
-        "shown, never obeyed: the start error, last_error, the event and `berth bot ls` carry its words with each control character written out (\\u{1b}), cut to 2 KiB; PostgreSQL stores the state change (a raw NUL left the bot `starting`)",
+        "shown, never obeyed: the start error, last_error, the event, `berth bot ls` and berthd's log carry its words with each control character written out (\\u{1b}; in the log a newline too, so no forged record), cut to 2 KiB; PostgreSQL stores the state change (a raw NUL left the bot `starting`); a file name with escapes and a newline is one line in `berth fs ls`",
     );
 }

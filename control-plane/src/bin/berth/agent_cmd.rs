@@ -74,11 +74,12 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<i32> {
 
 async fn version(mut client: AgentClient) -> anyhow::Result<()> {
     let v = client.version(pb::VersionRequest {}).await.context("version failed")?.into_inner();
-    println!("agent_version: {}", v.agent_version);
+    // The agent is the bot's to replace: what it says is shown on one line.
+    println!("agent_version: {}", crate::one_line(&v.agent_version));
     println!("protocol_version: {}", v.protocol_version);
     println!("max_message_bytes: {}", v.max_message_bytes);
     println!("max_mcp_message_bytes: {}", v.max_mcp_message_bytes);
-    println!("capabilities: {}", v.capabilities.join(" "));
+    println!("capabilities: {}", crate::one_line(&v.capabilities.join(" ")));
     Ok(())
 }
 
@@ -99,7 +100,9 @@ async fn ps(mut client: AgentClient) -> anyhow::Result<()> {
     println!("{:<36}  {:<4}  {:>7}  {:<10}  COMMAND", "SESSION", "KIND", "PID", "TAG");
     for s in r.sessions {
         let kind = if s.kind == pb::SessionKind::Mcp as i32 { "mcp" } else { "exec" };
-        println!("{:<36}  {:<4}  {:>7}  {:<10}  {}", s.session_id, kind, s.pid, s.tag, s.argv.join(" "));
+        let (id, tag, argv) =
+            (crate::one_line(&s.session_id), crate::one_line(&s.tag), crate::one_line(&s.argv.join(" ")));
+        println!("{id:<36}  {kind:<4}  {:>7}  {tag:<10}  {argv}", s.pid);
     }
     Ok(())
 }

@@ -81,7 +81,7 @@ async fn upload(mut client: AgentClient, local: &str, remote: &str, mode: u32, p
     let _ = tx.send(pb::UploadRequest { frame: Some(Up::Commit(pb::UploadCommit { expected_sha256 })) }).await;
     drop(tx);
     let resp = call.await?.map_err(|s| anyhow::anyhow!("upload to `{remote}` failed: {}", s.message()))?;
-    eprintln!("{} bytes, sha256 {}", resp.get_ref().bytes_written, resp.get_ref().sha256);
+    eprintln!("{} bytes, sha256 {}", resp.get_ref().bytes_written, crate::one_line(&resp.get_ref().sha256));
     Ok(())
 }
 
@@ -223,7 +223,7 @@ pub async fn stat(mut client: AgentClient, a: StatArgs) -> anyhow::Result<()> {
         .into_inner()
         .info
         .ok_or_else(|| anyhow::anyhow!("the agent sent no file info"))?;
-    println!("path: {}", info.path);
+    println!("path: {}", crate::one_line(&info.path));
     println!("type: {}", type_name(info.r#type));
     println!("size_bytes: {}", info.size_bytes);
     println!("mode: {:04o}", info.mode);
@@ -233,7 +233,7 @@ pub async fn stat(mut client: AgentClient, a: StatArgs) -> anyhow::Result<()> {
     println!("nlink: {}", info.nlink);
     println!("inode: {}", info.inode);
     if !info.symlink_target.is_empty() {
-        println!("symlink_target: {}", info.symlink_target);
+        println!("symlink_target: {}", crate::one_line(&info.symlink_target));
     }
     Ok(())
 }
@@ -254,6 +254,8 @@ fn describe(e: &pb::FileInfo) -> String {
         Ok(pb::FileType::File) => '-',
         _ => '?',
     };
-    let link = if e.symlink_target.is_empty() { String::new() } else { format!(" -> {}", e.symlink_target) };
-    format!("{t}{:04o} {:>5} {:>5} {:>12}  {}{link}", e.mode, e.uid, e.gid, e.size_bytes, e.path)
+    let link =
+        if e.symlink_target.is_empty() { String::new() } else { format!(" -> {}", crate::one_line(&e.symlink_target)) };
+    // Names are the bot's: one line each, control characters written out.
+    format!("{t}{:04o} {:>5} {:>5} {:>12}  {}{link}", e.mode, e.uid, e.gid, e.size_bytes, crate::one_line(&e.path))
 }

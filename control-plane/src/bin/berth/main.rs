@@ -156,3 +156,8 @@ fn main() -> std::process::ExitCode {
 fn shown(text: &str) -> String {
     berth_control_plane::text::shown(text, usize::MAX)
 }
+
+/// [`shown`], on one line (a name or field in a table).
+fn one_line(text: &str) -> String {
+    berth_control_plane::text::one_line(text)
+}

@@ -80,7 +80,7 @@ pub async fn start(conn: &Conn, name: &str, start: pb::ExecStart, request_id: Op
         };
         match c.start_process(req.clone()).await {
             Ok(r) => {
-                println!("{}", r.into_inner().id);
+                println!("{}", crate::one_line(&r.into_inner().id));
                 return Ok(0);
             }
             Err(s) if matches!(s.code(), tonic::Code::Unavailable | tonic::Code::Unknown) => {
@@ -107,19 +107,20 @@ pub async fn ps(conn: &Conn, name: &str) -> anyhow::Result<i32> {
             Ok(pb::ProcessState::Lost) => "lost",
             _ => "?",
         };
-        let exit = p.exit.as_ref().map(|e| e.message.clone()).unwrap_or_default();
+        // Process records are the bot's to rewrite: every field is shown on one line.
+        let exit = p.exit.as_ref().map(|e| crate::one_line(&e.message)).unwrap_or_default();
         let bytes = |s: &Option<pb::OutputSpan>| s.as_ref().map_or(0, |s| s.end);
         println!(
             "{:<12}  {:<12}  {:<8}  {:>7}  {:<20}  {:<22}  {:>10}  {:>10}  {}",
-            p.id,
-            p.tag,
+            crate::one_line(&p.id),
+            crate::one_line(&p.tag),
             state,
             p.pid,
             started(p.started_at_ms),
             exit,
             bytes(&p.stdout),
             bytes(&p.stderr),
-            p.argv.join(" ")
+            crate::one_line(&p.argv.join(" "))
         );
     }
     Ok(0)

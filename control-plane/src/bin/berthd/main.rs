@@ -21,12 +21,14 @@ async fn main() -> anyhow::Result<()> {
         print!("{}", toml::to_string(&config).context("cannot print the configuration")?);
         return Ok(());
     }
-    // Colours only on a terminal: log files and journald get plain text.
-    use std::io::IsTerminal;
-    let log = tracing_subscriber::fmt().with_writer(std::io::stderr);
+    // A field can quote a bot (an agent's error, an MCP server's stderr): each text record stays on its
+    // line with its control characters written out (so no colours either); JSON escapes them itself.
+    let log = tracing_subscriber::fmt();
     match config.log_format {
-        LogFormat::Text => log.with_ansi(std::io::stderr().is_terminal()).init(),
-        LogFormat::Json => log.json().with_current_span(true).with_span_list(false).init(),
+        LogFormat::Text => {
+            log.with_ansi(false).with_writer(|| berth_control_plane::text::OneLine(std::io::stderr())).init()
+        }
+        LogFormat::Json => log.with_writer(std::io::stderr).json().with_current_span(true).with_span_list(false).init(),
     }
     if cli.migrate {
         daemon::migrate(&config).await?;
