@@ -258,19 +258,27 @@ async fn events_and_exec_cancellation_flow_through() {
 }
 
 /// `berth ARGS`, left running: its stdout lines as they come.
-fn follow(b: &TestBerthd, args: &[&str]) -> (std::process::Child, std::sync::mpsc::Receiver<String>) {
+/// Runs `berth ARGS`; its stdout lines, then its stderr lines, as they come.
+fn follow(
+    b: &TestBerthd,
+    args: &[&str],
+) -> (std::process::Child, std::sync::mpsc::Receiver<String>, std::sync::mpsc::Receiver<String>) {
     use std::io::BufRead;
     let mut c = b.berth(args);
-    c.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::null());
+    c.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped());
     let mut child = c.spawn().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    let stdout = child.stdout.take().unwrap();
-    std::thread::spawn(move || {
-        for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
-    (child, rx)
+    let lines = |from: Box<dyn std::io::Read + Send>| {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(from).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        rx
+    };
+    let out = lines(Box::new(child.stdout.take().unwrap()));
+    let err = lines(Box::new(child.stderr.take().unwrap()));
+    (child, out, err)
 }
 
 /// `berth bot events`: follows across a berthd restart, resuming after the last event it printed (each
@@ -279,7 +287,7 @@ fn follow(b: &TestBerthd, args: &[&str]) -> (std::process::Child, std::sync::mps
 async fn berth_bot_events_follows_across_a_restart_with_each_event_once() {
     let mut b = TestBerthd::start(None);
     // From the first event kept (none yet): nothing is missed however late it connects.
-    let (mut child, rx) = follow(&b, &["bot", "events", "--json", "--after", "0"]);
+    let (mut child, rx, _) = follow(&b, &["bot", "events", "--json", "--after", "0"]);
     let next = || -> serde_json::Value {
         serde_json::from_str(&rx.recv_timeout(Duration::from_secs(20)).expect("an event line")).unwrap()
     };
@@ -301,7 +309,7 @@ async fn berth_bot_events_follows_across_a_restart_with_each_event_once() {
     let ids: Vec<i64> = seen.iter().map(|e| e["id"].as_i64().unwrap()).collect();
     assert!(ids.windows(2).all(|w| w[1] == w[0] + 1), "{ids:?}");
     // --after replays what is kept after an id, one tab-separated line each.
-    let (mut child, rx) = follow(&b, &["bot", "events", "ev", "--after", &ids[3].to_string()]);
+    let (mut child, rx, _) = follow(&b, &["bot", "events", "ev", "--after", &ids[3].to_string()]);
     let lines: Vec<String> = (0..2).map(|_| rx.recv_timeout(Duration::from_secs(20)).unwrap()).collect();
     let _ = child.kill();
     let _ = child.wait();
@@ -309,6 +317,32 @@ async fn berth_bot_events_follows_across_a_restart_with_each_event_once() {
     assert_eq!(fields[0][0], ids[4].to_string(), "{lines:?}");
     assert_eq!((fields[0][3], fields[0][4], fields[0][5]), ("ev", "stopping", "stopping"), "{lines:?}");
     assert_eq!((fields[1][3], fields[1][4], fields[1][5]), ("ev", "stopped", "stopped"), "{lines:?}");
+}
+
+/// `berth bot events` without `--after`, dropped before its first event, resumes where its first watch
+/// started: an event stored while it was away (berthd records at its restart, before it serves, that a
+/// bot's task died meanwhile) is printed.
+#[tokio::test]
+async fn berth_bot_events_dropped_before_its_first_event_misses_nothing() {
+    let mut b = TestBerthd::start(None);
+    let req = pb::CreateBotRequest { name: "quiet".into(), start: Some(true), ..Default::default() };
+    bots(&b).await.create_bot(req).await.unwrap();
+    let (mut child, rx, errs) = follow(&b, &["bot", "events", "--json"]);
+    let said = errs.recv_timeout(Duration::from_secs(20)).expect("where the watch starts");
+    assert!(said.starts_with("berth: following events after id "), "{said}");
+    b.halt(libc::SIGKILL);
+    b.containerd.ctr(&["tasks", "kill", "-s", "SIGKILL", "bot-quiet"]);
+    let t = std::time::Instant::now();
+    while b.containerd.ctr(&["tasks", "ls"]).lines().any(|l| l.starts_with("bot-quiet") && l.contains("RUNNING")) {
+        assert!(t.elapsed() < Duration::from_secs(10), "the bot's task outlived SIGKILL");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    b.spawn();
+    let line = rx.recv_timeout(Duration::from_secs(20)).expect("an event line");
+    let e: serde_json::Value = serde_json::from_str(&line).unwrap();
+    assert_eq!((e["name"].as_str(), e["kind"].as_str()), (Some("quiet"), Some("recovered")), "{e}");
+    let _ = child.kill();
+    let _ = child.wait();
 }
 
 #[tokio::test]

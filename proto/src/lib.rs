@@ -20,6 +20,8 @@ pub mod wire {
     pub const CONNECTION_WINDOW_BYTES: u32 = 64 << 20;
     /// Metadata naming the bot an agent-protocol call sent to berthd is for.
     pub const BOT_HEADER: &str = "berth-bot";
+    /// Response metadata of `WatchEvents`: the event id the watch starts after.
+    pub const EVENTS_AFTER_HEADER: &str = "berth-events-after";
 }
 
 /// Every Berth protocol's encoded `FileDescriptorSet`, for gRPC server reflection.

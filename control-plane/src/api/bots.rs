@@ -144,13 +144,15 @@ impl<P: Platform> BotService for Bots<P> {
         }
         // Every node's events are in the one journal, so any node answers, an owner lost or not.
         let only = r.name;
-        let events = self
+        let (from, events) = self
             .m
             .events()
-            .watch(r.after_id, move |e| (only.is_empty() || e.name == only) && scope.sees(&e.name))
+            .watch_from(r.after_id, move |e| (only.is_empty() || e.name == only) && scope.sees(&e.name))
             .await?;
-        Ok(Response::new(Box::pin(tokio_stream::StreamExt::map(events, |e| {
+        let mut response = Response::new(Box::pin(tokio_stream::StreamExt::map(events, |e| {
             e.map(convert::event).map_err(Status::from)
-        }))))
+        })) as Self::WatchEventsStream);
+        response.metadata_mut().insert(berth_proto::wire::EVENTS_AFTER_HEADER, from.into());
+        Ok(response)
     }
 }

@@ -24,6 +24,16 @@ impl Journal {
         after: Option<i64>,
         wanted: impl Fn(&BotEvent) -> bool + Send + Sync + 'static,
     ) -> Result<Watch> {
+        Ok(self.watch_from(after, wanted).await?.1)
+    }
+
+    /// [`Journal::watch`], and the id it starts after: `after`, or the newest when it is `None` (what a
+    /// watcher dropped before its first event resumes from).
+    pub async fn watch_from(
+        &self,
+        after: Option<i64>,
+        wanted: impl Fn(&BotEvent) -> bool + Send + Sync + 'static,
+    ) -> Result<(i64, Watch)> {
         self.reader_started().await?;
         let mut live = self.subscribe();
         let store = self.inner.store.clone();
@@ -79,7 +89,7 @@ impl Journal {
                 }
             }
         });
-        Ok(ReceiverStream::new(rx))
+        Ok((from, ReceiverStream::new(rx)))
     }
 }
 

@@ -453,12 +453,21 @@ pub async fn bot(conn: &Conn, cmd: BotCommand) -> anyhow::Result<i32> {
 }
 
 /// `berth bot events`: prints events until interrupted; a connection that drops (berthd restarting, a
-/// node going away behind a balancer) is made again each second and resumed after the last event printed.
+/// node going away behind a balancer) is made again each second and resumed after the last event printed
+/// (before the first, where the first watch started).
 async fn events(c: &mut Bots, name: String, mut after: Option<i64>, as_json: bool) -> anyhow::Result<()> {
     loop {
         let req = pb::WatchEventsRequest { name: name.clone(), after_id: after };
         let err = match c.watch_events(req).await {
             Ok(stream) => {
+                if after.is_none() {
+                    // Where this watch starts: a connection dropped before the first event resumes there.
+                    let from = stream.metadata().get(berth_proto::wire::EVENTS_AFTER_HEADER);
+                    after = from.and_then(|v| v.to_str().ok()?.parse().ok());
+                    if let Some(id) = after {
+                        eprintln!("berth: following events after id {id}");
+                    }
+                }
                 let mut stream = stream.into_inner();
                 loop {
                     match stream.message().await {
