@@ -25,8 +25,13 @@ fn main() -> std::process::ExitCode {
             Targets::new().with_default(tracing::Level::INFO)
         }
     };
-    // The fmt builder defaults to INFO; `filter` below decides.
-    let builder = tracing_subscriber::fmt().with_max_level(tracing::Level::TRACE).with_writer(std::io::stderr);
+    // The fmt builder defaults to INFO; `filter` below decides. Colours only on a terminal: the task log
+    // berthd quotes from gets plain text.
+    use std::io::IsTerminal;
+    let builder = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::TRACE)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal());
     match config.log_format {
         LogFormat::Text => builder.finish().with(filter).init(),
         LogFormat::Json => builder.json().finish().with(filter).init(),

@@ -10,18 +10,21 @@ use std::io;
 /// `text` with each control character but `\n` and `\t` (C0, DEL, C1) escaped, at most `max` bytes
 /// (an escape is never cut). Showing it again changes nothing.
 pub fn shown(text: &str, max: usize) -> String {
-    escaped(text, max, |c| c == '\n' || c == '\t')
+    escaped(text, max, |c| c == '\n' || c == '\t').0
 }
 
 /// `text` on one line: every control character escaped, newlines and tabs too (a name in a table, a
 /// log record).
 pub fn one_line(text: &str) -> String {
-    escaped(text, usize::MAX, |_| false)
+    escaped(text, usize::MAX, |_| false).0
 }
 
-fn escaped(text: &str, max: usize, keep: impl Fn(char) -> bool) -> String {
+/// `text` with the control characters `keep` refuses escaped, at most `max` bytes; and how many bytes of
+/// `text` that took.
+fn escaped(text: &str, max: usize, keep: impl Fn(char) -> bool) -> (String, usize) {
     let mut out = String::with_capacity(text.len().min(max));
     let mut piece = String::new();
+    let mut taken = 0;
     for c in text.chars() {
         piece.clear();
         if c.is_control() && !keep(c) {
@@ -33,13 +36,18 @@ fn escaped(text: &str, max: usize, keep: impl Fn(char) -> bool) -> String {
             break;
         }
         out.push_str(&piece);
+        taken += c.len_utf8();
     }
-    out
+    (out, taken)
 }
+
+/// The longest log record written whole; past it a record is cut and says how much was cut.
+const RECORD_MAX: usize = 64 << 10;
 
 /// A log writer that keeps each record on its line: a record (one `write` from the log formatter,
 /// ending in a newline) is written with every control character before its newline escaped, so a
-/// field that quotes a bot cannot forge a record or send escapes to whoever tails the log.
+/// field that quotes a bot cannot forge a record or send escapes to whoever tails the log; and cut at
+/// [`RECORD_MAX`], so one cannot fill the log's disk either.
 #[derive(Debug)]
 pub struct OneLine<W>(pub W);
 
@@ -50,7 +58,10 @@ impl<W: io::Write> io::Write for OneLine<W> {
             None => (buf, ""),
         };
         let text = String::from_utf8_lossy(body);
-        let mut line = escaped(&text, usize::MAX, |c| c == '\t');
+        let (mut line, taken) = escaped(&text, RECORD_MAX, |c| c == '\t');
+        if taken < text.len() {
+            let _ = write!(line, " [{} more bytes cut]", text.len() - taken);
+        }
         line.push_str(end);
         self.0.write_all(line.as_bytes())?;
         Ok(buf.len())
@@ -85,5 +96,10 @@ mod tests {
         w.write_all(b"INFO next\n").unwrap();
         let text = String::from_utf8(w.0).unwrap();
         assert_eq!(text, "INFO bot event reason=first\\u{a}FORGED record\\u{1b}]0;t\\u{7}\tend\nINFO next\n");
+        let mut w = OneLine(Vec::new());
+        w.write_all(format!("WARN stderr={}\n", "x".repeat(1 << 20)).as_bytes()).unwrap();
+        let text = String::from_utf8(w.0).unwrap();
+        assert!(text.len() < (64 << 10) + 64 && text.ends_with(" more bytes cut]\n"), "{}", &text[text.len() - 40..]);
+        assert_eq!(text.lines().count(), 1);
     }
 }

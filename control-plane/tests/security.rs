@@ -824,3 +824,42 @@ chmod +x /sbin/berth-agent"#;
         "shown, never obeyed: the start error, last_error, the event, `berth bot ls` and berthd's log carry its words with each control character written out (\\u{1b}; in the log a newline too, so no forged record), cut to 2 KiB; PostgreSQL stores the state change (a raw NUL left the bot `starting`); a file name with escapes and a newline is one line in `berth fs ls`",
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bot_cannot_fill_the_hosts_disk_through_its_task_log() {
+    use std::os::unix::fs::MetadataExt;
+    let b = TestBerthd::start_with(None, &["--reconcile-interval-ms", "300"]);
+    b.cli(&["bot", "create", "chatty"]);
+    // The bot wraps its agent: a writer in the background on PID 1's stdout, which the shim copies to a
+    // file on the host (outside the bot's disk quota), then the real agent, so the bot stays healthy.
+    let script = r#"mv /sbin/berth-agent /sbin/berth-agent.real && cat > /sbin/berth-agent <<'X'
+#!/bin/sh
+( while :; do dd if=/dev/zero bs=65536 count=16 2>/dev/null; sleep 0.05; done ) &
+exec /sbin/berth-agent.real "$@"
+X
+chmod +x /sbin/berth-agent"#;
+    b.sh("chatty", script).await;
+    b.cli(&["bot", "stop", "chatty"]);
+    b.cli(&["bot", "start", "chatty"]);
+    let log = b.dir.path().join("state/logs/bot-chatty.log");
+    let held = || std::fs::metadata(&log).map(|m| m.blocks() * 512).unwrap_or(0);
+    // Control: the writes reach the host's file, past the bound, and berthd empties it.
+    eventually(20, "berthd emptied the task log", async || b.log().contains("emptied a bot's task log")).await;
+    let (mut most, t) = (0, Instant::now());
+    while t.elapsed() < Duration::from_secs(3) {
+        most = most.max(held());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let trims = b.log().matches("emptied a bot's task log").count();
+    assert!(trims >= 2, "the writer kept writing, yet the log was emptied {trims} time(s)");
+    // The bound (8 MiB) plus what the writer adds in the guard's quarter second, with room for a loaded host.
+    assert!(most < 24 << 20, "the task log held {most} bytes");
+    assert!(b.berth(&["exec", "chatty", "--", "true"]).output().unwrap().status.success(), "the bot stopped answering");
+    record(
+        "write without end to PID 1's stdout (a wrapper around the agent with a writer in the background), which containerd's shim copies to a file on the host, outside the bot's disk quota",
+        &format!(
+            "bounded: berthd empties a task log past 8 MiB (looked at four times a second); at ~20 MB/s the file never held more than {} MiB, and the bot kept answering",
+            most >> 20
+        ),
+    );
+}

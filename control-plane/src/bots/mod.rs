@@ -21,6 +21,7 @@ mod settle;
 pub mod snapshot;
 mod start;
 mod stop;
+pub mod task_logs;
 
 use std::collections::HashMap;
 use std::path::PathBuf;

@@ -121,7 +121,7 @@ impl Daemon {
         let reconciler = (config.reconcile_interval_ms > 0)
             .then(|| manager.spawn_reconciler(Duration::from_millis(config.reconcile_interval_ms), stop_rx.clone()));
         let health = crate::api::health::track(manager.clone(), stop_rx.clone());
-        let mut side = Vec::new();
+        let mut side = vec![manager.spawn_log_guard(stop_rx.clone())];
         if let Some(c) = &cluster {
             side.extend(cluster_watch::spawn(c, manager.clone(), health.clone(), stop_rx.clone()));
         }

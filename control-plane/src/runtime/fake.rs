@@ -264,4 +264,8 @@ impl ContainerRuntime for FakeRuntime {
     fn task_log_tail(&self, _id: &str, _from: u64, _max_bytes: u64) -> Option<String> {
         None
     }
+
+    fn trim_task_logs(&self, _max_bytes: u64) -> Result<Vec<(String, u64)>, RuntimeError> {
+        Ok(Vec::new())
+    }
 }

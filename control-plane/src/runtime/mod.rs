@@ -291,6 +291,10 @@ pub trait ContainerRuntime: Send + Sync + 'static {
     /// The last lines (at most `max_bytes`) of what container `id`'s task wrote to stdout and stderr after
     /// byte `from` of its log: the agent's own log, which says why it exited. `None` when there is none.
     fn task_log_tail(&self, id: &str, from: u64, max_bytes: u64) -> Option<String>;
+    /// Empties every task log that holds more than `max_bytes` on disk (a PID 1 writes there for as long
+    /// as it runs, and a bot can make it write without end); each emptied one's container id and what it
+    /// held.
+    fn trim_task_logs(&self, max_bytes: u64) -> Result<Vec<(String, u64)>, RuntimeError>;
 }
 
 /// What a runtime failure means to a caller.
