@@ -90,6 +90,9 @@ pub struct BotManager<P: Platform> {
     images: Mutex<HashMap<String, Image>>,
     locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     agents: Mutex<HashMap<String, AgentOf<P>>>,
+    /// Bumped (under `agents`' lock) at every eviction: a connection made across one is not cached, as
+    /// it may carry a token a start has just replaced.
+    agents_gen: std::sync::atomic::AtomicU64,
     supervision: Mutex<HashMap<String, reconcile::Supervision>>,
     events: crate::events::Journal,
 }
@@ -125,6 +128,7 @@ impl<P: Platform> BotManager<P> {
             images: Mutex::new(HashMap::new()),
             locks: Mutex::new(HashMap::new()),
             agents: Mutex::new(HashMap::new()),
+            agents_gen: std::sync::atomic::AtomicU64::new(0),
             supervision: Mutex::new(HashMap::new()),
             events,
         }
@@ -251,12 +255,18 @@ impl<P: Platform> BotManager<P> {
         if let Some(c) = lock(&self.agents).get(name) {
             return Ok(c.clone());
         }
+        let generation = self.agents_gen.load(std::sync::atomic::Ordering::SeqCst);
         let bot = self.own_bot(name).await?;
         if bot.state != BotState::Running {
             return Err(Error::FailedPrecondition(format!("bot `{name}` is {}, not running", bot.state.as_str())));
         }
         let c = self.connect_agent(&bot).await?;
-        lock(&self.agents).insert(name.to_string(), c.clone());
+        // A start may have replaced the token (and emptied the cache) while this connected: a connection
+        // with the old token is used once, not cached for every later call.
+        let mut agents = lock(&self.agents);
+        if self.agents_gen.load(std::sync::atomic::Ordering::SeqCst) == generation {
+            agents.insert(name.to_string(), c.clone());
+        }
         Ok(c)
     }
 
@@ -268,7 +278,9 @@ impl<P: Platform> BotManager<P> {
     }
 
     fn evict_agent(&self, name: &str) {
-        lock(&self.agents).remove(name);
+        let mut agents = lock(&self.agents);
+        agents.remove(name);
+        self.agents_gen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
     }
 }
 

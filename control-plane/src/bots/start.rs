@@ -56,6 +56,8 @@ impl<P: Platform> BotManager<P> {
             if fresh == Fresh::No && !running_already {
                 let token = super::new_token();
                 self.store.set_token(name, &token).await?;
+                // Again, now that the old token is gone: a connection made with it since the first is dropped.
+                self.evict_agent(name);
                 let dir = self.bot_dir(name);
                 dir.reset_sock()
                     .map_err(|e| Error::internal(format!("cannot reset the agent sockets of `{name}`"), e))?;

@@ -119,22 +119,33 @@ impl<P: Platform> McpHub<P> {
     }
 }
 
+/// Opens the session on the bot's agent: connecting, the agent's answer and its `Started`, all within
+/// [`START_DEADLINE`] (an agent that never answers cannot hold a session, first or restarted, open).
 async fn start_upstream<P: Platform>(
+    manager: &crate::bots::BotManager<P>,
+    bot: &str,
+    open: &pb::McpOpen,
+) -> Result<Upstream> {
+    match tokio::time::timeout(START_DEADLINE, open_upstream(manager, bot, open)).await {
+        Ok(r) => r,
+        Err(_) => Err(Error::Unavailable(format!(
+            "the agent of bot `{bot}` did not start the MCP server within {} s",
+            START_DEADLINE.as_secs()
+        ))),
+    }
+}
+
+async fn open_upstream<P: Platform>(
     manager: &crate::bots::BotManager<P>,
     bot: &str,
     open: &pb::McpOpen,
 ) -> Result<Upstream> {
     let agent = manager.agent(bot).await?;
     let McpChannel { to_agent: tx, from_agent: mut rx } = agent.mcp_session(open.clone()).await?;
-    let started = match tokio::time::timeout(START_DEADLINE, rx.next()).await {
-        Err(_) => {
-            return Err(Error::Unavailable(format!(
-                "the agent of bot `{bot}` did not start the MCP server within 30 s"
-            )));
-        }
-        Ok(Some(Err(e))) => return Err(e),
-        Ok(Some(Ok(Some(Out::Started(s))))) => s,
-        Ok(other) => {
+    let started = match rx.next().await {
+        Some(Err(e)) => return Err(e),
+        Some(Ok(Some(Out::Started(s)))) => s,
+        other => {
             return Err(Error::Unavailable(format!("the agent of bot `{bot}` answered an MCP open with {other:?}")));
         }
     };
