@@ -289,6 +289,30 @@ pub(crate) fn new_token() -> String {
     format!("{}{}", uuid::Uuid::new_v4().simple(), uuid::Uuid::new_v4().simple())
 }
 
+/// Runs `pass` every `every` (a pass that runs late delays the next tick) until `stop` turns true: the
+/// reconciler's loop and the task-log guard's.
+fn spawn_every<F, Fut>(
+    every: Duration,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+    mut pass: F,
+) -> tokio::task::JoinHandle<()>
+where
+    F: FnMut() -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send,
+{
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = stop.wait_for(|v| *v) => return,
+            }
+            pass().await;
+        }
+    })
+}
+
 /// Locks a std mutex, recovering from poisoning (the maps stay consistent under every panic point).
 use crate::sync::lock;
 

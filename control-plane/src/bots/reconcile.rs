@@ -63,17 +63,12 @@ impl<P: Platform> BotManager<P> {
     pub fn spawn_reconciler(
         self: &Arc<Self>,
         every: Duration,
-        mut stop: tokio::sync::watch::Receiver<bool>,
+        stop: tokio::sync::watch::Receiver<bool>,
     ) -> tokio::task::JoinHandle<()> {
         let m = self.clone();
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(every);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                tokio::select! {
-                    _ = tick.tick() => {}
-                    _ = stop.wait_for(|v| *v) => return,
-                }
+        super::spawn_every(every, stop, move || {
+            let m = m.clone();
+            async move {
                 let pass = m.reconcile().await;
                 if pass.is_ok() {
                     crate::metrics::metrics().reconcile_passes.inc();

@@ -18,21 +18,11 @@ const EVERY: Duration = Duration::from_millis(250);
 
 impl<P: Platform> BotManager<P> {
     /// Empties task logs past [`TASK_LOG_MAX`] every [`EVERY`] until `stop` turns true.
-    pub fn spawn_log_guard(
-        self: &Arc<Self>,
-        mut stop: tokio::sync::watch::Receiver<bool>,
-    ) -> tokio::task::JoinHandle<()> {
+    pub fn spawn_log_guard(self: &Arc<Self>, stop: tokio::sync::watch::Receiver<bool>) -> tokio::task::JoinHandle<()> {
         let m = self.clone();
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(EVERY);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                tokio::select! {
-                    _ = tick.tick() => {}
-                    _ = stop.wait_for(|v| *v) => return,
-                }
-                m.trim_task_logs();
-            }
+        super::spawn_every(EVERY, stop, move || {
+            m.trim_task_logs();
+            std::future::ready(())
         })
     }
 

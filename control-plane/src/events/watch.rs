@@ -91,9 +91,7 @@ impl Journal {
         });
         Ok((from, ReceiverStream::new(rx)))
     }
-}
 
-impl Journal {
     /// Waits (as long as one read of the table may take) until the reader knows where the table ends, so
     /// that it broadcasts every event after the end a watcher reads next.
     async fn reader_started(&self) -> Result<()> {
